@@ -1,0 +1,364 @@
+"""The attribution registry, the method interface and the ``attribute`` entry point.
+
+A method is a function ``compute(problem, **options) -> Tensor`` registered once with its
+family, the space its output lives in, its options with defaults and the paper it follows.
+The CLI, ``explain``, the demo page and the conformance tests all read the registry, so a
+newly registered method is offered and tested everywhere at once.
+
+Gradient-weighted CAMs are registered differently: as a ``combine(activations, gradients)``
+function. The runner computes activations and gradients once per layer and target, and
+every such CAM requested in the same call is derived from them (one forward + a partial
+backward for five CAMs, instead of five).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from convlens._hooks import HookSession, evaluation_mode, gradients_enabled
+from convlens.attribution.targets import TargetLike, resolve_targets, target_scores
+from convlens.errors import (
+    ConvlensError,
+    InputShapeError,
+    LayerError,
+    MethodError,
+    TargetError,
+    unknown_choice,
+)
+from convlens.models.layers import default_layer_name, resolve_layer
+
+FAMILIES = ("gradient", "cam", "perturbation", "relevance")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered attribution method.
+
+    Attributes:
+        name: Registry key, as users type it.
+        family: One of :data:`FAMILIES`.
+        space: ``"input"`` (output shaped like x) or ``"layer"`` (``(N, 1, h, w)``).
+        options: Option names with their defaults.
+        reference: The paper the implementation follows.
+        summary: One line saying what the map means.
+        compute: ``compute(problem, **options)`` for ordinary methods.
+        combine: ``combine(activations, gradients, **options)`` for gradient-weighted CAMs.
+        signed: Whether the raw map carries a meaningful sign (presentation uses it).
+        channel_reduction: How presentation turns (C, H, W) into (H, W): ``"max_abs"`` or ``"sum"``.
+    """
+
+    name: str
+    family: str
+    space: str
+    options: Mapping[str, Any]
+    reference: str
+    summary: str
+    compute: Callable[..., torch.Tensor] | None = None
+    combine: Callable[..., torch.Tensor] | None = None
+    signed: bool = False
+    channel_reduction: str = "sum"
+
+    @property
+    def needs_layer(self) -> bool:
+        return self.space == "layer"
+
+    def bind(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The full option set: defaults overridden by ``options``; unknown names refused."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            valid = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
+            raise MethodError(
+                f"method {self.name!r} has no option {unknown[0]!r}; its options are: {valid}"
+            )
+        return {**self.options, **options}
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, *, family: str, space: str = "input", reference: str, summary: str,
+             signed: bool = False, channel_reduction: str = "sum",
+             gradient_cam: bool = False) -> Callable[[Callable], Callable]:
+    """Class-free registration decorator; options and defaults come from the signature.
+
+    The decorated function's keyword-only parameters are the method's options, so the
+    defaults are written once, where they are used.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}")
+
+    def decorate(fn: Callable) -> Callable:
+        options = {
+            p.name: p.default
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        _REGISTRY[name] = Method(
+            name=name, family=family, space=space, options=options, reference=reference,
+            summary=summary, signed=signed, channel_reduction=channel_reduction,
+            compute=None if gradient_cam else fn, combine=fn if gradient_cam else None,
+        )
+        return fn
+
+    return decorate
+
+
+def methods(family: str | None = None) -> list[Method]:
+    """Every registered method (optionally of one family), in registration order."""
+    _load_builtin_methods()
+    return [m for m in _REGISTRY.values() if family is None or m.family == family]
+
+
+def get_method(name: str) -> Method:
+    """Look a method up by name; an unknown name lists the valid ones."""
+    _load_builtin_methods()
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise MethodError(unknown_choice("method", name, _REGISTRY))
+    return _REGISTRY[name]
+
+
+def _load_builtin_methods() -> None:
+    """Import the family modules; importing one registers its methods.
+
+    Each family module adds itself to this one import line.
+    """
+    from convlens.attribution import cam, gradients  # noqa: F401
+
+
+@dataclass
+class Problem:
+    """Everything a method needs for one call: model, input, target, layer(s).
+
+    Methods never touch hooks or modes directly: the problem runs the model and hands out
+    the pieces, so the hook lifecycle lives in one place.
+    """
+
+    model: nn.Module
+    x: torch.Tensor
+    target: TargetLike
+    labels: Sequence[str] | None = None
+    layer: Any = None
+    _indices: torch.Tensor | None = field(default=None, repr=False)
+    _layer_names: list[str] | None = field(default=None, repr=False)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Run the model; a failure is re-raised with the input shape that caused it."""
+        try:
+            return self.model(inputs)
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:
+            if isinstance(error, ConvlensError):  # our own errors pass through
+                raise
+            raise InputShapeError(
+                f"the model failed on an input of shape {tuple(inputs.shape)} "
+                f"({inputs.dtype}, {inputs.device}): {str(error).splitlines()[0]}"
+            ) from error
+
+    def indices(self, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Target class per sample, resolved once from the unperturbed input's logits.
+
+        Pass ``logits`` when they are the model's output on ``self.x`` (saves a forward);
+        otherwise a gradient-free forward pass is run when the target needs it.
+        """
+        if self._indices is None:
+            if logits is None:
+                if self.target is None or isinstance(self.target, str) or (
+                    isinstance(self.target, Sequence)
+                    and any(isinstance(t, str) for t in self.target)
+                ):
+                    with torch.no_grad():
+                        logits = self.forward(self.x)
+                else:
+                    logits = torch.empty(self.x.shape[0], _num_classes(self), device=self.x.device)
+            self._indices = resolve_targets(self.target, logits, self.labels)
+        return self._indices
+
+    def scores(self, logits: torch.Tensor, repeat: int = 1) -> torch.Tensor:
+        """Target logits of a batch made of ``repeat`` consecutive copies per sample."""
+        indices = self.indices()
+        if repeat != 1:
+            indices = indices.repeat_interleave(repeat)
+        return target_scores(logits, indices)
+
+    def layer_names(self) -> list[str]:
+        """The layer(s) for layer-space methods: given ones, or the default."""
+        if self._layer_names is None:
+            layers = self.layer if isinstance(self.layer, (list, tuple)) else [self.layer]
+            names = []
+            for layer in layers:
+                if layer is None:
+                    names.append(default_layer_name(self.model, self.x.shape[1:], self.x.device))
+                else:
+                    names.append(resolve_layer(self.model, layer)[0])
+            self._layer_names = names
+        return self._layer_names
+
+    def modules(self) -> list[nn.Module]:
+        mapping = dict(self.model.named_modules())
+        return [mapping[name] for name in self.layer_names()]
+
+
+def _num_classes(problem: Problem) -> int:
+    """Number of outputs; found with a one-sample forward when the target is explicit."""
+    with torch.no_grad():
+        logits = problem.forward(problem.x[:1])
+    if logits.dim() != 2:
+        raise TargetError(
+            f"the model must return logits of shape (N, classes), got {tuple(logits.shape)}"
+        )
+    return logits.shape[1]
+
+
+def check_input(x: object) -> torch.Tensor:
+    """Validate a preprocessed batch: a float tensor ``(N, C, H, W)`` with finite values."""
+    if not isinstance(x, torch.Tensor):
+        raise InputShapeError(
+            f"x must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}; "
+            "preprocess images with Classifier.preprocess(images)"
+        )
+    if x.dim() == 3:
+        raise InputShapeError(
+            f"x must be a batch (N, C, H, W), got one sample of shape {tuple(x.shape)}; "
+            "use x.unsqueeze(0)"
+        )
+    if x.dim() != 4:
+        raise InputShapeError(f"x must have shape (N, C, H, W), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise InputShapeError("x is an empty batch (N = 0)")
+    if not x.is_floating_point():
+        raise InputShapeError(
+            f"x must be floating point (normalised pixels), got {x.dtype}; "
+            "convert and normalise it, e.g. with Classifier.preprocess"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise InputShapeError("x contains NaN or infinite values")
+    return x
+
+
+def _unwrap(model: object) -> tuple[nn.Module, Sequence[str] | None]:
+    labels = getattr(model, "labels", None)
+    module = getattr(model, "module", model)
+    if not isinstance(module, nn.Module):
+        raise InputShapeError(
+            f"model must be a torch.nn.Module or a convlens.Classifier, got {type(model).__name__}"
+        )
+    return module, labels
+
+
+def _prepare_x(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    x = check_input(x)
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.device != x.device:
+        raise InputShapeError(
+            f"x is on {x.device} but the model's parameters are on {param.device}; move one: "
+            f"x.to('{param.device}') or model.to('{x.device}')"
+        )
+    # A copy outside inference mode, detached from the caller's graph: methods may set
+    # requires_grad on it, and the caller's tensor must stay untouched.
+    return x.detach().clone()
+
+
+def attribute(model: nn.Module, x: torch.Tensor, method: str | Sequence[str], target:
+              TargetLike = None, layer: str | nn.Module | Sequence | None = None,
+              **options: Any) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Attribute the target class's score to the input pixels or to a layer's positions.
+
+    Args:
+        model: Any ``nn.Module`` returning logits ``(N, classes)``, or a Classifier.
+        x: Preprocessed float batch ``(N, C, H, W)``.
+        method: A registered method name (see :func:`methods`), or a list of names, in
+            which case a dict name -> tensor is returned and gradient CAMs of the same layer
+            share one forward and backward pass.
+        target: ``None`` = each sample's prediction; an int; one int per sample; a class
+            name when the model is a Classifier with labels.
+        layer: For layer-space methods: a dotted name, a module, or a list of them (maps
+            are then upsampled to the largest and averaged). Default: the last layer with a
+            spatial output.
+        **options: Method options, e.g. ``steps=64`` for integrated gradients.
+
+    Returns:
+        Raw float32 attributions on ``x``'s device, never normalised: ``(N, C, H, W)`` for
+        input-space methods, ``(N, 1, h, w)`` for layer-space methods.
+
+    Example:
+        >>> a = attribute(model, x, "integrated_gradients", target=281, steps=32)  # doctest: +SKIP
+    """
+    module, labels = _unwrap(model)
+    names = [method] if isinstance(method, str) else list(method)
+    if not names:
+        raise MethodError("no method given; see convlens.methods()")
+    specs = [get_method(name) for name in names]
+    if isinstance(method, str) or len(specs) == 1:
+        bound = [specs[0].bind(options)]
+    else:
+        bound = [spec.bind({k: v for k, v in options.items() if k in spec.options})
+                 for spec in specs]
+        used = set().union(*(spec.options for spec in specs))
+        if set(options) - used:
+            raise MethodError(
+                f"option {sorted(set(options) - used)[0]!r} belongs to none of {names}"
+            )
+    x = _prepare_x(x, module)
+    results: dict[str, torch.Tensor] = {}
+    with evaluation_mode(module), gradients_enabled():
+        problem = Problem(module, x, target, labels, layer)
+        cams = [(s, o) for s, o in zip(specs, bound) if s.combine is not None]
+        if cams:
+            results.update(run_gradient_cams(problem, cams))
+        for spec, opts in zip(specs, bound):
+            if spec.compute is not None:
+                results[spec.name] = spec.compute(problem, **opts)
+    results = {k: v.detach().to(torch.float32) for k, v in results.items()}
+    if isinstance(method, str):
+        return results[method]
+    return {name: results[name] for name in names}
+
+
+def run_gradient_cams(problem: Problem, requests: list[tuple[Method, dict[str, Any]]]
+                      ) -> dict[str, torch.Tensor]:
+    """One forward and one backward (down to the layers only) for every requested CAM."""
+    names = problem.layer_names()
+    modules = problem.modules()
+    single = len(modules) == 1
+    with HookSession() as hooks:
+        captures = [hooks.capture(m, n, cut_graph=single) for m, n in zip(modules, names)]
+        logits = problem.forward(problem.x)
+    scores = problem.scores(logits) if problem._indices is not None else target_scores(
+        logits, problem.indices(logits))
+    activations = [c.output for c in captures]
+    for name, act in zip(names, activations):
+        if act.dim() != 4:
+            raise LayerError(
+                f"layer {name!r} outputs shape {tuple(act.shape)}; CAMs need a (N, C, H, W) "
+                "feature map. Choose a convolutional layer (see `convlens layers`)"
+            )
+    if not all(a.requires_grad for a in activations):
+        raise LayerError("the target score does not depend on the chosen layer(s) "
+                         f"{names}; choose a layer below the output")
+    gradients = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
+    out: dict[str, torch.Tensor] = {}
+    for spec, opts in requests:
+        maps = []
+        for act, grad in zip(activations, gradients):
+            grad = torch.zeros_like(act) if grad is None else grad
+            maps.append(spec.combine(act.detach(), grad.detach(), **opts))
+        out[spec.name] = combine_layers(maps)
+    return out
+
+
+def combine_layers(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Average per-layer maps after bilinear upsampling to the largest resolution."""
+    if len(maps) == 1:
+        return maps[0]
+    size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
+    resized = [
+        m if m.shape[-2:] == size else torch.nn.functional.interpolate(
+            m, size=tuple(size), mode="bilinear", align_corners=False)
+        for m in maps
+    ]
+    return torch.stack(resized).mean(0)

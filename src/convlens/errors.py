@@ -1,0 +1,77 @@
+"""The exceptions convlens raises on purpose.
+
+Every message says what was expected, what arrived and how to fix it, so that a user
+never has to read a traceback from deep inside torch. All of them derive from
+:class:`ConvlensError`; most also derive from the built-in type a Python user would
+catch for the same mistake (``ValueError``, ``KeyError``, ``FileNotFoundError``...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ConvlensError(Exception):
+    """Base class of every error convlens raises on purpose."""
+
+
+def _choices(valid: Iterable[str], limit: int = 40) -> str:
+    """Format a list of valid choices for an error message, shortened when long."""
+    names = list(valid)
+    shown = ", ".join(names[:limit])
+    if len(names) > limit:
+        shown += f", ... ({len(names) - limit} more)"
+    return shown
+
+
+class ImageError(ConvlensError, ValueError):
+    """An image could not be read or converted.
+
+    Attributes:
+        path: The file that failed, or ``None`` for in-memory inputs.
+        reason: Why, in words.
+    """
+
+    def __init__(self, path: object | None, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path is not None else self.reason
+
+
+class ModelLoadError(ConvlensError, ValueError):
+    """A model, its weights or its labels could not be loaded."""
+
+
+class UnsafeCheckpointError(ModelLoadError):
+    """A file would need arbitrary code execution (pickle) to load, and trust was not given."""
+
+
+class LayerError(ConvlensError, KeyError):
+    """A layer name or module does not exist in the model, or has the wrong kind of output."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TargetError(ConvlensError, ValueError):
+    """A target class is out of range, unknown, or has the wrong shape."""
+
+
+class MethodError(ConvlensError, ValueError):
+    """An attribution method or one of its options is unknown or invalid."""
+
+
+class UnsupportedModelError(ConvlensError, TypeError):
+    """The model cannot be explained by the requested method (and we refuse to guess)."""
+
+
+class InputShapeError(ConvlensError, ValueError):
+    """A tensor input has the wrong shape, dtype or device."""
+
+
+def unknown_choice(kind: str, got: object, valid: Iterable[str]) -> str:
+    """Message for an unknown name: ``unknown method 'x'; valid: a, b, c``."""
+    return f"unknown {kind} {got!r}; valid {kind}s: {_choices(valid)}"

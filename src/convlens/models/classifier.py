@@ -1,0 +1,156 @@
+"""A classifier: a network plus what it takes to use it on photos.
+
+:class:`Classifier` bundles an ``nn.Module`` with its class labels, its preprocessing and
+its device. It is deliberately not an ``nn.Module`` itself: the user's module stays the
+single object that attribution code hooks and restores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from convlens.errors import ModelLoadError
+from convlens.models.preprocessing import Geometry, Preprocessing
+
+ImageLike = Union[str, "Image.Image", np.ndarray, Any]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None -> CUDA when available, else CPU; otherwise as given, validated."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for but CUDA is not available here; "
+                             "use --device cpu or auto")
+    return resolved
+
+
+@dataclass
+class Prepared:
+    """A preprocessed batch with what presentation needs to map results back to photos."""
+
+    x: torch.Tensor
+    images: list[Image.Image]
+    geometries: list[Geometry]
+
+
+class Classifier:
+    """A network, its labels, its preprocessing and its device.
+
+    Args:
+        module: Any ``nn.Module`` mapping ``(N, C, H, W)`` to logits ``(N, classes)``.
+        labels: Class names in output order; default ``"class 0"``, ``"class 1"``...
+        input_size, resize, resize_size, mean, std, interpolation: see
+            :class:`~convlens.models.preprocessing.Preprocessing`.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``... The module is
+            moved there (``module.to`` is the one change we make, at the user's request).
+        name: A display name.
+
+    Example:
+        >>> clf = Classifier(torchvision.models.resnet18(), labels=names)  # doctest: +SKIP
+        >>> clf.predict(["cat.jpg"], top=3)                                # doctest: +SKIP
+    """
+
+    def __init__(self, module: nn.Module, labels: Sequence[str] | None = None, *,
+                 input_size: int | tuple[int, int] = 224, resize: str = "center_crop",
+                 resize_size: int | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, interpolation: str = "bilinear",
+                 device: str | torch.device | None = "auto", name: str | None = None) -> None:
+        if not isinstance(module, nn.Module):
+            raise ModelLoadError(
+                f"Classifier needs a torch.nn.Module, got {type(module).__name__}"
+            )
+        kwargs: dict[str, Any] = {"input_size": input_size, "resize": resize,
+                                  "resize_size": resize_size, "interpolation": interpolation}
+        if mean is not None:
+            kwargs["mean"] = tuple(mean)
+        if std is not None:
+            kwargs["std"] = tuple(std)
+        self.preprocessing = Preprocessing(**kwargs)
+        self.device = resolve_device(device)
+        self.module = module.to(self.device)
+        self.labels = list(labels) if labels is not None else None
+        self.name = name or type(module).__name__
+
+    def __repr__(self) -> str:
+        classes = len(self.labels) if self.labels else "?"
+        return (f"Classifier({self.name}, classes={classes}, device={self.device}, "
+                f"input={self.preprocessing.input_size})")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def to(self, device: str | torch.device) -> Classifier:
+        """Move the network; returns self."""
+        self.device = resolve_device(device)
+        self.module.to(self.device)
+        return self
+
+    def label(self, index: int) -> str:
+        """The name of class ``index`` (``"class 7"`` when labels are unknown)."""
+        if self.labels is not None and 0 <= index < len(self.labels):
+            return self.labels[index]
+        return f"class {index}"
+
+    def prepare(self, images: ImageLike | Sequence[ImageLike]) -> Prepared:
+        """Decode and preprocess images, keeping the originals and their geometry."""
+        from convlens.io.images import load_image
+
+        items = images if isinstance(images, (list, tuple)) else [images]
+        if not items:
+            raise ModelLoadError("no images given")
+        originals, tensors, geometries = [], [], []
+        for item in items:
+            image = load_image(item)
+            resized, geometry = self.preprocessing.resize_image(image)
+            originals.append(image)
+            tensors.append(self.preprocessing.to_tensor(resized))
+            geometries.append(geometry)
+        return Prepared(torch.stack(tensors).to(self.device), originals, geometries)
+
+    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """Paths, PIL images or arrays -> normalised batch ``(N, C, H, W)`` on the device."""
+        return self.prepare(images).x
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits in eval mode, leaving the module's training flags as they were."""
+        from convlens._hooks import evaluation_mode
+
+        with evaluation_mode(self.module):
+            out = self.module(x)
+        self._check_outputs(out)
+        return out
+
+    def _check_outputs(self, logits: torch.Tensor) -> None:
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+            raise ModelLoadError(f"the model must return logits (N, classes), got {shape}")
+        if self.labels is not None and logits.shape[1] != len(self.labels):
+            raise ModelLoadError(
+                f"the model has {logits.shape[1]} outputs but {len(self.labels)} labels were "
+                "given; pass a labels file with one name per output"
+            )
+
+    def predict(self, images: ImageLike | Sequence[ImageLike] | torch.Tensor, top: int = 5
+                ) -> list[list[tuple[str, float]]]:
+        """Top classes per image, as ``[(label, probability), ...]``, best first."""
+        x = images if isinstance(images, torch.Tensor) else self.preprocess(images)
+        probabilities = self.logits(x).softmax(dim=1)
+        top = max(1, min(int(top), probabilities.shape[1]))
+        values, indices = probabilities.topk(top, dim=1)
+        return [
+            [(self.label(int(i)), float(v)) for v, i in zip(row_v, row_i)]
+            for row_v, row_i in zip(values.cpu(), indices.cpu())
+        ]

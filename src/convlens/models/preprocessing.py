@@ -1,0 +1,178 @@
+"""From a photo to the tensor a network expects, and back from its grid to the photo.
+
+Preprocessing records where the network's input lies in the original image (the
+:class:`Geometry`), so a heatmap computed on the network's 224x224 input can be laid back
+exactly over the photo as displayed, whatever the resize mode was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from convlens.errors import ModelLoadError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+RESIZE_MODES = ("center_crop", "squash", "pad")
+_INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the network's input lies in an original image.
+
+    Attributes:
+        original_size: ``(width, height)`` of the photo as displayed.
+        box: ``(left, top, right, bottom)`` of the network's input in the photo's pixel
+            coordinates (floats; it extends past the photo for the ``pad`` mode).
+    """
+
+    original_size: tuple[int, int]
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images become a network's input.
+
+    Attributes:
+        input_size: ``(height, width)`` of the network's input.
+        resize: ``"center_crop"`` (shorter side to ``resize_size``, then a central crop, the
+            ImageNet evaluation protocol), ``"squash"`` (resize to ``input_size``, ignoring the
+            aspect ratio) or ``"pad"`` (fit inside, pad with the mean colour).
+        resize_size: Shorter side before the crop; default ``input_size / 0.875``.
+        mean: Per-channel mean, in [0, 1] pixel units, subtracted after scaling.
+        std: Per-channel standard deviation to divide by.
+        interpolation: Resampling filter: nearest, bilinear, bicubic or lanczos.
+    """
+
+    input_size: tuple[int, int] = (224, 224)
+    resize: str = "center_crop"
+    resize_size: int | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if isinstance(size, int):
+            object.__setattr__(self, "input_size", (size, size))
+        elif len(size) != 2 or min(size) < 1:
+            raise ModelLoadError(f"input_size must be an int or (height, width), got {size!r}")
+        else:
+            object.__setattr__(self, "input_size", (int(size[0]), int(size[1])))
+        if self.resize not in RESIZE_MODES:
+            raise ModelLoadError(
+                f"unknown resize mode {self.resize!r}; valid: {', '.join(RESIZE_MODES)}"
+            )
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ModelLoadError(
+                f"unknown interpolation {self.interpolation!r}; valid: {', '.join(_INTERPOLATIONS)}"
+            )
+        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
+            raise ModelLoadError("mean and std need one value per channel, std > 0")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def _shorter_side(self) -> int:
+        if self.resize_size is not None:
+            return int(self.resize_size)
+        return int(round(min(self.input_size) / 0.875))
+
+    def resize_image(self, image: Image.Image) -> tuple[Image.Image, Geometry]:
+        """Resize/crop/pad ``image`` to the input size; returns the result and its geometry."""
+        width, height = image.size
+        out_h, out_w = self.input_size
+        method = _INTERPOLATIONS[self.interpolation]
+        if self.resize == "squash":
+            return image.resize((out_w, out_h), method), Geometry((width, height),
+                                                                 (0.0, 0.0, width, height))
+        if self.resize == "center_crop":
+            scale = self._shorter_side() / min(width, height)
+            new_w, new_h = max(out_w, round(width * scale)), max(out_h, round(height * scale))
+            left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
+            resized = image.resize((new_w, new_h), method)
+            cropped = resized.crop((left, top, left + out_w, top + out_h))
+            sx, sy = width / new_w, height / new_h
+            box = (left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy)
+            return cropped, Geometry((width, height), box)
+        # pad: fit the whole image inside, centred, on the mean colour
+        scale = min(out_w / width, out_h / height)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        fill = tuple(round(m * 255) for m in self.mean[:3])
+        canvas = Image.new("RGB", (out_w, out_h), fill)
+        left, top = (out_w - new_w) // 2, (out_h - new_h) // 2
+        canvas.paste(image.resize((new_w, new_h), method), (left, top))
+        sx, sy = width / new_w, height / new_h
+        box = (-left * sx, -top * sy, (out_w - left) * sx, (out_h - top) * sy)
+        return canvas, Geometry((width, height), box)
+
+    def to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """An RGB PIL image of the input size -> normalised float tensor ``(C, H, W)``."""
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        if array.ndim == 2:
+            array = array[:, :, None]
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)
+        if tensor.shape[0] != self.channels:
+            if self.channels == 1:
+                tensor = tensor.mean(0, keepdim=True)
+            else:
+                raise ModelLoadError(
+                    f"the model expects {self.channels} channels; images arrive with "
+                    f"{tensor.shape[0]}"
+                )
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return (tensor - mean) / std
+
+    def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of the normalisation: ``(N, C, H, W)`` back to [0, 1] pixel units."""
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return x * std + mean
+
+
+def map_to_original(heatmap: torch.Tensor, geometry: Geometry) -> np.ndarray:
+    """Lay a 2-D map over the network's input back onto the original photo's pixel grid.
+
+    The map is resized (bilinear) to the size the input region has in the photo and pasted
+    at its place; photo pixels the network never saw (cropped away) get 0.
+
+    Args:
+        heatmap: ``(h, w)`` map covering the network's input.
+        geometry: The geometry recorded by :meth:`Preprocessing.resize_image`.
+
+    Returns:
+        ``(height, width)`` float32 array at the photo's size.
+    """
+    width, height = geometry.original_size
+    left, top, right, bottom = geometry.box
+    box_w, box_h = max(1, round(right - left)), max(1, round(bottom - top))
+    resized = F.interpolate(heatmap[None, None].float(), size=(box_h, box_w), mode="bilinear",
+                            align_corners=False)[0, 0].cpu().numpy()
+    canvas = np.zeros((height, width), dtype=np.float32)
+    x0, y0 = round(left), round(top)
+    src_x0, src_y0 = max(0, -x0), max(0, -y0)
+    dst_x0, dst_y0 = max(0, x0), max(0, y0)
+    w = min(width - dst_x0, box_w - src_x0)
+    h = min(height - dst_y0, box_h - src_y0)
+    if w > 0 and h > 0:
+        canvas[dst_y0:dst_y0 + h, dst_x0:dst_x0 + w] = resized[src_y0:src_y0 + h,
+                                                               src_x0:src_x0 + w]
+    return canvas
+

@@ -1,0 +1,86 @@
+"""Pictures: colour overlays on photos and titled side-by-side grids with colour bars.
+
+Everything here takes numpy maps in [0, 1] at the photo's size and PIL images; nothing
+here touches autograd or the model.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from PIL import Image  # noqa: E402
+
+DEFAULT_CMAP = "jet"
+
+
+def colorize(heatmap: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """(H, W) in [0, 1] -> (H, W, 3) uint8 colours."""
+    try:
+        colormap = colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"unknown colormap {cmap!r}; e.g. jet, inferno, viridis, magma") from None
+    rgba = colormap(np.clip(heatmap, 0, 1))
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+def overlay(image: Image.Image, heatmap: np.ndarray, *, cmap: str = DEFAULT_CMAP,
+            alpha: float = 0.5) -> Image.Image:
+    """Blend a coloured heatmap over the photo; ``alpha`` is the heatmap's weight."""
+    if heatmap.shape != (image.height, image.width):
+        raise ValueError(f"heatmap {heatmap.shape} does not match the image "
+                         f"{(image.height, image.width)}")
+    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
+    colours = colorize(heatmap, cmap).astype(np.float32)
+    blended = (1 - alpha) * photo + alpha * colours
+    return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
+
+
+def grid_figure(image: Image.Image, panels: Sequence[tuple[str, np.ndarray, float]], *,
+                title: str = "", cmap: str = DEFAULT_CMAP, alpha: float = 0.5,
+                panel_inches: float = 3.0) -> plt.Figure:
+    """Original photo, then one overlay per method, each with a colour bar.
+
+    Args:
+        image: The photo as displayed.
+        panels: ``(caption, heatmap in [0, 1], scale)`` per method; ``scale`` is the raw
+            attribution value that maps to 1, shown on the colour bar so magnitudes can be
+            compared across images.
+        title: Figure title (target class and probability).
+    """
+    count = 1 + len(panels)
+    fig, axes = plt.subplots(1, count, figsize=(panel_inches * count, panel_inches * 1.15),
+                             squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(image)
+    axes[0].set_title("input", fontsize=9)
+    for ax, (caption, heatmap, scale) in zip(axes[1:], panels):
+        ax.imshow(overlay(image, heatmap, cmap=cmap, alpha=alpha))
+        mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, scale or 1.0))
+        bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02)
+        bar.ax.tick_params(labelsize=6)
+        bar.formatter.set_powerlimits((-2, 3))
+        ax.set_title(caption, fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def figure_to_image(fig: plt.Figure, dpi: int = 100) -> Image.Image:
+    """Render a matplotlib figure to a PIL image and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    buffer.seek(0)
+    image = Image.open(buffer)
+    image.load()
+    return image

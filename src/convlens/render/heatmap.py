@@ -1,0 +1,78 @@
+"""From a raw attribution tensor to a 2-D map in [0, 1]: the presentation side.
+
+Computation returns raw, signed, unnormalised tensors; every decision about how to show
+them lives here: how colour channels are reduced, which sign is shown, and whether maps are
+scaled per image (each map uses the full colour range) or per batch (maps of the same
+method share one scale, so a weak explanation looks weak: per-image scaling alone hides
+magnitudes, a common complaint about peer libraries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+SIGNS = ("positive", "negative", "absolute", "all")
+NORMALIZATIONS = ("image", "batch")
+
+
+def reduce_channels(attribution: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """``(N, C, H, W)`` -> ``(N, H, W)``: sum over channels, or max of absolute values."""
+    if attribution.dim() == 3:
+        attribution = attribution.unsqueeze(0)
+    if reduction == "max_abs":
+        return attribution.abs().amax(dim=1)
+    if reduction == "sum":
+        return attribution.sum(dim=1)
+    raise ValueError(f"unknown channel reduction {reduction!r}; valid: sum, max_abs")
+
+
+def apply_sign(maps: torch.Tensor, sign: str) -> torch.Tensor:
+    """Keep the evidence for the class (positive), against it, its magnitude, or all of it."""
+    if sign == "positive":
+        return maps.clamp_min(0)
+    if sign == "negative":
+        return (-maps).clamp_min(0)
+    if sign == "absolute":
+        return maps.abs()
+    if sign == "all":
+        return maps
+    raise ValueError(f"unknown sign {sign!r}; valid: {', '.join(SIGNS)}")
+
+
+def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of ``(N, h, w)`` maps to ``size`` = (H, W)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps.unsqueeze(1).float(), size=tuple(size), mode="bilinear",
+                         align_corners=False).squeeze(1)
+
+
+def scale_of(maps: torch.Tensor, normalize: str) -> torch.Tensor:
+    """The value mapped to 1 for each map: its own max |value|, or the batch's."""
+    peaks = maps.abs().flatten(1).amax(dim=1)
+    if normalize == "batch":
+        peaks = peaks.max().expand_as(peaks)
+    elif normalize != "image":
+        raise ValueError(f"unknown normalisation {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
+    return peaks
+
+
+def to_unit(maps: torch.Tensor, scales: torch.Tensor, sign: str) -> torch.Tensor:
+    """Divide by the scale, into [0, 1] (or [-1, 1] -> [0, 1] for ``sign="all"``).
+
+    An all-zero map stays zero (never NaN): a zero scale is replaced by 1.
+    """
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales)).view(-1, 1, 1)
+    unit = maps / safe
+    if sign == "all":
+        unit = (unit + 1) / 2
+    return unit.clamp(0, 1).nan_to_num(0.0)
+
+
+def is_empty(maps: torch.Tensor) -> torch.Tensor:
+    """Per map: True when it carries no information (constant, e.g. all zero)."""
+    flat = maps.flatten(1)
+    return (flat.amax(dim=1) - flat.amin(dim=1)) <= 1e-12 * flat.abs().amax(dim=1).clamp_min(1)
