@@ -108,7 +108,7 @@ def seeded(model: nn.Module, seed: int = 0, dtype: torch.dtype = torch.float64) 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            for name, param in module.named_parameters(recurse=False):
+            for param in module.parameters(recurse=False):
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
             if isinstance(module, nn.BatchNorm2d):
                 module.running_mean.copy_(torch.randn(module.num_features, generator=generator)

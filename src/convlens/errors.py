@@ -40,6 +40,9 @@ class ImageError(ConvlensError, ValueError):
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}" if self.path is not None else self.reason
 
+    def __reduce__(self) -> tuple:  # picklable across worker processes
+        return (type(self), (self.path, self.reason))
+
 
 class ModelLoadError(ConvlensError, ValueError):
     """A model, its weights or its labels could not be loaded."""

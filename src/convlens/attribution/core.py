@@ -303,9 +303,9 @@ def attribute(model: nn.Module, x: torch.Tensor, method: str | Sequence[str], ta
             raise MethodError(
                 f"option {sorted(set(options) - used)[0]!r} belongs to none of {names}"
             )
-    x = _prepare_x(x, module)
     results: dict[str, torch.Tensor] = {}
     with evaluation_mode(module), gradients_enabled():
+        x = _prepare_x(x, module)
         problem = Problem(module, x, target, labels, layer)
         cams = [(s, o) for s, o in zip(specs, bound) if s.combine is not None]
         if cams:

@@ -104,7 +104,7 @@ def check_batch_size(batch_size: object) -> int:
 
 @register("integrated_gradients", family="gradient", signed=True,
           reference="Sundararajan, Taly, Yan 2017, Axiomatic Attribution for Deep Networks",
-          summary="gradients averaged along the straight path from a baseline, times (x - baseline)")
+          summary="path-averaged gradients from a baseline, times (x - baseline)")
 def integrated_gradients(problem: Problem, *, baseline: object = None, steps: int = 50,
                          rule: str = "gauss_legendre", batch_size: int = 64) -> torch.Tensor:
     """(x - x0) * integral over alpha of d y_c / d x at x0 + alpha (x - x0).

@@ -9,13 +9,13 @@ runs many noisy or masked copies still explains the class predicted for the real
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
+
 
 import torch
 
 from convlens.errors import TargetError
 
-TargetLike = Union[None, int, str, Sequence[int | str], torch.Tensor]
+TargetLike = None | int | str | Sequence[int | str] | torch.Tensor
 
 
 def _name_to_index(name: str, labels: Sequence[str] | None) -> int:

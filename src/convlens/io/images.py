@@ -52,13 +52,13 @@ DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 """File extensions (lower case, with the dot) that count as image files."""
 
-ImageSource: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray"
+ImageSource: TypeAlias = str | os.PathLike[str] | Image.Image | np.ndarray
 """Anything :func:`load_image` accepts."""
 
 # Pillow decoders we let near user files. Restricting the list keeps exotic plugins (EPS
 # runs Ghostscript, for instance) out of reach of a file that merely lies about its name.
-# MPO is how Pillow labels the multi-picture JPEGs many cameras and phones write.
-_PILLOW_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "TIFF", "WEBP")
+# "JPEG" also covers the multi-picture (MPO) JPEGs many cameras and phones write.
+_PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
 _ACCEPTED_FILES = "JPEG, PNG, BMP, GIF, TIFF or WebP"
 _ACCEPTED_INPUTS = f"a path to a {_ACCEPTED_FILES} file, a PIL image or a numpy array"
 _ACCEPTED_ARRAYS = "HxW, HxWx1, HxWx3 or HxWx4 (channels last)"
@@ -121,8 +121,9 @@ def load_image(
         return _from_array(source, limit, fill)
     if isinstance(source, (str, os.PathLike)):
         return _from_path(Path(os.fsdecode(os.fspath(source))), limit, fill)
-    raise ImageError(None, f"unsupported input type {type(source).__name__}; expected "
-                           f"{_ACCEPTED_INPUTS}")
+    raise ImageError(
+        None, f"unsupported input type {type(source).__name__}; expected {_ACCEPTED_INPUTS}"
+    )
 
 
 def _check_max_pixels(max_pixels: int) -> int:
@@ -145,8 +146,9 @@ def _check_background(background: Sequence[int]) -> tuple[int, int, int]:
         for v in values
     )
     if not valid:
-        raise ImageError(None, f"background must be three ints in 0-255 (an RGB colour), "
-                               f"got {background!r}")
+        raise ImageError(
+            None, f"background must be three ints in 0-255 (an RGB colour), got {background!r}"
+        )
     return (int(values[0]), int(values[1]), int(values[2]))
 
 
@@ -154,8 +156,9 @@ def _check_size(size: tuple[int, int], max_pixels: int, path: Path | None) -> No
     """Reject images with a zero side or more pixels than allowed, before decoding them."""
     width, height = size
     if width <= 0 or height <= 0:
-        raise ImageError(path, f"image has a zero side ({width}x{height} pixels); expected "
-                               "an image at least 1x1")
+        raise ImageError(
+            path, f"image has a zero side ({width}x{height} pixels); expected an image at least 1x1"
+        )
     if width * height > max_pixels:
         raise ImageError(
             path,
@@ -191,8 +194,11 @@ def _check_regular_file(path: Path) -> None:
     except (OSError, ValueError) as error:  # ValueError: embedded NUL byte in the path
         raise ImageError(path, f"cannot access path ({_one_line(error)}); {expected}") from None
     if stat.S_ISDIR(info.st_mode):
-        raise ImageError(path, f"is a folder, not a file; {expected}, or list the folder's "
-                               "images with convlens.io.expand_inputs")
+        raise ImageError(
+            path,
+            f"is a folder, not a file; {expected}, or list the folder's "
+            "images with convlens.io.expand_inputs",
+        )
     if not stat.S_ISREG(info.st_mode):
         raise ImageError(path, f"is not a regular file (device, pipe or socket); {expected}")
     if info.st_size == 0:
@@ -205,8 +211,9 @@ def _open_file(path: Path) -> IO[bytes]:
         return open(path, "rb")  # noqa: SIM115 - the caller closes it with `with`
     except OSError as error:
         reason = error.strerror or _one_line(error)
-        raise ImageError(path, f"cannot open file ({reason}); expected a readable image "
-                               f"file ({_ACCEPTED_FILES})") from None
+        raise ImageError(
+            path, f"cannot open file ({reason}); expected a readable image file ({_ACCEPTED_FILES})"
+        ) from None
 
 
 def _decode_file(
@@ -253,8 +260,10 @@ def _unidentified_reason(handle: IO[bytes]) -> str:
     if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR":
         width, height = struct.unpack(">II", head[16:24])
         if width == 0 or height == 0:
-            return (f"image has a zero side ({width}x{height} pixels in the PNG header); "
-                    "expected an image at least 1x1")
+            return (
+                f"image has a zero side ({width}x{height} pixels in the PNG header); "
+                "expected an image at least 1x1"
+            )
     return f"not a recognised image format; expected a {_ACCEPTED_FILES} file"
 
 
@@ -266,12 +275,17 @@ def _from_pil(image: Image.Image, max_pixels: int, background: tuple[int, int, i
     try:
         image.load()  # a lazily opened image decodes here, so truncation surfaces here
     except _DECODE_ERRORS as error:
-        raise ImageError(path, f"cannot read the PIL image's pixels ({_one_line(error)}); "
-                               "expected a complete, open image") from None
+        raise ImageError(
+            path,
+            f"cannot read the PIL image's pixels ({_one_line(error)}); "
+            "expected a complete, open image",
+        ) from None
     return _to_rgb(image, background, path)
 
 
-def _from_array(array: np.ndarray, max_pixels: int, background: tuple[int, int, int]) -> Image.Image:
+def _from_array(
+    array: np.ndarray, max_pixels: int, background: tuple[int, int, int]
+) -> Image.Image:
     """Convert a numpy array (see :func:`load_image` for the accepted shapes and dtypes)."""
     _check_array_shape(array.shape)
     _check_array_dtype(array.dtype)
@@ -293,16 +307,20 @@ def _check_array_shape(shape: tuple[int, ...]) -> None:
         hint = " (this looks channels-first; use array.transpose(1, 2, 0))"
     elif len(shape) == 4:
         hint = " (this looks like a batch; pass one image at a time)"
-    raise ImageError(None, f"unsupported array shape {tuple(shape)}; expected "
-                           f"{_ACCEPTED_ARRAYS}{hint}")
+    raise ImageError(
+        None, f"unsupported array shape {tuple(shape)}; expected {_ACCEPTED_ARRAYS}{hint}"
+    )
 
 
 def _check_array_dtype(dtype: np.dtype) -> None:
     """Accept bool, uint8, uint16 (either byte order) and floats."""
     if dtype.kind in ("b", "f") or (dtype.kind == "u" and dtype.itemsize in (1, 2)):
         return
-    raise ImageError(None, f"unsupported array dtype {dtype}; expected {_ACCEPTED_DTYPES} "
-                           "(convert with e.g. array.astype(np.uint8))")
+    raise ImageError(
+        None,
+        f"unsupported array dtype {dtype}; expected {_ACCEPTED_DTYPES} "
+        "(convert with e.g. array.astype(np.uint8))",
+    )
 
 
 def _array_to_uint8(array: np.ndarray) -> np.ndarray:
@@ -320,12 +338,16 @@ def _unit_float_to_uint8(array: np.ndarray) -> np.ndarray:
     """Scale floats in [0, 1] to 0-255, rejecting NaN, infinities and values outside."""
     values = array.astype(np.float64)
     if not np.isfinite(values).all():
-        raise ImageError(None, "float array contains NaN or infinite values; expected "
-                               "finite values in [0, 1]")
+        raise ImageError(
+            None, "float array contains NaN or infinite values; expected finite values in [0, 1]"
+        )
     low, high = float(values.min()), float(values.max())
     if low < 0.0 or high > 1.0:
-        raise ImageError(None, f"float array values must lie in [0, 1], got {low:g} to "
-                               f"{high:g}; divide 0-255 data by 255 or pass uint8")
+        raise ImageError(
+            None,
+            f"float array values must lie in [0, 1], got {low:g} to "
+            f"{high:g}; divide 0-255 data by 255 or pass uint8",
+        )
     return np.rint(values * 255.0).astype(np.uint8)
 
 
@@ -352,7 +374,9 @@ def _apply_orientation(image: Image.Image) -> Image.Image:
         return image
 
 
-def _convert_mode(image: Image.Image, background: tuple[int, int, int], path: Path | None) -> Image.Image:
+def _convert_mode(
+    image: Image.Image, background: tuple[int, int, int], path: Path | None
+) -> Image.Image:
     """Convert any Pillow mode to RGB, compositing transparency onto ``background``."""
     mode = image.mode
     if mode.startswith("I;16"):
@@ -366,8 +390,11 @@ def _convert_mode(image: Image.Image, background: tuple[int, int, int], path: Pa
     try:
         return image.convert("RGB")
     except ValueError as error:
-        raise ImageError(path, f"unsupported colour mode {mode!r} ({_one_line(error)}); "
-                               "expected RGB, greyscale, palette, CMYK or YCbCr") from None
+        raise ImageError(
+            path,
+            f"unsupported colour mode {mode!r} ({_one_line(error)}); "
+            "expected RGB, greyscale, palette, CMYK or YCbCr",
+        ) from None
 
 
 def _has_transparency(image: Image.Image) -> bool:
@@ -407,8 +434,9 @@ def _int32_to_uint8(values: np.ndarray) -> np.ndarray:
 def _float_image_to_uint8(values: np.ndarray, path: Path | None) -> np.ndarray:
     """Scale mode ``F`` pixels: [0, 1] times 255, [0, 255] as is, anything else by range."""
     if not np.isfinite(values).all():
-        raise ImageError(path, "32-bit float image contains NaN or infinite values; "
-                               "expected finite pixel values")
+        raise ImageError(
+            path, "32-bit float image contains NaN or infinite values; expected finite pixel values"
+        )
     low, high = float(values.min()), float(values.max())
     if low >= 0.0 and high <= 1.0:
         return np.rint(values * 255.0).astype(np.uint8)
@@ -507,8 +535,13 @@ def _expand_one(path: Path, recursive: bool) -> tuple[list[Path], list[InputProb
     if not stat.S_ISREG(info.st_mode):
         return [], [InputProblem(path, "not a regular file or folder")]
     if not is_image_file(path):
-        return [], [InputProblem(path, f"not an image file (extension {path.suffix!r}); "
-                                       f"expected one of {_extension_list()}")]
+        return [], [
+            InputProblem(
+                path,
+                f"not an image file (extension {path.suffix!r}); "
+                f"expected one of {_extension_list()}",
+            )
+        ]
     return [path], []
 
 
@@ -517,8 +550,12 @@ def _expand_folder(folder: Path, recursive: bool) -> tuple[list[Path], list[Inpu
     images, problems = _walk_images(folder, recursive)
     if not images and not problems:
         where = "in folder or its sub-folders" if recursive else "directly in folder"
-        problems.append(InputProblem(folder, f"no images found {where} (looked for "
-                                             f"{_extension_list()}; hidden files skipped)"))
+        problems.append(
+            InputProblem(
+                folder,
+                f"no images found {where} (looked for {_extension_list()}; hidden files skipped)",
+            )
+        )
     return images, problems
 
 

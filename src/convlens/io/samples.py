@@ -64,8 +64,11 @@ def _load_sample(name: str, loader: Callable[[], np.ndarray]) -> Image.Image:
     try:
         array = loader()
     except (OSError, ImportError, KeyError, ValueError) as error:
-        raise ImageError(None, f"bundled sample {name!r} could not be read from "
-                               f"scikit-image's data ({error}); reinstall scikit-image") from None
+        raise ImageError(
+            None,
+            f"bundled sample {name!r} could not be read from "
+            f"scikit-image's data ({error}); reinstall scikit-image",
+        ) from None
     return load_image(array)
 
 
