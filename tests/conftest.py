@@ -12,7 +12,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# One thread per xdist worker (two workers on two cores), two when run serially.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 # Options that keep n-pass methods fast on the tiny test models. A method missing here runs
 # with its registry defaults (fine on 16x16 inputs).

@@ -22,9 +22,16 @@ from convlens.attribution.core import Method, attribute, get_method
 from convlens.attribution.targets import resolve_targets
 from convlens.errors import TargetError
 from convlens.models.classifier import Classifier, ImageLike
-from convlens.models.preprocessing import Geometry, map_to_original
+from convlens.models.preprocessing import Geometry, coverage_mask, map_to_original
 from convlens.render import figures
-from convlens.render.heatmap import apply_sign, is_empty, reduce_channels, scale_of, to_unit
+from convlens.render.heatmap import (
+    apply_sign,
+    display_percentile,
+    is_empty,
+    reduce_channels,
+    scale_of,
+    to_unit,
+)
 
 
 @dataclass
@@ -87,9 +94,15 @@ class Explanation:
         name = self._method(method)
         raw = self.raw_map(name, sign=sign)
         if scale is None:
-            scale = self.scales.get(name) or float(scale_of(raw[None], "image")[0])
+            scale = self._scale(name, raw)
         unit = to_unit(raw[None], torch.tensor([float(scale)]), sign or self.sign)[0]
         return map_to_original(unit, self.geometry)
+
+    def _scale(self, name: str, raw: torch.Tensor) -> float:
+        if self.scales.get(name):
+            return self.scales[name]
+        percentile = display_percentile(get_method(name).space)
+        return float(scale_of(raw[None], "image", percentile)[0])
 
     def empty(self, method: str | None = None) -> bool:
         """True when the map is constant (for example all zero): nothing to show."""
@@ -98,7 +111,8 @@ class Explanation:
     def overlay(self, method: str | None = None, *, cmap: str = figures.DEFAULT_CMAP,
                 alpha: float = 0.5) -> Image.Image:
         """The heatmap blended over the photo, as a PIL image."""
-        return figures.overlay(self.image, self.heatmap(method), cmap=cmap, alpha=alpha)
+        return figures.overlay(self.image, self.heatmap(method), cmap=cmap, alpha=alpha,
+                               seen=coverage_mask(self.geometry))
 
     @property
     def title(self) -> str:
@@ -110,7 +124,7 @@ class Explanation:
         panels = []
         for name in methods or self.methods:
             caption = name + (" (empty)" if self.empty(name) else "")
-            scale = self.scales.get(name) or float(scale_of(self.raw_map(name)[None], "image")[0])
+            scale = self._scale(name, self.raw_map(name))
             panels.append((caption, self.heatmap(name), scale))
         return figures.figure_to_image(figures.grid_figure(self.image, panels, title=self.title,
                                                            cmap=cmap))
@@ -229,7 +243,8 @@ def _scales(raw: dict[str, torch.Tensor], specs: dict[str, Method], normalize: s
     scales = {}
     for name, tensor in raw.items():
         maps = apply_sign(reduce_channels(tensor, specs[name].channel_reduction), sign)
-        scales[name] = scale_of(maps, normalize).cpu()
+        percentile = display_percentile(specs[name].space)
+        scales[name] = scale_of(maps, normalize, percentile).cpu()
     return scales
 
 

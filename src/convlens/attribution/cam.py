@@ -35,3 +35,261 @@ def layercam(activations: torch.Tensor, gradients: torch.Tensor, *, relu: bool =
              ) -> torch.Tensor:
     """ReLU(sum_k ReLU(G_k) * A_k)."""
     return _weighted_sum(gradients.clamp_min(0), activations, relu)
+
+
+@register("hirescam", family="cam", space="layer", gradient_cam=True,
+          reference="Draelos & Carin 2020, Use HiResCAM instead of Grad-CAM",
+          summary="activations times gradients, position by position, summed over channels")
+def hirescam(activations: torch.Tensor, gradients: torch.Tensor, *, relu: bool = True
+             ) -> torch.Tensor:
+    """ReLU(sum_k G_k * A_k): Grad-CAM without the spatial averaging of the gradient."""
+    return _weighted_sum(gradients, activations, relu)
+
+
+def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator``, and 0 where the denominator is 0 (never NaN or inf)."""
+    zero = denominator == 0
+    return torch.where(zero, torch.zeros_like(numerator),
+                       numerator / torch.where(zero, torch.ones_like(denominator), denominator))
+
+
+@register("xgradcam", family="cam", space="layer", gradient_cam=True,
+          reference="Fu et al. 2020, Axiom-based Grad-CAM (XGrad-CAM)",
+          summary="channels weighted by their activation-weighted gradient")
+def xgradcam(activations: torch.Tensor, gradients: torch.Tensor, *, relu: bool = True
+             ) -> torch.Tensor:
+    """ReLU(sum_k w_k A_k), w_k = sum_ij(G_k A_k) / (sum_ij A_k + 1e-7).
+
+    The 1e-7 is the paper's and pytorch-grad-cam's stabiliser; a channel whose
+    denominator is still exactly 0 gets weight 0.
+    """
+    numerator = (gradients * activations).sum(dim=(2, 3), keepdim=True)
+    denominator = activations.sum(dim=(2, 3), keepdim=True) + 1e-7
+    return _weighted_sum(_safe_divide(numerator, denominator), activations, relu)
+
+
+@register("gradcam_plus_plus", family="cam", space="layer", gradient_cam=True,
+          reference="Chattopadhay et al. 2018, Grad-CAM++",
+          summary="channels weighted by positive gradients, re-weighted position by position")
+def gradcam_plus_plus(activations: torch.Tensor, gradients: torch.Tensor, *, relu: bool = True
+                      ) -> torch.Tensor:
+    """ReLU(sum_k w_k A_k), w_k = sum_ij ReLU(G_kij) alpha_kij.
+
+    alpha = G^2 / (2 G^2 + sum_ij(A_k) G^3), the closed form of the paper's eq. 19 for an
+    exponential output, is computed as ``1 / (2 + sum_ij(A_k) G)`` where ``G != 0`` (the
+    same number without squaring and cubing tiny gradients into 0 / 0) and 0 where
+    ``G == 0`` or the denominator vanishes. pytorch-grad-cam adds 1e-6 to the denominator
+    of the unsimplified form instead, which shrinks alpha wherever |G| is below ~1e-3.
+    """
+    total = activations.sum(dim=(2, 3), keepdim=True)
+    denominator = torch.where(gradients != 0, 2 + total * gradients,
+                              torch.zeros_like(gradients))
+    alpha = _safe_divide(torch.ones_like(gradients), denominator)
+    weights = (gradients.clamp_min(0) * alpha).sum(dim=(2, 3), keepdim=True)
+    return _weighted_sum(weights, activations, relu)
+
+
+# ---- CAMs that need activations only (and maybe more forward passes) -------------------------
+
+def capture_layers(problem: Problem, setup: Callable[[HookSession], Any] | None = None
+                   ) -> tuple[list[torch.Tensor], list[int], torch.Tensor, Any]:
+    """One gradient-free forward pass recording every requested layer's activation.
+
+    Args:
+        problem: The call's problem (model, input, target, layers).
+        setup: Optional ``setup(hooks)`` registering more hooks for the same pass; its
+            return value is handed back.
+
+    Returns:
+        The activations ``(N, K, h, w)`` (each layer's last call, as the rest of the network
+        consumed it), how many times each layer ran in the pass, the logits, and ``setup``'s
+        return value. The target is resolved from these logits.
+    """
+    names, modules = problem.layer_names(), problem.modules()
+    with torch.no_grad(), HookSession() as hooks:
+        captures = [hooks.capture(module, name) for module, name in zip(modules, names)]
+        extra = setup(hooks) if setup is not None else None
+        logits = problem.forward(problem.x)
+    problem.indices(logits)
+    activations = [capture.output for capture in captures]
+    for name, activation in zip(names, activations):
+        if activation.dim() != 4:
+            raise LayerError(
+                f"layer {name!r} outputs shape {tuple(activation.shape)}; CAMs need a "
+                "(N, C, H, W) feature map. Choose a convolutional layer (see `convlens layers`)"
+            )
+    return activations, [len(capture.outputs) for capture in captures], logits, extra
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise MethodError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def principal_projection(activations: torch.Tensor) -> torch.Tensor:
+    """Per image, the positions' projection on the first principal component of the channels.
+
+    The activation of one image is read as ``h*w`` observations of ``K`` features, centred
+    over positions. The first right singular vector ``v`` comes from a batched symmetric
+    eigendecomposition of the smaller Gram matrix (``K x K``, or ``hw x hw`` with
+    ``M v = sqrt(lambda) u``), in one call for the whole batch, on the tensor's device.
+
+    Sign convention: a principal component has no sign, so we orient each map so that its
+    inner product with the (centred) mean activation over channels is non-negative: the
+    highlighted region is where the features fire, not where they are silent.
+    pytorch-grad-cam leaves the sign to the SVD routine (and then clips at 0), so its map
+    is sometimes the complement of ours.
+    """
+    n, k, h, w = activations.shape
+    work = torch.float64 if activations.dtype == torch.float64 else torch.float32
+    m = activations.to(work).flatten(2).transpose(1, 2)  # (N, hw, K)
+    m = m - m.mean(dim=1, keepdim=True)
+    if k <= h * w:
+        _, vectors = torch.linalg.eigh(m.transpose(1, 2) @ m)
+        projection = (m @ vectors[..., -1:]).squeeze(-1)
+    else:
+        values, vectors = torch.linalg.eigh(m @ m.transpose(1, 2))
+        projection = vectors[..., -1] * values[..., -1:].clamp_min(0).sqrt()
+    flip = (projection * m.mean(dim=2)).sum(dim=1, keepdim=True) < 0
+    projection = torch.where(flip, -projection, projection)
+    return projection.view(n, 1, h, w).to(activations.dtype)
+
+
+@register("eigencam", family="cam", space="layer", signed=True,
+          reference="Muhammad & Yeasin 2020, Eigen-CAM",
+          summary="projection of the layer's activations on their first principal component "
+                  "(class-agnostic)")
+def eigencam(problem: Problem, *, relu: bool = False) -> torch.Tensor:
+    """The first principal component of the layer's activations, per image.
+
+    One gradient-free forward pass and a batched eigendecomposition (see
+    :func:`principal_projection` for the sign convention). The map does not depend on the
+    target class (as in the paper); the target is still validated. ``relu=False`` by default:
+    the paper applies none, and presentation shows the positive side.
+    """
+    activations, _, _, _ = capture_layers(problem)
+    maps = [principal_projection(a) for a in activations]
+    return combine_layers([m.clamp_min(0) if relu else m for m in maps])
+
+
+def _final_linear(hooks: HookSession, model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """Record the ``nn.Linear`` modules in the order they run; the last one is the head."""
+    fired: list[tuple[str, nn.Linear]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            hooks.forward_hook(module, lambda m, _i, _o, name=name: fired.append((name, m)))
+    return fired
+
+
+@register("cam", family="cam", space="layer", signed=True,
+          reference="Zhou et al. 2016, Learning Deep Features for Discriminative Localization",
+          summary="the classifier's weights for the target applied to the last feature map")
+def cam(problem: Problem, *, relu: bool = False) -> torch.Tensor:
+    """CAM_c = sum_k W[c, k] A_k, for networks ending in global average pooling + a linear layer.
+
+    The head is the last ``nn.Linear`` that runs. Instead of inspecting the architecture we
+    check the identity that makes CAM meaningful: the logits must equal
+    ``mean_ij(A) @ W.T + b`` (dropout, flatten and pooling may sit in between; anything
+    else breaks it). Then ``mean_ij(CAM_c) + b_c`` is exactly the target's logit, and
+    Grad-CAM on the same layer equals ``CAM / (h * w)``. ``relu=False`` by default, as in
+    the paper: the raw map decomposes the logit.
+
+    Raises:
+        UnsupportedModelError: when the identity does not hold for a layer; use ``gradcam``.
+    """
+    activations, _, logits, fired = capture_layers(
+        problem, lambda hooks: _final_linear(hooks, problem.model))
+    if not fired:
+        raise UnsupportedModelError(
+            f"cam needs a network ending in global average pooling and an nn.Linear layer, "
+            f"but no nn.Linear ran in {type(problem.model).__name__}; use 'gradcam', which "
+            "needs no particular head"
+        )
+    head_name, head = fired[-1]
+    indices = problem.indices()
+    maps = []
+    for name, activation in zip(problem.layer_names(), activations):
+        weight = head.weight.detach().to(activation.dtype)
+        if weight.shape[1] != activation.shape[1]:
+            raise UnsupportedModelError(
+                f"cam: layer {name!r} has {activation.shape[1]} channels but the last linear "
+                f"layer {head_name!r} takes {weight.shape[1]} inputs, so its weights cannot "
+                "weight the channels. Choose the last feature map before global pooling, or "
+                "use 'gradcam' (equal to CAM up to a constant factor where CAM applies)"
+            )
+        bias = head.bias.detach().to(activation.dtype) if head.bias is not None else 0
+        predicted = activation.mean(dim=(2, 3)) @ weight.T + bias
+        error = float((predicted - logits.to(activation.dtype)).abs().max())
+        scale = 1 + float(logits.abs().max())
+        if not error <= 1e3 * torch.finfo(activation.dtype).eps * scale:
+            raise UnsupportedModelError(
+                f"cam: the logits are not global-average-pooled {name!r} times the weights of "
+                f"the last linear layer {head_name!r} (they differ by up to {error:.3g}), so "
+                "something other than pooling, flatten or dropout sits between them. CAM "
+                "(Zhou et al. 2016) only applies to such heads: choose the last feature map "
+                "before global pooling, or use 'gradcam', which works on any architecture "
+                "and equals CAM up to a constant factor where CAM applies"
+            )
+        maps.append(torch.einsum("nk,nkhw->nhw", weight[indices], activation).unsqueeze(1))
+    return combine_layers([m.clamp_min(0) if relu else m for m in maps])
+
+
+def channel_masks(channels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Score-CAM masks: ``(B, h, w)`` channels upsampled to ``size``, min-max scaled to [0, 1].
+
+    Bilinear upsampling with ``align_corners=False`` (pixel centres aligned, as in the
+    authors' code; pytorch-grad-cam's ``UpsamplingBilinear2d`` aligns corners). A constant
+    channel gives an all-zero mask, never 0 / 0.
+    """
+    up = F.interpolate(channels.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+    low = up.amin(dim=(2, 3), keepdim=True)
+    span = up.amax(dim=(2, 3), keepdim=True) - low
+    return _safe_divide(up - low, span)
+
+
+def scorecam_weights(problem: Problem, activation: torch.Tensor, batch_size: int
+                     ) -> torch.Tensor:
+    """Softmax probability of the target on the input masked by each channel, ``(N, K)``.
+
+    Only non-constant channels cost a pass (a constant channel's mask is undefined; it gets
+    weight 0, as in the authors' code). The ``(image, channel)`` pairs run in chunks of
+    ``batch_size`` masked inputs under ``torch.no_grad``; masks are built per chunk, so
+    memory never holds more than ``batch_size`` of them.
+    """
+    x = problem.x
+    indices = problem.indices()
+    flat = activation.flatten(2)
+    live = flat.amax(dim=2) > flat.amin(dim=2)
+    weights = torch.zeros(activation.shape[:2], dtype=activation.dtype, device=x.device)
+    pairs = live.nonzero()
+    with torch.no_grad():
+        for chunk in pairs.split(batch_size):
+            images, channels = chunk[:, 0], chunk[:, 1]
+            masks = channel_masks(activation[images, channels].to(x.dtype), tuple(x.shape[-2:]))
+            logits = problem.forward(x[images] * masks)
+            probabilities = logits.softmax(dim=1).gather(1, indices[images].view(-1, 1))
+            weights[images, channels] = probabilities.squeeze(1).to(weights.dtype)
+    return weights
+
+
+@register("scorecam", family="cam", space="layer",
+          reference="Wang et al. 2020, Score-CAM",
+          summary="channels weighted by the class probability when the input is masked by them")
+def scorecam(problem: Problem, *, relu: bool = True, batch_size: int = 64) -> torch.Tensor:
+    """ReLU(sum_k w_k A_k), w_k = softmax(f(x * s(up(A_k))))_c.
+
+    ``up`` is bilinear upsampling to the input size and ``s`` min-max scaling to [0, 1];
+    the weight is the target's softmax probability on the masked input, as in the authors'
+    reference implementation. Cost: one forward, then one pass per non-constant channel
+    and image, batched under ``batch_size``.
+
+    Deviations of pytorch-grad-cam (1.5): it scores each masked input by the target's
+    *logit* and turns the ``K`` logits into weights with a softmax over channels; it
+    upsamples with aligned corners and keeps constant channels (with a ~0 mask).
+    """
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    activations, _, _, _ = capture_layers(problem)
+    maps = [_weighted_sum(scorecam_weights(problem, a, batch_size)[:, :, None, None], a, relu)
+            for a in activations]
+    return combine_layers(maps)

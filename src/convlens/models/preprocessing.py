@@ -176,3 +176,12 @@ def map_to_original(heatmap: torch.Tensor, geometry: Geometry) -> np.ndarray:
                                                                src_x0:src_x0 + w]
     return canvas
 
+
+
+def coverage_mask(geometry: Geometry) -> np.ndarray:
+    """``(height, width)`` bool array: True where the network saw the photo."""
+    width, height = geometry.original_size
+    left, top, right, bottom = (round(v) for v in geometry.box)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[max(0, top):max(0, min(height, bottom)), max(0, left):max(0, min(width, right))] = True
+    return mask

@@ -31,14 +31,24 @@ def colorize(heatmap: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray, *, cmap: str = DEFAULT_CMAP,
-            alpha: float = 0.5) -> Image.Image:
-    """Blend a coloured heatmap over the photo; ``alpha`` is the heatmap's weight."""
+            alpha: float = 0.5, seen: np.ndarray | None = None) -> Image.Image:
+    """Blend a coloured heatmap over the photo.
+
+    The colour's weight grows with the heat (from ``alpha / 3`` at 0 to ``alpha * 1.4`` at
+    1), so the photo stays readable where nothing happens and sparse pixel maps stay
+    visible. Pixels outside ``seen`` (cropped away by preprocessing: the model never saw
+    them) are shown greyed out, without colour.
+    """
     if heatmap.shape != (image.height, image.width):
         raise ValueError(f"heatmap {heatmap.shape} does not match the image "
                          f"{(image.height, image.width)}")
     photo = np.asarray(image.convert("RGB"), dtype=np.float32)
     colours = colorize(heatmap, cmap).astype(np.float32)
-    blended = (1 - alpha) * photo + alpha * colours
+    weight = np.clip(alpha * (1 / 3 + heatmap[..., None] * (1.4 - 1 / 3)), 0, 1)
+    blended = (1 - weight) * photo + weight * colours
+    if seen is not None and not seen.all():
+        grey = photo.mean(axis=2, keepdims=True) * 0.5 + 96
+        blended = np.where(seen[..., None], blended, grey)
     return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
 
 

@@ -50,9 +50,20 @@ def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
                          align_corners=False).squeeze(1)
 
 
-def scale_of(maps: torch.Tensor, normalize: str) -> torch.Tensor:
-    """The value mapped to 1 for each map: its own max |value|, or the batch's."""
-    peaks = maps.abs().flatten(1).amax(dim=1)
+def scale_of(maps: torch.Tensor, normalize: str, percentile: float = 100.0) -> torch.Tensor:
+    """The value mapped to 1 for each map: its own peak |value|, or the batch's.
+
+    Pixel-space maps have a few extreme pixels that would make everything else invisible,
+    so presentation uses a high percentile for them (Captum's visualiser clips outliers the
+    same way); values above it saturate at 1.
+    """
+    flat = maps.abs().flatten(1)
+    if percentile >= 100:
+        peaks = flat.amax(dim=1)
+    else:
+        rank = max(1, min(flat.shape[1], round(flat.shape[1] * percentile / 100)))
+        peaks = flat.float().kthvalue(rank, dim=1).values
+        peaks = torch.where(peaks > 0, peaks, flat.amax(dim=1))
     if normalize == "batch":
         peaks = peaks.max().expand_as(peaks)
     elif normalize != "image":
@@ -70,6 +81,11 @@ def to_unit(maps: torch.Tensor, scales: torch.Tensor, sign: str) -> torch.Tensor
     if sign == "all":
         unit = (unit + 1) / 2
     return unit.clamp(0, 1).nan_to_num(0.0)
+
+
+def display_percentile(space: str) -> float:
+    """Which percentile of |map| becomes 1: 99.5 for pixel maps, the maximum for layer maps."""
+    return 99.5 if space == "input" else 100.0
 
 
 def is_empty(maps: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11 and pip:
+#   make demo   creates .venv, installs convlens, runs `convlens demo` (writes demo-out/index.html)
+#   make test   installs the dev extras, runs the whole test suite
+# Running either again reinstalls nothing unless pyproject.toml changed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= demo-out
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-install
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.stamp-install
+	$(BIN)/convlens demo --out $(OUT)
+
+test: $(VENV)/.stamp-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+bench: $(VENV)/.stamp-dev
+	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 \
+	  $(BIN)/python benchmarks/bench_attribution.py
+
+clean:
+	rm -rf $(VENV) $(OUT) convlens-out .pytest_cache
