@@ -10,6 +10,7 @@ from PIL import Image
 
 import convlens as cl
 from convlens.models.preprocessing import Geometry, Preprocessing, map_to_original
+from convlens.render.heatmap import scale_of
 
 
 @pytest.fixture
@@ -66,15 +67,22 @@ def test_explanation_heatmaps_are_unit_range_at_the_photo_size(clf: cl.Classifie
         assert exp.predictions[0][1] >= exp.predictions[-1][1]
 
 
-def test_batch_normalisation_shares_one_scale(clf: cl.Classifier) -> None:
-    photos = [_photo(40, 40, s) for s in range(3)]
-    exps = cl.explain(clf, photos, ["saliency"], normalize="batch")
-    scales = {exp.scales["saliency"] for exp in exps}
+def test_batch_normalisation_shares_one_scale() -> None:
+    module = seeded(TinyVGG(classes=4), dtype=torch.float32)
+    clf = cl.Classifier(module, input_size=32, resize="squash", mean=(0, 0, 0), std=(1, 1, 1),
+                        device="cpu")
+    bright = _photo(32, 32)
+    dim = Image.fromarray((np.asarray(bright) // 10).astype(np.uint8))  # x / 10: weaker map
+    exps = cl.explain(clf, [bright, dim], ["input_x_gradient"], target=0, normalize="batch")
+    method = "input_x_gradient"
+    scales = {exp.scales[method] for exp in exps}
     assert len(scales) == 1
-    peaks = [float(exp.raw_map("saliency").max()) for exp in exps]
-    assert max(peaks) == pytest.approx(scales.pop(), rel=1e-6)
-    heat_peaks = sorted(exp.heatmap("saliency").max() for exp in exps)
-    assert heat_peaks[0] < heat_peaks[-1]  # weaker maps look weaker
+    own = [float(scale_of(exp.raw_map(method)[None], "image", 99.5)[0]) for exp in exps]
+    assert max(own) == pytest.approx(scales.pop(), rel=1e-6)
+    # The weaker map looks weaker: dimmer than with its own scale, never brighter.
+    shared, alone = exps[1].heatmap(method), exps[1].heatmap(method, scale=own[1])
+    assert (shared <= alone + 1e-6).all()
+    assert shared.mean() < 0.5 * alone.mean()
 
 
 def test_top_k_gives_one_explanation_per_class(clf: cl.Classifier) -> None:

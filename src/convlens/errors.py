@@ -71,6 +71,10 @@ class UnsupportedModelError(ConvlensError, TypeError):
     """The model cannot be explained by the requested method (and we refuse to guess)."""
 
 
+class ObjectiveError(ConvlensError, ValueError):
+    """A feature-visualization objective, parameterisation or transform is invalid."""
+
+
 class InputShapeError(ConvlensError, ValueError):
     """A tensor input has the wrong shape, dtype or device."""
 
