@@ -27,7 +27,10 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
     """
     flags = [(module, module.training) for module in model.modules()]
     try:
-        model.eval()
+        try:
+            model.eval()
+        except NotImplementedError:  # torch.export programs: their mode was fixed at export
+            pass
         yield model
     finally:
         for module, flag in flags:

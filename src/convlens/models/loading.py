@@ -16,6 +16,7 @@ Safety policy (what may run code on the user's machine):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -283,7 +284,8 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
     if isinstance(labels, (str, Path)):
         labels = read_labels(labels)
     if not isinstance(spec, nn.Module):
-        module.eval()  # a model we loaded ourselves; a user's module is left as it is
+        with contextlib.suppress(NotImplementedError):  # torch.export programs refuse eval()
+            module.eval()  # a model we loaded ourselves; a user's module is left as it is
     classifier = Classifier(module, labels, device=device, name=name, **options)
     if classifier.labels is None:
         classes = _count_outputs(classifier)

@@ -1,0 +1,149 @@
+"""load_model: every way in, the safety policy, labels and preprocessing options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from models import TinyVGG, seeded
+from safetensors.torch import save_file
+
+import convlens as cl
+from convlens.errors import ModelLoadError, UnsafeCheckpointError
+
+FACTORY = f"{Path(__file__).parent / 'fixtures' / 'tiny_model.py'}:build"
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _reference() -> torch.nn.Module:
+    model = seeded(TinyVGG(classes=4), seed=7, dtype=torch.float32)
+    return model
+
+
+def _same_outputs(classifier: cl.Classifier, reference: torch.nn.Module) -> None:
+    with torch.no_grad():
+        torch.testing.assert_close(classifier.logits(_x()), reference(_x()))
+
+
+def test_factory_with_safetensors_weights(tmp_path: Path) -> None:
+    reference = _reference()
+    save_file(reference.state_dict(), tmp_path / "w.safetensors")
+    clf = cl.load_model(FACTORY, weights=tmp_path / "w.safetensors", device="cpu")
+    _same_outputs(clf, reference)
+
+
+def test_factory_with_a_torch_state_dict_and_a_wrapped_checkpoint(tmp_path: Path) -> None:
+    reference = _reference()
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in
+                                            reference.state_dict().items()}}, tmp_path / "c.pt")
+    clf = cl.load_model(FACTORY, weights=tmp_path / "c.pt", device="cpu")
+    _same_outputs(clf, reference)
+
+
+def test_weights_that_do_not_fit_list_the_keys(tmp_path: Path) -> None:
+    save_file({"features.0.weight": torch.zeros(8, 3, 3, 3)}, tmp_path / "w.safetensors")
+    with pytest.raises(ModelLoadError, match="missing keys"):
+        cl.load_model(FACTORY, weights=tmp_path / "w.safetensors", device="cpu")
+
+
+def test_torchscript_needs_trust_and_then_works(tmp_path: Path) -> None:
+    reference = _reference()
+    torch.jit.script(reference).save(str(tmp_path / "m.pt"))
+    with pytest.raises(UnsafeCheckpointError, match="trust_model=True"):
+        cl.load_model(tmp_path / "m.pt", device="cpu")
+    clf = cl.load_model(tmp_path / "m.pt", device="cpu", trust_model=True)
+    _same_outputs(clf, reference)
+    attributions = cl.attribute(clf, _x(), "saliency")  # pixel methods need no hooks
+    assert attributions.abs().sum() > 0
+
+
+def test_torch_export_archive(tmp_path: Path) -> None:
+    reference = _reference()
+    program = torch.export.export(reference, (_x(),))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    with pytest.raises(UnsafeCheckpointError):
+        cl.load_model(tmp_path / "m.pt2", device="cpu")
+    clf = cl.load_model(tmp_path / "m.pt2", device="cpu", trust_model=True)
+    _same_outputs(clf, reference)
+
+
+def test_pickled_module_is_refused_without_trust(tmp_path: Path) -> None:
+    torch.save(_reference(), tmp_path / "whole.pt")
+    with pytest.raises(UnsafeCheckpointError, match=r"state_dict\(\).*trust_model=True"):
+        cl.load_model(tmp_path / "whole.pt", device="cpu")
+    clf = cl.load_model(tmp_path / "whole.pt", device="cpu", trust_model=True)
+    _same_outputs(clf, _reference())
+
+
+def test_a_bare_state_dict_file_asks_for_the_architecture(tmp_path: Path) -> None:
+    torch.save(_reference().state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ModelLoadError, match="weights only.*package.module:factory"):
+        cl.load_model(tmp_path / "sd.pt", device="cpu")
+
+
+def test_torchvision_name_with_local_weights(tmp_path: Path) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    reference = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    save_file(reference.state_dict(), tmp_path / "r18.safetensors")
+    with pytest.raises(ModelLoadError, match="local weights file"):
+        cl.load_model("torchvision:resnet18", device="cpu")
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        cl.load_model("torchvision:resnet18", weights=tmp_path / "r18.safetensors",
+                      device="cpu")  # 1000-class architecture, 10-class weights
+
+
+@pytest.mark.parametrize("content,suffix,expected", [
+    ("ant\nbee\n\ncat\n", ".txt", ["ant", "bee", "cat"]),
+    (json.dumps(["ant", "bee"]), ".json", ["ant", "bee"]),
+    (json.dumps({"1": "bee", "0": "ant"}), ".json", ["ant", "bee"]),
+    (json.dumps({"0": ["n01", "ant"], "1": ["n02", "bee"]}), ".json", ["ant", "bee"]),
+])
+def test_label_files(tmp_path: Path, content: str, suffix: str, expected: list[str]) -> None:
+    path = tmp_path / f"labels{suffix}"
+    path.write_text(content)
+    assert cl.models.loading.read_labels(path) == expected
+
+
+def test_label_count_must_match_the_outputs(tmp_path: Path) -> None:
+    (tmp_path / "l.txt").write_text("a\nb\n")
+    clf = cl.load_model(FACTORY, labels=tmp_path / "l.txt", device="cpu", input_size=32)
+    with pytest.raises(ModelLoadError, match="4 outputs but 2 labels"):
+        clf.predict(torch.zeros(1, 3, 32, 32))
+
+
+def test_preprocessing_options_are_applied() -> None:
+    clf = cl.load_model(FACTORY, input_size=40, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                        resize="squash", device="cpu")
+    pre = clf.preprocessing
+    assert pre.input_size == (40, 40) and pre.resize == "squash" and pre.mean == (0.5,) * 3
+    from PIL import Image
+
+    x = clf.preprocess(Image.new("RGB", (10, 20), (255, 128, 0)))
+    assert x.shape == (1, 3, 40, 40)
+    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([2.0, 0.0078, -2.0]), atol=1e-3,
+                               rtol=0)
+
+
+def test_unknown_model_spec_says_what_is_accepted() -> None:
+    with pytest.raises(ModelLoadError, match="bundled name.*TorchScript.*factory.*torchvision"):
+        cl.load_model("resnet9000", device="cpu")
+    with pytest.raises(ModelLoadError, match="cannot import"):
+        cl.load_model("no_such_package.models:build", device="cpu")
+
+
+def test_classifier_wraps_a_module_in_memory_without_changing_its_mode() -> None:
+    module = _reference().train()
+    clf = cl.Classifier(module, labels=list("abcd"), input_size=32, device="cpu")
+    assert clf.predict(torch.zeros(1, 3, 32, 32), top=2)[0][0][0] in "abcd"
+    assert module.training
+
+
+def test_bundled_model_labels_and_preprocessing() -> None:
+    clf = cl.load_model(device="cpu")
+    assert len(clf.labels) == 1000 and clf.labels[281] == "tabby"
+    assert clf.preprocessing.input_size == (224, 224)
