@@ -1,16 +1,29 @@
 """Class activation maps: weighted sums of a layer's channels, at the layer's resolution.
 
-The gradient-weighted variants are registered as ``combine(A, G)``: ``A`` is the layer's
-activation ``(N, K, h, w)``, ``G`` the gradient of the target logit with respect to it. The
-runner in :mod:`convlens.attribution.core` computes ``A`` and ``G`` once per call, with a
-backward pass that stops at the layer, and derives every requested variant from them.
+The gradient-weighted variants (gradcam, hirescam, xgradcam, gradcam_plus_plus, layercam)
+are registered as ``combine(A, G)``: ``A`` is the layer's activation ``(N, K, h, w)``, ``G``
+the gradient of the target logit with respect to it. The runner in
+:mod:`convlens.attribution.core` computes ``A`` and ``G`` once per call, with a backward
+pass that stops at the layer, and derives every requested variant from them.
+
+The others need activations only: ``cam`` (the classifier's weights, one forward),
+``eigencam`` (a principal component, one forward), ``scorecam`` and ``ablationcam`` (one
+extra pass per channel, batched). All accept a list of layers (maps are averaged after
+upsampling to the largest, as for the gradient CAMs).
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
+from typing import Any
 
-from convlens.attribution.core import register
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convlens._hooks import HookSession
+from convlens.attribution.core import Problem, combine_layers, register
+from convlens.errors import ConvlensError, LayerError, MethodError, UnsupportedModelError
 
 
 def _weighted_sum(weights: torch.Tensor, activations: torch.Tensor, relu: bool) -> torch.Tensor:
@@ -292,4 +305,115 @@ def scorecam(problem: Problem, *, relu: bool = True, batch_size: int = 64) -> to
     activations, _, _, _ = capture_layers(problem)
     maps = [_weighted_sum(scorecam_weights(problem, a, batch_size)[:, :, None, None], a, relu)
             for a in activations]
+    return combine_layers(maps)
+
+
+class _Replacement:
+    """Forward hook replacing a layer's output on its ``call``-th call of each pass."""
+
+    def __init__(self, call: int) -> None:
+        self.call = call
+        self.count = 0
+        self.value: torch.Tensor | None = None
+
+    def arm(self, value: torch.Tensor) -> None:
+        """Use ``value`` as the layer's output in the next pass."""
+        self.value, self.count = value, 0
+
+    def __call__(self, _module: nn.Module, _inputs: Any, _output: Any) -> torch.Tensor | None:
+        self.count += 1
+        return self.value if self.count == self.call else None
+
+
+def _upper_part_broadcasts(problem: Problem, replacement: _Replacement,
+                           activation: torch.Tensor, logits: torch.Tensor) -> bool:
+    """Can the network above the layer take ``B`` copies while the part below ran on 1 image?
+
+    Every tensor computed below the layer is the same for all copies of one image, so
+    broadcasting it from batch 1 is exact wherever torch broadcasts (residual additions,
+    elementwise ops). Operations that do not broadcast (concatenation with an earlier
+    feature map, reshapes to a fixed batch) fail or change the shape; we try once with two
+    unablated copies and require both to reproduce the image's logits.
+    """
+    replacement.arm(activation[:1].expand(2, *activation.shape[1:]).clone())
+    try:
+        out = problem.forward(problem.x[:1])
+    except (ConvlensError, RuntimeError, ValueError, TypeError, IndexError):
+        return False
+    if out.shape != (2, logits.shape[1]):
+        return False
+    tolerance = torch.finfo(logits.dtype).eps ** 0.5 * (1 + float(logits.abs().max()))
+    return bool(((out - logits[:1]).abs() <= tolerance).all())
+
+
+def ablation_drops(problem: Problem, module: nn.Module, activation: torch.Tensor, calls: int,
+                   logits: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``y_c - y_c(channel k zeroed)`` for every image and channel, shape ``(N, K)``.
+
+    The layer's output (its last call in the pass, ``calls``) is replaced by a batch of
+    copies of the activation, each with one channel zeroed. The part of the network below
+    the layer cannot be skipped without splitting the model, but when the part above
+    broadcasts (see :func:`_upper_part_broadcasts`) it runs on the single image while the
+    ``batch_size`` ablated copies go through the part above only. Otherwise the part below
+    runs on ``batch_size`` copies of the image too (the cost of pytorch-grad-cam's
+    implementation). All-zero channels are skipped: zeroing them changes nothing.
+    """
+    x = problem.x
+    indices = problem.indices()
+    scores = logits.gather(1, indices.view(-1, 1)).squeeze(1).to(activation.dtype)
+    drops = torch.zeros(activation.shape[:2], dtype=activation.dtype, device=x.device)
+    live = activation.flatten(2).ne(0).any(dim=2)
+    with torch.no_grad(), HookSession() as hooks:
+        replacement = _Replacement(calls)
+        hooks.forward_hook(module, replacement)
+        broadcast = _upper_part_broadcasts(problem, replacement, activation, logits)
+        for image in range(activation.shape[0]):
+            for chunk in live[image].nonzero().squeeze(1).split(batch_size):
+                copies = chunk.numel()
+                ablated = activation[image].expand(copies, *activation.shape[1:]).clone()
+                ablated[torch.arange(copies, device=x.device), chunk] = 0
+                replacement.arm(ablated)
+                inputs = x[image:image + 1]
+                if not broadcast:
+                    inputs = inputs.expand(copies, *x.shape[1:])
+                out = problem.forward(inputs)
+                if out.shape[0] != copies:
+                    raise UnsupportedModelError(
+                        f"ablationcam: the model returned {out.shape[0]} outputs for "
+                        f"{copies} ablated copies of the layer's activation; use 'scorecam' "
+                        "or a gradient CAM"
+                    )
+                drops[image, chunk] = scores[image] - out[:, indices[image]].to(drops.dtype)
+    return drops
+
+
+@register("ablationcam", family="cam", space="layer",
+          reference="Desai & Ramaswamy 2020, Ablation-CAM",
+          summary="channels weighted by the relative drop of the target score when zeroed")
+def ablationcam(problem: Problem, *, relu: bool = True, batch_size: int = 64) -> torch.Tensor:
+    """ReLU(sum_k w_k A_k), w_k = (y_c - y_c with channel k zeroed) / |y_c|.
+
+    We divide by ``|y_c|`` where the paper writes ``y_c``: identical when the target's
+    logit is positive (the case the paper considers, the predicted class), and it keeps a
+    negative logit from flipping every weight. Where ``|y_c|`` is below the dtype's
+    machine epsilon the raw drop is used (no division by ~0).
+
+    Cost: see :func:`ablation_drops`; one pass per image and chunk of ``batch_size``
+    channels, in which only the part above the layer runs on the whole chunk when the
+    network allows it.
+
+    Deviation of pytorch-grad-cam (1.5): when the layer's activations contain no exact
+    zero it "ablates" a channel by setting it to ``min - 1e7`` rather than 0, and it
+    divides by the signed ``y_c`` (float32 throughout).
+    """
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    activations, calls, logits, _ = capture_layers(problem)
+    scores = logits.gather(1, problem.indices().view(-1, 1))
+    maps = []
+    for module, activation, count in zip(problem.modules(), activations, calls):
+        drops = ablation_drops(problem, module, activation, count, logits, batch_size)
+        magnitude = scores.abs().to(drops.dtype)
+        small = magnitude <= torch.finfo(drops.dtype).eps
+        weights = drops / torch.where(small, torch.ones_like(magnitude), magnitude)
+        maps.append(_weighted_sum(weights[:, :, None, None], activation, relu))
     return combine_layers(maps)
