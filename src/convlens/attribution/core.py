@@ -128,7 +128,14 @@ def _load_builtin_methods() -> None:
 
     Each family module adds itself to this one import line.
     """
-    from convlens.attribution import cam, gradients  # noqa: F401
+    from convlens.attribution import (  # noqa: F401
+        cam,
+        gradients,
+        modified_gradients,
+        noise,
+        perturbation,
+        relevance,
+    )
 
 
 @dataclass
