@@ -140,6 +140,17 @@ def _check_positive_int(value: object, name: str) -> int:
     return value
 
 
+def _small_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched ``eigh`` of small Gram matrices, done on the CPU.
+
+    On CUDA, batched ``eigh`` of many small matrices made this step 8x a forward pass on an
+    H100 (benchmarks/results/cuda.md); the matrices are at most min(K, hw)^2 per image
+    (49 x 49 for a 7 x 7 layer), so the round trip to the CPU costs microseconds.
+    """
+    values, vectors = torch.linalg.eigh(gram.cpu())
+    return values.to(gram.device), vectors.to(gram.device)
+
+
 def principal_projection(activations: torch.Tensor) -> torch.Tensor:
     """Per image, the positions' projection on the first principal component of the channels.
 
@@ -159,10 +170,10 @@ def principal_projection(activations: torch.Tensor) -> torch.Tensor:
     m = activations.to(work).flatten(2).transpose(1, 2)  # (N, hw, K)
     m = m - m.mean(dim=1, keepdim=True)
     if k <= h * w:
-        _, vectors = torch.linalg.eigh(m.transpose(1, 2) @ m)
+        _, vectors = _small_eigh(m.transpose(1, 2) @ m)
         projection = (m @ vectors[..., -1:]).squeeze(-1)
     else:
-        values, vectors = torch.linalg.eigh(m @ m.transpose(1, 2))
+        values, vectors = _small_eigh(m @ m.transpose(1, 2))
         projection = vectors[..., -1] * values[..., -1:].clamp_min(0).sqrt()
     flip = (projection * m.mean(dim=2)).sum(dim=1, keepdim=True) < 0
     projection = torch.where(flip, -projection, projection)
