@@ -8,12 +8,14 @@ The public face::
     exps = cl.explain(clf, ["cat.jpg"], methods=["gradcam", "saliency"])
 """
 
+from convlens import objectives
 from convlens.attribution.core import Method, attribute, get_method, methods
 from convlens.errors import ConvlensError
 from convlens.explain import Explanation, explain
 from convlens.models.classifier import Classifier
 from convlens.models.layers import LayerInfo
 from convlens.models.loading import load_model
+from convlens.visualization.render import Visualization, visualize
 
 __all__ = [
     "Classifier",
@@ -27,6 +29,9 @@ __all__ = [
     "layers",
     "load_model",
     "methods",
+    "objectives",
+    "Visualization",
+    "visualize",
 ]
 
 __version__ = "0.1.0"

@@ -263,10 +263,8 @@ def demo(
 
 
 def _register_extensions() -> None:
-    try:
-        from convlens import cli_visualize
-    except ImportError:  # feature visualization not installed in this build
-        return
+    from convlens import cli_visualize
+
     cli_visualize.register(app)
 
 

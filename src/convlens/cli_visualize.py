@@ -1,0 +1,229 @@
+"""``convlens visualize`` and ``convlens activations``: feature visualization from the shell.
+
+:func:`register` adds both commands to the main Typer app (``convlens.cli`` calls it).
+Errors follow the main CLI's style: convlens's own errors become one ``error: ...`` line
+on stderr and exit code 2. This module imports ``convlens.cli`` only when a command runs,
+so importing either module first works.
+
+Examples::
+
+    convlens visualize --layer blocks.8 --channels 0-15 --out vis/
+    convlens visualize --class tabby --class 130 --steps 512 --out classes/
+    convlens visualize --layer blocks.6 --deepdream cat.jpg --out dream/
+    convlens activations cat.jpg --layer blocks.4 --filters --out acts/
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from convlens.errors import ObjectiveError
+
+ModelOpt = typer.Option("efficientnet_lite0", "--model", "-m",
+                        help="Bundled name, model file, 'package.module:factory' or "
+                             "'torchvision:NAME'.")
+WeightsOpt = typer.Option(None, "--weights", help="State dict (.safetensors or .pt) for a factory.")
+LabelsOpt = typer.Option(None, "--labels", help="Class names: text (one per line) or JSON.")
+SizeOpt = typer.Option(None, "--input-size", help="Model input size in pixels.")
+MeanOpt = typer.Option(None, "--mean", help="Normalisation mean, e.g. 0.485,0.456,0.406.")
+StdOpt = typer.Option(None, "--std", help="Normalisation std, e.g. 0.229,0.224,0.225.")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+TrustOpt = typer.Option(False, "--trust-model",
+                        help="Allow model files that are programs or need full unpickling.")
+
+MAX_DEFAULT_CHANNELS = 16
+
+
+def _friendly(command: Callable) -> Callable:
+    """The main CLI's error handling, imported when the command runs."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from convlens.cli import friendly_errors
+
+        return friendly_errors(command)(*args, **kwargs)
+
+    return wrapper
+
+
+def _load(model, weights, labels, input_size, mean, std, device, trust_model):
+    from convlens.cli import ModelOptions
+
+    return ModelOptions(model, weights, labels, input_size, mean, std, None, device,
+                        trust_model).load()
+
+
+def parse_channels(text: str) -> list[int]:
+    """``"0-15"``, ``"3,5,9"`` or ``"0-3,8"`` -> channel indices, in the order given.
+
+    Example:
+        >>> parse_channels("0-2,7")
+        [0, 1, 2, 7]
+    """
+    channels: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        first, sep, last = part.partition("-")
+        try:
+            low = int(first)
+            high = int(last) if sep else low
+        except ValueError:
+            raise ObjectiveError(f"--channels takes indices and ranges like 0-15 or 3,5,9; "
+                                 f"got {text!r}") from None
+        if low < 0 or high < low:
+            raise ObjectiveError(f"--channels: bad range {part!r} (expected LOW-HIGH with "
+                                 "0 <= LOW <= HIGH)")
+        channels.extend(range(low, high + 1))
+    if not channels:
+        raise ObjectiveError("--channels needs at least one index, e.g. 0-15")
+    return channels
+
+
+def _layer_channels(classifier: Any, layer: str) -> int:
+    """The number of channels of ``layer``'s output (a clear error for a bad name)."""
+    import convlens
+    from convlens.models.layers import resolve_layer
+
+    name, _ = resolve_layer(classifier.module, layer)
+    for info in convlens.layers(classifier):
+        if info.name == name and info.output_shape:
+            return int(info.output_shape[0])
+    raise ObjectiveError(f"layer {layer!r} did not produce a tensor output; choose another "
+                         "(see `convlens layers`)")
+
+
+def _objectives(classifier: Any, layer: str | None, channels: str | None, classes: list[str],
+                neuron: bool, deepdream: bool) -> list[Any]:
+    from convlens.visualization import objectives as obj
+
+    if (layer is None) == (not classes):
+        raise ObjectiveError("give either --layer LAYER (channels of a layer) or --class "
+                             "NAME|INDEX (output classes), not both and not neither")
+    if classes:
+        if neuron or channels:
+            raise ObjectiveError("--neuron and --channels go with --layer, not --class")
+        return [obj.class_logit(c) for c in classes]
+    if channels is None and deepdream and not neuron:
+        return [obj.layer(layer)]
+    count = _layer_channels(classifier, layer)
+    indices = (parse_channels(channels) if channels is not None
+               else list(range(min(count, MAX_DEFAULT_CHANNELS))))
+    bad = [k for k in indices if k >= count]
+    if bad:
+        raise ObjectiveError(f"channel {bad[0]} is out of range: layer {layer!r} has {count} "
+                             f"channels (valid: 0..{count - 1})")
+    make = obj.neuron if neuron else obj.channel
+    return [make(layer, k) for k in indices]
+
+
+@_friendly
+def visualize(
+    layer: str | None = typer.Option(None, "--layer", "-l",
+                                     help="Layer whose channels to visualize (see `layers`)."),
+    channels: str | None = typer.Option(None, "--channels", "-c",
+                                        help="Channels, e.g. 0-15 or 3,5,9 (default: the "
+                                             "first 16)."),
+    classes: list[str] = typer.Option([], "--class",
+                                      help="Class NAME or INDEX; repeat for several."),
+    neuron: bool = typer.Option(False, "--neuron",
+                                help="Excite the centre neuron of each channel instead of the "
+                                     "whole channel."),
+    deepdream: Path | None = typer.Option(None, "--deepdream",
+                                          help="Start from this photo; with --layer and no "
+                                               "--channels, DeepDream the whole layer."),
+    steps: int = typer.Option(256, "--steps", min=0, help="Optimiser steps."),
+    size: int | None = typer.Option(None, "--size", min=8,
+                                    help="Image size in pixels (default: the model's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the noise and the transforms."),
+    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate."),
+    param: str = typer.Option("fft", "--param", help="fft, pixel or cppn."),
+    transforms: str = typer.Option("standard", "--transforms", help="standard, lucid or none."),
+    out: Path = typer.Option(Path("convlens-vis"), "--out", "-o", help="Output folder."),
+    model: str = ModelOpt, weights: Path | None = WeightsOpt,
+    labels: Path | None = LabelsOpt, input_size: int | None = SizeOpt,
+    mean: str | None = MeanOpt, std: str | None = StdOpt,
+    device: str = DeviceOpt, trust_model: bool = TrustOpt,
+) -> None:
+    """Render feature visualizations: one PNG per objective, grid.png and results.json."""
+    from convlens.cli import console
+    from convlens.visualization.render import visualize as render
+
+    classifier = _load(model, weights, labels, input_size, mean, std, device, trust_model)
+    goals = _objectives(classifier, layer, channels, classes, neuron, deepdream is not None)
+    res = render(classifier, goals, size=size, steps=steps, seed=seed, lr=lr, param=param,
+                 transforms=transforms, init=deepdream, progress=True)
+    paths = res.save(out)
+    final = res.trace[-1].tolist() if len(res.trace) else [None] * len(goals)
+    record = {
+        "model": classifier.name, "steps": len(res.trace), "size": list(res.images.shape[-2:]),
+        "seed": seed, "param": param, "transforms": transforms, "seconds": round(res.seconds, 2),
+        "deepdream": str(deepdream) if deepdream else None,
+        "images": [{"objective": name, "file": path.name, "final_value": value}
+                   for name, path, value in zip(res.names, paths, final)],
+        "grid": "grid.png",
+    }
+    (out / "results.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    console.print(f"wrote {len(goals)} visualization(s) and grid.png to {out}/ "
+                  f"({res.seconds:.0f} s)")
+
+
+@_friendly
+def activations(
+    image: Path = typer.Argument(..., help="The photo."),
+    layer: str | None = typer.Option(None, "--layer", "-l",
+                                     help="Layer to show (default: the last convolutional "
+                                          "feature map)."),
+    top: int = typer.Option(64, "--top", min=1, help="Show the N most active channels."),
+    normalize: str = typer.Option("layer", "--normalize",
+                                  help="layer: one colour scale; channel: each map its own."),
+    filters: bool = typer.Option(False, "--filters",
+                                 help="Also write the first convolution's filters."),
+    out: Path = typer.Option(Path("convlens-activations"), "--out", "-o",
+                             help="Output folder."),
+    model: str = ModelOpt, weights: Path | None = WeightsOpt,
+    labels: Path | None = LabelsOpt, input_size: int | None = SizeOpt,
+    mean: str | None = MeanOpt, std: str | None = StdOpt,
+    device: str = DeviceOpt, trust_model: bool = TrustOpt,
+) -> None:
+    """Write a grid of a layer's activation maps for IMAGE, most active channels first."""
+    from convlens.cli import console
+    from convlens.io.images import load_image, safe_output_name
+    from convlens.models.layers import default_layer_name
+    from convlens.visualization.looks import activation_maps, filter_grid, maps_grid
+
+    if normalize not in ("layer", "channel"):
+        raise ObjectiveError(f"--normalize must be 'layer' or 'channel', got {normalize!r}")
+    classifier = _load(model, weights, labels, input_size, mean, std, device, trust_model)
+    photo = load_image(image)
+    if layer is None:
+        height, width = classifier.preprocessing.input_size
+        layer = default_layer_name(classifier.module,
+                                   (classifier.preprocessing.channels, height, width),
+                                   classifier.device)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = safe_output_name(image, set())
+    maps, order = activation_maps(classifier, photo, layer)
+    path = out / f"{stem}.{layer}.activations.png"
+    maps_grid(maps, order, top=top, normalize=normalize).save(path)
+    means = maps.mean(dim=(1, 2))
+    best = ", ".join(f"#{int(c)} ({float(means[c]):.3g})" for c in order[:5])
+    console.print(f"{layer}: {maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}; "
+                  f"most active: {best}")
+    console.print(f"wrote {path}")
+    if filters:
+        filter_path = out / "filters.png"
+        filter_grid(classifier).save(filter_path)
+        console.print(f"wrote {filter_path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``visualize`` and ``activations`` to the main app."""
+    app.command("visualize")(visualize)
+    app.command("activations")(activations)
