@@ -27,10 +27,8 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
     """
     flags = [(module, module.training) for module in model.modules()]
     try:
-        try:
+        with contextlib.suppress(NotImplementedError):  # torch.export: mode fixed at export
             model.eval()
-        except NotImplementedError:  # torch.export programs: their mode was fixed at export
-            pass
         yield model
     finally:
         for module, flag in flags:
