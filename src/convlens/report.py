@@ -153,6 +153,10 @@ DEMO_OPTIONS: dict[str, dict[str, Any]] = {
     "occlusion": {"window": 32, "stride": 16},
     "rise": {"masks": 250},
     "scorecam": {"layer": "blocks.15"},  # 320 channels instead of the head's 1280
+    "integrated_gradients": {"steps": 25},
+    "smoothgrad": {"samples": 25},
+    "vargrad": {"samples": 25},
+    "gradient_shap": {"samples": 25},
 }
 
 
