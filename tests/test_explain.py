@@ -124,3 +124,11 @@ def test_explain_leaves_a_training_model_in_training_mode(clf: cl.Classifier) ->
     assert clf.module.training
     clf.predict([_photo()])
     assert clf.module.training
+
+
+def test_maps_with_an_offset_are_shown_from_their_minimum(clf: cl.Classifier) -> None:
+    exp = cl.explain(clf, [_photo()], ["rise"], masks=32)[0]
+    raw = exp.raw_map("rise")
+    assert cl.get_method("rise").offset
+    assert float(raw.min()) == 0.0 and float(raw.max()) > 0
+    assert exp.attributions["rise"].min() > 0  # the raw attribution keeps its offset

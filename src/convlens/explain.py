@@ -29,6 +29,7 @@ from convlens.render.heatmap import (
     display_percentile,
     is_empty,
     reduce_channels,
+    remove_offset,
     scale_of,
     to_unit,
 )
@@ -79,8 +80,10 @@ class Explanation:
         """The 2-D map before scaling: channels reduced, sign applied, model resolution."""
         name = self._method(method)
         spec = get_method(name)
-        reduced = reduce_channels(self.attributions[name], spec.channel_reduction)[0]
-        return apply_sign(reduced, sign or self.sign)
+        reduced = reduce_channels(self.attributions[name], spec.channel_reduction)
+        if spec.offset:
+            reduced = remove_offset(reduced)
+        return apply_sign(reduced[0], sign or self.sign)
 
     def heatmap(self, method: str | None = None, *, sign: str | None = None,
                 scale: float | None = None) -> np.ndarray:
@@ -242,7 +245,10 @@ def _scales(raw: dict[str, torch.Tensor], specs: dict[str, Method], normalize: s
             sign: str) -> dict[str, torch.Tensor]:
     scales = {}
     for name, tensor in raw.items():
-        maps = apply_sign(reduce_channels(tensor, specs[name].channel_reduction), sign)
+        maps = reduce_channels(tensor, specs[name].channel_reduction)
+        if specs[name].offset:
+            maps = remove_offset(maps)
+        maps = apply_sign(maps, sign)
         percentile = display_percentile(specs[name].space)
         scales[name] = scale_of(maps, normalize, percentile).cpu()
     return scales

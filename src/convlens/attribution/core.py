@@ -51,6 +51,8 @@ class Method:
         combine: ``combine(activations, gradients, **options)`` for gradient-weighted CAMs.
         signed: Whether the raw map carries a meaningful sign (presentation uses it).
         channel_reduction: How presentation turns (C, H, W) into (H, W): ``"max_abs"`` or ``"sum"``.
+        offset: The map carries an arbitrary constant offset (RISE's is the mean class
+            probability); presentation subtracts each map's minimum before scaling.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Method:
     combine: Callable[..., torch.Tensor] | None = None
     signed: bool = False
     channel_reduction: str = "sum"
+    offset: bool = False
 
     @property
     def needs_layer(self) -> bool:
@@ -84,7 +87,7 @@ _REGISTRY: dict[str, Method] = {}
 
 def register(name: str, *, family: str, space: str = "input", reference: str, summary: str,
              signed: bool = False, channel_reduction: str = "sum",
-             gradient_cam: bool = False) -> Callable[[Callable], Callable]:
+             gradient_cam: bool = False, offset: bool = False) -> Callable[[Callable], Callable]:
     """Class-free registration decorator; options and defaults come from the signature.
 
     The decorated function's keyword-only parameters are the method's options, so the
@@ -101,7 +104,7 @@ def register(name: str, *, family: str, space: str = "input", reference: str, su
         }
         _REGISTRY[name] = Method(
             name=name, family=family, space=space, options=options, reference=reference,
-            summary=summary, signed=signed, channel_reduction=channel_reduction,
+            summary=summary, signed=signed, channel_reduction=channel_reduction, offset=offset,
             compute=None if gradient_cam else fn, combine=fn if gradient_cam else None,
         )
         return fn

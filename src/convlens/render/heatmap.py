@@ -29,6 +29,11 @@ def reduce_channels(attribution: torch.Tensor, reduction: str = "sum") -> torch.
     raise ValueError(f"unknown channel reduction {reduction!r}; valid: sum, max_abs")
 
 
+def remove_offset(maps: torch.Tensor) -> torch.Tensor:
+    """Subtract each ``(N, H, W)`` map's minimum (for methods whose maps carry an offset)."""
+    return maps - maps.flatten(1).amin(dim=1).view(-1, 1, 1)
+
+
 def apply_sign(maps: torch.Tensor, sign: str) -> torch.Tensor:
     """Keep the evidence for the class (positive), against it, its magnitude, or all of it."""
     if sign == "positive":
