@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens._hooks import HookSession
-from convlens.attribution.core import Problem, combine_layers, register
-from convlens.errors import ConvlensError, LayerError, MethodError, UnsupportedModelError
+from convlens.attribution.core import Problem, check_feature_maps, combine_layers, register
+from convlens.errors import ConvlensError, MethodError, UnsupportedModelError
 
 
 def _weighted_sum(weights: torch.Tensor, activations: torch.Tensor, relu: bool) -> torch.Tensor:
@@ -125,12 +125,7 @@ def capture_layers(problem: Problem, setup: Callable[[HookSession], Any] | None 
         logits = problem.forward(problem.x)
     problem.indices(logits)
     activations = [capture.output for capture in captures]
-    for name, activation in zip(names, activations):
-        if activation.dim() != 4:
-            raise LayerError(
-                f"layer {name!r} outputs shape {tuple(activation.shape)}; CAMs need a "
-                "(N, C, H, W) feature map. Choose a convolutional layer (see `convlens layers`)"
-            )
+    check_feature_maps(names, activations)
     return activations, [len(capture.outputs) for capture in captures], logits, extra
 
 

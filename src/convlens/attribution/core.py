@@ -341,12 +341,7 @@ def run_gradient_cams(problem: Problem, requests: list[tuple[Method, dict[str, A
     scores = problem.scores(logits) if problem._indices is not None else target_scores(
         logits, problem.indices(logits))
     activations = [c.output for c in captures]
-    for name, act in zip(names, activations):
-        if act.dim() != 4:
-            raise LayerError(
-                f"layer {name!r} outputs shape {tuple(act.shape)}; CAMs need a (N, C, H, W) "
-                "feature map. Choose a convolutional layer (see `convlens layers`)"
-            )
+    check_feature_maps(names, activations)
     if not all(a.requires_grad for a in activations):
         raise LayerError("the target score does not depend on the chosen layer(s) "
                          f"{names}; choose a layer below the output")
@@ -359,6 +354,16 @@ def run_gradient_cams(problem: Problem, requests: list[tuple[Method, dict[str, A
             maps.append(spec.combine(act.detach(), grad.detach(), **opts))
         out[spec.name] = combine_layers(maps)
     return out
+
+
+def check_feature_maps(names: Sequence[str], activations: Sequence[torch.Tensor]) -> None:
+    """Refuse layers whose output is not an ``(N, C, H, W)`` feature map, naming them."""
+    for name, activation in zip(names, activations):
+        if activation.dim() != 4:
+            raise LayerError(
+                f"layer {name!r} outputs shape {tuple(activation.shape)}; CAMs need a "
+                "(N, C, H, W) feature map. Choose a convolutional layer (see `convlens layers`)"
+            )
 
 
 def combine_layers(maps: list[torch.Tensor]) -> torch.Tensor:
