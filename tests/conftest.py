@@ -26,6 +26,14 @@ FAST_OPTIONS: dict[str, dict] = {
     "rise": {"masks": 16},
 }
 
+def assert_close_to_reference(got: torch.Tensor, expected: torch.Tensor,
+                              rtol: float = 1e-5) -> None:
+    """float32 results against float64 references, with tolerance relative to the map's scale."""
+    expected = expected.to(torch.float64)
+    atol = rtol * float(expected.abs().max())
+    torch.testing.assert_close(got.to(torch.float64), expected, rtol=rtol, atol=atol)
+
+
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
               "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
               "_state_dict_hooks", "_load_state_dict_pre_hooks")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_close_to_reference
 from models import FunctionalReLUNet, TinyResNet, TinyVGG, seeded
 from torch import nn
 
@@ -28,11 +29,7 @@ def _x(n: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:
                        generator=torch.Generator().manual_seed(seed))
 
 
-def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:
-    """float32 results against float64 references, relative to the map's scale."""
-    expected = expected.to(torch.float64)
-    atol = rtol * float(expected.abs().max())
-    torch.testing.assert_close(got.to(torch.float64), expected, rtol=rtol, atol=atol)
+_close = assert_close_to_reference
 
 
 # ---- hook-free forward passes split at a layer ------------------------------------------------

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close_to_reference
 from models import LinearNet, TinyResNet, TinyVGG, seeded
 from PIL import Image
 
@@ -21,10 +22,7 @@ def _x(n: int = 2, size: int = 16, seed: int = 0) -> torch.Tensor:
                        generator=torch.Generator().manual_seed(seed))
 
 
-def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:
-    expected = expected.to(torch.float64)
-    atol = rtol * float(expected.abs().max())
-    torch.testing.assert_close(got.to(torch.float64), expected, rtol=rtol, atol=atol)
+_close = assert_close_to_reference
 
 
 # ---- occlusion -------------------------------------------------------------------------------

@@ -283,6 +283,21 @@ def channel(layer: LayerKey, index: int, *, batch: int | None = None) -> Objecti
     return Objective(fn, layers=[layer], name=f"{_layer_label(layer)}:{index}", batch=batch)
 
 
+def _spatial_position(act: torch.Tensor, layer: Any, x: int | None, y: int | None,
+                      objective: str, what: str) -> tuple[int, int]:
+    """(row, col) of a neuron in a 4-D activation: given, or the centre; checked."""
+    if act.dim() != 4:
+        raise ObjectiveError(f"{objective} needs a spatial layer (N, C, H, W); "
+                             f"{_layer_label(layer)!r} gives {tuple(act.shape)}")
+    height, width = act.shape[2:]
+    col = width // 2 if x is None else int(x)
+    row = height // 2 if y is None else int(y)
+    if not (0 <= col < width and 0 <= row < height):
+        raise ObjectiveError(f"{what} x={col}, y={row} is outside layer "
+                             f"{_layer_label(layer)!r}'s {height}x{width} map")
+    return row, col
+
+
 @_register("activation", "Olah et al. 2017 (Feature Visualization)",
            "activation of one channel at one spatial position (default: the centre)")
 def neuron(layer: LayerKey, index: int, x: int | None = None, y: int | None = None, *,
@@ -298,15 +313,7 @@ def neuron(layer: LayerKey, index: int, x: int | None = None, y: int | None = No
     def fn(c: Context) -> torch.Tensor:
         act = c.act(layer)
         _check_channel(act, layer, index, "neuron channel")
-        if act.dim() != 4:
-            raise ObjectiveError(f"neuron needs a spatial layer (N, C, H, W); "
-                                 f"{_layer_label(layer)!r} gives {tuple(act.shape)}")
-        height, width = act.shape[2:]
-        col = width // 2 if x is None else int(x)
-        row = height // 2 if y is None else int(y)
-        if not (0 <= col < width and 0 <= row < height):
-            raise ObjectiveError(f"neuron position x={col}, y={row} is outside layer "
-                                 f"{_layer_label(layer)!r}'s {height}x{width} map")
+        row, col = _spatial_position(act, layer, x, y, "neuron", "neuron position")
         return act[:, index, row, col].mean()
 
     where = "" if x is None and y is None else f"@{x},{y}"
@@ -370,15 +377,7 @@ def direction_neuron(layer: LayerKey, vector: Any, x: int | None = None, y: int 
 
     def fn(c: Context) -> torch.Tensor:
         act = c.act(layer)
-        if act.dim() != 4:
-            raise ObjectiveError(f"direction_neuron needs a spatial layer (N, C, H, W); "
-                                 f"{_layer_label(layer)!r} gives {tuple(act.shape)}")
-        height, width = act.shape[2:]
-        col = width // 2 if x is None else int(x)
-        row = height // 2 if y is None else int(y)
-        if not (0 <= col < width and 0 <= row < height):
-            raise ObjectiveError(f"position x={col}, y={row} is outside layer "
-                                 f"{_layer_label(layer)!r}'s {height}x{width} map")
+        row, col = _spatial_position(act, layer, x, y, "direction_neuron", "position")
         at = act[:, :, row:row + 1, col:col + 1]
         return _direction_score(at, _unit_vector(vector, act.shape[1], layer, act),
                                 cossim_pow).mean()
