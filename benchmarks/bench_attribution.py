@@ -3,7 +3,7 @@
 Registry-driven: every method in ``convlens.methods()`` is timed on the bundled
 EfficientNet-Lite0 at each batch size, next to
 
-* its **floor** (DESIGN.md, "Performance principles"), measured in the same rounds:
+* its **floor** (docs/architecture.md, "Performance principles"), measured in the same rounds:
   ``pixel`` = one forward + ``torch.autograd.grad(score.sum(), x)`` with x the only input
   (no weight gradients); ``layer`` = one forward + a backward from the output down to the
   layer only (the layer's output is detached into a leaf in a forward hook);

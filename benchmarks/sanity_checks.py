@@ -7,7 +7,7 @@ always on a deep copy of the bundled EfficientNet-Lite0 (the original is checked
 the end). After each stage, every method's map for the same images and the same target (the
 original model's prediction) is compared with the map of the trained model by Spearman rank
 correlation, on the 2-D presentation map: channels reduced as presentation does
-(``convlens.render.heatmap.reduce_channels`` with the method's ``channel_reduction``), then the
+(``convlens.present.heatmap.reduce_channels`` with the method's ``channel_reduction``), then the
 absolute value, as in the paper; layer-space maps are bilinearly upsampled to the input size
 first. A low correlation means the method is sensitive to the weights (it passes); a method
 whose maps barely change (guided backprop in the paper) is mostly showing the input.
@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 from _timing import format_facts, machine_facts  # noqa: E402
 
 import convlens  # noqa: E402
-from convlens.render.heatmap import reduce_channels, upsample  # noqa: E402
+from convlens.present.heatmap import reduce_channels, upsample  # noqa: E402
 
 # Options that keep each stage affordable on 2 CPU cores (documented in the output).
 OPTIONS: dict[str, dict[str, Any]] = {

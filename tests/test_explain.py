@@ -10,7 +10,7 @@ from PIL import Image
 
 import convlens as cl
 from convlens.models.preprocessing import Geometry, Preprocessing, map_to_original
-from convlens.render.heatmap import scale_of
+from convlens.present.heatmap import scale_of
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from PIL import Image
 
 import convlens as cl
 from convlens.errors import MethodError
-from convlens.render.heatmap import reduce_channels
+from convlens.present.heatmap import reduce_channels
 
 
 def _x(n: int = 2, size: int = 16, seed: int = 0) -> torch.Tensor:

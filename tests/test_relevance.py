@@ -215,7 +215,7 @@ def zennit_relevance(model, x, targets, conv, dense, first=None, canonizers=()):
 def zennit_cases(x):
     low = x.amin((2, 3), keepdim=True).expand_as(x)
     high = x.amax((2, 3), keepdim=True).expand_as(x)
-    # Our z+ and alpha-beta ignore biases (DESIGN.md): Zennit's zero_params='bias'.
+    # Our z+ and alpha-beta ignore biases (docs/architecture.md): Zennit's zero_params='bias'.
     return {
         "lrp_epsilon": ({"epsilon": 0.25}, Epsilon(0.25), Epsilon(0.25), None),
         "lrp_zplus": ({}, ZPlus(zero_params="bias"), ZPlus(zero_params="bias"), None),

@@ -27,7 +27,7 @@ from convlens.errors import (
     TargetError,
 )
 from convlens.visualization import transforms as T
-from convlens.visualization.looks import (
+from convlens.visualization.inspection import (
     activation_grid,
     activation_maps,
     filter_grid,

@@ -15,7 +15,7 @@ from convlens.explain import Explanation, explain
 from convlens.models.classifier import Classifier
 from convlens.models.layers import LayerInfo
 from convlens.models.loading import load_model
-from convlens.visualization.render import Visualization, visualize
+from convlens.visualization.optimize import Visualization, visualize
 
 __all__ = [
     "Classifier",

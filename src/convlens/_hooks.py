@@ -2,7 +2,7 @@
 
 Everything here is scoped to a ``with`` block. On exit, normal or by exception, every hook
 is removed and every module's ``training`` flag is restored, so a model leaves a convlens
-call exactly as it came in (DESIGN.md, "Hook lifecycle"). No attribute is ever set on a
+call exactly as it came in (docs/architecture.md, "Hook lifecycle"). No attribute is ever set on a
 user's module; per-call state lives in the session objects below.
 """
 

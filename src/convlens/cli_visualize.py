@@ -151,7 +151,7 @@ def visualize(
 ) -> None:
     """Render feature visualizations: one PNG per objective, grid.png and results.json."""
     from convlens.cli import console
-    from convlens.visualization.render import visualize as render
+    from convlens.visualization.optimize import visualize as render
 
     classifier = _load(model, weights, labels, input_size, mean, std, device, trust_model)
     goals = _objectives(classifier, layer, channels, classes, neuron, deepdream is not None)
@@ -194,7 +194,7 @@ def activations(
     from convlens.cli import console
     from convlens.io.images import load_image, safe_output_name
     from convlens.models.layers import default_layer_name
-    from convlens.visualization.looks import activation_maps, filter_grid, maps_grid
+    from convlens.visualization.inspection import activation_maps, filter_grid, maps_grid
 
     if normalize not in ("layer", "channel"):
         raise ObjectiveError(f"--normalize must be 'layer' or 'channel', got {normalize!r}")

@@ -23,8 +23,8 @@ from convlens.attribution.targets import resolve_targets
 from convlens.errors import TargetError
 from convlens.models.classifier import Classifier, ImageLike
 from convlens.models.preprocessing import Geometry, coverage_mask, map_to_original
-from convlens.render import figures
-from convlens.render.heatmap import (
+from convlens.present import figures
+from convlens.present.heatmap import (
     apply_sign,
     display_percentile,
     is_empty,

@@ -174,7 +174,7 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
     from convlens.explain import explain
     from convlens.io.samples import sample_paths
     from convlens.models.loading import load_model
-    from convlens.render.html import data_uri, render_page
+    from convlens.present.html import data_uri, render_page
 
     started = time.perf_counter()
     out = Path(out)
@@ -226,7 +226,7 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
 
 def _feature_section(classifier: Classifier, out: Path) -> list[dict[str, Any]]:
     """Feature-visualization groups for the page (title, items with image URIs)."""
-    from convlens.render.html import data_uri
+    from convlens.present.html import data_uri
     from convlens.visualization.gallery import demo_gallery
 
     groups = []

@@ -1,7 +1,7 @@
 """Gradients with modified backward rules: guided backprop, DeconvNet, guided Grad-CAM, DeepLIFT.
 
 The forward pass is the model's own; only what flows backwards through the nonlinearities
-changes (see :mod:`convlens.attribution.activations` for how they are found, module or
+changes (see :mod:`convlens.attribution.interception` for how they are found, module or
 functional, in place or not, without touching the model). Each method costs one forward
 and one backward to the input, like a plain gradient; DeepLIFT adds a gradient-free forward
 on the baseline (one sample when the baseline is shared by the batch, as by default).
@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from convlens._hooks import HookSession
-from convlens.attribution.activations import (
+from convlens.attribution.cam import gradcam
+from convlens.attribution.core import Problem, combine_layers, register
+from convlens.attribution.gradients import make_baseline
+from convlens.attribution.interception import (
     RECTIFIER,
     BackwardRule,
     recording_references,
@@ -21,9 +24,6 @@ from convlens.attribution.activations import (
     refuse_unless_found,
     rescale_rule,
 )
-from convlens.attribution.cam import gradcam
-from convlens.attribution.core import Problem, combine_layers, register
-from convlens.attribution.gradients import make_baseline
 from convlens.errors import LayerError
 
 _RECTIFIERS = "ReLU-family activation (ReLU, ReLU6, LeakyReLU)"
@@ -134,7 +134,7 @@ def deeplift(problem: Problem, *, baseline: object = None) -> torch.Tensor:
     forward pass on the baseline that records every nonlinearity's input, call by call;
     when the baseline is shared by the batch (zeros by default, a number, or a single
     image), that pass runs on one sample. Max pooling uses a rescale rule too (see
-    :class:`convlens.attribution.activations._RescaleMaxPool`), so summation-to-delta is
+    :class:`convlens.attribution.interception._RescaleMaxPool`), so summation-to-delta is
     exact for networks made of linear layers (conv, linear, BatchNorm in eval mode,
     average pooling, residual sums), rectifiers, smooth elementwise nonlinearities and
     max pooling. It is not exact across multiplicative interactions (squeeze-and-excitation

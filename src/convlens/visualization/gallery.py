@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from convlens.visualization import objectives as obj
-from convlens.visualization.looks import file_stem
-from convlens.visualization.render import visualize
+from convlens.visualization.inspection import file_stem
+from convlens.visualization.optimize import visualize
 
 EARLY, MIDDLE, LATE = "blocks.2", "blocks.8", "blocks.14"
 CHANNELS = {EARLY: [0, 3, 5, 8, 13, 21], MIDDLE: [0, 2, 4, 7, 11, 17],
@@ -112,7 +112,7 @@ def gallery_figure(records: list[dict[str, Any]], *, tile: int | None = None,
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    from convlens.visualization.looks import image_grid
+    from convlens.visualization.inspection import image_grid
 
     font = ImageFont.load_default()
     rows = []

@@ -8,7 +8,7 @@ al. 2017, "Feature Visualization", section "Transformation robustness"; Mordvint
 
 A transform is a callable ``t(images, generator) -> images`` on ``(B, C, H, W)`` tensors in
 [0, 1]; one random draw applies to the whole batch. All randomness comes from the
-``torch.Generator`` that :func:`~convlens.visualization.render.visualize` seeds with
+``torch.Generator`` that :func:`~convlens.visualization.optimize.visualize` seeds with
 ``seed`` (a CPU generator: the draws are the same on every device). Compose them with
 :func:`compose` or pass a list::
 

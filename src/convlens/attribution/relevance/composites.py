@@ -2,7 +2,7 @@
 
 A *composite* (Kohlbrenner et al. 2020; Montavon et al. 2019, sec. 10.2) assigns rules by
 layer kind: one for the first layer (the one that sees pixels), one for convolutions, one for
-dense layers. Everything else follows fixed conventions (DESIGN.md): activations pass
+dense layers. Everything else follows fixed conventions (docs/architecture.md): activations pass
 relevance unchanged, average pooling and sums redistribute in proportion to their inputs
 (the ``norm`` rule), max pooling gives it to the winner (the module's own gradient),
 padding and reshapes route it like their gradient, BatchNorm is merged into the layer whose

@@ -134,7 +134,7 @@ def lrp_epsilon(problem: Problem, *, epsilon: float = 0.25, rules: RulesOption =
 def lrp_zplus(problem: Problem, *, rules: RulesOption = None) -> torch.Tensor:
     """LRP-z+ (deep Taylor decomposition for ReLU layers) on every Conv/Linear layer.
 
-    Only contributions ``x_i w_ij > 0`` count, biases are ignored (DESIGN.md). The map
+    Only contributions ``x_i w_ij > 0`` count, biases are ignored (docs/architecture.md). The map
     is non-negative where the inputs of the first layer are non-negative.
     """
     return propagate(problem, _book(problem, _everywhere(R.zplus()), rules))

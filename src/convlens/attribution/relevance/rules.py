@@ -8,10 +8,10 @@ modified parameters. For an affine layer ``z = W x + b`` and upper relevance ``R
     R_in  = sum over g, k:  f_g * c_k * m_k(x) * J_k^T (scale_g * mask_g * R / stab(d_g))
 
 where ``J_k^T`` is the transposed layer with the term's parameters, ``stab(z) = z + eps *
-sign(z)`` with ``sign(0) = +1`` (DESIGN.md), and ``mask_g`` optionally keeps only outputs of one
-sign (the generalised gamma rule). The propagation engine evaluates all of this inside one
-forward and one backward pass of the network (see ``propagation.py``); this module only says
-*what* to compute.
+sign(z)`` with ``sign(0) = +1`` (docs/architecture.md), and ``mask_g`` optionally keeps only
+outputs of one sign (the generalised gamma rule). The propagation engine evaluates all of this
+inside one forward and one backward pass of the network (see ``propagation.py``); this module
+only says *what* to compute.
 
 Beyond layer rules, two module-level rules exist: :data:`PASS` (relevance goes from output to
 input unchanged: activations) and :data:`GRADIENT` (the module's own backward: max pooling is
@@ -191,7 +191,7 @@ def epsilon(eps: float = 1e-6) -> LayerRule:
 def norm() -> LayerRule:
     """The epsilon rule with only a tiny stabiliser: for average pooling and sums.
 
-    Relevance is redistributed in proportion to each input's contribution (DESIGN.md:
+    Relevance is redistributed in proportion to each input's contribution (docs/architecture.md:
     "average pooling redistributes in proportion to its inputs"); Zennit calls it ``Norm``.
     """
     return LayerRule("norm", (Group((Term(identity, identity, bias=True),)),), STABILISER)
@@ -201,7 +201,7 @@ def zplus() -> LayerRule:
     """LRP-z+ (Montavon et al. 2017), generalised to signed inputs.
 
     Only positive contributions ``x_i w_ij > 0`` count: ``x+ W+ + x- W-``. The bias is
-    ignored (DESIGN.md convention; Zennit's ``ZPlus`` keeps a positive bias unless given
+    ignored (docs/architecture.md convention; Zennit's ``ZPlus`` keeps a positive bias unless given
     ``zero_params='bias'``).
     """
     signed = Group((Term(identity, identity, bias=False), Term(absolute, absolute, bias=False)),

@@ -30,7 +30,7 @@ def data_uri(image: Image.Image | Path, max_side: int | None = None) -> str:
 def render_page(template: str, context: dict[str, Any]) -> str:
     """Render a packaged template with autoescaping on."""
     environment = Environment(
-        loader=PackageLoader("convlens", "render/templates"),
+        loader=PackageLoader("convlens", "present/templates"),
         autoescape=select_autoescape(["html", "j2"]),
     )
     return environment.get_template(template).render(**context)

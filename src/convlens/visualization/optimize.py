@@ -65,21 +65,21 @@ class Visualization:
 
     def pil(self) -> list[Image.Image]:
         """The images as RGB PIL images."""
-        from convlens.visualization.looks import to_pil
+        from convlens.visualization.inspection import to_pil
 
         return [to_pil(image) for image in self.images]
 
     def grid(self, columns: int | None = None, *, captions: bool = True,
              tile: int | None = None) -> Image.Image:
         """All images in one grid, captioned with the objective names when K matches."""
-        from convlens.visualization.looks import image_grid
+        from convlens.visualization.inspection import image_grid
 
         labels = self.names if captions and len(self.names) == len(self.images) else None
         return image_grid(self.pil(), columns=columns, captions=labels, tile=tile)
 
     def save(self, directory: str | Path, *, grid: bool = True) -> list[Path]:
         """Write one PNG per image (named after its objective) and ``grid.png``."""
-        from convlens.visualization.looks import file_stem
+        from convlens.visualization.inspection import file_stem
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

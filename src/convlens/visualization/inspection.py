@@ -185,7 +185,7 @@ def maps_grid(maps: torch.Tensor, order: torch.Tensor, *, top: int | None = 64,
               columns: int | None = None, normalize: str = "layer", cmap: str = "viridis",
               tile: int = 64, captions: bool = True) -> Image.Image:
     """The picture of :func:`activation_grid` from maps already computed."""
-    from convlens.render.figures import colorize
+    from convlens.present.figures import colorize
 
     if normalize not in ("layer", "channel"):
         raise InputShapeError(f"normalize must be 'layer' or 'channel', got {normalize!r}")
