@@ -71,8 +71,9 @@ def resolve_targets(target: TargetLike, logits: torch.Tensor,
         )
     n, classes = logits.shape
     if target is None:
-        indices = logits.argmax(dim=1)
-    elif isinstance(target, torch.Tensor):
+        # In range by construction: no range check, so no device sync.
+        return logits.argmax(dim=1)
+    if isinstance(target, torch.Tensor):
         if target.is_floating_point() or target.dim() > 1:
             raise TargetError(
                 f"a target tensor must hold integer class indices, shape (N,), got dtype "
@@ -82,11 +83,13 @@ def resolve_targets(target: TargetLike, logits: torch.Tensor,
         if indices.numel() == 1:
             indices = indices.expand(n)
     elif isinstance(target, (int, str)):
-        indices = torch.full((n,), _one_index(target, labels), dtype=torch.long,
-                             device=logits.device)
+        index = _one_index(target, labels)
+        _check_range([index], classes)  # on the Python ints: no device sync
+        indices = torch.full((n,), index, dtype=torch.long, device=logits.device)
     elif isinstance(target, Sequence):
-        indices = torch.tensor([_one_index(t, labels) for t in target], dtype=torch.long,
-                               device=logits.device)
+        chosen = [_one_index(t, labels) for t in target]
+        _check_range(chosen, classes)
+        indices = torch.tensor(chosen, dtype=torch.long, device=logits.device)
     else:
         raise TargetError(
             "target must be None (the prediction), an int, a class name, or one per sample "
@@ -95,13 +98,20 @@ def resolve_targets(target: TargetLike, logits: torch.Tensor,
     if indices.numel() != n:
         raise TargetError(f"got {indices.numel()} targets for a batch of {n} samples; "
                           "give one target, or exactly one per sample")
-    bad = (indices < 0) | (indices >= classes)
-    if bool(bad.any()):
-        raise TargetError(
-            f"target class {int(indices[bad][0])} is out of range: the model has {classes} "
-            f"classes (valid indices 0..{classes - 1})"
-        )
+    if isinstance(target, torch.Tensor):  # only a tensor target needs a check on the device
+        bad = (indices < 0) | (indices >= classes)
+        if bool(bad.any()):
+            _check_range([int(indices[bad][0])], classes)
     return indices.contiguous()
+
+
+def _check_range(indices: Sequence[int], classes: int) -> None:
+    for index in indices:
+        if not 0 <= index < classes:
+            raise TargetError(
+                f"target class {index} is out of range: the model has {classes} "
+                f"classes (valid indices 0..{classes - 1})"
+            )
 
 
 def target_scores(logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
