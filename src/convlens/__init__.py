@@ -10,9 +10,9 @@ The public face::
 
 from convlens import objectives
 from convlens.attribution.core import Method, attribute, get_method, methods
-from convlens.errors import ConvlensError
-from convlens.explain import Explanation, explain
-from convlens.models.classifier import Classifier
+from convlens.errors import ConvlensError, ConvlensWarning
+from convlens.explain import Explanation, class_grid, explain, iter_explain
+from convlens.models.classifier import Classifier, as_classifier
 from convlens.models.layers import LayerInfo
 from convlens.models.loading import load_model
 from convlens.visualization.optimize import Visualization, visualize
@@ -20,12 +20,16 @@ from convlens.visualization.optimize import Visualization, visualize
 __all__ = [
     "Classifier",
     "ConvlensError",
+    "ConvlensWarning",
     "Explanation",
     "LayerInfo",
     "Method",
+    "as_classifier",
     "attribute",
+    "class_grid",
     "explain",
     "get_method",
+    "iter_explain",
     "layers",
     "load_model",
     "methods",
@@ -46,10 +50,5 @@ def layers(model: object) -> list[LayerInfo]:
     """
     from convlens.models.layers import list_layers
 
-    if isinstance(model, Classifier):
-        height, width = model.preprocessing.input_size
-        shape = (model.preprocessing.channels, height, width)
-        return list_layers(model.module, shape, model.device)
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else "cpu"
-    return list_layers(model, (3, 224, 224), device)
+    classifier = as_classifier(model)
+    return list_layers(classifier.module, classifier.sample_shape, classifier.device)

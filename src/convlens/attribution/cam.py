@@ -292,7 +292,7 @@ def scorecam_weights(problem: Problem, activation: torch.Tensor, batch_size: int
     return weights
 
 
-@register("scorecam", family="cam", space="layer",
+@register("scorecam", family="cam", space="layer", uses_probability=True,
           reference="Wang et al. 2020, Score-CAM",
           summary="channels weighted by the class probability when the input is masked by them")
 def scorecam(problem: Problem, *, relu: bool = True, batch_size: int = 64) -> torch.Tensor:
