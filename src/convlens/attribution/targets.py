@@ -106,9 +106,10 @@ def score_logits(score_fn: ScoreFunction, out: torch.Tensor) -> torch.Tensor:
             f"the target function failed on the model output of shape {tuple(out.shape)}: "
             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
     if not isinstance(score, torch.Tensor) or not score.is_floating_point():
+        got = score.dtype if isinstance(score, torch.Tensor) else type(score).__name__
         raise TargetError(
             "a target function must return a float tensor with one score per sample, shape "
-            f"(N,), got {type(score).__name__ if not isinstance(score, torch.Tensor) else score.dtype}")
+            f"(N,), got {got}")
     if score.dim() == 2 and score.shape[1] == 1:
         score = score[:, 0]
     if score.dim() != 1 or score.shape[0] != n:
