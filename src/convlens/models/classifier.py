@@ -220,7 +220,10 @@ def as_classifier(model: object) -> Classifier:
         if tensor is None:
             tensor = next(iter(model.buffers()), None)
         device = tensor.device if tensor is not None else torch.device("cpu")
-        return Classifier(model, device=device, labels=getattr(model, "labels", None))
+        labels = getattr(model, "labels", None)  # a module that carries its class names
+        if not (isinstance(labels, (list, tuple)) and all(isinstance(n, str) for n in labels)):
+            labels = None
+        return Classifier(model, device=device, labels=labels)
     raise UnsupportedModelError(
         f"model must be a torch.nn.Module or a convlens.Classifier, got {type(model).__name__}"
     )
