@@ -61,9 +61,9 @@ class Method:
         channel_reduction: How presentation turns (C, H, W) into (H, W): ``"max_abs"`` or ``"sum"``.
         offset: The map carries an arbitrary constant offset (RISE's is the mean class
             probability); presentation subtracts each map's minimum before scaling.
-        uses_probability: The method weighs by the target's softmax probability over the
-            classes, which a score-function target does not define; such targets are
-            refused for it.
+        needs_class_index: Why the method needs a class index (e.g. it weighs by the
+            class's softmax probability over all classes), or ``None`` when it explains any
+            score; score-function targets are refused with this reason.
     """
 
     name: str
@@ -77,7 +77,7 @@ class Method:
     signed: bool = False
     channel_reduction: str = "sum"
     offset: bool = False
-    uses_probability: bool = False
+    needs_class_index: str | None = None
 
     @property
     def needs_layer(self) -> bool:
@@ -99,8 +99,8 @@ _REGISTRY: dict[str, Method] = {}
 
 def register(name: str, *, family: str, space: str = "input", reference: str, summary: str,
              signed: bool = False, channel_reduction: str = "sum",
-             gradient_cam: bool = False, offset: bool = False, uses_probability: bool = False
-             ) -> Callable[[Callable], Callable]:
+             gradient_cam: bool = False, offset: bool = False,
+             needs_class_index: str | None = None) -> Callable[[Callable], Callable]:
     """Class-free registration decorator; options and defaults come from the signature.
 
     The decorated function's keyword-only parameters are the method's options, so the
@@ -118,7 +118,7 @@ def register(name: str, *, family: str, space: str = "input", reference: str, su
         _REGISTRY[name] = Method(
             name=name, family=family, space=space, options=options, reference=reference,
             summary=summary, signed=signed, channel_reduction=channel_reduction, offset=offset,
-            uses_probability=uses_probability,
+            needs_class_index=needs_class_index,
             compute=None if gradient_cam else fn, combine=fn if gradient_cam else None,
         )
         return fn
@@ -322,7 +322,7 @@ def attribute(model: nn.Module, x: torch.Tensor, method: str | Sequence[str], ta
             name when the model is a Classifier with labels; or a score function
             ``f(output) -> (N,)`` (multi-label, regression, segmentation: see
             :mod:`convlens.attribution.targets`), refused by methods that need the class
-            probabilities (``Method.uses_probability``).
+            probabilities (``Method.needs_class_index``).
         layer: For layer-space methods: a dotted name, a module, or a list of them (maps
             are then upsampled to the largest and averaged). Default: the last layer with a
             spatial output.
@@ -348,12 +348,12 @@ def attribute(model: nn.Module, x: torch.Tensor, method: str | Sequence[str], ta
         raise MethodError("no method given; see convlens.methods()")
     specs = [get_method(name) for name in names]
     if is_score_function(target):
-        refused = [spec.name for spec in specs if spec.uses_probability]
+        refused = [spec for spec in specs if spec.needs_class_index]
         if refused:
             raise TargetError(
-                f"{', '.join(refused)} weigh(s) by the target class's softmax probability, "
-                "which a target function does not define; give a class index, or use a "
-                "method that explains a score (e.g. gradcam, occlusion, integrated_gradients)")
+                f"{refused[0].name} needs a class index, not a target function: it "
+                f"{refused[0].needs_class_index}. Give a class index, or use a method that "
+                "explains any score (e.g. gradcam, occlusion, integrated_gradients)")
     if isinstance(method, str) or len(specs) == 1:
         bound = [specs[0].bind(options)]
     else:
