@@ -10,7 +10,6 @@ from torch import nn
 
 import convlens as cl
 from convlens.errors import ConvlensError, InputShapeError, TargetError, UnsupportedModelError
-from convlens.models.classifier import as_classifier
 
 
 def _x(n: int = 2, size: int = 16, seed: int = 0, channels: int = 3) -> torch.Tensor:
@@ -202,6 +201,8 @@ def test_a_one_channel_input_to_a_colour_model_is_one_clear_error(method: str) -
 # ---- the one adapter --------------------------------------------------------------------------
 
 def test_as_classifier_wraps_modules_without_touching_them(snapshot) -> None:
+    from convlens.models.classifier import as_classifier
+
     clf = cl.Classifier(seeded(TinyVGG(), dtype=torch.float32), input_size=16, device="cpu")
     assert as_classifier(clf) is clf
     module = seeded(TinyVGG())
