@@ -263,3 +263,24 @@ def test_an_all_zero_map_gets_a_note(clf: cl.Classifier) -> None:
     healthy = cl.Classifier(seeded(TinyVGG(classes=4), dtype=torch.float32), input_size=32,
                             device="cpu")
     assert cl.explain(healthy, [_photo()], ["saliency"])[0].notes == []
+
+
+def test_explain_a_model_returning_a_dict() -> None:
+    class DictNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = TinyVGG(classes=4)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"aux": x.mean(dim=(1, 2, 3)), "logits": self.net(x)}
+
+    module = seeded(DictNet(), dtype=torch.float32)
+    clf = cl.Classifier(module, input_size=32, device="cpu", output="logits")
+    plain = cl.Classifier(module.net, input_size=32, device="cpu")
+    got = cl.explain(clf, [_photo()], ["gradcam", "saliency"], layer="net.features")[0]
+    want = cl.explain(plain, [_photo()], ["gradcam", "saliency"], layer="features")[0]
+    assert got.target == want.target and got.predictions == want.predictions
+    for method in ("gradcam", "saliency"):
+        torch.testing.assert_close(got.attributions[method], want.attributions[method])
+    with pytest.raises(cl.ConvlensError, match="Classifier"):
+        cl.explain(clf, [_photo()], ["saliency"], output="aux")

@@ -36,7 +36,7 @@ from convlens.attribution.targets import (
     score_name,
 )
 from convlens.errors import ConvlensWarning, MethodError, TargetError
-from convlens.models.classifier import Classifier, ImageLike, as_classifier
+from convlens.models.classifier import Classifier, ImageLike, Prepared, as_classifier
 from convlens.models.preprocessing import Geometry, coverage_mask, map_to_original
 from convlens.present import figures
 from convlens.present.heatmap import (
@@ -387,6 +387,9 @@ def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *,
         raise MethodError(f"option {sorted(clash)[0]!r} given twice (in **options and in "
                           "method_options)")
     options = {**options, **(method_options or {})}
+    if "output" in options:
+        raise MethodError("explain takes the model output to explain from the Classifier: "
+                          "Classifier(module, output=...) (an index or a key)")
     target, k = parse_target(target)
     if top is not None:
         if target is not None:
@@ -403,7 +406,7 @@ def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *,
     layer_name = None
     for start in range(0, len(items), images_per_batch):
         chunk = items[start:start + images_per_batch]
-        prepared = classifier.prepare(chunk)
+        prepared = _prepare_one_by_one(classifier, chunk)
         outputs = classifier.outputs(prepared.x) if scorer else classifier.logits(prepared.x)
         probabilities = _probabilities(classifier, outputs)
         if k > 1:
@@ -440,7 +443,7 @@ def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *,
                          for m, a in attributions.items()}
                 index = -1 if scorer else int(flat[j])
                 exp = Explanation(
-                    photo=None if isinstance(item, (str, os.PathLike)) else prepared.images[i],
+                    photo=prepared.images[i],
                     source=Path(item) if isinstance(item, (str, os.PathLike)) else None,
                     name=(names[start + i] if names else _default_name(item, start + i)),
                     geometry=prepared.geometries[i],
@@ -463,6 +466,23 @@ def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *,
                     warnings.warn(f"{exp.name}: {note}", ConvlensWarning, stacklevel=3)
                 yield exp
         del prepared, raw
+
+
+def _prepare_one_by_one(classifier: Classifier, chunk: Sequence[Any]) -> Prepared:
+    """Preprocess a batch decoding one photo at a time; keep only in-memory photos.
+
+    A decoded phone photo and its conversions take tens of MB while being resized, so
+    photos read from files are decoded, preprocessed and dropped one by one: the batch
+    holds their network inputs only (``images`` has ``None`` for them).
+    """
+    tensors, images, geometries = [], [], []
+    for item in chunk:
+        one = classifier.prepare([item])
+        tensors.append(one.x)
+        images.append(None if isinstance(item, (str, os.PathLike)) else one.images[0])
+        geometries.append(one.geometries[0])
+        del one
+    return Prepared(torch.cat(tensors), images, geometries)
 
 
 def _items(images: Any) -> list[Any]:
