@@ -54,10 +54,14 @@ def make_photos(directory: Path, count: int) -> list[Path]:
 
 
 def child(directory: Path, count: int, top: int | None, batch_size: int) -> None:
+    import warnings
+
     import torch
 
     torch.set_num_threads(1)
     import convlens as cl
+
+    warnings.simplefilter("ignore", cl.ConvlensWarning)  # counted below instead
 
     classifier = cl.load_model(device="cpu")
     paths = sorted(directory.glob("photo-*.jpg"))[:count]
@@ -70,8 +74,9 @@ def child(directory: Path, count: int, top: int | None, batch_size: int) -> None
                               batch_size=batch_size)
     seconds = time.perf_counter() - begun
     peak = _status("VmHWM")
+    noted = sum(bool(exp.notes) for exp in explanations)
     print(f"{count}\t{top or '-'}\t{len(explanations)}\t{before}\t{peak}\t{peak - before}\t"
-          f"{seconds:.1f}", flush=True)
+          f"{seconds:.1f}\t{noted}", flush=True)
 
 
 def main() -> None:
@@ -93,7 +98,8 @@ def main() -> None:
         make_photos(directory, max(count for count, _ in cases))
         print(f"cl.explain(bundled EfficientNet-Lite0, gradcam, batch_size={args.batch_size}) "
               f"on {WIDTH}x{HEIGHT} JPEGs; one child process per case; MiB")
-        print("photos\ttop\texplanations\trss_before\tpeak_rss\tgrowth\tseconds", flush=True)
+        print("photos\ttop\texplanations\trss_before\tpeak_rss\tgrowth\tseconds\twith_notes",
+              flush=True)
         for count, top in cases:
             command = [sys.executable, __file__, "--child", str(directory), str(count),
                        "--batch-size", str(args.batch_size)]
