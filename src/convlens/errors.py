@@ -90,3 +90,27 @@ class ConvlensWarning(UserWarning):
     The same text is kept in :attr:`convlens.explain.Explanation.notes`, so a batch job
     can record it beside the result; filter it with ``warnings.simplefilter``.
     """
+
+
+class OutputError(ConvlensError, OSError):
+    """An output file or folder could not be written (full disk, no permission, a file in the way).
+
+    Attributes:
+        path: The file or folder that could not be written.
+        reason: Why, in words (the operating system's reason and what to do).
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.reason}"
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.path, self.reason))
+
+
+class StoreMismatchError(ConvlensError, ValueError):
+    """A results folder holds results of a different configuration than the one asked for."""
