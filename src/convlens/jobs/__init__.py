@@ -1,0 +1,1 @@
+"""Batch jobs: explanations of many files written to disk, and the demo page."""
