@@ -26,7 +26,7 @@ $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-install
 
 # glibc keeps freed memory instead of returning it to the OS (the demo spent 40% of its CPU
 # time in the kernel without this); `convlens demo` sets the same with mallopt at start.
-# DEMO_ARGS=--full shows every method and the live feature gallery (about 15 CPU minutes).
+# DEMO_ARGS=--full shows every method and the live feature gallery (about 10 CPU minutes).
 DEMO_ARGS ?=
 demo: $(VENV)/.stamp-install
 	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 \

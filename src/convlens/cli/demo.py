@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -47,8 +48,9 @@ def demo(
     full: bool = typer.Option(False, "--full",
                               help="Every method (27) on all 4 photos and the full feature "
                                    "gallery rendered live (24 images, 256 steps): about "
-                                   "15 CPU minutes on a 2-core laptop, instead of about one "
-                                   "for the default."),
+                                   "10 CPU minutes (the old demo, which this extends, took "
+                                   "11 on a 2-core laptop), against about one for the "
+                                   "default."),
 ) -> None:
     """Predict and explain sample photos; write the self-contained page DIR/index.html.
 
@@ -56,6 +58,10 @@ def demo(
     precomputed, converged feature visualizations: well under two CPU minutes.
     """
     tune_allocator()
+    # OpenMP threads that spin while waiting burn CPU time for nothing when the cores are
+    # shared (measured: saliency took 20x its one-thread CPU time on a loaded 2-core machine).
+    # Read when torch loads its OpenMP runtime, which has not happened yet in this command.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from convlens.jobs.demo import build_demo
 
     methods = None if method.strip().lower() == "default" else parse_methods(method)
