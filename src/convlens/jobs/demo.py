@@ -231,5 +231,5 @@ def feature_how(how: dict[str, Any], made: str = "") -> str:
         text += (f"; objective {how['objective_half']:.3g} at step {reached // 2}, "
                  f"{how['objective_final']:.3g} at the end")
     if how.get("seconds") is not None:
-        text += f"; {how['seconds']:.0f} s"
+        text += f"; {how['seconds']:.0f} s wall to make"
     return text + (f"; {made}" if made else "")
