@@ -233,3 +233,12 @@ def test_template_is_one_file_autoescaped() -> None:
     text = render({"title": "<t>", "samples": [], "header": [("k", "<v>")]})
     assert "&lt;t&gt;" in text and "&lt;v&gt;" in text
     assert re.search(r'http-equiv="Content-Security-Policy" content="default-src', text)
+
+
+def test_how_lines_merge_the_run_options(run) -> None:
+    out, header, records = run
+    flat = write_explain_page(out, dict(header, options={"stride": 4}), records[1:2])
+    assert "window=16, stride=4" in flat.read_text(encoding="utf-8")
+    nested = write_explain_page(out, dict(header, options={"occlusion": {"window": 8}}),
+                                records[1:2])
+    assert "window=8, stride=8" in nested.read_text(encoding="utf-8")

@@ -139,7 +139,11 @@ def _explain_sample(record: dict[str, Any], header: dict[str, Any]) -> dict[str,
     for method in methods:
         info = method_info(method)
         used = dict(info["options"])
-        used.update(options.get(method, {}) if isinstance(options.get(method), dict) else {})
+        if isinstance(options.get(method), dict):  # {method: {option: value}}
+            used.update(options[method])
+        else:  # one flat {option: value} for every method that has the option
+            used.update({k: v for k, v in options.items()
+                         if not isinstance(v, dict) and k in used})
         bits = [describe_options(used)] if used else []
         if info["space"] == "layer" and header.get("layer"):
             bits.append(f"layer {header['layer']}")
@@ -194,8 +198,9 @@ def write_explain_page(out_dir: Path, header: dict[str, Any], records: list[dict
     Args:
         out_dir: The run's output folder (where the record's files are).
         header: ``model``, ``methods``, ``target``, ``layer``, ``normalize`` and anything
-            else worth showing (``sign``, ``device``...); ``options`` (``{method: {...}}``)
-            is merged with each method's defaults in its "how" line; ``errors`` (the bad
+            else worth showing (``sign``, ``device``...); ``options`` (``{method: {...}}``,
+            or one flat ``{option: value}`` for all) is merged with each method's defaults
+            in its "how" line; ``errors`` (the bad
             files, ``[{path, error}]``) are listed on the first page.
         records: One per photo and target, as in ``results.json``: ``path``, ``name``,
             ``predictions`` ``[{label, probability}]``, ``target`` ``{index, label,
