@@ -475,3 +475,20 @@ def test_kernel_shap_agrees_with_captum_statistically() -> None:
     # measured: ours 0.009, Captum's (3000 samples, seeds 0-2) 0.013 to 0.018 from exact
     assert float((theirs - exact).abs().max()) < 0.035 * scale
     assert float((ours - theirs).abs().max()) < 0.035 * scale
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_maps_present_through_explain(method: str) -> None:
+    from PIL import Image
+
+    model = seeded(TinyVGG(), dtype=torch.float32)
+    classifier = cl.Classifier(model, labels=[f"c{i}" for i in range(5)], input_size=16,
+                               device="cpu")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), np.uint8))
+    options = {"segmentation": "grid", "grid": 4}
+    options |= {"permutations": 2} if method == "shapley_sampling" else {}
+    options |= {"samples": 30} if method in ("kernel_shap", "lime") else {}
+    (explanation,) = cl.explain(classifier, [image], [method], **options)
+    heatmap = explanation.heatmap(method)
+    assert heatmap.shape == (20, 24)
+    assert heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0)
