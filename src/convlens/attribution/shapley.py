@@ -18,7 +18,9 @@ Coalitions are evaluated under ``torch.no_grad`` in chunks of at most ``batch_si
 perturbed copies, built on ``x``'s device from a boolean ``(rows, K)`` coalition table and
 the label map. Random draws come from ``torch.Generator().manual_seed(seed)`` on the CPU, in
 sample order, so a seed gives the same coalitions on every device and for every
-``batch_size``; the estimators' arithmetic is float64.
+``batch_size``; the estimators' arithmetic is float64. The full and empty coalitions travel
+in the same batches as the rest; the forward counts given per method add one batched
+forward of x when the target is the prediction (to find it).
 
 Output: ``(N, 1, H, W)``, each pixel holding its feature's value divided by the feature's
 pixel count, so a map sums to the sum of its feature values (for the Shapley methods,
@@ -119,14 +121,28 @@ class CoalitionGame:
                 out[rows] = logits.gather(1, indices[chunk].view(-1, 1)).squeeze(1).double().cpu()
         return out
 
-    def ends(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(v(all features), v(no feature))`` per sample, float64 on the CPU."""
-        n = self.problem.x.shape[0]
-        with torch.no_grad():
-            logits = self.problem.forward(self.problem.x)
-        clean = logits.gather(1, self.problem.indices(logits).view(-1, 1)).squeeze(1)
-        empty = self.play(torch.arange(n), torch.zeros(n, self.width, dtype=torch.bool))
-        return clean.double().cpu(), empty
+    def play_tables(self, tables: list[torch.Tensor], full: bool = False, empty: bool = False
+                    ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """Play one coalition table per sample (each ``(R_i, <= width)``) in shared batches.
+
+        With ``full`` / ``empty``, each sample's all-kept / all-removed coalition is played in
+        the same batches (no separate small forward) and returned as ``(N,)``.
+
+        Returns:
+            ``(values per sample, v(all) or None, v(none) or None)``, float64 on the CPU.
+        """
+        self.problem.indices()   # a forward only when the target depends on the prediction
+        extra = [flag for flag in (full, empty) if flag]
+        rows = [torch.cat([torch.ones(1, self.width, dtype=torch.bool)] * full
+                          + [torch.zeros(1, self.width, dtype=torch.bool)] * empty
+                          + [torch.nn.functional.pad(t, (0, self.width - t.shape[1]))])
+                for t in tables]
+        images = torch.cat([torch.full((t.shape[0],), i) for i, t in enumerate(rows)])
+        values = self.play(images, torch.cat(rows)).split([t.shape[0] for t in rows])
+        ends = torch.stack([v[:len(extra)] for v in values]) if extra else None
+        clean = ends[:, 0] if full else None
+        none = ends[:, len(extra) - 1] if empty else None
+        return [v[len(extra):] for v in values], clean, none
 
     def spread(self, values: torch.Tensor) -> torch.Tensor:
         """``(N, width)`` float64 feature values -> the ``(N, 1, H, W)`` map on x's device."""
@@ -174,26 +190,24 @@ def shapley_sampling(problem: Problem, *, permutations: int = 10, segments: obje
     game = make_game(problem, segments, segmentation, n_segments, grid, baseline, batch_size)
     generator = torch.Generator().manual_seed(int(seed))
     orders = [torch.randperm(game.width, generator=generator) for _ in range(permutations)]
-    clean, empty = game.ends()
-    images, tables, plan = [], [], []
-    for sample, count in enumerate(game.counts):
+    tables = []
+    for count in game.counts:
         steps = torch.arange(1, count).view(-1, 1)
+        ranks = []
         for order in orders:
             order = order[order < count]
             rank = torch.full((game.width,), game.width)
             rank[order] = torch.arange(count)
-            tables.append(rank.view(1, -1) < steps)       # prefixes of length 1..K-1
-            images.append(torch.full((count - 1,), sample))
-            plan.append((sample, order))
-    values = game.play(torch.cat(images), torch.cat(tables))
+            ranks.append(rank.view(1, -1) < steps)       # prefixes of length 1..K-1
+        tables.append(torch.cat(ranks))
+    values, clean, empty = game.play_tables(tables, full=True, empty=True)
     phi = torch.zeros(len(game.counts), game.width, dtype=torch.float64)
-    start = 0
-    for sample, order in plan:
-        count = game.counts[sample]
-        chain = torch.cat([empty[sample:sample + 1], values[start:start + count - 1],
-                           clean[sample:sample + 1]])
-        phi[sample, order] += chain.diff()
-        start += count - 1
+    for sample, count in enumerate(game.counts):
+        chains = values[sample].view(permutations, count - 1)
+        chains = torch.cat([empty[sample].expand(permutations, 1), chains,
+                            clean[sample].expand(permutations, 1)], dim=1)
+        for order, contributions in zip(orders, chains.diff(dim=1)):
+            phi[sample, order[order < count]] += contributions
     return game.spread(phi / permutations)
 
 
@@ -273,7 +287,6 @@ def kernel_shap(problem: Problem, *, samples: int = 512, paired: bool = True,
         raise MethodError(f"paired must be True or False, got {paired!r}")
     game = make_game(problem, segments, segmentation, n_segments, grid, baseline, batch_size)
     generator = torch.Generator().manual_seed(int(seed))
-    clean, empty = game.ends()
     tables, weights = [], []
     for count in game.counts:
         if count == 1:
@@ -286,7 +299,7 @@ def kernel_shap(problem: Problem, *, samples: int = 512, paired: bool = True,
             weight = torch.ones(table.shape[0], dtype=torch.float64)
         tables.append(table)
         weights.append(weight)
-    values = _play_tables(game, tables)
+    values, clean, empty = game.play_tables(tables, full=True, empty=True)
     phi = torch.zeros(len(game.counts), game.width, dtype=torch.float64)
     for sample, (table, weight, value) in enumerate(zip(tables, weights, values)):
         total = float(clean[sample] - empty[sample])
@@ -296,14 +309,6 @@ def kernel_shap(problem: Problem, *, samples: int = 512, paired: bool = True,
         phi[sample, :game.counts[sample]] = constrained_least_squares(
             table, value - empty[sample], weight.to(torch.float64), total)
     return game.spread(phi)
-
-
-def _play_tables(game: CoalitionGame, tables: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Evaluate one coalition table per sample (each ``(R_i, K_i)``) in shared batches."""
-    padded = [torch.nn.functional.pad(t, (0, game.width - t.shape[1])) for t in tables]
-    images = torch.cat([torch.full((t.shape[0],), i) for i, t in enumerate(tables)])
-    values = game.play(images, torch.cat(padded))
-    return list(values.split([t.shape[0] for t in tables]))
 
 
 # ---- LIME ------------------------------------------------------------------------------------
@@ -346,8 +351,9 @@ def lime(problem: Problem, *, samples: int = 512, kernel_width: float = 0.25,
     with ``d`` the cosine distance between z and the full image's all-ones vector, and the
     fit is a ridge regression with a free intercept, ``alpha`` on the coefficients only. The
     defaults are the ``lime`` package's image explainer (``kernel_width=0.25``,
-    ``Ridge(alpha=1)``), with all features kept (no forward selection). The paper's recipe
-    also samples the image itself first; we and Captum do not. With
+    ``Ridge(alpha=1)``), with all features kept (no feature selection, the paper's K-LASSO
+    step). The ``lime`` package also puts the unperturbed image first among its samples; we
+    and Captum do not. With
     ``Lime(interpretable_model=SkLearnRidge(alpha), similarity_func=<this kernel on the
     interpretable vector>)`` Captum draws the same coalitions after
     ``torch.manual_seed(seed)`` and fits the same model.
@@ -355,7 +361,7 @@ def lime(problem: Problem, *, samples: int = 512, kernel_width: float = 0.25,
     Unlike the Shapley methods, LIME's values have no efficiency property; they describe the
     local slope, and depend on ``kernel_width`` and ``alpha``.
 
-    Cost: ``N * samples`` forwards (plus one).
+    Cost: ``N * samples`` forwards.
     """
     samples = _positive_int(samples, "samples")
     for value, name, low in ((kernel_width, "kernel_width", "> 0"), (alpha, "alpha", ">= 0")):
@@ -364,11 +370,10 @@ def lime(problem: Problem, *, samples: int = 512, kernel_width: float = 0.25,
                                                 else value < 0)):
             raise MethodError(f"{name} must be a finite number {low}, got {value!r}")
     game = make_game(problem, segments, segmentation, n_segments, grid, baseline, batch_size)
-    game.problem.indices()
     generator = torch.Generator().manual_seed(int(seed))
     tables = [torch.bernoulli(torch.full((samples, count), 0.5), generator=generator).bool()
               for count in game.counts]
-    values = _play_tables(game, tables)
+    values, _, _ = game.play_tables(tables)
     phi = torch.zeros(len(game.counts), game.width, dtype=torch.float64)
     for sample, (table, value) in enumerate(zip(tables, values)):
         phi[sample, :game.counts[sample]] = weighted_ridge(
@@ -395,11 +400,8 @@ def feature_ablation(problem: Problem, *, segments: object = None, segmentation:
     Cost: ``N * (K + 1)`` forwards.
     """
     game = make_game(problem, segments, segmentation, n_segments, grid, baseline, batch_size)
-    with torch.no_grad():
-        logits = problem.forward(problem.x)
-    clean = logits.gather(1, problem.indices(logits).view(-1, 1)).squeeze(1).double().cpu()
     tables = [~torch.eye(count, dtype=torch.bool) for count in game.counts]
-    values = _play_tables(game, tables)
+    values, clean, _ = game.play_tables(tables, full=True)
     phi = torch.zeros(len(game.counts), game.width, dtype=torch.float64)
     for sample, value in enumerate(values):
         phi[sample, :game.counts[sample]] = clean[sample] - value
