@@ -179,9 +179,10 @@ def shapley_sampling(problem: Problem, *, permutations: int = 10, segments: obje
     along one ordering telescope to ``v(all) - v(none)``, so every estimate satisfies
     efficiency exactly and is unbiased for the Shapley value (variance falls as
     ``1 / permutations``). Orderings are ``torch.randperm(max K_i, generator)`` shared by
-    the whole batch, restricted to each sample's features: for one sample (or samples with
-    equal K) these are Captum's ``ShapleyValueSampling`` orderings after
-    ``torch.manual_seed(seed)``, and the values match it.
+    the whole batch, restricted to each sample's features: these are Captum's
+    ``ShapleyValueSampling`` orderings after ``torch.manual_seed(seed)`` (Captum orders all
+    ``max K_i`` labels; a label a sample lacks has no pixels and contributes nothing), and
+    the values match it.
 
     Cost: ``N * (2 + permutations * (K - 1))`` forwards (Captum: ``1 + permutations * K``
     per sample); about 490 per image with the defaults.
