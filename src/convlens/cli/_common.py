@@ -32,6 +32,9 @@ errors = Console(stderr=True)  # for notes on stderr; error lines go through err
 
 EXIT_PARTIAL = 1  # some inputs failed, the rest was processed
 EXIT_ERROR = 2    # nothing could be done: bad model, method, option...
+# convlens.io.images.DEFAULT_MAX_PIXELS, repeated so that --help need not import Pillow
+# (tests/cli/test_messages.py checks that the two agree).
+DEFAULT_MAX_PIXELS = 64_000_000
 
 # CSI / OSC / two-character escape sequences, as libraries put them in exception texts.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
@@ -218,8 +221,6 @@ def parse_methods(text: str) -> list[str]:
 
 def max_pixels_option() -> Any:
     """The ``--max-pixels`` option of every command that reads photos (one definition)."""
-    from convlens.io.images import DEFAULT_MAX_PIXELS
-
     return typer.Option(
         None, "--max-pixels", min=1,
         help=f"Refuse photos with more pixels than this (width x height; default "
@@ -386,8 +387,10 @@ def parse_method_options(values: list[str], methods: list[str]) -> dict[str, dic
                                   f"{_options_of(method)}")
             default = method.options[name]
             if not _accepts(default, value):
-                raise MethodError(f"--option {raw!r}: {target}.{name} takes a "
-                                  f"{type(default).__name__} (default {default!r}), got "
+                kind = type(default).__name__
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise MethodError(f"--option {raw!r}: {target}.{name} takes {article} "
+                                  f"{kind} (default {default!r}), got "
                                   f"{value!r}; its options are: {_options_of(method)}")
             parsed[target][name] = value
     return parsed
