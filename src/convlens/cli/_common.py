@@ -165,3 +165,45 @@ def parse_methods(text: str) -> list[str]:
     for name in names:
         get_method(name)
     return names
+
+
+def parse_method_options(values: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``["integrated_gradients.steps=25", "gradcam.layer=blocks.8"]`` -> per-method options.
+
+    Each value is ``METHOD.NAME=VALUE``; VALUE is read with :func:`ast.literal_eval`
+    (numbers, tuples, booleans, None, quoted strings) and kept as the plain string when that
+    fails (``composite=epsilon_plus_flat``). ``NAME`` is checked against the method's
+    registered options (``layer`` is accepted for layer-space methods).
+
+    Raises:
+        MethodError: A malformed value, a method not among ``methods``, or an option the
+            method does not have; the message lists the valid ones.
+    """
+    import ast
+
+    from convlens.attribution.core import get_method
+    from convlens.errors import MethodError
+
+    parsed: dict[str, dict[str, Any]] = {}
+    for value in values:
+        head, equals, text = value.partition("=")
+        method, dot, name = head.strip().rpartition(".")
+        if not equals or not dot or not method or not name:
+            raise MethodError(f"--option takes METHOD.NAME=VALUE, e.g. "
+                              f"integrated_gradients.steps=25; got {value!r}")
+        if method not in methods:
+            raise MethodError(f"--option {value!r}: method {method!r} is not among the methods "
+                              f"run; valid: {', '.join(methods)}")
+        spec = get_method(method)
+        valid = list(spec.options) + (["layer"] if spec.needs_layer else [])
+        if name not in valid:
+            listed = ", ".join(f"{k}={spec.options[k]!r}" if k in spec.options else k
+                               for k in valid) or "none"
+            raise MethodError(f"--option {value!r}: method {method!r} has no option {name!r}; "
+                              f"its options are: {listed}")
+        try:
+            parsed_value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            parsed_value = text.strip()
+        parsed.setdefault(method, {})[name] = parsed_value
+    return parsed
