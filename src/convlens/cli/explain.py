@@ -54,6 +54,8 @@ def explain(
                                 help="Processes decoding images (0: in this process)."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace results of another configuration in --out."),
+    grid: bool = typer.Option(True, "--grid/--no-grid",
+                              help="Also draw a titled grid per image (slow on a CPU)."),
     resume: bool = typer.Option(
         True, "--resume/--no-resume",
         help="Skip photos finished by an earlier run of the same command (default); "
@@ -74,7 +76,7 @@ def explain(
     classifier = model_options.load()
     job = ExplainJob(classifier, method_names, out, target=target_value, layer=layer,
                      normalize=normalize, batch_size=batch_size, workers=workers,
-                     options=options, overwrite=overwrite or not resume)
+                     options=options, overwrite=overwrite or not resume, grids=grid)
     with cli_progress() as progress:
         outcome = job.run(images, progress=progress)
     skipped = f", {outcome.skipped} image(s) already done" if outcome.skipped else ""

@@ -160,6 +160,8 @@ class ExplainJob:
         overwrite: Delete an earlier run's results in ``out`` first (needed when its
             configuration differs).
         page: Write ``index.html`` at the end when the page module exists.
+        grids: Draw the titled grid per image (matplotlib: most of the time per image on
+            a CPU); ``False`` writes the overlays only.
 
     Raises:
         ConvlensError: Unknown method, options for a method not run, bad ``normalize``.
@@ -169,7 +171,7 @@ class ExplainJob:
                  *, target: Any = None, layer: str | None = None, normalize: str = "image",
                  batch_size: int = 8, workers: int = 0,
                  options: Mapping[str, Mapping[str, Any]] | None = None,
-                 overwrite: bool = False, page: bool = True) -> None:
+                 overwrite: bool = False, page: bool = True, grids: bool = True) -> None:
         if normalize not in ("image", "batch"):
             raise ConvlensError(f"normalize must be 'image' or 'batch', got {normalize!r}")
         if not methods:
@@ -185,6 +187,7 @@ class ExplainJob:
         self.options = _validate_options(self.methods, options or {})
         self.overwrite = overwrite
         self.page = page
+        self.grids = grids
         self.layer_name: str | None = None
 
     @property
@@ -354,7 +357,8 @@ class ExplainJob:
                 }
                 if item.label is not None:
                     record["label"] = item.label
-                record["files"]["grid"] = f"{stem}.grid.png"
+                if self.grids:
+                    record["files"]["grid"] = f"{stem}.grid.png"
                 if self.normalize == "batch":
                     index = len(records)
                     for method, raw in maps.items():
@@ -387,9 +391,13 @@ class ExplainJob:
                     figures.overlay(image, heatmap, seen=seen).save(temporary)
                 caption = method + (" (empty)" if method in record["empty_maps"] else "")
                 panels.append((caption, heatmap, scale))
+            if not self.grids:
+                continue
             target = record["target"]
             title = f"{record['name']}: {target['label']} ({target['probability']:.1%})"
             rows.append(figures.figure_to_image(figures.grid_figure(image, panels, title=title)))
+        if not rows:
+            return
         grid = rows[0] if len(rows) == 1 else _class_grid(rows)
         with atomic_output(self.out / views[0][0]["files"]["grid"]) as temporary:
             grid.save(temporary)
