@@ -283,3 +283,27 @@ def test_killed_run_resumed_ends_like_an_uninterrupted_one(tmp_path: Path, norma
     leftovers = [p.name for p in [*killed.iterdir(), *(killed / "records").iterdir()]
                  if "convlens-tmp" in p.name]
     assert leftovers == []
+
+
+def test_without_grids_only_overlays_are_written(tmp_path: Path) -> None:
+    paths = photos(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    ExplainJob(classifier(), ["gradcam"], out, grids=False).run(paths)
+    assert sorted(p.name for p in out.glob("*.png")) == ["p00.gradcam.png", "p01.gradcam.png"]
+    assert all("grid" not in r["files"] for r in results(out)["images"])
+
+
+def test_photo_gone_before_pass_two_is_a_problem(tmp_path: Path, monkeypatch) -> None:
+    paths = photos(tmp_path / "in", 2)
+    job = ExplainJob(classifier(), ["gradcam"], tmp_path / "out", normalize="batch")
+    original = job._render_all
+
+    def delete_then_render(store, progress):
+        paths[0].unlink()
+        return original(store, progress)
+
+    monkeypatch.setattr(job, "_render_all", delete_then_render)
+    outcome = job.run(paths)
+    assert [Path(p["path"]).name for p in outcome.problems] == ["p00.png"]
+    assert "cannot draw its maps" in outcome.problems[0]["error"]
+    assert (tmp_path / "out" / "p01.gradcam.png").is_file()

@@ -277,7 +277,7 @@ class ExplainJob:
                      f"{len(batch.items)} explained, {len(batch.skipped)} already done, "
                      f"{len(batch.problems)} bad")
             if self.normalize == "batch":
-                self._render_all(store, progress)
+                problems.extend(self._render_all(store, progress))
         except OutputError:
             self._write_results(store, problems, suppress=True)
             raise
@@ -410,12 +410,15 @@ class ExplainJob:
                 scales[method] = max(scales[method], float(peak))
         return scales
 
-    def _render_all(self, store: ResultStore, progress: ProgressCallback | None) -> None:
+    def _render_all(self, store: ResultStore, progress: ProgressCallback | None
+                    ) -> list[dict[str, str]]:
         """Pass 2 of ``normalize="batch"``: draw every stored map with the run's scales.
 
-        ``records/rendered.json`` remembers the scales drawn and how many shards are done,
-        so a rerun with nothing new draws nothing, and a killed pass 2 resumes.
+        ``records/rendered.json`` remembers the scales drawn and which shards are done, so a
+        rerun with nothing new draws nothing, and a killed pass 2 resumes. A photo that
+        cannot be read any more (deleted since pass 1) is returned as a problem.
         """
+        problems = []
         scales = self.run_scales(store)
         state_path = store.folder / "rendered.json"
         try:
@@ -436,11 +439,19 @@ class ExplainJob:
                     by_key.setdefault(record["key"], []).append((record, maps))
                 for views in by_key.values():
                     record = views[0][0]
-                    image = load_image(record["path"])
+                    try:
+                        image = load_image(record["path"])
+                    except ConvlensError as error:
+                        reason = getattr(error, "reason", None) or str(error)
+                        problems.append({"path": record["path"],
+                                         "error": f"cannot draw its maps: {reason}"})
+                        continue
                     self._render_image(image, _geometry(record["geometry"]), views, scales)
-                finished.add(shard.name)
+                if not problems:
+                    finished.add(shard.name)
                 write_json_atomic(state_path, {"scales": scales, "shards": sorted(finished)})
             emit(progress, "render", number, len(shards))
+        return problems
 
     # -------------------------------------------------------------------- results
 
