@@ -9,7 +9,9 @@ crops and flips, batch size 8): seconds per image for
   what the job did before it had a store;
 * ``job``: :class:`ExplainJob` into a fresh folder (scan, hashing, DataLoader, the same
   PNGs written atomically, shard + summary per batch, results.json at the end);
-* ``job rerun``: the same job again (everything skipped: hashing and reading records).
+* ``job rerun``: the same job again (everything skipped: hashing and reading records);
+* ``job no-grid``: the job writing overlays only (``grids=False``, ``--no-grid``): without
+  matplotlib's grid, the job's own cost shows.
 
 Rounds alternate the three so a neighbour on the shared machine hits all of them alike;
 medians over rounds are printed.
@@ -65,7 +67,10 @@ def make_photos(folder: Path, count: int, size: int | None = None) -> list[Path]
     return paths
 
 
-def part1(rounds: int, count: int, batch_size: int) -> None:
+VARIANTS = ("explain", "explain+save", "job", "job rerun", "job no-grid")
+
+
+def part1(rounds: int, count: int, batch_size: int, variants: list[str]) -> None:
     import convlens as cl
     from convlens.io.images import load_image
     from convlens.jobs.explain_job import ExplainJob
@@ -84,18 +89,24 @@ def part1(rounds: int, count: int, batch_size: int) -> None:
                 for exp in exps:
                     exp.save(out)
 
-    def job() -> None:
-        ExplainJob(clf, ["gradcam"], work / "job", batch_size=batch_size, page=False).run(
-            [work / "in"])
+    def job(grids: bool = True) -> None:
+        folder = work / ("job" if grids else "job-no-grid")
+        ExplainJob(clf, ["gradcam"], folder, batch_size=batch_size, page=False,
+                   grids=grids).run([work / "in"])
 
-    times: dict[str, list[float]] = {"explain": [], "explain+save": [], "job": [],
-                                     "job rerun": []}
+    functions = {"explain": lambda: bare(False), "explain+save": lambda: bare(True),
+                 "job": job, "job rerun": job, "job no-grid": lambda: job(False)}
+    chosen = ["explain", *[v for v in variants if v != "explain"]]
+    if "job rerun" in chosen and "job" not in chosen:
+        chosen.insert(chosen.index("job rerun"), "job")
+    times: dict[str, list[float]] = {name: [] for name in chosen}
     bare(False)  # warm-up
     for _ in range(rounds):
-        for name, fn in (("explain", lambda: bare(False)), ("explain+save", lambda: bare(True)),
-                         ("job", job), ("job rerun", job)):
-            if name == "job":
-                shutil.rmtree(work / "job", ignore_errors=True)
+        for name in chosen:
+            fn = functions[name]
+            if name in ("job", "job no-grid"):
+                shutil.rmtree(work / ("job" if name == "job" else "job-no-grid"),
+                              ignore_errors=True)
             begun = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - begun) / len(paths))
@@ -156,10 +167,12 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--part", choices=["1", "2", "both"], default="both")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"part 1 variants, comma-separated: {', '.join(VARIANTS)}")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.part in ("1", "both"):
-        part1(args.rounds, args.photos, args.batch_size)
+        part1(args.rounds, args.photos, args.batch_size, args.variants.split(","))
     if args.part in ("2", "both"):
         part2(args.rounds, args.batch_size)
 
