@@ -155,7 +155,7 @@ def test_methods_with_different_options_get_separate_calls(tmp_path: Path, monke
     original = explain_module.explain
 
     def spy(clf, images, methods, **kwargs):
-        calls.append((list(methods), kwargs.get("steps")))
+        calls.append((list(methods), (kwargs.get("method_options") or {}).get("steps")))
         return original(clf, images, methods, **kwargs)
 
     monkeypatch.setattr(explain_module, "explain", spy)

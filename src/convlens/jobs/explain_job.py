@@ -317,7 +317,8 @@ class ExplainJob:
             per_group.append((methods, explain(self.classifier, images, methods,
                                                target=self.target, layer=layer,
                                                normalize="image", sign=_SIGN, names=stems,
-                                               **opts)))
+                                               batch_size=self.batch_size,
+                                               method_options=opts)))
         rows = len(per_group[0][1])
         per_image = rows // len(batch.items)
         records: list[dict[str, Any]] = []
