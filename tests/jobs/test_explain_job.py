@@ -184,6 +184,8 @@ def test_top_k_writes_one_grid_per_image_with_every_class(tmp_path: Path) -> Non
     one_row = Image.open(single / "p00.grid.png").height
     assert Image.open(out / "p00.grid.png").height == 3 * one_row
     assert len({r["files"]["gradcam"] for r in records}) == 6
+    empty = [r for r in records if r["empty_maps"]]
+    assert all(any("all zero" in n for n in r["notes"]) for r in empty)
 
 
 def test_another_configuration_is_refused_until_overwrite(tmp_path: Path) -> None:

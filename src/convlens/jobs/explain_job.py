@@ -38,6 +38,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convlens.errors import ConvlensError, OutputError
+from convlens.errors import ConvlensError, ConvlensWarning, OutputError
 from convlens.io.datasets import Batch, Entry, batches, scan_inputs
 from convlens.io.images import InputProblem, load_image, safe_output_name
 from convlens.jobs.progress import ProgressCallback, emit
@@ -314,11 +315,13 @@ class ExplainJob:
         for methods, opts in group_methods(self.methods, self.options):
             opts = dict(opts)
             layer = opts.pop("layer", self.layer)
-            per_group.append((methods, explain(self.classifier, images, methods,
-                                               target=self.target, layer=layer,
-                                               normalize="image", sign=_SIGN, names=stems,
-                                               batch_size=self.batch_size,
-                                               method_options=opts)))
+            with warnings.catch_warnings():  # the notes go into the records instead
+                warnings.simplefilter("ignore", ConvlensWarning)
+                per_group.append((methods, explain(self.classifier, images, methods,
+                                                   target=self.target, layer=layer,
+                                                   normalize="image", sign=_SIGN,
+                                                   names=stems, batch_size=self.batch_size,
+                                                   method_options=opts)))
         rows = len(per_group[0][1])
         per_image = rows // len(batch.items)
         records: list[dict[str, Any]] = []
@@ -329,10 +332,11 @@ class ExplainJob:
             for rank in range(per_image):
                 row = position * per_image + rank
                 first = per_group[0][1][row]
-                maps, peaks, layer_name = {}, {}, None
+                maps, peaks, layer_name, notes = {}, {}, None, []
                 for methods, explanations in per_group:
                     explanation = explanations[row]
                     layer_name = layer_name or explanation.layer
+                    notes.extend(n for n in getattr(explanation, "notes", []) if n not in notes)
                     for method in methods:
                         maps[method] = explanation.raw_map(method).float()
                         peaks[method] = float(explanation.scales[method])
@@ -355,6 +359,7 @@ class ExplainJob:
                     "peaks": peaks,
                     "layer": layer_name,
                     "geometry": _geometry_record(item.geometry),
+                    "notes": notes,
                 }
                 if item.label is not None:
                     record["label"] = item.label
