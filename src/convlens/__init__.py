@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "Method": "convlens.attribution.core",
     "Visualization": "convlens.visualization.optimize",
     "attribute": "convlens.attribution.core",
+    "evaluate": "convlens.metrics.evaluate",
     "explain": "convlens.explain",
     "get_method": "convlens.attribution.core",
     "layers": "convlens.models.layers",
