@@ -133,7 +133,7 @@ def get_metric(name: str) -> Metric:
     """Look a metric up by name; an unknown name lists the valid ones."""
     _load_builtin_metrics()
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise MetricError(unknown_choice("metric", name, _REGISTRY))
+        raise MetricError(unknown_choice("metric", name, [m.name for m in metrics()]))
     return _REGISTRY[name]
 
 

@@ -29,7 +29,6 @@ better.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -220,6 +219,8 @@ def model_randomisation(model: nn.Module, x: torch.Tensor, method: str,
 
     reference = maps_of(module) if maps is None else presentation_maps(method, maps, size,
                                                                         absolute)
+    if not order:
+        raise MetricError("the model has no unit with parameters to randomise")
     randomised = _copy(module)
     mapping = dict(randomised.named_modules())
     devices = [x.device] if x.device.type == "cuda" else []
@@ -230,11 +231,16 @@ def model_randomisation(model: nn.Module, x: torch.Tensor, method: str,
             reinitialise(mapping[unit])
             current = maps_of(randomised)
             rho = _similarity(reference, current, similarity).cpu().numpy()
+            # A randomised map left constant has no ranking in common with the trained one:
+            # counted as 0 (no similarity), as benchmarks/sanity_checks.py did.
+            flat = current.flatten(1)
+            rho[(flat.amax(1) == flat.amin(1)).cpu().numpy()] = 0.0
             table[("+" if index else "") + unit] = rho
     del randomised
-    values = np.nanmean(np.stack(list(table.values())), axis=0) if table else np.full(
-        x.shape[0], math.nan)
-    undefined = [None if np.isfinite(v) else "constant map at every stage" for v in values]
+    values = np.stack(list(table.values())).mean(0)
+    flat = reference.flatten(1)
+    undefined = ["constant map of the trained model: nothing to compare" if c else None
+                 for c in (flat.amax(1) == flat.amin(1)).tolist()]
     return finish("randomisation", torch.from_numpy(values), undefined, options, stages=table)
 
 
