@@ -84,7 +84,14 @@ def test_rise_preset_is_the_default_with_225_points_at_224_px() -> None:
                       **spec.presets["xplique"]).curves["deletion"].shape == (1, 11)
 
 
-def test_blur_kernel_is_the_reference_gkern() -> None:
+@pytest.mark.parametrize(("size", "sigma"), [(11, 5.0), (5, 1.0), (9, 3.0)])
+def test_blur_kernel_is_the_reference_gkern(size: int, sigma: float) -> None:
+    from scipy.ndimage import gaussian_filter
+
+    delta = np.zeros((size, size))
+    delta[size // 2, size // 2] = 1.0
+    np.testing.assert_allclose(gaussian_kernel(size, sigma), gaussian_filter(delta, sigma),
+                               atol=1e-15)
     k = gaussian_kernel(11, 5.0)
     assert k.shape == (11, 11) and k.sum() == pytest.approx(1.0)
     x = torch.zeros(1, 3, 21, 21, dtype=torch.float64)

@@ -74,7 +74,11 @@ def test_stages_and_units_options() -> None:
     x = torch.randn(1, 3, 16, 16)
     assert list(M.model_randomisation(net, x, "saliency", stages=2).stages) == ["fc", "+layer2"]
     assert list(M.model_randomisation(net, x, "saliency", stages=["layer1"]).stages) == [
-        "fc", "+layer2", "+layer1"]
+        "+layer1"]
+    every = M.model_randomisation(net, x, "saliency")
+    some = M.model_randomisation(net, x, "saliency", stages=["fc", "layer1"])
+    assert list(some.stages) == ["fc", "+layer1"]
+    np.testing.assert_allclose(some.stages["+layer1"], every.stages["+layer1"])
     assert list(M.model_randomisation(net, x, "saliency", units=["stem", "fc"]).stages) == [
         "fc", "+stem"]
     with pytest.raises(MetricError, match="not a unit of the cascade"):

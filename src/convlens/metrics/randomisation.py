@@ -179,7 +179,9 @@ def model_randomisation(model: nn.Module, x: torch.Tensor, method: str,
         target: The explained class (the trained model's; fixed through the stages).
         units: Module names to randomise (default: see :func:`default_units`); ordered by
             execution, the last to run first.
-        stages: Stop after this many units (int), or after the last of these unit names.
+        stages: Stop after this many units (int, measuring after each), or a list of unit
+            names: the cascade runs down to the last of them and is measured only after
+            these (earlier units are still randomised, cumulatively).
         similarity: ``"spearman"`` (the paper), ``"pearson"`` or ``"ssim"``.
         absolute: Compare absolute maps (the paper's main figure).
         seed: Seed of the re-initialisation.
@@ -200,6 +202,7 @@ def model_randomisation(model: nn.Module, x: torch.Tensor, method: str,
     x = prepare_x(module, x)
     _, classes = resolve(module, x, target, labels)
     order = cascade(module, x, units)
+    report: set[str] | None = None  # None: a similarity after every stage
     if isinstance(stages, int) and not isinstance(stages, bool):
         if stages < 1:
             raise MetricError(f"option stages must be >= 1, got {stages}")
@@ -209,6 +212,7 @@ def model_randomisation(model: nn.Module, x: torch.Tensor, method: str,
         if unknown:
             raise MetricError(f"stage {unknown[0]!r} is not a unit of the cascade; units from "
                               f"the output down: {', '.join(order)}")
+        report = set(stages)
         order = order[: max(order.index(s) for s in stages) + 1]
     method_options = dict(method_options or {})
     size = x.shape[-2:]
@@ -229,6 +233,8 @@ def model_randomisation(model: nn.Module, x: torch.Tensor, method: str,
         torch.manual_seed(seed)
         for index, unit in enumerate(order):
             reinitialise(mapping[unit])
+            if report is not None and unit not in report:
+                continue  # randomised (cumulative), but not measured here
             current = maps_of(randomised)
             rho = _similarity(reference, current, similarity).cpu().numpy()
             # A randomised map left constant has no ranking in common with the trained one:

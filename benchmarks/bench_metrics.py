@@ -1,0 +1,156 @@
+"""Cost of deletion + insertion (preset ``rise``) against the forwards they need, and against
+Quantus's pixel flipping at the same settings, measured side by side in one run.
+
+Floor: the forwards the two curves cannot avoid, ``2 x N x 225`` images at 224 px, run as
+batches of ``--batch-size`` pre-built inputs under ``no_grad`` (the same batch size our
+metrics use). Ours: ``convlens.metrics.deletion`` + ``insertion`` at their defaults (the RISE
+reference code's settings), batch 64. Quantus: ``PixelFlipping(features_in_step=3 * 224,
+perturb_baseline=0.0)`` with ``softmax=True`` and the map broadcast over channels: the same
+224 whole pixels per step, to zeros, on the softmax probability (Quantus has no insertion from
+a blur, so its time is compared with our deletion alone). Quantus's batch is images (all N at
+once here), ours perturbed copies. Items run in shuffled order in each round; medians.
+
+Usage::
+
+    python benchmarks/bench_metrics.py --images 8 --rounds 1        # CPU, writes results
+    python benchmarks/bench_metrics.py --images 100 --device cuda --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _timing import format_facts, machine_facts, synchronize  # noqa: E402
+
+import convlens  # noqa: E402
+import convlens.metrics as M  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-quantus", action="store_true")
+    parser.add_argument("--output", default=str(HERE / "results" / "metrics_cpu.md"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    from convlens.io.samples import sample_images
+
+    clf = convlens.load_model(device=str(device))
+    module = clf.module
+    photos = list(sample_images().values())
+    x = clf.preprocess([photos[i % len(photos)] for i in range(args.images)])
+    x = torch.where(torch.arange(args.images, device=device).view(-1, 1, 1, 1)
+                    // len(photos) % 2 == 1, x.flip(-1), x)  # flips give distinct photos
+    n, b = x.shape[0], args.batch_size
+    maps = convlens.attribute(clf, x, "gradcam")                      # (N, 1, 7, 7)
+    up = torch.nn.functional.interpolate(maps, size=x.shape[-2:], mode="bilinear",
+                                         align_corners=False)
+    points = math.ceil(224 * 224 / 224) + 1
+    batches = [min(b, n * points - s) for s in range(0, n * points, b)]
+    pool = x[torch.arange(b, device=device) % n].clone()
+
+    def floor(curves: int) -> None:
+        with torch.no_grad():
+            for _ in range(curves):
+                for size in batches:
+                    torch.softmax(module(pool[:size]), 1)
+
+    results: dict[str, object] = {}
+
+    def ours_both() -> None:
+        results["deletion"] = M.deletion(module, x, maps, batch_size=b)
+        results["insertion"] = M.insertion(module, x, maps, batch_size=b)
+
+    def ours_deletion() -> None:
+        M.deletion(module, x, maps, batch_size=b)
+
+    items = {"floor: 2 curves of forwards": lambda: floor(2),
+             "floor: 1 curve of forwards": lambda: floor(1),
+             "ours: deletion + insertion": ours_both,
+             "ours: deletion": ours_deletion}
+    if not args.skip_quantus:
+        import quantus
+
+        y = module(x[:1]).argmax(1)  # warm
+        with torch.no_grad():
+            y = module(x).argmax(1).cpu().numpy()
+        metric = quantus.PixelFlipping(features_in_step=3 * 224, perturb_baseline=0.0,
+                                       disable_warnings=True, display_progressbar=False)
+
+        def quantus_deletion() -> None:
+            results["quantus"] = np.asarray(metric(
+                model=module, x_batch=x.cpu().numpy(), y_batch=y, a_batch=up.cpu().numpy(),
+                device=str(device), softmax=True, batch_size=b))
+
+        items["quantus: PixelFlipping (deletion)"] = quantus_deletion
+    with torch.no_grad():
+        module(pool)  # warm-up forward
+    times: dict[str, list[float]] = {k: [] for k in items}
+    rng = random.Random(0)
+    started = time.perf_counter()
+    for index in range(args.rounds):
+        order = list(items)
+        rng.shuffle(order)
+        for key in order:
+            synchronize(device)
+            start = time.perf_counter()
+            items[key]()
+            synchronize(device)
+            times[key].append(time.perf_counter() - start)
+            print(f"[{time.perf_counter() - started:7.1f}s] round {index + 1}: {key} "
+                  f"{times[key][-1]:.2f}s", file=sys.stderr, flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    lines = [
+        "# Deletion + insertion (preset rise) vs their forwards and vs Quantus", "",
+        format_facts(machine_facts(device)), "",
+        f"bundled EfficientNet-Lite0, {n} photos (the 4 samples and their mirror images) at "
+        f"224 px, Grad-CAM maps, {points} points per curve, batch {b}, "
+        f"{args.rounds} round(s), items shuffled per round; medians",
+        "",
+        "| item | seconds |", "|---|---|",
+    ]
+    lines += [f"| {k} | {v:.2f} |" for k, v in med.items()]
+    lines += ["", f"- ours (deletion + insertion) / floor: "
+              f"{med['ours: deletion + insertion'] / med['floor: 2 curves of forwards']:.3f}",
+              f"- ours (deletion) / floor: "
+              f"{med['ours: deletion'] / med['floor: 1 curve of forwards']:.3f}"]
+    if "quantus" in results:
+        q = med["quantus: PixelFlipping (deletion)"]
+        ours_curve = results["deletion"].curves["deletion"][:, 1:]
+        diff = float(np.abs(ours_curve - results["quantus"]).max())
+        lines += [f"- Quantus PixelFlipping / ours (deletion): {q / med['ours: deletion']:.1f}x "
+                  f"slower ({q:.1f} s vs {med['ours: deletion']:.1f} s)",
+                  f"- Quantus / ours (deletion + insertion): "
+                  f"{q / med['ours: deletion + insertion']:.1f}x",
+                  f"- largest difference between the two deletion curves: {diff:.2e} "
+                  "(probability; ties in the upsampled maps may be ordered differently)"]
+    deletion, insertion = results["deletion"], results["insertion"]
+    lines += [f"- mean deletion AUC {deletion.mean:.4f}, insertion AUC {insertion.mean:.4f}",
+              f"\nwall time {time.perf_counter() - started:.0f}s"]
+    text = "\n".join(lines)
+    print(text)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
