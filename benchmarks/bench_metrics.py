@@ -10,10 +10,15 @@ perturb_baseline=0.0)`` with ``softmax=True`` and the map broadcast over channel
 a blur, so its time is compared with our deletion alone). Quantus's batch is images (all N at
 once here), ours perturbed copies. Items run in shuffled order in each round; medians.
 
+The sanity table (model-parameter randomisation, Adebayo et al. 2018) is the library's own
+output: ``convlens evaluate PHOTOS --metric randomisation ... --out DIR``; ``--sanity-from
+DIR/evaluation.json`` turns it into ``benchmarks/results/metrics_sanity.md``.
+
 Usage::
 
     python benchmarks/bench_metrics.py --images 8 --rounds 1        # CPU, writes results
     python benchmarks/bench_metrics.py --images 100 --device cuda --rounds 3
+    python benchmarks/bench_metrics.py --sanity-from out/evaluation.json
 """
 
 from __future__ import annotations
@@ -38,6 +43,39 @@ import convlens  # noqa: E402
 import convlens.metrics as M  # noqa: E402
 
 
+def sanity_table(path: Path, output: Path) -> str:
+    """The randomisation stages of an ``evaluation.json`` as a markdown table."""
+    import json
+
+    data = json.loads(Path(path).read_text())
+    key = next(k for k in data["metrics"] if k.split(":")[0] == "randomisation")
+    card = data["cards"][key]
+    rows = [r for r in data["results"] if r["metric"] == key]
+    stages = list(rows[0]["stages"])
+    lines = ["# Model-parameter randomisation (Adebayo et al. 2018), cascading: convlens "
+             "evaluate --metric randomisation", "",
+             f"model: {card['model']}, input {card['input_shape']}; images: "
+             f"{', '.join(Path(i).name for i in data['images'])} (explained class: the trained "
+             f"model's prediction: {', '.join(data['target_labels'])})",
+             f"cell = mean over images of {card['options']['similarity']} rank correlation of "
+             "|2-D map| (trained vs re-initialised from the output down to the column's unit, "
+             "cumulative); options: " + json.dumps(card["options"]),
+             "method options: " + json.dumps({m: o for m, o in card["methods"].items() if o}),
+             "", "| method | " + " | ".join(stages) + " | mean [95% interval] |",
+             "|---|" + "---|" * (len(stages) + 1)]
+    summary = {r["method"]: r for r in data["summary"] if r["metric"] == key}
+    for row in rows:
+        cells = [f"{np.mean([v for v in row['stages'][s] if v is not None]):.2f}"
+                 for s in stages]
+        sm = summary[row["method"]]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) +
+                     f" | {sm['mean']:.2f} [{sm['low']:.2f}, {sm['high']:.2f}] |")
+    text = "\n".join(lines)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text + "\n")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=8)
@@ -47,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-quantus", action="store_true")
     parser.add_argument("--output", default=str(HERE / "results" / "metrics_cpu.md"))
+    parser.add_argument("--sanity-from", default=None,
+                        help="evaluation.json of `convlens evaluate --metric randomisation`")
     args = parser.parse_args(argv)
+    if args.sanity_from:
+        print(sanity_table(Path(args.sanity_from), HERE / "results" / "metrics_sanity.md"))
+        return 0
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 

@@ -13,7 +13,8 @@ stay high), at each removal percentage.
 Accuracy here is whether the model still predicts the explained class (the target; with
 the default target, its own prediction on the unperturbed image). The per-image summary
 score is ours: the mean over percentages of LeRF probability minus MoRF probability
-(higher is better); the curves are kept for plots.
+(higher is better; with ``order="morf"`` alone it is minus the mean MoRF probability, with
+``"lerf"`` the mean LeRF probability); the curves are kept for plots.
 
 The linear system is solved by conjugate gradients, batched over images, percentages,
 orders and channels on the model's device (the reference code and Quantus build one sparse
