@@ -138,7 +138,7 @@ def test_option_flag_is_validated_and_recorded(tmp_path: Path) -> None:
     result = invoke(str(tmp_path / "in"), "--method", "gradcam",
                     "--option", "saliency.abs=1", "--out", str(tmp_path / "o3"))
     assert result.exit_code == 2
-    assert "not among the methods run; valid: gradcam" in one_error_line(result)
+    assert "not among the methods of this run (gradcam)" in one_error_line(result)
 
 
 def test_another_configuration_needs_overwrite(tmp_path: Path) -> None:
