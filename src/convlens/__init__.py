@@ -6,50 +6,49 @@ The public face::
     clf = cl.load_model()                                   # bundled EfficientNet-Lite0
     a = cl.attribute(clf, clf.preprocess("cat.jpg"), "gradcam")
     exps = cl.explain(clf, ["cat.jpg"], methods=["gradcam", "saliency"])
+
+Names are imported on first use (PEP 562), so ``import convlens`` and the command line's
+``--help`` do not pay for importing torch.
 """
 
-from convlens import objectives
-from convlens.attribution.core import Method, attribute, get_method, methods
-from convlens.errors import ConvlensError
-from convlens.explain import Explanation, explain
-from convlens.models.classifier import Classifier
-from convlens.models.layers import LayerInfo
-from convlens.models.loading import load_model
-from convlens.visualization.optimize import Visualization, visualize
+from __future__ import annotations
 
-__all__ = [
-    "Classifier",
-    "ConvlensError",
-    "Explanation",
-    "LayerInfo",
-    "Method",
-    "attribute",
-    "explain",
-    "get_method",
-    "layers",
-    "load_model",
-    "methods",
-    "objectives",
-    "Visualization",
-    "visualize",
-]
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "Classifier": "convlens.models.classifier",
+    "ConvlensError": "convlens.errors",
+    "Explanation": "convlens.explain",
+    "LayerInfo": "convlens.models.layers",
+    "Method": "convlens.attribution.core",
+    "Visualization": "convlens.visualization.optimize",
+    "attribute": "convlens.attribution.core",
+    "explain": "convlens.explain",
+    "get_method": "convlens.attribution.core",
+    "layers": "convlens.models.layers",
+    "load_model": "convlens.models.loading",
+    "methods": "convlens.attribution.core",
+    "objectives": "convlens.objectives",
+    "visualize": "convlens.visualization.optimize",
+}
 
-def layers(model: object) -> list[LayerInfo]:
-    """Every layer's name, type and output shape (for one sample), to choose ``layer=``.
+__all__ = sorted(_EXPORTS)
 
-    Args:
-        model: A Classifier (its input size is used) or an ``nn.Module`` taking
-            ``(N, 3, 224, 224)`` inputs.
-    """
-    from convlens.models.layers import list_layers
 
-    if isinstance(model, Classifier):
-        height, width = model.preprocessing.input_size
-        shape = (model.preprocessing.channels, height, width)
-        return list_layers(model.module, shape, model.device)
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else "cpu"
-    return list_layers(model, (3, 224, 224), device)
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'convlens' has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if name == "objectives" else getattr(module, name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+

@@ -82,3 +82,27 @@ class InputShapeError(ConvlensError, ValueError):
 def unknown_choice(kind: str, got: object, valid: Iterable[str]) -> str:
     """Message for an unknown name: ``unknown method 'x'; valid: a, b, c``."""
     return f"unknown {kind} {got!r}; valid {kind}s: {_choices(valid)}"
+
+
+class OutputError(ConvlensError, OSError):
+    """An output file or folder could not be written (full disk, no permission, a file in the way).
+
+    Attributes:
+        path: The file or folder that could not be written.
+        reason: Why, in words (the operating system's reason and what to do).
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.reason}"
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.path, self.reason))
+
+
+class StoreMismatchError(ConvlensError, ValueError):
+    """A results folder holds results of a different configuration than the one asked for."""

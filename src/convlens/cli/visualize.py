@@ -1,9 +1,7 @@
 """``convlens visualize`` and ``convlens activations``: feature visualization from the shell.
 
-:func:`register` adds both commands to the main Typer app (``convlens.cli`` calls it).
-Errors follow the main CLI's style: convlens's own errors become one ``error: ...`` line
-on stderr and exit code 2. This module imports ``convlens.cli`` only when a command runs,
-so importing either module first works.
+:func:`register` adds both commands to the app. Errors follow the CLI's style
+(:mod:`convlens.cli._common`): one ``error: ...`` line on stderr and exit code 2.
 
 Examples::
 
@@ -16,45 +14,15 @@ Examples::
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from convlens._cli_options import (
-    DeviceOpt,
-    LabelsOpt,
-    MeanOpt,
-    ModelOpt,
-    SizeOpt,
-    StdOpt,
-    TrustOpt,
-    WeightsOpt,
-)
+from convlens.cli._common import ModelOptions, console, friendly_errors, with_model_options
 from convlens.errors import ObjectiveError
 
 MAX_DEFAULT_CHANNELS = 16
-
-
-def _friendly(command: Callable) -> Callable:
-    """The main CLI's error handling, imported when the command runs."""
-
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from convlens.cli import friendly_errors
-
-        return friendly_errors(command)(*args, **kwargs)
-
-    return wrapper
-
-
-def _load(model, weights, labels, input_size, mean, std, device, trust_model):
-    from convlens.cli import ModelOptions
-
-    return ModelOptions(model, weights, labels, input_size, mean, std, None, device,
-                        trust_model).load()
 
 
 def parse_channels(text: str) -> list[int]:
@@ -121,7 +89,8 @@ def _objectives(classifier: Any, layer: str | None, channels: str | None, classe
     return [make(layer, k) for k in indices]
 
 
-@_friendly
+@friendly_errors
+@with_model_options
 def visualize(
     layer: str | None = typer.Option(None, "--layer", "-l",
                                      help="Layer whose channels to visualize (see `layers`)."),
@@ -144,16 +113,12 @@ def visualize(
     param: str = typer.Option("fft", "--param", help="fft, pixel or cppn."),
     transforms: str = typer.Option("standard", "--transforms", help="standard, lucid or none."),
     out: Path = typer.Option(Path("convlens-vis"), "--out", "-o", help="Output folder."),
-    model: str = ModelOpt, weights: Path | None = WeightsOpt,
-    labels: Path | None = LabelsOpt, input_size: int | None = SizeOpt,
-    mean: str | None = MeanOpt, std: str | None = StdOpt,
-    device: str = DeviceOpt, trust_model: bool = TrustOpt,
+    *, model_options: ModelOptions,
 ) -> None:
     """Render feature visualizations: one PNG per objective, grid.png and results.json."""
-    from convlens.cli import console
     from convlens.visualization.optimize import visualize as render
 
-    classifier = _load(model, weights, labels, input_size, mean, std, device, trust_model)
+    classifier = model_options.load()
     goals = _objectives(classifier, layer, channels, classes, neuron, deepdream is not None)
     res = render(classifier, goals, size=size, steps=steps, seed=seed, lr=lr, param=param,
                  transforms=transforms, init=deepdream, progress=True)
@@ -172,7 +137,8 @@ def visualize(
                   f"({res.seconds:.0f} s)")
 
 
-@_friendly
+@friendly_errors
+@with_model_options
 def activations(
     image: Path = typer.Argument(..., help="The photo."),
     layer: str | None = typer.Option(None, "--layer", "-l",
@@ -185,20 +151,16 @@ def activations(
                                  help="Also write the first convolution's filters."),
     out: Path = typer.Option(Path("convlens-activations"), "--out", "-o",
                              help="Output folder."),
-    model: str = ModelOpt, weights: Path | None = WeightsOpt,
-    labels: Path | None = LabelsOpt, input_size: int | None = SizeOpt,
-    mean: str | None = MeanOpt, std: str | None = StdOpt,
-    device: str = DeviceOpt, trust_model: bool = TrustOpt,
+    *, model_options: ModelOptions,
 ) -> None:
     """Write a grid of a layer's activation maps for IMAGE, most active channels first."""
-    from convlens.cli import console
     from convlens.io.images import load_image, safe_output_name
     from convlens.models.layers import default_layer_name
     from convlens.visualization.inspection import activation_maps, filter_grid, maps_grid
 
     if normalize not in ("layer", "channel"):
         raise ObjectiveError(f"--normalize must be 'layer' or 'channel', got {normalize!r}")
-    classifier = _load(model, weights, labels, input_size, mean, std, device, trust_model)
+    classifier = model_options.load()
     photo = load_image(image)
     if layer is None:
         height, width = classifier.preprocessing.input_size

@@ -1,0 +1,45 @@
+"""Progress events drawn for the command line: a Rich bar on a terminal, plain lines otherwise.
+
+The library only emits :class:`~convlens.jobs.progress.ProgressEvent`; this is the one place
+that draws them. On a terminal each stage gets a bar with ``done/total``; when stdout is not
+a terminal (a pipe, a log file, CI) each event becomes one plain line, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from convlens.jobs.progress import ProgressCallback, ProgressEvent, text_progress
+
+
+@contextmanager
+def cli_progress(*, terminal: bool | None = None) -> Iterator[ProgressCallback]:
+    """Yield a callback that draws events; bars are removed when the block ends.
+
+    Args:
+        terminal: Force the bar (True) or the plain lines (False); default: whether
+            stdout is a terminal.
+    """
+    if terminal is None:
+        terminal = sys.stdout.isatty()
+    if not terminal:
+        yield text_progress(sys.stdout)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    tasks: dict[str, Any] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[message]}"),
+                  transient=True) as bar:
+
+        def callback(event: ProgressEvent) -> None:
+            task = tasks.get(event.stage)
+            if task is None:
+                task = tasks[event.stage] = bar.add_task(event.stage, total=event.total,
+                                                         message="")
+            bar.update(task, completed=event.done, total=event.total, message=event.message)
+
+        yield callback

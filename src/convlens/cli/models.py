@@ -1,0 +1,88 @@
+"""``predict``, ``layers`` and ``methods``: what a model says, its layers, what can explain it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from convlens.cli._common import (
+    ModelOptions,
+    console,
+    friendly_errors,
+    problem_record,
+    report_problems,
+    with_model_options,
+)
+
+
+@friendly_errors
+@with_model_options
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files or folders."),
+    top: int = typer.Option(5, "--top", "-k", min=1, help="How many classes per image."),
+    *, model_options: ModelOptions,
+) -> None:
+    """Print the top classes of each image."""
+    from rich.table import Table
+
+    from convlens.errors import ConvlensError
+    from convlens.io.images import expand_inputs, load_image
+
+    files, problems = expand_inputs(images)
+    classifier = model_options.load()
+    table = Table("image", "rank", "class", "probability")
+    for path in files:
+        try:
+            image = load_image(path)
+        except ConvlensError as error:
+            problems.append(problem_record(path, error))
+            continue
+        for rank, (label, probability) in enumerate(classifier.predict([image], top=top)[0], 1):
+            table.add_row(str(path) if rank == 1 else "", str(rank), label, f"{probability:.4f}")
+    if files:
+        console.print(table)
+    report_problems(problems)
+
+
+@friendly_errors
+@with_model_options
+def layers(*, model_options: ModelOptions) -> None:
+    """List every layer's name, type and output shape, to choose --layer."""
+    from rich.table import Table
+
+    import convlens
+    from convlens.models.layers import default_layer_name
+
+    classifier = model_options.load()
+    height, width = classifier.preprocessing.input_size
+    default = default_layer_name(classifier.module,
+                                 (classifier.preprocessing.channels, height, width),
+                                 classifier.device)
+    table = Table("layer", "type", "output shape", "parameters")
+    for info in convlens.layers(classifier):
+        shape = "x".join(map(str, info.output_shape)) if info.output_shape else "-"
+        name = f"{info.name} (default)" if info.name == default else info.name
+        table.add_row(name, info.type, shape, f"{info.parameters:,}")
+    console.print(table)
+
+
+@friendly_errors
+def list_methods() -> None:
+    """List every attribution method with its family, options and paper."""
+    from rich.table import Table
+
+    from convlens.attribution.core import methods
+
+    table = Table("method", "family", "output", "options", "reference")
+    for method in methods():
+        options = ", ".join(f"{k}={v!r}" for k, v in method.options.items()) or "-"
+        table.add_row(method.name, method.family, method.space, options, method.reference)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``predict``, ``layers`` and ``methods`` to the app."""
+    app.command("predict")(predict)
+    app.command("layers")(layers)
+    app.command("methods")(list_methods)

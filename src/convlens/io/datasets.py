@@ -1,0 +1,498 @@
+"""Image datasets: find the files, decode them in parallel, turn bad files into records.
+
+Three layouts are read (docs/architecture.md, "Layers and the direction data flows": io
+is the leftmost layer, it imports nothing from the layers to its right):
+
+* **ImageFolder**: ``root/CLASS/.../image.jpg`` - each immediate sub-folder is a class
+  (torchvision's convention); images directly in ``root`` are reported, not guessed.
+* **CSV**: a file with a header naming ``path`` and ``label`` columns; paths are relative
+  to the CSV's folder (absolute paths are kept).
+* **plain**: files and folders, walked recursively, without labels
+  (:func:`scan_inputs`, what ``convlens explain`` reads).
+
+Walking never follows symlinked folders (a link loop cannot hang it), skips hidden entries,
+the ``exclude`` paths (e.g. a job's own output folder) and every folder holding the marker
+file :data:`OUTPUT_MARKER` that convlens puts in each output folder it creates: a job never
+reads its own output. Broken symbolic links are recorded as problems with the reason.
+
+:func:`batches` decodes with a :class:`torch.utils.data.DataLoader` (``workers`` processes;
+0 decodes in this process): a file that fails to decode becomes an
+:class:`~convlens.io.images.InputProblem` in its batch instead of stopping the run. Every
+file's content is hashed (SHA-256) on the way, giving each item a stable :attr:`DatasetItem.key`
+that a job can use to skip finished work. Memory stays bounded by the batch size (plus the
+DataLoader's prefetch of ``2 x workers`` batches).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import stat
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from convlens.errors import ConvlensError
+from convlens.io.images import InputProblem, is_image_file, load_image
+from convlens.models.preprocessing import Geometry, Preprocessing
+
+__all__ = [
+    "LAYOUTS",
+    "OUTPUT_MARKER",
+    "Batch",
+    "Dataset",
+    "DatasetItem",
+    "Entry",
+    "ImageDataset",
+    "batches",
+    "content_key",
+    "read_dataset",
+    "scan_inputs",
+    "unknown_labels",
+]
+
+OUTPUT_MARKER = ".convlens-output"
+"""Marker file in every output folder convlens creates (same value as convlens.jobs.store)."""
+
+LAYOUTS = ("auto", "imagefolder", "csv", "plain")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image file of a dataset, before decoding.
+
+    Attributes:
+        path: Where the file is (as given, joined with the walk).
+        relpath: Its path relative to the dataset root (or as the user wrote it, for plain
+            inputs), with forward slashes on every OS: stable across machines.
+        label: The class it is labelled with, or ``None`` without labels.
+    """
+
+    path: Path
+    relpath: str
+    label: str | None = None
+
+
+@dataclass
+class Dataset:
+    """What :func:`read_dataset` found: entries to decode and paths already known to be bad.
+
+    Attributes:
+        root: The folder (or CSV file) read.
+        layout: ``imagefolder``, ``csv`` or ``plain``.
+        entries: Image files, sorted by ``relpath``.
+        problems: Broken links, unreadable folders, CSV rows without a path...
+    """
+
+    root: Path
+    layout: str
+    entries: list[Entry]
+    problems: list[InputProblem] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        """The distinct labels, sorted."""
+        return sorted({e.label for e in self.entries if e.label is not None})
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def unknown_labels(dataset: Dataset | Iterable[Entry], known: Collection[str]) -> list[str]:
+    """Labels (ImageFolder folder names, CSV labels) that are not in ``known``, sorted.
+
+    The caller decides what to do, typically refusing the run with the list and the
+    model's labels, since a folder called ``cats`` will never match ``tabby``.
+    """
+    entries = dataset.entries if isinstance(dataset, Dataset) else dataset
+    known_set = set(known)
+    return sorted({e.label for e in entries if e.label is not None and e.label not in known_set})
+
+
+# ------------------------------------------------------------------------- finding files
+
+
+def _posix(path: Path | str) -> str:
+    return Path(path).as_posix()
+
+
+def _identity(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
+
+
+class _Walker:
+    """Walks folders under the rules in the module docstring, collecting problems."""
+
+    def __init__(self, exclude: Iterable[str | os.PathLike[str]]) -> None:
+        self.exclude = {_identity(Path(p)) for p in exclude}
+        self.problems: list[InputProblem] = []
+
+    def excluded(self, path: Path) -> bool:
+        identity = _identity(path)
+        return identity in self.exclude or any(e in identity.parents for e in self.exclude)
+
+    def walk(self, folder: Path) -> list[Path]:
+        """Image files under ``folder`` (sorted), skipping what the rules skip."""
+        found: list[Path] = []
+
+        def report(error: OSError) -> None:
+            where = Path(error.filename) if error.filename else folder
+            self.problems.append(InputProblem(where, f"cannot read folder ({error.strerror})"))
+
+        for directory, subdirs, files in os.walk(folder, onerror=report):
+            here = Path(directory)
+            if OUTPUT_MARKER in files or self.excluded(here):
+                subdirs[:] = []
+                continue
+            kept = []
+            for name in sorted(subdirs):
+                if name.startswith("."):
+                    continue
+                sub = here / name
+                if sub.is_symlink():
+                    self.problems.append(InputProblem(sub, "symbolic link to a folder, not "
+                                                           "followed; pass its target instead"))
+                    continue
+                kept.append(name)
+            subdirs[:] = kept
+            for name in sorted(files):
+                if name.startswith(".") or not is_image_file(name):
+                    continue
+                candidate = here / name
+                problem = self.file_problem(candidate)
+                if problem is not None:
+                    self.problems.append(problem)
+                elif not self.excluded(candidate):
+                    found.append(candidate)
+        return found
+
+    @staticmethod
+    def file_problem(path: Path) -> InputProblem | None:
+        """A problem for broken links and non-regular files; ``None`` for regular files."""
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            if path.is_symlink():
+                target = os.readlink(path)
+                return InputProblem(path, f"broken symbolic link (its target {target} does "
+                                          "not exist)")
+            return InputProblem(path, "not found")
+        except OSError as error:
+            return InputProblem(path, f"cannot access path ({error.strerror})")
+        if not stat.S_ISREG(info.st_mode):
+            return InputProblem(path, "not a regular file (device, pipe or socket)")
+        return None
+
+
+def scan_inputs(paths: Sequence[str | os.PathLike[str]], *,
+                exclude: Iterable[str | os.PathLike[str]] = ()) -> Dataset:
+    """Plain layout: image files among ``paths`` and, recursively, in the folders among them.
+
+    Like :func:`convlens.io.images.expand_inputs`, a file reached twice is listed once,
+    files named explicitly are kept even if hidden, and a folder without images is a
+    problem; unlike it, ``exclude`` paths, marked output folders and broken links are
+    handled as the module docstring says. ``relpath`` is the path as written, joined with
+    the walk (forward slashes).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    walker = _Walker(exclude)
+    found: dict[Path, Entry] = {}
+    for raw in paths:
+        path = Path(os.fsdecode(os.fspath(raw)))
+        if path.is_dir():
+            if walker.excluded(path) or (path / OUTPUT_MARKER).exists():
+                walker.problems.append(InputProblem(path, "is a convlens output folder (or "
+                                                          "inside one); not read as input"))
+                continue
+            before = len(walker.problems)
+            images = walker.walk(path)
+            if not images and len(walker.problems) == before:
+                walker.problems.append(InputProblem(
+                    path, "no images found in folder or its sub-folders (hidden files and "
+                          "convlens output folders skipped)"))
+            for image in images:
+                found.setdefault(_identity(image), Entry(image, _posix(image)))
+            continue
+        problem = walker.file_problem(path)
+        if problem is not None:
+            walker.problems.append(problem)
+        elif not is_image_file(path):
+            walker.problems.append(InputProblem(
+                path, f"not an image file (extension {path.suffix!r})"))
+        elif walker.excluded(path):
+            walker.problems.append(InputProblem(path, "is inside the output folder; not read "
+                                                      "as input"))
+        else:
+            found.setdefault(_identity(path), Entry(path, _posix(path)))
+    entries = sorted(found.values(), key=lambda e: e.relpath)
+    return Dataset(Path("."), "plain", entries, walker.problems)
+
+
+def read_dataset(source: str | os.PathLike[str], *, layout: str = "auto",
+                 exclude: Iterable[str | os.PathLike[str]] = ()) -> Dataset:
+    """Find the images (and labels) of a dataset.
+
+    Args:
+        source: A folder, or a CSV file with ``path`` and ``label`` columns.
+        layout: ``auto`` (a ``.csv`` file is CSV; a folder with sub-folders and no images
+            directly inside is ImageFolder; otherwise plain), ``imagefolder``, ``csv`` or
+            ``plain``.
+        exclude: Files or folders never read (a job's output folder).
+
+    Returns:
+        A :class:`Dataset`; entries sorted by ``relpath``.
+
+    Raises:
+        ConvlensError: ``source`` does not exist, the layout is unknown, or the CSV has
+            no ``path`` column.
+    """
+    root = Path(os.fsdecode(os.fspath(source)))
+    if layout not in LAYOUTS:
+        raise ConvlensError(f"unknown dataset layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    if not root.exists():
+        raise ConvlensError(f"{root}: not found; expected a folder of images or a CSV file "
+                            "with path,label columns")
+    if layout == "auto":
+        layout = _detect_layout(root)
+    if layout == "csv":
+        return _read_csv(root, exclude)
+    if not root.is_dir():
+        raise ConvlensError(f"{root}: the {layout} layout needs a folder")
+    walker = _Walker(exclude)
+    if layout == "plain":
+        entries = [Entry(p, _posix(p.relative_to(root))) for p in walker.walk(root)]
+    else:
+        entries = []
+        for child in sorted(root.iterdir()):
+            if child.name.startswith("."):
+                continue
+            if child.is_dir() and not child.is_symlink():
+                entries.extend(Entry(p, _posix(p.relative_to(root)), child.name)
+                               for p in walker.walk(child))
+            elif is_image_file(child.name):
+                walker.problems.append(InputProblem(
+                    child, "image directly in the dataset folder; ImageFolder expects "
+                           "ROOT/CLASS/image files (move it into its class folder)"))
+    entries.sort(key=lambda e: e.relpath)
+    return Dataset(root, layout, entries, walker.problems)
+
+
+def _detect_layout(root: Path) -> str:
+    if root.is_file():
+        return "csv" if root.suffix.lower() == ".csv" else "plain"
+    children = [c for c in root.iterdir() if not c.name.startswith(".")]
+    has_images = any(c.is_file() and is_image_file(c.name) for c in children)
+    has_folders = any(c.is_dir() for c in children)
+    return "imagefolder" if has_folders and not has_images else "plain"
+
+
+def _read_csv(path: Path, exclude: Iterable[str | os.PathLike[str]]) -> Dataset:
+    walker = _Walker(exclude)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            rows = list(csv.DictReader(stream))
+            fields = rows[0].keys() if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ConvlensError(f"{path}: cannot read the CSV ({error}); expected UTF-8 text with "
+                            "a header line 'path,label'") from None
+    if rows and "path" not in fields:
+        raise ConvlensError(f"{path}: the CSV has no 'path' column (columns: "
+                            f"{', '.join(map(str, fields))}); expected a header 'path,label'")
+    entries = []
+    for number, row in enumerate(rows, start=2):
+        written = (row.get("path") or "").strip()
+        if not written:
+            walker.problems.append(InputProblem(path, f"line {number}: empty path"))
+            continue
+        file = Path(written) if Path(written).is_absolute() else path.parent / written
+        if walker.excluded(file):
+            continue
+        label = (row.get("label") or "").strip() or None
+        entries.append(Entry(file, written.replace("\\", "/"), label))
+    entries.sort(key=lambda e: e.relpath)
+    return Dataset(path, "csv", entries, walker.problems)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def content_key(relpath: str, digest: str, salt: str = "") -> str:
+    """A short key for one item: its relative path, its content hash and a salt (a config).
+
+    A renamed, edited or differently configured item gets a new key; two identical files
+    at different paths keep different keys.
+    """
+    text = f"{salt}\0{relpath}\0{digest}"
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
+@dataclass
+class DatasetItem:
+    """One decoded (or skipped) image of a batch.
+
+    Attributes:
+        index: Position in the entries list given to :func:`batches`.
+        entry: The file, its relpath and label.
+        digest: SHA-256 of the file's bytes (hex).
+        key: :func:`content_key` of relpath, digest and the salt.
+        geometry: Where the network's input lies in the photo (``None`` when skipped).
+    """
+
+    index: int
+    entry: Entry
+    digest: str
+    key: str
+    geometry: Geometry | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.entry.path
+
+    @property
+    def relpath(self) -> str:
+        return self.entry.relpath
+
+    @property
+    def label(self) -> str | None:
+        return self.entry.label
+
+
+@dataclass
+class Batch:
+    """What one step of :func:`batches` yields.
+
+    Attributes:
+        x: Preprocessed ``(n, C, H, W)`` float tensor (CPU) of the decoded items, or
+            ``None`` when none decoded.
+        items: The decoded items, in ``x``'s order.
+        images: Their decoded display images (RGB, EXIF-rotated), or empty when
+            ``keep_images=False`` (then :meth:`image` decodes again on demand).
+        problems: Files of this batch that could not be read, with the one-line reason.
+        skipped: Items whose key was in ``skip`` (not decoded).
+    """
+
+    x: torch.Tensor | None
+    items: list[DatasetItem]
+    images: list[Image.Image]
+    problems: list[InputProblem]
+    skipped: list[DatasetItem]
+
+    @property
+    def size(self) -> int:
+        """Items of the dataset this batch covers (decoded, bad and skipped)."""
+        return len(self.items) + len(self.problems) + len(self.skipped)
+
+    def image(self, position: int) -> Image.Image:
+        """The display image of ``items[position]`` (decoded again if it was not kept)."""
+        if self.images:
+            return self.images[position]
+        return load_image(self.items[position].path)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A map-style torch Dataset over entries: each item hashes, decodes and preprocesses one file.
+
+    Items are ``("ok", DatasetItem, tensor, image)``, ``("skip", DatasetItem)`` or
+    ``("bad", InputProblem)``; :func:`collate` groups them into a :class:`Batch`.
+    """
+
+    def __init__(self, entries: Sequence[Entry], preprocessing: Preprocessing, *,
+                 salt: str = "", skip: Collection[str] = frozenset(),
+                 keep_images: bool = True, max_pixels: int | None = None) -> None:
+        self.entries = list(entries)
+        self.preprocessing = preprocessing
+        self.salt = salt
+        self.skip = frozenset(skip)
+        self.keep_images = keep_images
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        entry = self.entries[index]
+        problem = _Walker.file_problem(entry.path)
+        if problem is not None:
+            return ("bad", problem)
+        try:
+            digest = _digest(entry.path)
+        except OSError as error:
+            return ("bad", InputProblem(entry.path, f"cannot read file ({error.strerror})"))
+        item = DatasetItem(index, entry, digest, content_key(entry.relpath, digest, self.salt))
+        if item.key in self.skip:
+            return ("skip", item)
+        try:
+            options = {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
+            image = load_image(entry.path, **options)
+            resized, item.geometry = self.preprocessing.resize_image(image)
+            tensor = self.preprocessing.to_tensor(resized)
+        except ConvlensError as error:
+            reason = getattr(error, "reason", None) or str(error)
+            return ("bad", InputProblem(entry.path, " ".join(reason.split())))
+        return ("ok", item, tensor, image if self.keep_images else None)
+
+
+def _digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def collate(samples: Sequence[tuple[Any, ...]]) -> Batch:
+    """Group :class:`ImageDataset` items into a :class:`Batch` (the DataLoader's collate_fn)."""
+    items, tensors, images, problems, skipped = [], [], [], [], []
+    for sample in samples:
+        if sample[0] == "ok":
+            items.append(sample[1])
+            tensors.append(sample[2])
+            if sample[3] is not None:
+                images.append(sample[3])
+        elif sample[0] == "skip":
+            skipped.append(sample[1])
+        else:
+            problems.append(sample[1])
+    x = torch.stack(tensors) if tensors else None
+    return Batch(x, items, images, problems, skipped)
+
+
+def batches(entries: Sequence[Entry], preprocessing: Preprocessing, *, batch_size: int = 8,
+            workers: int = 0, salt: str = "", skip: Collection[str] = frozenset(),
+            keep_images: bool = True) -> Iterator[Batch]:
+    """Decode ``entries`` in order, ``batch_size`` at a time, in ``workers`` processes.
+
+    Args:
+        entries: From :func:`read_dataset` or :func:`scan_inputs`.
+        preprocessing: The classifier's (``classifier.preprocessing``): the same resize,
+            crop and normalisation as :meth:`Classifier.prepare`.
+        batch_size: Entries per batch (bad and skipped ones included, so batches line up
+            with the entries list).
+        workers: Decoding processes; 0 decodes in this process.
+        salt: Mixed into every :attr:`DatasetItem.key` (e.g. a configuration fingerprint).
+        skip: Keys not to decode (finished work); those items come back in ``skipped``.
+        keep_images: Ship the decoded display images with the batch (needed to draw
+            overlays); ``False`` saves the transfer from the workers.
+
+    Yields:
+        One :class:`Batch` per ``batch_size`` entries; ``x`` stays on the CPU.
+    """
+    if batch_size < 1:
+        raise ConvlensError(f"batch_size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ConvlensError(f"workers must be 0 (decode in this process) or more, got {workers}")
+    dataset = ImageDataset(entries, preprocessing, salt=salt, skip=skip, keep_images=keep_images)
+    if not len(dataset):
+        return iter(())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=workers, collate_fn=collate)
+    return iter(loader)

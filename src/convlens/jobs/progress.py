@@ -1,0 +1,96 @@
+"""Progress events: the library reports, front ends draw.
+
+Long jobs (:class:`~convlens.jobs.explain_job.ExplainJob`, the audit) call a
+:data:`ProgressCallback` with a :class:`ProgressEvent` after each unit of work; they never
+print or draw. The command line turns events into a Rich bar (``convlens.cli._progress``);
+notebooks can use :func:`notebook_progress`; scripts :func:`text_progress`. See
+docs/architecture.md, "Layers and the direction data flows": jobs sit left of present/cli.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+__all__ = ["ProgressCallback", "ProgressEvent", "emit", "notebook_progress", "text_progress"]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """How far one stage of a job has come.
+
+    Attributes:
+        stage: What is being done, e.g. ``"explain"``, ``"render"``, ``"scan"``. A job
+            announces each stage with ``done=0`` before its first unit of work.
+        done: Units finished so far in this stage (images, for the jobs in this package).
+        total: Units the stage will process, or ``None`` when unknown (a folder still
+            being walked).
+        message: One short human line (e.g. the batch just finished), may be empty.
+    """
+
+    stage: str
+    done: int
+    total: int | None
+    message: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        """``done / total`` in [0, 1], or ``None`` when the total is unknown or zero."""
+        if not self.total:
+            return None
+        return min(1.0, self.done / self.total)
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+"""What a job calls with each event; its return value is ignored."""
+
+
+def emit(callback: ProgressCallback | None, stage: str, done: int, total: int | None,
+         message: str = "") -> None:
+    """Call ``callback`` with a new event, if there is a callback."""
+    if callback is not None:
+        callback(ProgressEvent(stage, done, total, message))
+
+
+def text_progress(stream: TextIO | None = None) -> ProgressCallback:
+    """A callback printing one plain line per event: ``stage: done/total message``.
+
+    Suits logs and pipes (no control characters). ``stream`` defaults to stderr.
+    """
+
+    def callback(event: ProgressEvent) -> None:
+        out = stream if stream is not None else sys.stderr
+        total = "?" if event.total is None else str(event.total)
+        tail = f" {event.message}" if event.message else ""
+        print(f"{event.stage}: {event.done}/{total}{tail}", file=out, flush=True)
+
+    return callback
+
+
+def notebook_progress() -> ProgressCallback:
+    """A callback for notebooks: one ``tqdm.auto`` bar per stage when tqdm is installed.
+
+    Falls back to :func:`text_progress` on stdout when tqdm is not importable.
+    """
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return text_progress(sys.stdout)
+    bars: dict[str, Any] = {}
+
+    def callback(event: ProgressEvent) -> None:
+        bar = bars.get(event.stage)
+        if bar is None:
+            bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage)
+        if event.total is not None and bar.total != event.total:
+            bar.total = event.total
+        bar.n = event.done
+        if event.message:
+            bar.set_postfix_str(event.message, refresh=False)
+        bar.refresh()
+        if event.total is not None and event.done >= event.total:
+            bar.close()
+
+    return callback
