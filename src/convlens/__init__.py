@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
+    "Audit": "convlens.auditing",
     "Classifier": "convlens.models.classifier",
     "ConvlensError": "convlens.errors",
     "Explanation": "convlens.explain",
@@ -27,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "Method": "convlens.attribution.core",
     "Visualization": "convlens.visualization.optimize",
     "attribute": "convlens.attribution.core",
+    "audit": "convlens.auditing",
     "explain": "convlens.explain",
     "get_method": "convlens.attribution.core",
     "layers": "convlens.models.layers",
