@@ -13,7 +13,6 @@ strategies, the shape and the tag. Everything is seeded and trains in a few seco
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -128,12 +127,16 @@ def trained_model(seed: int = 0, epochs: int = 10) -> PlantedNet:
     return model
 
 
-@dataclass
 class PlantedCase:
-    model: PlantedNet
-    images: np.ndarray
-    labels: np.ndarray
-    tagged: np.ndarray
+    """The trained model, the audit images (uint8), their labels and tag flags.
+
+    A plain class, not a dataclass: ``convlens.models.loading`` executes factory files
+    without registering them in ``sys.modules``, where ``dataclasses`` looks up the module.
+    """
+
+    def __init__(self, model: PlantedNet, images: np.ndarray, labels: np.ndarray,
+                 tagged: np.ndarray) -> None:
+        self.model, self.images, self.labels, self.tagged = model, images, labels, tagged
 
     @property
     def x(self) -> torch.Tensor:
