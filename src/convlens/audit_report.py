@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from convlens.jobs.progress import ProgressCallback, emit
-from convlens.jobs.store import write_text_atomic
+from convlens.jobs.store import config_fingerprint, write_text_atomic
 
 if TYPE_CHECKING:
     from convlens.auditing import Audit
@@ -120,6 +120,11 @@ def write_report(audit: Audit, target: Path, *, progress: ProgressCallback | Non
         raise ConvlensError("this Audit has no classifier and dataset attached; run "
                             "cl.audit(classifier, data, ...) to write a report")
     data = audit.data
+    source = config_fingerprint(data)
+    stamp = f'<meta name="convlens-audit" content="{source}">'
+    if target.is_file() and stamp in target.read_text(encoding="utf-8", errors="replace"):
+        emit(progress, "report", 1, 1, f"{target} is up to date")
+        return target  # built from this very audit.json: nothing to redraw
     folder = target.parent / ASSETS
     folder.mkdir(parents=True, exist_ok=True)
     classifier = audit.classifier
@@ -188,7 +193,7 @@ def write_report(audit: Audit, target: Path, *, progress: ProgressCallback | Non
     html = render_page("audit.html.j2", {
         "audit": data, "suspicious": suspicious, "shown_classes": shown_classes,
         "hidden_classes": max(0, len(ordered) - CLASSES), "mistakes": mistakes,
-        "confusion": confusion, "labelled": labelled,
+        "confusion": confusion, "labelled": labelled, "source": source,
         "classes_page": [c for c in data["classes"] if c["support"]][:200],
     })
     write_text_atomic(target, html)

@@ -27,7 +27,12 @@ from convlens.audit.passes import PassSettings, model_fingerprint, run_pass
 from convlens.audit.suspicion import CausalResult, causal_check, hot_region
 from convlens.errors import ConvlensError, unknown_choice
 from convlens.jobs.progress import ProgressCallback, emit, notebook_progress
-from convlens.jobs.store import ResultStore, mark_output_folder, write_json_atomic
+from convlens.jobs.store import (
+    ResultStore,
+    config_fingerprint,
+    mark_output_folder,
+    write_json_atomic,
+)
 
 STORE_FOLDER = "store"
 CHECK_MEMBERS = 128
@@ -143,7 +148,16 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
     errors = list({e["path"]: e for e in errors}.values())
     entries = {e.relpath: e for e in dataset.entries}
 
+    checked = {r["key"]: r for r in store.records() if r.get("kind") == "check"}
+
     def causal(members: list[StoredImage], heat: np.ndarray, check_seed: int) -> CausalResult:
+        """The causal check of one cluster, or its stored result (a rerun does no forwards)."""
+        key = "check-" + config_fingerprint({"members": [m.record["key"] for m in members],
+                                             "seed": check_seed})
+        if key in checked:
+            r = checked[key]
+            return CausalResult(r["flip_rate"], r["random_flip_rate"], r["members"],
+                                r["region_fraction"])
         chosen = members
         if len(members) > CHECK_MEMBERS:
             rng = np.random.default_rng(check_seed)
@@ -153,8 +167,12 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
                                [m.record["predicted_index"] for m in chosen], batch_size)
         region = hot_region(heat, (height, width))
         generator = torch.Generator().manual_seed(check_seed)
-        return causal_check(classifier, x.to(classifier.device), region, predicted,
-                            generator=generator, batch_size=batch_size)
+        result = causal_check(classifier, x.to(classifier.device), region, predicted,
+                              generator=generator, batch_size=batch_size)
+        store.append([{"key": key, "kind": "check", "flip_rate": result.flip_rate,
+                       "random_flip_rate": result.random_flip_rate, "members": result.members,
+                       "region_fraction": result.region_fraction}])
+        return result
 
     header = {"model": classifier.name, "method": method, "layer": layer_name,
               "data": str(data), "layout": dataset.layout, "map_size": map_size}
