@@ -119,6 +119,9 @@ def bench_pass(photos: int, batch_size: int, rounds: int) -> dict:
         bare_times, pass_times = times["bare"], times["pass"]
         ratios = [p / b for p, b in zip(pass_times, bare_times)]
         cpu_ratios = [p / b for p, b in zip(times["pass_cpu"], times["bare_cpu"])]
+        print(json.dumps({"pass_rounds": {"photos": photos, "bare_s": bare_times,
+                                          "pass_s": pass_times, "ratios": ratios,
+                                          "cpu_ratios": cpu_ratios}}), flush=True)
         out = work / "audit-out"
         start, cpu = time.perf_counter(), time.process_time()
         cl.audit(clf, work / "photos", out=out, batch_size=batch_size)

@@ -48,12 +48,15 @@ def overlay_thumbnail(view: Image.Image, heat: np.ndarray, path: Path, side: int
 
 def prototype(photos: Sequence[Image.Image], heat: np.ndarray, path: Path, *,
               columns: int = 4, side: int = 64) -> Path:
-    """A cluster's prototype: its mean map, large, next to a grid of members' photos."""
+    """A cluster's prototype: its mean map, large, next to a grid of members' photos with
+    the same mean map laid over each (where the cluster looks, on what it looks at)."""
     count = max(1, len(photos))
     rows = int(np.ceil(count / columns))
     grid = Image.new("RGB", (columns * side, rows * side), (240, 240, 240))
+    cell = np.asarray(Image.fromarray((unit(heat) * 255).astype(np.uint8)).resize(
+        (side, side), Image.BILINEAR), dtype=np.float64) / 255.0
     for k, photo in enumerate(photos):
-        small = photo.convert("RGB").resize((side, side))
+        small = overlay(photo.convert("RGB").resize((side, side)), cell, alpha=0.45)
         grid.paste(small, ((k % columns) * side, (k // columns) * side))
     colours = Image.fromarray(colorize(unit(heat))).resize((rows * side, rows * side),
                                                            Image.BILINEAR)
