@@ -92,12 +92,19 @@ class ClusterScore:
         return {**asdict(self), "why": self.why()}
 
 
-def mean_map(maps: np.ndarray) -> np.ndarray:
-    """Mean of non-negative, sum-normalised maps ``(N, H, W) -> (H, W)`` (float64)."""
-    rows = np.maximum(np.asarray(maps, dtype=np.float64), 0.0)
-    total = rows.reshape(len(rows), -1).sum(axis=1)
-    scale = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
-    return (rows * scale[:, None, None]).mean(axis=0)
+def mean_map(maps: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Mean of non-negative, sum-normalised maps ``(N, H, W) -> (H, W)`` (float64).
+
+    Accumulated ``chunk`` maps at a time, so the float64 working copy stays small whatever N.
+    """
+    maps = np.asarray(maps)
+    total = np.zeros(maps.shape[1:], dtype=np.float64)
+    for start in range(0, len(maps), chunk):
+        rows = np.maximum(maps[start:start + chunk].astype(np.float64), 0.0)
+        sums = rows.reshape(len(rows), -1).sum(axis=1)
+        scale = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
+        total += np.tensordot(scale, rows, axes=1)
+    return total / max(len(maps), 1)
 
 
 def half_mass_area(heat: np.ndarray) -> float:
