@@ -190,6 +190,17 @@ def paired_ratio(a: Timed, b: Timed) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
+def paired_difference(a: Timed, b: Timed, scale: float = 1.0) -> float | None:
+    """Median over the rounds both were timed in of ``a - scale * b``, in seconds.
+
+    With ``b`` a method's floor this is its per-call overhead: the time of everything the
+    call does beyond the passes it needs (hooks, mode switches, checks, syncs).
+    """
+    common = sorted(set(a.by_round) & set(b.by_round))
+    diffs = [a.by_round[r] - scale * b.by_round[r] for r in common]
+    return statistics.median(diffs) if diffs else None
+
+
 # ---- CPU peak memory (child process side) ---------------------------------------------------
 
 def _status_kib(field_name: str) -> int:

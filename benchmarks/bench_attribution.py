@@ -1,7 +1,8 @@
 """Speed of every registered attribution method: ratio to its floor and to peer libraries.
 
 Registry-driven: every method in ``convlens.methods()`` is timed on the bundled
-EfficientNet-Lite0 at each batch size, next to
+EfficientNet-Lite0 (or, with ``--model resnet18``, torchvision's ResNet-18 with random
+weights) at each batch size, next to
 
 * its **floor** (docs/architecture.md, "Performance principles"), measured in the same rounds:
   ``pixel`` = one forward + ``torch.autograd.grad(score.sum(), x)`` with x the only input
@@ -27,6 +28,10 @@ Usage (CPU; allocator settings as in ``make bench``)::
     ... --methods saliency,gradcam --batch-sizes 1 --rounds 3
     ... --quick                      # smoke run, tiny settings (about a minute)
     ... --gpu-script                 # CUDA, batch 1 and 64, JSON to $OUT when set
+    ... --model resnet18 --methods gradcam,integrated_gradients,saliency   # batch 1, 4, 16
+
+The ``ours - floor`` column is the per-call overhead: the median over rounds of the call's
+time minus its floor's in the same round.
 
 Methods registered later are picked up automatically; settings for unknown methods are
 inferred from their family and options (marked ``floor?`` in the table).
@@ -57,6 +62,7 @@ from _timing import (  # noqa: E402
     Timed,
     format_facts,
     machine_facts,
+    paired_difference,
     paired_ratio,
     peak_rss_growth,
     run_groups,
@@ -223,8 +229,23 @@ def make_plan(spec: convlens.Method, batch: int, profile: Profile, channels: Cal
     return plan
 
 
+#: The models the benchmark runs on: name -> (torchvision name or None for the bundled
+#: model, default CAM layer, description).
+MODELS = {
+    "bundled": (None, "head", "the bundled EfficientNet-Lite0 (pretrained weights)"),
+    "resnet18": ("resnet18", "layer4",
+                 "torchvision's ResNet-18, random weights (weights=None: no download), its "
+                 "own preprocessing"),
+}
+_MODEL = {"name": "bundled"}
+# ResNet-18 rows (issue "convlens 4"): gradcam at batch 16, integrated gradients at batch
+# 4 x 32 steps, and batch 1.
+RESNET18_BATCHES = [1, 4, 16]
+RESNET18_SETTINGS = {"integrated_gradients": {"steps": 32}}
+
+
 def default_layer() -> str:
-    return "head"
+    return MODELS[_MODEL["name"]][1]
 
 
 # ---- inputs, floors and runners -----------------------------------------------------------------
@@ -539,6 +560,10 @@ def _fmt_s(value: float | None) -> str:
     return f"{value * 1e3:.1f}ms" if value < 1 else f"{value:.2f}s"
 
 
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1e3:+.2f}ms"
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -565,6 +590,7 @@ def summarise(cases: list[Case]) -> list[dict[str, Any]]:
             "floor_s": floor.median * n if floor.median is not None else None,
             "x_floor": x_floor / n if x_floor is not None else None,
             "x_floor_min": _ratio(ours.best, floor.best * n if floor.best else None),
+            "overhead_s": paired_difference(ours, floor, n),
             "floor_guessed": plan.guessed, "slow": plan.slow,
             "bfloor": _times(case.bfloor),
             "bfloor_s": case.bfloor.median if case.bfloor else None,
@@ -581,6 +607,7 @@ def summarise(cases: list[Case]) -> list[dict[str, Any]]:
                 "error": p.error, "ours_over_peer": paired_ratio(ours, p),
                 "ours_over_peer_min": _ratio(ours.best, p.best),
                 "peer_x_floor": px / n if px is not None else None,
+                "peer_overhead_s": paired_difference(p, floor, n),
                 "peak_cuda_bytes": p.peak_bytes})
         if case.single is not None:
             row["single_gradcam"] = _times(case.single)
@@ -594,9 +621,9 @@ def format_table(rows: list[dict[str, Any]], floors: dict[str, float], batch: in
     lines = [f"### batch {batch}", "",
              "floors (median of all their calls): " + ", ".join(
                  f"{k} {_fmt_s(v)}" for k, v in floors.items()), "",
-             "| method | settings | ours (median / min) | floor | x floor | x bfloor | peers: "
-             "median (ours/peer) |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | settings | ours (median / min) | floor | x floor | ours - floor | "
+             "x bfloor | peers: median (ours/peer) |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         ours = (f"{_fmt_s(row['ours']['median'])} / {_fmt_s(row['ours']['min'])}"
                 if not row["error"] else "ERROR")
@@ -609,7 +636,7 @@ def format_table(rows: list[dict[str, Any]], floors: dict[str, float], batch: in
         floor_name = row["floor"] + ("?" if row["floor_guessed"] else "")
         lines.append(f"| {row['method']}{extra} | {row['settings'] or 'defaults'} | {ours} | "
                      f"{floor_name} = {_fmt_s(row['floor_s'])} | {_fmt_r(row['x_floor'])} | "
-                     f"{_fmt_r(row['x_bfloor'])} | {peers} |")
+                     f"{_fmt_ms(row['overhead_s'])} | {_fmt_r(row['x_bfloor'])} | {peers} |")
     notes = [f"- {row['method']}: {'; '.join(row['notes'])}" for row in rows if row["notes"]]
     notes += [f"- {row['method']}: ERROR {row['error']}" for row in rows if row["error"]]
     if notes:
@@ -704,7 +731,7 @@ def memory_jobs(rows: list[dict[str, Any]], profile: Profile) -> list[dict[str, 
                 todo += [{"runner": r, "options": opts}
                          for r in ("ours", "bfloor", "captum.IntegratedGradients")]
         jobs.append({"method": row["method"], "batch": smallest, "profile": profile.name,
-                     "measurements": todo})
+                     "model": _MODEL["name"], "measurements": todo})
     return jobs
 
 
@@ -778,7 +805,15 @@ def memory_child(job: dict[str, Any]) -> None:
 def load_inputs(device: torch.device) -> tuple[Any, torch.Tensor]:
     from convlens.io.samples import sample_images
 
-    clf = convlens.load_model(device=str(device))
+    spec = MODELS[_MODEL["name"]][0]
+    torch.manual_seed(0)  # random-weight models: the same weights in every run
+    if spec is None:
+        clf = convlens.load_model(device=str(device))
+    else:
+        import torchvision
+
+        module = torchvision.models.get_model(spec, weights=None).eval()
+        clf = convlens.load_model(module, device=str(device), input_size=224)
     images = clf.preprocess(list(sample_images().values()))
     return clf, images
 
@@ -807,15 +842,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="CUDA, batch 1 and 64, full settings; JSON also to $OUT")
     parser.add_argument("--no-memory", action="store_true", help="skip CPU peak-memory children")
     parser.add_argument("--output", default=None, help="JSON path (default results/<device>.json)")
+    parser.add_argument("--model", default="bundled", choices=sorted(MODELS),
+                        help="bundled EfficientNet-Lite0, or torchvision's ResNet-18 (random "
+                             "weights; default batch sizes 1,4,16 and IG steps=32)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def _use_model(name: str) -> None:
+    """Select the model; ResNet-18 gets the issue's integrated-gradients settings."""
+    _MODEL["name"] = name
+    if name != "bundled":
+        for method, options in RESNET18_SETTINGS.items():
+            for key in ("cpu1", "cpuN", "gpu1", "gpuN"):  # "quick" keeps its tiny settings
+                SETTINGS[method][key] = dict(options)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.memory_child:
+        _use_model(json.loads(args.memory_child).get("model", "bundled"))
         memory_child(json.loads(args.memory_child))
         return 0
+    _use_model(args.model)
     if args.gpu_script:
         args.device = "cuda"
     device = torch.device(args.device)
@@ -824,6 +873,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     profile = copy.deepcopy(PROFILES["quick" if args.quick else
                                       ("gpu" if device.type == "cuda" else "cpu")])
+    if args.model == "resnet18" and not args.quick:
+        profile.batch_sizes = list(RESNET18_BATCHES)
     if args.batch_sizes:
         profile.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.rounds:
@@ -843,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = set(args.methods.split(",")) if args.methods else None
     header = [
         "# convlens attribution benchmark", "", format_facts(facts),
+        f"model: {MODELS[args.model][2]}",
         f"profile {profile.name}: batch sizes {profile.batch_sizes}; timed rounds per batch class"
         f" ('1' = batch <= 4): floors and target methods {profile.rounds_fast}, other "
         f"single-pass {profile.rounds_other}, n-pass {profile.rounds_slow}; 1 warm-up call "
@@ -910,7 +962,8 @@ def main(argv: list[str] | None = None) -> int:
               "targets": targets, "skipped": skipped_all,
               "wall_s": time.perf_counter() - started}
     text = "\n".join(header) + "\n" + "\n\n".join(tables) + "\n\n" + "\n".join(footer) + "\n"
-    name = device.type + ("-quick" if profile.name == "quick" else "")
+    name = device.type + ("" if args.model == "bundled" else f"-{args.model}") + (
+        "-quick" if profile.name == "quick" else "")
     paths = [Path(args.output) if args.output else RESULTS / f"{name}.json"]
     if args.gpu_script and os.environ.get("OUT"):
         paths.append(Path(os.environ["OUT"]) / f"{name}.json")

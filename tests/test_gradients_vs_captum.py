@@ -13,7 +13,11 @@ from models import TinyResNet, TinyVGG, seeded
 
 import convlens as cl
 
-captum_attr = pytest.importorskip("captum.attr")
+
+@pytest.fixture(scope="module")
+def captum_attr():
+    """Captum's attribution module; only the comparisons with the peer skip without it."""
+    return pytest.importorskip("captum.attr")
 
 MODELS = {"vgg": TinyVGG, "resnet": TinyResNet}
 
@@ -27,7 +31,7 @@ TARGET = torch.tensor([0, 3, 4])
 
 
 @pytest.mark.parametrize("model", list(MODELS))
-def test_saliency_matches_captum(model: str) -> None:
+def test_saliency_matches_captum(captum_attr, model: str) -> None:
     net, x = seeded(MODELS[model]()), _x()
     expected = captum_attr.Saliency(net).attribute(x.clone(), target=TARGET, abs=True)
     got = cl.attribute(net, x, "saliency", target=TARGET)
@@ -35,7 +39,7 @@ def test_saliency_matches_captum(model: str) -> None:
 
 
 @pytest.mark.parametrize("model", list(MODELS))
-def test_input_x_gradient_matches_captum(model: str) -> None:
+def test_input_x_gradient_matches_captum(captum_attr, model: str) -> None:
     net, x = seeded(MODELS[model]()), _x()
     expected = captum_attr.InputXGradient(net).attribute(x.clone(), target=TARGET)
     got = cl.attribute(net, x, "input_x_gradient", target=TARGET)
@@ -44,7 +48,8 @@ def test_input_x_gradient_matches_captum(model: str) -> None:
 
 @pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("baseline", ["zeros", "per_sample"])
-def test_integrated_gradients_matches_captum_gauss_legendre(model: str, baseline: str) -> None:
+def test_integrated_gradients_matches_captum_gauss_legendre(captum_attr, model: str,
+                                                            baseline: str) -> None:
     net, x = seeded(MODELS[model]()), _x()
     x0 = torch.zeros_like(x) if baseline == "zeros" else _x(seed=4)
     expected, delta = captum_attr.IntegratedGradients(net).attribute(

@@ -20,7 +20,11 @@ from torch.autograd.functional import vjp
 import convlens as cl
 from convlens.errors import UnsupportedModelError
 
-captum_attr = pytest.importorskip("captum.attr")
+
+@pytest.fixture(scope="module")
+def captum_attr():
+    """Captum's attribution module; only the comparisons with the peer skip without it."""
+    return pytest.importorskip("captum.attr")
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.ELU,
                nn.Softplus, nn.Hardswish, nn.Mish)
@@ -148,7 +152,7 @@ def test_rectified_gradients_match_the_layer_by_layer_definition(rule: str) -> N
 
 
 @pytest.mark.parametrize("method", ["guided_backprop", "deconvnet"])
-def test_rectified_gradients_match_captum_on_a_plain_relu_net(method: str) -> None:
+def test_rectified_gradients_match_captum_on_a_plain_relu_net(captum_attr, method: str) -> None:
     model, x = seeded(TinyVGG(inplace=False)), _x(3, 16)
     target = torch.tensor([0, 2, 4])
     peer = {"guided_backprop": captum_attr.GuidedBackprop,
@@ -158,7 +162,7 @@ def test_rectified_gradients_match_captum_on_a_plain_relu_net(method: str) -> No
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-6)
 
 
-def test_guided_backprop_handles_inplace_relus_called_twice() -> None:
+def test_guided_backprop_handles_inplace_relus_called_twice(captum_attr) -> None:
     """TinyResNet calls one ReLU(inplace=True) module twice per block."""
     model, x = seeded(TinyResNet()), _x(2, 16)
     plain = copy.deepcopy(model)
@@ -280,7 +284,7 @@ def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam() -> None:
     assert cam.shape[-1] == 8 and (cam == 0).any() and (cam > 0).any()
 
 
-def test_guided_gradcam_matches_captum() -> None:
+def test_guided_gradcam_matches_captum(captum_attr) -> None:
     model, x = seeded(TinyVGG(inplace=False)), _x(3, 16)
     target = torch.tensor([0, 2, 4])
     expected = captum_attr.GuidedGradCam(model, model.features[5]).attribute(
@@ -329,7 +333,7 @@ def test_deeplift_sums_to_the_output_difference(name: str, model) -> None:
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_deeplift_matches_captum_where_captum_is_exact() -> None:
+def test_deeplift_matches_captum_where_captum_is_exact(captum_attr) -> None:
     """Captum's DeepLift in float64, eps aligned with ours (Captum's default is 1e-10).
 
     Captum cannot handle in-place ReLUs feeding hooked modules nor reused modules, and its

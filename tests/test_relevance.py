@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import Snapshot
-from models import BasicBlock, FunctionalReLUNet, TinyResNet, TinyVGG, seeded
+from models import FunctionalReLUNet, TinyResNet, TinyVGG, seeded
 from torch import nn
 
 import convlens as cl
@@ -167,67 +167,18 @@ def test_rule_matches_paper_reference(rule: str, layer_name: str, relu_first: bo
 
 # --------------------------------------------------------------------------- Zennit
 
-zennit = pytest.importorskip("zennit")
-from zennit.attribution import Gradient  # noqa: E402
-from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm  # noqa: E402
-from zennit.composites import LayerMapComposite, SpecialFirstLayerMapComposite  # noqa: E402
-from zennit.layer import Sum  # noqa: E402
-from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, ZBox, ZPlus  # noqa: E402
-from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetCanonizer  # noqa: E402
-from zennit.types import Activation, AvgPool, BatchNorm, Convolution  # noqa: E402
-from zennit.types import Linear as AnyLinear  # noqa: E402
+#: The Zennit comparisons (tests/zennit_peer.py holds the peer's side of each case).
+ZENNIT_CASES = ["lrp_epsilon", "lrp_zplus", "lrp_alpha_beta", "lrp_gamma", "lrp_flat",
+                "epsilon_plus_flat", "epsilon_gamma_box"]
 
 
-class _TinyBlockCanonizer(AttributeCanonizer):
-    """Zennit's torchvision BasicBlock canonizer (residual sum as a module) for ours."""
+@pytest.fixture(scope="module")
+def zennit_peer():
+    """The peer's side; only the comparisons with Zennit skip when it is not installed."""
+    pytest.importorskip("zennit")
+    import zennit_peer
 
-    def __init__(self) -> None:
-        super().__init__(self._attributes)
-
-    @staticmethod
-    def _attributes(name, module):
-        if isinstance(module, BasicBlock):
-            return {"forward": ResNetBasicBlockCanonizer.forward.__get__(module),
-                    "canonizer_sum": Sum()}
-        return None
-
-
-def zennit_relevance(model, x, targets, conv, dense, first=None, canonizers=()):
-    # Zennit's composites' shared map: activations pass, sums and average pools Norm,
-    # BatchNorm pass (after merging).
-    layer_map = [(Activation, Pass()), (Sum, Norm()), (AvgPool, Norm()), (BatchNorm, Pass()),
-                 (Convolution, conv), (nn.Linear, dense)]
-    if first is None:
-        composite = LayerMapComposite(layer_map, canonizers=list(canonizers))
-    else:
-        composite = SpecialFirstLayerMapComposite(layer_map, [(AnyLinear, first)],
-                                                  canonizers=list(canonizers))
-    index = torch.as_tensor(targets).view(-1, 1)
-
-    def initial(out):  # one-hot times the logit
-        return torch.zeros_like(out).scatter(1, index, out.gather(1, index))
-
-    with Gradient(model, composite) as attributor:
-        _, relevance = attributor(x, initial)
-    return relevance
-
-
-def zennit_cases(x):
-    low = x.amin((2, 3), keepdim=True).expand_as(x)
-    high = x.amax((2, 3), keepdim=True).expand_as(x)
-    # Our z+ and alpha-beta ignore biases (docs/architecture.md): Zennit's zero_params='bias'.
-    return {
-        "lrp_epsilon": ({"epsilon": 0.25}, Epsilon(0.25), Epsilon(0.25), None),
-        "lrp_zplus": ({}, ZPlus(zero_params="bias"), ZPlus(zero_params="bias"), None),
-        "lrp_alpha_beta": ({}, AlphaBeta(2, 1, zero_params="bias"),
-                           AlphaBeta(2, 1, zero_params="bias"), None),
-        "lrp_gamma": ({"gamma": 0.5}, Gamma(0.5), Gamma(0.5), None),
-        "lrp_flat": ({}, Flat(), Flat(), None),
-        "epsilon_plus_flat": ({"composite": "epsilon_plus_flat"}, ZPlus(zero_params="bias"),
-                              Epsilon(1e-6), Flat()),
-        "epsilon_gamma_box": ({"composite": "epsilon_gamma_box"}, Gamma(0.25), Epsilon(1e-6),
-                              ZBox(low, high)),
-    }
+    return zennit_peer
 
 
 def _zero_bn_eps(model: nn.Module) -> nn.Module:
@@ -241,21 +192,22 @@ def _zero_bn_eps(model: nn.Module) -> nn.Module:
 
 
 ZENNIT_MODELS = {
-    "vgg": (lambda: seeded(TinyVGG()), lambda: ()),
+    "vgg": (lambda: seeded(TinyVGG()), lambda peer: ()),
     "resnet": (lambda: _zero_bn_eps(seeded(TinyResNet())),
-               lambda: (SequentialMergeBatchNorm(), _TinyBlockCanonizer())),
+               lambda peer: (peer.SequentialMergeBatchNorm(), peer.TinyBlockCanonizer())),
 }
 
 
-@pytest.mark.parametrize("case", list(zennit_cases(_input())))
+@pytest.mark.parametrize("case", ZENNIT_CASES)
 @pytest.mark.parametrize("model_name", list(ZENNIT_MODELS))
-def test_matches_zennit(model_name: str, case: str) -> None:
+def test_matches_zennit(zennit_peer, model_name: str, case: str) -> None:
     build, canonizers = ZENNIT_MODELS[model_name]
     model, x, targets = build(), _input(), [1, 3]
-    options, conv, dense, first = zennit_cases(x)[case]
+    options, conv, dense, first = zennit_peer.cases(x)[case]
     method = "lrp" if "composite" in options else case
     ours = relevance64(model, x, method, targets, **options)
-    theirs = zennit_relevance(model, x, targets, conv, dense, first, canonizers())
+    theirs = zennit_peer.relevance(model, x, targets, conv, dense, first,
+                                   canonizers(zennit_peer))
     assert ours.abs().max() > 1e-3
     torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-10)
 
@@ -275,14 +227,16 @@ def resnet18():
 
 
 @pytest.mark.parametrize("case", ["epsilon_plus_flat", "lrp_gamma"])
-def test_torchvision_resnet18_matches_zennit(resnet18: nn.Module, case: str) -> None:
+def test_torchvision_resnet18_matches_zennit(zennit_peer, resnet18: nn.Module,
+                                             case: str) -> None:
     """torchvision's in-place ``out += identity`` and shared in-place ReLU, against Zennit's
     ResNet canonizer (float32: float64 convolutions are ~100x slower on CPU)."""
     x = _input(1, size=32, dtype=torch.float32)
-    options, conv, dense, first = zennit_cases(x)[case]
+    options, conv, dense, first = zennit_peer.cases(x)[case]
     method = "lrp" if "composite" in options else case
     ours = relevance64(resnet18, x, method, [7], **options)
-    theirs = zennit_relevance(resnet18, x, [7], conv, dense, first, (ResNetCanonizer(),))
+    theirs = zennit_peer.relevance(resnet18, x, [7], conv, dense, first,
+                                   (zennit_peer.ResNetCanonizer(),))
     _close_to_scale(ours, theirs)
 
 
@@ -582,28 +536,11 @@ def test_bad_options_are_refused() -> None:
 
 # ---------------------------------------------------------------- the bundled model
 
-def test_efficientnet_lite_blocks_match_zennit() -> None:
+def test_efficientnet_lite_blocks_match_zennit(zennit_peer) -> None:
     """The bundled architecture's first blocks (SamePad2d padding modules, depthwise and
     grouped convolutions, ReLU6, BatchNorm, residual sums with and without expansion)
     against Zennit with a residual-sum canonizer for MBConvBlock."""
-    from convlens.models.efficientnet_lite import MBConvBlock, efficientnet_lite0
-
-    class MBConvCanonizer(AttributeCanonizer):
-        def __init__(self) -> None:
-            super().__init__(self._attributes)
-
-        @staticmethod
-        def _attributes(name, module):
-            if not isinstance(module, MBConvBlock):
-                return None
-
-            def forward(self, x):
-                out = x if self.expand is None else self.expand(x)
-                out = self.project(self.depthwise(out))
-                if self.use_residual:
-                    out = self.canonizer_sum(torch.stack([x, out], dim=-1))
-                return out
-            return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+    from convlens.models.efficientnet_lite import efficientnet_lite0
 
     full = efficientnet_lite0(pretrained=False)
     assert full.blocks[2].use_residual and full.blocks[2].expand is not None
@@ -612,11 +549,12 @@ def test_efficientnet_lite_blocks_match_zennit() -> None:
     model = _zero_bn_eps(seeded(model, dtype=torch.float32))
     x = _input(2, size=13, dtype=torch.float32)  # odd size: SAME padding is asymmetric
     for case in ("epsilon_plus_flat", "lrp_gamma", "lrp_epsilon"):
-        options, conv, dense, first = zennit_cases(x)[case]
+        options, conv, dense, first = zennit_peer.cases(x)[case]
         method = "lrp" if "composite" in options else case
         ours = relevance64(model, x, method, [3, 1], **options)
-        theirs = zennit_relevance(model, x, [3, 1], conv, dense, first,
-                                  (SequentialMergeBatchNorm(), MBConvCanonizer()))
+        theirs = zennit_peer.relevance(model, x, [3, 1], conv, dense, first,
+                                       (zennit_peer.SequentialMergeBatchNorm(),
+                                        zennit_peer.MBConvCanonizer()))
         _close_to_scale(ours, theirs)
 
 

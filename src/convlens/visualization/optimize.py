@@ -15,6 +15,7 @@ network the objectives need, plus the parameterisation (an inverse FFT) and the 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +34,8 @@ from convlens.errors import (
     ObjectiveError,
     UnsupportedModelError,
 )
+from convlens.jobs.progress import ProgressCallback, emit, notebook_progress, text_progress
 from convlens.models.layers import resolve_layer
-from convlens.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from convlens.visualization import transforms as transforms_module
 from convlens.visualization.objectives import LOGITS, Context, Objective, as_objective
 from convlens.visualization.param import ImageParam, make_param
@@ -190,24 +191,16 @@ class _ModelParts:
 
 def _model_parts(model: Any, mean: Sequence[float] | None, std: Sequence[float] | None
                  ) -> _ModelParts:
-    from convlens.models.classifier import Classifier
+    from convlens.models.classifier import Classifier, as_classifier
 
-    if isinstance(model, Classifier):
-        module, pre = model.module, model.preprocessing
-        mean = pre.mean if mean is None else mean
-        std = pre.std if std is None else std
-        labels, device, input_size = model.labels, model.device, pre.input_size
-    elif isinstance(model, nn.Module):
-        module, labels, input_size = model, None, (224, 224)
-        mean = IMAGENET_MEAN if mean is None else mean
-        std = IMAGENET_STD if std is None else std
-        tensor = next(iter(module.parameters()), None)
-        if tensor is None:
-            tensor = next(iter(module.buffers()), None)
-        device = tensor.device if tensor is not None else torch.device("cpu")
-    else:
+    if not isinstance(model, (Classifier, nn.Module)):
         raise UnsupportedModelError(f"visualize needs a convlens Classifier or a torch.nn.Module, "
                                     f"got {type(model).__name__}")
+    classifier = as_classifier(model)  # a bare module gets the ImageNet preprocessing
+    module, pre = classifier.module, classifier.preprocessing
+    mean = pre.mean if mean is None else mean
+    std = pre.std if std is None else std
+    labels, device, input_size = classifier.labels, classifier.device, pre.input_size
     param = next((p for p in module.parameters() if p.is_floating_point()), None)
     dtype = param.dtype if param is not None else torch.float32
     if len(mean) != len(std) or len(mean) not in (1, 3):
@@ -294,6 +287,42 @@ def _goals(objective: Any, batch: int | None) -> tuple[list[Objective], int]:
     return [as_objective(objective)], batch or 1
 
 
+def check_arguments(*, steps: Any = 256, size: Any = None, lr: Any = None, seed: Any = 0,
+                    time_limit: Any = None) -> None:
+    """Validate :func:`visualize`'s numeric arguments before any model work.
+
+    Raises:
+        ObjectiveError: ``steps`` is not an int >= 0, ``lr`` not a finite number > 0,
+            ``seed`` not an int in 0..2**64-1, ``size`` not an int or (height, width) of at
+            least 8, or ``time_limit`` not a number >= 0. Without this, torch would raise
+            from inside Adam or the generator (``Invalid learning rate: -1.0``).
+    """
+    import math
+    import numbers
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if not is_int(steps) or steps < 0:
+        raise ObjectiveError(f"steps must be an int >= 0 (CLI: --steps), got {steps!r}")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real)
+                           or not math.isfinite(lr) or lr <= 0):
+        raise ObjectiveError(f"lr must be a number > 0 (CLI: --lr), e.g. 0.05; got {lr!r}")
+    if not is_int(seed) or not 0 <= seed < 2**64:
+        raise ObjectiveError(f"seed must be an int in 0..2**64-1 (CLI: --seed), got {seed!r}")
+    if time_limit is not None and (isinstance(time_limit, bool)
+                                   or not isinstance(time_limit, numbers.Real)
+                                   or not time_limit >= 0):
+        raise ObjectiveError(f"time_limit must be a number of seconds >= 0, got {time_limit!r}")
+    if size is not None:
+        if is_int(size):
+            size = (size, size)
+        if (not isinstance(size, (tuple, list)) or len(size) != 2
+                or not all(is_int(side) for side in size) or min(size) < 8):
+            raise ObjectiveError(f"size must be an int or (height, width) of at least 8 "
+                                 f"pixels (CLI: --size), got {size!r}")
+
+
 def visualize(
     model: Any,
     objective: Objective | str | Sequence[Objective | str],
@@ -311,7 +340,7 @@ def visualize(
     std: Sequence[float] | None = None,
     snapshots: Iterable[int] = (),
     time_limit: float | None = None,
-    progress: bool | None = None,
+    progress: bool | ProgressCallback | None = None,
     callback: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None,
 ) -> Visualization:
     """Optimise images to maximise an objective (activation maximisation, Lucid-style).
@@ -343,7 +372,9 @@ def visualize(
         mean, std: Override the normalisation applied before the forward.
         snapshots: Steps after which to keep a copy of the images.
         time_limit: Stop early after this many seconds (the trace is then shorter).
-        progress: Show a progress bar; default when stderr is a terminal.
+        progress: A :data:`~convlens.jobs.progress.ProgressCallback` receiving events
+            every few steps, ``True`` (plain lines, or a bar in a notebook), ``False``; default:
+            lines when stderr is a terminal.
         callback: Called after every step as ``callback(step, images, values)`` with that
             step's images (before its update, detached, untransformed) and the K objective
             values; for live previews, custom logging or timing.
@@ -357,8 +388,7 @@ def visualize(
         >>> res.images.shape                                            # doctest: +SKIP
         torch.Size([1, 3, 224, 224])
     """
-    if steps < 0:
-        raise ObjectiveError(f"steps must be >= 0, got {steps}")
+    check_arguments(steps=steps, size=size, lr=lr, seed=seed, time_limit=time_limit)
     parts = _model_parts(model, mean, std)
     goals, batch = _goals(objective, batch)
     size_hw = None if size is None else _size(size, parts.input_size)
@@ -377,7 +407,7 @@ def visualize(
     kept: dict[int, torch.Tensor] = {}
     values_per_step: list[torch.Tensor] = []
     began = time.perf_counter()
-    bar = _progress_bar(progress, steps)
+    bar = _progress(progress, steps)
     try:  # parameters are made with autograd on, even inside the caller's inference_mode
         with HookSession() as hooks, evaluation_mode(parts.module), gradients_enabled():
             image_param = make_param(param, batch, size_hw, generator=generator,
@@ -422,31 +452,26 @@ def visualize(
     return Visualization(images, trace, names, time.perf_counter() - began, kept)
 
 
-class _Bar:
-    """A rich progress bar that refreshes every few steps (reading the value syncs CUDA)."""
+class _Progress:
+    """Reports optimisation steps as progress events, every few steps (reading the objective
+    value syncs CUDA, so not at every step)."""
 
-    def __init__(self, steps: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("visualize"), BarColumn(),
-                                 TextColumn("{task.completed}/{task.total}"),
-                                 TextColumn("{task.fields[value]}"), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=True)
-        self.task = self.progress.add_task("visualize", total=steps, value="")
+    def __init__(self, callback: ProgressCallback, steps: int) -> None:
+        self.callback = callback
+        self.steps = steps
         self.every = max(1, steps // 50)
-        self.progress.start()
+        emit(callback, "visualize", 0, steps)
 
     def advance(self, step: int, values: list[torch.Tensor]) -> None:
-        if step % self.every == 0 or step == self.progress.tasks[0].total - 1:
-            value = f"objective {float(values[-1].mean()):.3g}"
-            self.progress.update(self.task, completed=step + 1, value=value)
+        if step % self.every == 0 or step == self.steps - 1:
+            emit(self.callback, "visualize", step + 1, self.steps,
+                 f"objective {float(values[-1].mean()):.3g}")
 
     def close(self) -> None:
-        self.progress.stop()
+        pass
 
 
-class _NoBar:
+class _NoProgress:
     def advance(self, step: int, values: list[torch.Tensor]) -> None:
         pass
 
@@ -454,9 +479,19 @@ class _NoBar:
         pass
 
 
-def _progress_bar(progress: bool | None, steps: int) -> _Bar | _NoBar:
-    if progress is None:
-        import sys
+def _progress(progress: bool | ProgressCallback | None, steps: int) -> _Progress | _NoProgress:
+    """``progress``: a callback, True (text lines or a notebook bar), False, or None (True
+    when stderr is a terminal). The library never draws Rich bars itself; the CLI passes
+    its own callback (docs/architecture.md, "Layers and the direction data flows")."""
+    if steps <= 0 or progress is False:
+        return _NoProgress()
+    if callable(progress):
+        return _Progress(progress, steps)
+    if progress is None and not sys.stderr.isatty():
+        return _NoProgress()
+    return _Progress(notebook_progress() if _in_notebook() else text_progress(), steps)
 
-        progress = sys.stderr.isatty()
-    return _Bar(steps) if progress and steps > 0 else _NoBar()
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    return bool(shell and getattr(shell, "get_ipython", lambda: None)())

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-import torch
 from torch import nn
 
 from convlens.attribution.relevance import rules as R
@@ -85,8 +85,10 @@ def register_rule(module_type: type, rule: ModuleRule | None) -> None:
 def _check_rule_spec(rule: object, where: str) -> None:
     if isinstance(rule, R.LayerRule):
         return
-    if not isinstance(rule, str) or rule not in R.RULE_NAMES:
-        raise MethodError(f"{where}: " + unknown_choice("rule", rule, R.RULE_NAMES))
+    try:
+        R.rule_entry(rule)
+    except MethodError as error:
+        raise MethodError(f"{where}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -107,13 +109,67 @@ class Composite:
     first: R.LayerRule | None = None
 
 
-COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_plus",
-              "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat")
+@dataclass(frozen=True)
+class CompositeEntry:
+    """A registered composite: rule names by layer kind, looked up in the rule registry.
+
+    Attributes:
+        name: What users pass as ``composite=``.
+        conv: Rule name for convolutions.
+        dense: Rule name for linear layers.
+        first: Rule name for the first Conv/Linear layer, or None.
+        reference: Where the layout comes from.
+    """
+
+    name: str
+    conv: str
+    dense: str
+    first: str | None
+    reference: str
 
 
-def named_composite(name: str, *, epsilon: float, gamma: float, alpha: float, beta: float,
-              low: torch.Tensor | None, high: torch.Tensor | None) -> Composite:
-    """A named composite (Zennit's names and layouts), with the given parameters.
+_COMPOSITES: dict[str, CompositeEntry] = {}
+_KOHLBRENNER = ("Kohlbrenner et al. 2020, Towards Best Practice in Explaining Neural Network "
+                "Decisions with LRP")
+_OVERVIEW = "Montavon et al. 2019, Layer-Wise Relevance Propagation: An Overview, sec. 10.2"
+
+
+def register_composite(name: str, *, conv: str, dense: str, first: str | None = None,
+                       reference: str) -> CompositeEntry:
+    """Register a composite; its rules must be registered rules (checked here, once)."""
+    for rule in (conv, dense, first):
+        if rule is not None:
+            R.rule_entry(rule)
+    entry = CompositeEntry(name, conv, dense, first, reference)
+    _COMPOSITES[name] = entry
+    return entry
+
+
+# Zennit's names and layouts.
+register_composite("epsilon_plus_flat", conv="zplus", dense="epsilon", first="flat",
+                   reference=_KOHLBRENNER)
+register_composite("epsilon_gamma_box", conv="gamma", dense="epsilon", first="zbox",
+                   reference=_OVERVIEW)
+register_composite("epsilon_plus", conv="zplus", dense="epsilon", reference=_OVERVIEW)
+register_composite("epsilon_alpha2_beta1", conv="alpha_beta", dense="epsilon",
+                   reference=_KOHLBRENNER)
+register_composite("epsilon_alpha2_beta1_flat", conv="alpha_beta", dense="epsilon",
+                   first="flat", reference=_KOHLBRENNER)
+
+#: Composite names (the registry's keys, for display).
+COMPOSITES = tuple(_COMPOSITES)
+
+
+def composite_entry(name: object) -> CompositeEntry:
+    """The registered composite ``name``; an unknown name raises MethodError listing all."""
+    if not isinstance(name, str) or name not in _COMPOSITES:
+        raise MethodError(unknown_choice("composite", name, _COMPOSITES))
+    return _COMPOSITES[name]
+
+
+def named_composite(name: str, factory: Callable[[str], ModuleRule] | None = None,
+                    **options: Any) -> Composite:
+    """A registered composite with its rules built.
 
     * ``epsilon_plus_flat``: flat first layer, z+ convolutions, epsilon dense layers
       (Kohlbrenner et al. 2020's recommendation for VGG-like nets).
@@ -121,21 +177,20 @@ def named_composite(name: str, *, epsilon: float, gamma: float, alpha: float, be
       epsilon dense layers (Montavon et al. 2019, sec. 10.2).
     * ``epsilon_plus``, ``epsilon_alpha2_beta1``, ``epsilon_alpha2_beta1_flat``: the
       same pattern with z+ or alpha-beta convolutions.
+
+    Args:
+        name: A registered composite name.
+        factory: Builds a rule from its name (a method passes one that knows the call's
+            options and the input's bounds); default: the registry with ``options``.
+        **options: Rule parameters (``epsilon``, ``gamma``, ``alpha``, ``beta``, ``low``,
+            ``high``) when no factory is given.
     """
-    if not isinstance(name, str) or name not in COMPOSITES:
-        raise MethodError(unknown_choice("composite", name, COMPOSITES))
-    dense = R.epsilon(epsilon)
-    if name == "epsilon_plus_flat":
-        return Composite(name, R.zplus(), dense, R.flat())
-    if name == "epsilon_gamma_box":
-        if low is None or high is None:
-            raise MethodError("the epsilon_gamma_box composite needs input bounds low and high")
-        return Composite(name, R.gamma(gamma), dense, R.zbox(low, high))
-    if name == "epsilon_plus":
-        return Composite(name, R.zplus(), dense)
-    if name == "epsilon_alpha2_beta1":
-        return Composite(name, R.alpha_beta(alpha, beta), dense)
-    return Composite(name, R.alpha_beta(alpha, beta), dense, R.flat())
+    entry = composite_entry(name)
+    if factory is None:
+        def factory(rule: str) -> ModuleRule:
+            return R.rule_entry(rule).make(options)
+    return Composite(name, factory(entry.conv), factory(entry.dense),
+                     None if entry.first is None else factory(entry.first))
 
 
 class RuleBook:
@@ -145,12 +200,13 @@ class RuleBook:
     Args:
         composite: Rules by layer kind.
         overrides: ``{dotted name or module type: rule}`` for this call.
-        factory: Builds a layer rule from its name (with the call's epsilon, gamma...).
+        factory: Builds a rule from its registered name (with the call's epsilon, gamma...);
+            default: the registry's defaults.
     """
 
     def __init__(self, composite: Composite,
                  overrides: Mapping[str | type, ModuleRule] | None = None,
-                 factory: Callable[[str], R.LayerRule] | None = None) -> None:
+                 factory: Callable[[str], ModuleRule] | None = None) -> None:
         self.composite = composite
         self.factory = factory
         self.by_name: dict[str, ModuleRule] = {}
@@ -200,10 +256,8 @@ class RuleBook:
         return None
 
     def _layer_rule(self, rule: ModuleRule) -> ModuleRule:
-        if isinstance(rule, R.LayerRule) or rule in (R.PASS, R.GRADIENT):
+        if isinstance(rule, R.LayerRule):
             return rule
-        if rule == "norm":
-            return R.norm()
         if self.factory is None:
-            raise MethodError(f"rule {rule!r} needs parameters this method does not have")
+            return R.rule_entry(rule).make()
         return self.factory(rule)

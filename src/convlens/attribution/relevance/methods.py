@@ -10,7 +10,7 @@ names and the permanent, per-type form).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -90,27 +90,33 @@ def input_bounds(x: torch.Tensor, low: object, high: object
     return low_t, high_t
 
 
-def _book(problem: Problem, layout: Composite, rules: RulesOption, *, epsilon: float = 1e-6,
-          gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, low: object = None,
-          high: object = None) -> RuleBook:
-    def factory(name: str) -> R.LayerRule:
-        if name == "epsilon":
-            return R.epsilon(epsilon)
-        if name == "zplus":
-            return R.zplus()
-        if name == "alpha_beta":
-            return R.alpha_beta(alpha, beta)
-        if name == "gamma":
-            return R.gamma(gamma)
-        if name == "flat":
-            return R.flat()
-        return R.zbox(*input_bounds(problem.x, low, high))
+def _factory(problem: Problem, *, low: object = None, high: object = None, **parameters: float
+             ) -> Callable[[str], R.LayerRule | str]:
+    """Build a registered rule by name with this call's parameters (epsilon, gamma...).
 
-    return RuleBook(layout, rules, factory)
+    The z-box bounds are computed from the input only when a rule reads them, once.
+    """
+    bounds: dict[str, torch.Tensor] = {}
+
+    def factory(name: str) -> R.LayerRule | str:
+        entry = R.rule_entry(name)
+        options: dict[str, object] = dict(parameters)
+        if "low" in entry.parameters or "high" in entry.parameters:
+            if not bounds:
+                bounds["low"], bounds["high"] = input_bounds(problem.x, low, high)
+            options.update(bounds)
+        return entry.make(options)
+
+    return factory
 
 
-def _everywhere(rule: R.LayerRule) -> Composite:
-    return Composite(rule.name, conv=rule, dense=rule)
+def _everywhere(problem: Problem, rule: str, rules: RulesOption, **parameters: object
+                ) -> torch.Tensor:
+    """Relevance with one registered rule on every Conv/Linear layer."""
+    factory = _factory(problem, **parameters)
+    layer_rule = factory(rule)
+    layout = Composite(layer_rule.name, conv=layer_rule, dense=layer_rule)
+    return propagate(problem, RuleBook(layout, rules, factory))
 
 
 @register("lrp_epsilon", family="relevance", signed=True, reference=f"{_BACH}; {_OVERVIEW}",
@@ -125,8 +131,7 @@ def lrp_epsilon(problem: Problem, *, epsilon: float = 0.25, rules: RulesOption =
     ``epsilon -> 0`` in a ReLU network (Zennit's ``Epsilon`` defaults to 1e-6). It is an
     absolute value, in the units of the pre-activations.
     """
-    rule = R.epsilon(epsilon)
-    return propagate(problem, _book(problem, _everywhere(rule), rules, epsilon=epsilon))
+    return _everywhere(problem, "epsilon", rules, epsilon=epsilon)
 
 
 @register("lrp_zplus", family="relevance", signed=True, reference=f"{_DTD}; {_OVERVIEW}",
@@ -137,7 +142,7 @@ def lrp_zplus(problem: Problem, *, rules: RulesOption = None) -> torch.Tensor:
     Only contributions ``x_i w_ij > 0`` count, biases are ignored (docs/architecture.md). The map
     is non-negative where the inputs of the first layer are non-negative.
     """
-    return propagate(problem, _book(problem, _everywhere(R.zplus()), rules))
+    return _everywhere(problem, "zplus", rules)
 
 
 @register("lrp_alpha_beta", family="relevance", signed=True, reference=f"{_BACH}; {_OVERVIEW}",
@@ -146,8 +151,7 @@ def lrp_zplus(problem: Problem, *, rules: RulesOption = None) -> torch.Tensor:
 def lrp_alpha_beta(problem: Problem, *, alpha: float = 2.0, beta: float = 1.0,
                    rules: RulesOption = None) -> torch.Tensor:
     """LRP-alpha-beta on every Conv/Linear layer; ``alpha - beta`` must be 1."""
-    rule = R.alpha_beta(alpha, beta)
-    return propagate(problem, _book(problem, _everywhere(rule), rules, alpha=alpha, beta=beta))
+    return _everywhere(problem, "alpha_beta", rules, alpha=alpha, beta=beta)
 
 
 @register("lrp_gamma", family="relevance", signed=True, reference=_OVERVIEW,
@@ -155,8 +159,7 @@ def lrp_alpha_beta(problem: Problem, *, alpha: float = 2.0, beta: float = 1.0,
 def lrp_gamma(problem: Problem, *, gamma: float = 0.25, rules: RulesOption = None
               ) -> torch.Tensor:
     """LRP-gamma (generalised to signed inputs as in Zennit) on every Conv/Linear layer."""
-    rule = R.gamma(gamma)
-    return propagate(problem, _book(problem, _everywhere(rule), rules, gamma=gamma))
+    return _everywhere(problem, "gamma", rules, gamma=gamma)
 
 
 @register("lrp_flat", family="relevance", signed=True,
@@ -170,7 +173,7 @@ def lrp_flat(problem: Problem, *, rules: RulesOption = None) -> torch.Tensor:
     logit over the pixels, whatever the image: a baseline to compare other maps with. The
     flat rule is meant for the first layer; ``lrp`` with ``epsilon_plus_flat`` uses it so.
     """
-    return propagate(problem, _book(problem, _everywhere(R.flat()), rules))
+    return _everywhere(problem, "flat", rules)
 
 
 @register("lrp", family="relevance", signed=True,
@@ -197,10 +200,7 @@ def lrp(problem: Problem, *, composite: str = "epsilon_plus_flat", epsilon: floa
     (e.g. a separate ``SamePad2d``) is part of its input: the flat and z-box rules count
     padded pixels as inputs, and their share is dropped when the padding is cropped off.
     """
-    bounds = (None, None)
-    if composite == "epsilon_gamma_box":
-        bounds = input_bounds(problem.x, low, high)
-    layout = named_composite(composite, epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta,
-                             low=bounds[0], high=bounds[1])
-    return propagate(problem, _book(problem, layout, rules, epsilon=epsilon, gamma=gamma,
-                                    alpha=alpha, beta=beta, low=low, high=high))
+    factory = _factory(problem, epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta,
+                       low=low, high=high)
+    layout = named_composite(composite, factory)
+    return propagate(problem, RuleBook(layout, rules, factory))

@@ -24,12 +24,14 @@ composites), Lapuschkin et al. 2019 (flat), Andeol et al. 2021 (gamma for signed
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from convlens.errors import MethodError
+from convlens.errors import MethodError, unknown_choice
 
 #: Stabiliser of every rule other than epsilon (Zennit's default, so results compare).
 STABILISER = 1e-6
@@ -38,6 +40,11 @@ STABILISER = 1e-6
 PASS = "pass"
 #: Module-level rule: the module's own backward is used (max pool, padding, reshapes).
 GRADIENT = "gradient"
+
+_BACH = "Bach et al. 2015, On Pixel-Wise Explanations for Non-Linear Classifier Decisions"
+_DTD = "Montavon et al. 2017, Explaining Nonlinear Classification Decisions with Deep Taylor " \
+       "Decomposition"
+_OVERVIEW = "Montavon et al. 2019, Layer-Wise Relevance Propagation: An Overview"
 
 
 def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -163,6 +170,80 @@ class LayerRule:
         return self.groups
 
 
+@dataclass(frozen=True)
+class RuleEntry:
+    """A registered rule: the one place its name, parameters and paper are written.
+
+    Attributes:
+        name: What users call it in ``rules={...}`` and what composites refer to.
+        parameters: The call options the rule reads (e.g. ``("epsilon",)``), with their
+            defaults; a parameter without a default must be given (z-box's bounds).
+        reference: The paper the rule follows.
+        build: ``build(**parameters) -> LayerRule``; None for the module-level rules
+            :data:`PASS` and :data:`GRADIENT`, which are used by name.
+    """
+
+    name: str
+    parameters: Mapping[str, Any]
+    reference: str
+    build: Callable[..., LayerRule] | None = None
+
+    def make(self, options: Mapping[str, Any] | None = None) -> LayerRule | str:
+        """The rule with its parameters taken from ``options`` (a method's call options).
+
+        Options the rule does not read are ignored; missing ones take the defaults.
+        """
+        if self.build is None:
+            return self.name
+        options = options or {}
+        kwargs = {p: options[p] for p in self.parameters if options.get(p) is not None}
+        missing = [p for p, d in self.parameters.items()
+                   if d is inspect.Parameter.empty and p not in kwargs]
+        if missing:
+            raise MethodError(f"the {self.name} rule needs {' and '.join(missing)}; "
+                              "pass them as options of the call")
+        return self.build(**kwargs)
+
+
+_RULES: dict[str, RuleEntry] = {}
+
+
+def register_layer_rule(name: str, *, reference: str
+                        ) -> Callable[[Callable[..., LayerRule]], Callable[..., LayerRule]]:
+    """Register a rule builder under ``name``; its parameters come from its signature.
+
+    As Zennit registers its rules with decorators: one entry per rule, read by composites,
+    the ``rules={...}`` option and error messages alike, so a name cannot be missing from
+    one of them.
+    """
+
+    def decorate(build: Callable[..., LayerRule]) -> Callable[..., LayerRule]:
+        parameters = {p.name: p.default for p in inspect.signature(build).parameters.values()}
+        _RULES[name] = RuleEntry(name, parameters, reference, build)
+        return build
+
+    return decorate
+
+
+def rule_entry(name: object) -> RuleEntry:
+    """The registered rule called ``name``; an unknown name raises MethodError listing all."""
+    if not isinstance(name, str) or name not in _RULES:
+        raise MethodError(unknown_choice("rule", name, _RULES))
+    return _RULES[name]
+
+
+def rule_names() -> tuple[str, ...]:
+    """Every registered rule name, in registration order."""
+    return tuple(_RULES)
+
+
+_RULES[PASS] = RuleEntry(PASS, {}, "relevance passes unchanged through activations "
+                         "(Montavon et al. 2019, sec. 10.1)")
+_RULES[GRADIENT] = RuleEntry(GRADIENT, {}, "the module's own gradient routes relevance: max "
+                             "pooling winner-takes-all, padding and reshapes (Montavon et al. "
+                             "2019, sec. 10.1)")
+
+
 def _check_number(name: str, value: object, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise MethodError(f"{name} must be a number, got {type(value).__name__}")
@@ -179,15 +260,17 @@ def _check_number(name: str, value: object, minimum: float = 0.0) -> float:
 # factors go to Group.factor and the rest into the (small) weights, so that groups are
 # formed by adding and subtracting term outputs, without full-size multiplications.
 
-def epsilon(eps: float = 1e-6) -> LayerRule:
+@register_layer_rule("epsilon", reference=_BACH)
+def epsilon(epsilon: float = 1e-6) -> LayerRule:
     """LRP-epsilon (Bach et al. 2015): ``R_i = sum_j x_i w_ij / stab(z_j) R_j``, bias included.
 
     ``eps = 0`` is LRP-0, which equals input times gradient in a ReLU network.
     """
-    eps = _check_number("epsilon", eps)
+    eps = _check_number("epsilon", epsilon)
     return LayerRule("epsilon", (Group((Term(identity, identity, bias=True),)),), eps)
 
 
+@register_layer_rule("norm", reference=_OVERVIEW)
 def norm() -> LayerRule:
     """The epsilon rule with only a tiny stabiliser: for average pooling and sums.
 
@@ -197,6 +280,7 @@ def norm() -> LayerRule:
     return LayerRule("norm", (Group((Term(identity, identity, bias=True),)),), STABILISER)
 
 
+@register_layer_rule("zplus", reference=_DTD)
 def zplus() -> LayerRule:
     """LRP-z+ (Montavon et al. 2017), generalised to signed inputs.
 
@@ -210,6 +294,7 @@ def zplus() -> LayerRule:
     return LayerRule("zplus", (signed,), nonnegative_groups=(nonnegative,))
 
 
+@register_layer_rule("alpha_beta", reference=_BACH)
 def alpha_beta(alpha: float = 2.0, beta: float = 1.0) -> LayerRule:
     """LRP-alpha-beta (Bach et al. 2015), ``alpha - beta = 1`` so relevance is conserved.
 
@@ -233,7 +318,8 @@ def alpha_beta(alpha: float = 2.0, beta: float = 1.0) -> LayerRule:
     return LayerRule("alpha_beta", (positive, negative))
 
 
-def gamma(gamma_: float = 0.25) -> LayerRule:
+@register_layer_rule("gamma", reference=f"{_OVERVIEW}; Andeol et al. 2021")
+def gamma(gamma: float = 0.25) -> LayerRule:
     """LRP-gamma (Montavon et al. 2019), generalised to signed inputs (Andeol et al. 2021).
 
     For outputs z > 0 the weights become ``W + gamma W+`` on positive inputs and
@@ -241,7 +327,7 @@ def gamma(gamma_: float = 0.25) -> LayerRule:
     ``b + gamma b+``; for z < 0 the roles swap. In the basis: ``(1 + gamma/2) (x W + b) +-
     gamma/2 (|x| |W| + |b|)``. Equal to Zennit's ``Gamma``.
     """
-    g = _check_number("gamma", gamma_)
+    g = _check_number("gamma", gamma)
     ratio = (g / 2) / (1 + g / 2)
 
     def scaled_absolute(w: torch.Tensor) -> torch.Tensor:
@@ -255,6 +341,8 @@ def gamma(gamma_: float = 0.25) -> LayerRule:
     return LayerRule("gamma", (positive, negative))
 
 
+@register_layer_rule("flat", reference="Lapuschkin et al. 2019, Unmasking Clever Hans "
+                     "Predictors and Assessing What Machines Really Learn")
 def flat() -> LayerRule:
     """LRP-flat (Lapuschkin et al. 2019): inputs and weights set to one, no bias.
 
@@ -264,6 +352,7 @@ def flat() -> LayerRule:
     return LayerRule("flat", (Group((Term(ones, ones, bias=False),)),))
 
 
+@register_layer_rule("zbox", reference=_DTD)
 def zbox(low: torch.Tensor, high: torch.Tensor) -> LayerRule:
     """LRP-z^B (Montavon et al. 2017) for inputs bounded by ``low <= x <= high``.
 
@@ -275,5 +364,5 @@ def zbox(low: torch.Tensor, high: torch.Tensor) -> LayerRule:
                                      Term(high, negative_part, bias=False, coefficient=-1.0))),))
 
 
-#: Rule names a user may give in ``rules={...}``, with what they need.
-RULE_NAMES = ("epsilon", "zplus", "alpha_beta", "gamma", "flat", "zbox", "norm", PASS, GRADIENT)
+#: Rule names a user may give in ``rules={...}`` (the registry's keys, for display).
+RULE_NAMES = rule_names()
