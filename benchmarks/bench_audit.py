@@ -78,7 +78,7 @@ def bench_pass(photos: int, batch_size: int, rounds: int) -> dict:
     import torch
 
     import convlens as cl
-    from convlens.audit.passes import PassSettings, run_pass
+    from convlens.auditing.passes import PassSettings, run_pass
     from convlens.io.datasets import read_dataset
     from convlens.io.images import load_image
     from convlens.jobs.store import ResultStore
@@ -155,7 +155,7 @@ def synthetic_maps(count: int, seed: int = 0) -> np.ndarray:
 
 def bench_cluster(count: int, rounds: int) -> dict:
     _threads()
-    from convlens.audit.spray import spray
+    from convlens.auditing.spray import spray
 
     maps = synthetic_maps(count)
     spray(maps[:500], tsne=True)  # imports and warm-up

@@ -10,7 +10,7 @@ from planted_bias import CLASSES, PlantedNet, planted_case
 
 import convlens as cl
 from convlens.attribution.core import get_method
-from convlens.audit.passes import downsize, model_fingerprint
+from convlens.auditing.passes import downsize, model_fingerprint
 
 
 def test_downsize_reduces_channels_and_resizes_without_normalising():

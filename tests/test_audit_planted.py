@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from planted_bias import CLASSES, TAG_CLASS, planted_case
 
 import convlens as cl
-from convlens.audit.spray import spray
-from convlens.audit.suspicion import causal_check, group_scores, hot_region, mean_map
+from convlens.auditing.spray import spray
+from convlens.auditing.suspicion import causal_check, group_scores, hot_region, mean_map
 
 
 @pytest.fixture(scope="module")

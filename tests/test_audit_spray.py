@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from convlens.audit import spray as sp
+from convlens.auditing import spray as sp
 from convlens.errors import ConvlensError
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from convlens.audit import suspicion as su
+from convlens.auditing import suspicion as su
 from convlens.errors import ConvlensError
 
 

@@ -33,8 +33,8 @@ def audit(
     *, model_options: ModelOptions,
 ) -> None:
     """Audit a dataset: OUT/audit.json and OUT/report.html; resumes an interrupted run."""
-    from convlens.audit.analysis import GROUP_BY
-    from convlens.auditing import audit as run_audit
+    from convlens.auditing.analysis import GROUP_BY
+    from convlens.auditing.run import audit as run_audit
     from convlens.cli._progress import cli_progress
 
     if group_by not in GROUP_BY:

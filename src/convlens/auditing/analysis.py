@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from convlens.audit.spray import spray
-from convlens.audit.suspicion import ClusterScore, mean_map, rank_clusters, score_group
+from convlens.auditing.spray import spray
+from convlens.auditing.suspicion import ClusterScore, mean_map, rank_clusters, score_group
 from convlens.jobs.progress import ProgressCallback, emit
 from convlens.jobs.store import ResultStore
 
@@ -126,7 +126,7 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
         group_by: ``"predicted"`` (the decisions the model made) or ``"label"`` (the paper).
         causal: ``causal(members, mean_map, seed) -> CausalResult`` for the top clusters.
         checks: How many of the most suspicious clusters get the causal check.
-        spray_options: Passed to :func:`~convlens.audit.spray.spray`.
+        spray_options: Passed to :func:`~convlens.auditing.spray.spray`.
     """
     field = "predicted" if group_by == "predicted" else "label"
     groups: dict[str, list[int]] = defaultdict(list)

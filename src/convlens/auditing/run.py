@@ -1,9 +1,9 @@
 """``audit()``: a dataset-scale look at what a classifier does, and :class:`Audit`, its result.
 
-One streaming pass (:mod:`convlens.audit.passes`) stores per image the prediction, the top 5
-and a small attribution map; SpRAy (:mod:`convlens.audit.spray`) finds the strategies per
-group; :mod:`convlens.audit.suspicion` ranks them and checks the top ones causally;
-``OUT/audit.json`` holds everything (schema in :func:`convlens.audit.analysis.build_audit`)
+One streaming pass (:mod:`convlens.auditing.passes`) stores per image the prediction, the top 5
+and a small attribution map; SpRAy (:mod:`convlens.auditing.spray`) finds the strategies per
+group; :mod:`convlens.auditing.suspicion` ranks them and checks the top ones causally;
+``OUT/audit.json`` holds everything (schema in :func:`convlens.auditing.analysis.build_audit`)
 and :meth:`Audit.report` draws ``OUT/report.html``, recomputing full-size maps only for the
 images it shows.
 
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from convlens.audit.analysis import GROUP_BY, MapReader, StoredImage, build_audit, stored_images
-from convlens.audit.passes import PassSettings, model_fingerprint, run_pass
-from convlens.audit.suspicion import CausalResult, causal_check, hot_region
+from convlens.auditing.analysis import GROUP_BY, MapReader, StoredImage, build_audit, stored_images
+from convlens.auditing.passes import PassSettings, model_fingerprint, run_pass
+from convlens.auditing.suspicion import CausalResult, causal_check, hot_region
 from convlens.errors import ConvlensError, unknown_choice
 from convlens.jobs.progress import ProgressCallback, emit, notebook_progress
 from convlens.jobs.store import (
@@ -214,7 +214,7 @@ class Audit:
 
     Attributes:
         data: The ``audit.json`` content (a dict; schema in
-            :func:`convlens.audit.analysis.build_audit`).
+            :func:`convlens.auditing.analysis.build_audit`).
         out: The output folder.
     """
 
@@ -249,12 +249,12 @@ class Audit:
     def report(self, path: str | os.PathLike[str] | None = None, *,
                progress: ProgressCallback | None = None) -> Path:
         """Write the HTML report (default ``OUT/report.html``, thumbnails under ``OUT/``)."""
-        from convlens.audit_report import write_report
+        from convlens.auditing.report import write_report
 
         target = Path(path) if path is not None else self.out / "report.html"
         return write_report(self, target, progress=progress)
 
     def _repr_html_(self) -> str:
-        from convlens.audit_report import notebook_html
+        from convlens.auditing.report import notebook_html
 
         return notebook_html(self)

@@ -29,7 +29,7 @@ from convlens.jobs.progress import ProgressCallback, emit
 from convlens.jobs.store import config_fingerprint, write_text_atomic
 
 if TYPE_CHECKING:
-    from convlens.auditing import Audit
+    from convlens.auditing.run import Audit
 
 ASSETS = "report-files"
 SUSPICIOUS = 5

@@ -1,6 +1,6 @@
 """Which strategies deserve a look first, and do they really drive the decision?
 
-SpRAy (:mod:`convlens.audit.spray`) finds clusters of similar attribution maps per group;
+SpRAy (:mod:`convlens.auditing.spray`) finds clusters of similar attribution maps per group;
 this module ranks them across all groups and tests the top ones causally.
 
 Suspicion (documented formula, every part kept so a report can say *why*)::
@@ -131,7 +131,7 @@ def score_group(group: str, maps: np.ndarray, clusters: np.ndarray,
     Args:
         group: The group's name.
         maps: ``(N, H, W)`` downsized maps of the group's members.
-        clusters: ``(N,)`` cluster ids (0 = the largest, as :func:`~convlens.audit.spray.spray`
+        clusters: ``(N,)`` cluster ids (0 = the largest, as :func:`~convlens.auditing.spray.spray`
             numbers them).
         correct: Per member ``True``/``False``, or ``None`` (unknown label).
     """
