@@ -72,3 +72,46 @@ def classifier():
 @pytest.fixture
 def audit_folder(tmp_path):
     return make_audit(tmp_path / "audit-out")
+
+
+class LiveServer:
+    """The app served by uvicorn on 127.0.0.1 (a free port) in a background thread."""
+
+    def __init__(self, app) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
+                                       daemon=True)
+        self.thread.start()
+        import time
+
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.socket.close()
+
+
+@pytest.fixture
+def live_server(classifier, audit_folder):
+    from convlens.app.server import ServeSettings, create_app
+
+    app = create_app(classifier, audits=[audit_folder],
+                     settings=ServeSettings(max_upload_bytes=200_000))
+    server = LiveServer(app)
+    yield server
+    server.close()
