@@ -84,6 +84,14 @@ def unknown_choice(kind: str, got: object, valid: Iterable[str]) -> str:
     return f"unknown {kind} {got!r}; valid {kind}s: {_choices(valid)}"
 
 
+class ConvlensWarning(UserWarning):
+    """A result was computed but may mean nothing (a 1x1 photo, an all-zero map...).
+
+    The same text is kept in :attr:`convlens.explain.Explanation.notes`, so a batch job
+    can record it beside the result; filter it with ``warnings.simplefilter``.
+    """
+
+
 class OutputError(ConvlensError, OSError):
     """An output file or folder could not be written (full disk, no permission, a file in the way).
 

@@ -202,6 +202,7 @@ def _final_linear(hooks: HookSession, model: nn.Module) -> list[tuple[str, nn.Li
 
 
 @register("cam", family="cam", space="layer", signed=True,
+          needs_class_index="applies the class's row of the last linear layer's weights",
           reference="Zhou et al. 2016, Learning Deep Features for Discriminative Localization",
           summary="the classifier's weights for the target applied to the last feature map")
 def cam(problem: Problem, *, relu: bool = False) -> torch.Tensor:
@@ -293,6 +294,8 @@ def scorecam_weights(problem: Problem, activation: torch.Tensor, batch_size: int
 
 
 @register("scorecam", family="cam", space="layer",
+          needs_class_index="weighs channels by the class's softmax probability over all "
+                            "classes",
           reference="Wang et al. 2020, Score-CAM",
           summary="channels weighted by the class probability when the input is masked by them")
 def scorecam(problem: Problem, *, relu: bool = True, batch_size: int = 64) -> torch.Tensor:

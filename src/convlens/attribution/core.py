@@ -22,7 +22,15 @@ import torch
 from torch import nn
 
 from convlens._hooks import HookSession, evaluation_mode, gradients_enabled
-from convlens.attribution.targets import TargetLike, resolve_targets, target_scores
+from convlens.attribution.targets import (
+    OutputKey,
+    TargetLike,
+    is_score_function,
+    resolve_targets,
+    score_logits,
+    select_output,
+    target_scores,
+)
 from convlens.errors import (
     ConvlensError,
     InputShapeError,
@@ -31,7 +39,7 @@ from convlens.errors import (
     TargetError,
     unknown_choice,
 )
-from convlens.models.layers import default_layer_name, resolve_layer
+from convlens.models.layers import resolve_layer
 
 FAMILIES = ("gradient", "cam", "perturbation", "relevance")
 
@@ -53,6 +61,9 @@ class Method:
         channel_reduction: How presentation turns (C, H, W) into (H, W): ``"max_abs"`` or ``"sum"``.
         offset: The map carries an arbitrary constant offset (RISE's is the mean class
             probability); presentation subtracts each map's minimum before scaling.
+        needs_class_index: Why the method needs a class index (e.g. it weighs by the
+            class's softmax probability over all classes), or ``None`` when it explains any
+            score; score-function targets are refused with this reason.
     """
 
     name: str
@@ -66,6 +77,7 @@ class Method:
     signed: bool = False
     channel_reduction: str = "sum"
     offset: bool = False
+    needs_class_index: str | None = None
 
     @property
     def needs_layer(self) -> bool:
@@ -87,7 +99,8 @@ _REGISTRY: dict[str, Method] = {}
 
 def register(name: str, *, family: str, space: str = "input", reference: str, summary: str,
              signed: bool = False, channel_reduction: str = "sum",
-             gradient_cam: bool = False, offset: bool = False) -> Callable[[Callable], Callable]:
+             gradient_cam: bool = False, offset: bool = False,
+             needs_class_index: str | None = None) -> Callable[[Callable], Callable]:
     """Class-free registration decorator; options and defaults come from the signature.
 
     The decorated function's keyword-only parameters are the method's options, so the
@@ -105,6 +118,7 @@ def register(name: str, *, family: str, space: str = "input", reference: str, su
         _REGISTRY[name] = Method(
             name=name, family=family, space=space, options=options, reference=reference,
             summary=summary, signed=signed, channel_reduction=channel_reduction, offset=offset,
+            needs_class_index=needs_class_index,
             compute=None if gradient_cam else fn, combine=fn if gradient_cam else None,
         )
         return fn
@@ -147,6 +161,10 @@ class Problem:
 
     Methods never touch hooks or modes directly: the problem runs the model and hands out
     the pieces, so the hook lifecycle lives in one place.
+
+    :meth:`forward` returns "logits" ``(N, classes)``: the model's selected output
+    (``output``, for models returning a tuple or dict), or, for a score-function target,
+    the one-column matrix of its scores, so every method explains that score unchanged.
     """
 
     model: nn.Module
@@ -154,6 +172,8 @@ class Problem:
     target: TargetLike
     labels: Sequence[str] | None = None
     layer: Any = None
+    output: OutputKey = None
+    classifier: Any = None
     _indices: torch.Tensor | None = field(default=None, repr=False)
     _layer_names: list[str] | None = field(default=None, repr=False)
     _modules: list[nn.Module] = field(default_factory=list, repr=False)
@@ -161,14 +181,14 @@ class Problem:
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Run the model; a failure is re-raised with the input shape that caused it."""
         try:
-            return self.model(inputs)
+            out = select_output(self.model(inputs), self.output)
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
             if isinstance(error, ConvlensError):  # our own errors pass through
                 raise
-            raise InputShapeError(
-                f"the model failed on an input of shape {tuple(inputs.shape)} "
-                f"({inputs.dtype}, {inputs.device}): {str(error).splitlines()[0]}"
-            ) from error
+            raise _model_failure(inputs, error) from error
+        if is_score_function(self.target):
+            return score_logits(self.target, out)
+        return out
 
     def indices(self, logits: torch.Tensor | None = None) -> torch.Tensor:
         """Target class per sample, resolved once from the unperturbed input's logits.
@@ -185,7 +205,8 @@ class Problem:
                     with torch.no_grad():
                         logits = self.forward(self.x)
                 else:
-                    logits = torch.empty(self.x.shape[0], _num_classes(self), device=self.x.device)
+                    classes = 1 if is_score_function(self.target) else _num_classes(self)
+                    logits = torch.empty(self.x.shape[0], classes, device=self.x.device)
             self._indices = resolve_targets(self.target, logits, self.labels)
         return self._indices
 
@@ -203,7 +224,7 @@ class Problem:
             names, modules = [], []
             for layer in layers:
                 if layer is None:
-                    name = default_layer_name(self.model, self.x.shape[1:], self.x.device)
+                    name = self.classifier.default_layer(self.x.shape[1:])
                     names.append(name)
                     modules.append(self.model.get_submodule(name) if name else self.model)
                 else:
@@ -260,24 +281,34 @@ def check_input(x: object) -> torch.Tensor:
     return x
 
 
-def _unwrap(model: object) -> tuple[nn.Module, Sequence[str] | None]:
-    labels = getattr(model, "labels", None)
-    module = getattr(model, "module", model)
-    if not isinstance(module, nn.Module):
-        raise InputShapeError(
-            f"model must be a torch.nn.Module or a convlens.Classifier, got {type(model).__name__}"
-        )
-    return module, labels
+def _model_failure(inputs: torch.Tensor, error: Exception) -> InputShapeError:
+    """The error for a model that failed on ``inputs``, with a hint for channel mismatches."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    hint = ""
+    if "channels" in text and inputs.dim() == 4 and inputs.shape[1] == 1:
+        hint = ("; a 1-channel (grey) input to a 3-channel model: repeat the channel, "
+                "x.repeat(1, 3, 1, 1), or preprocess the photo with Classifier.preprocess")
+    return InputShapeError(
+        f"the model failed on an input of shape {tuple(inputs.shape)} "
+        f"({inputs.dtype}, {inputs.device}): {text}{hint}")
 
 
 def _prepare_x(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Check ``x``; a detached copy in the dtype of the model's floating-point parameters.
+
+    A float64 or float16 batch given to a float32 model (or the reverse) is converted to
+    the parameters' dtype, as ``Classifier.preprocess`` would have produced it; results are
+    float32 whatever the dtype (see :func:`attribute`).
+    """
     x = check_input(x)
-    param = next(iter(model.parameters()), None)
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
     if param is not None and param.device != x.device:
         raise InputShapeError(
             f"x is on {x.device} but the model's parameters are on {param.device}; move one: "
             f"x.to('{param.device}') or model.to('{x.device}')"
         )
+    if param is not None and param.dtype != x.dtype:
+        return x.detach().to(param.dtype)  # a converted copy
     # Detached from the caller's graph, so methods may set requires_grad on it without
     # touching the caller's tensor (no method writes into x in place). An inference-mode
     # tensor cannot enter autograd and is copied; any other is used without a copy.
@@ -287,21 +318,29 @@ def _prepare_x(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
 
 
 def attribute(model: nn.Module, x: torch.Tensor, method: str | Sequence[str], target:
-              TargetLike = None, layer: str | nn.Module | Sequence | None = None,
-              **options: Any) -> torch.Tensor | dict[str, torch.Tensor]:
+              TargetLike = None, layer: str | nn.Module | Sequence | None = None, *,
+              output: OutputKey = None, **options: Any
+              ) -> torch.Tensor | dict[str, torch.Tensor]:
     """Attribute the target class's score to the input pixels or to a layer's positions.
 
     Args:
-        model: Any ``nn.Module`` returning logits ``(N, classes)``, or a Classifier.
-        x: Preprocessed float batch ``(N, C, H, W)``.
+        model: Any ``nn.Module`` returning logits ``(N, classes)`` (or a tuple/dict holding
+            them, see ``output``), or a Classifier.
+        x: Preprocessed float batch ``(N, C, H, W)``; converted to the dtype of the
+            model's parameters (float64 or float16 inputs to a float32 model are accepted).
         method: A registered method name (see :func:`methods`), or a list of names, in
             which case a dict name -> tensor is returned and gradient CAMs of the same layer
             share one forward and backward pass.
         target: ``None`` = each sample's prediction; an int; one int per sample; a class
-            name when the model is a Classifier with labels.
+            name when the model is a Classifier with labels; or a score function
+            ``f(output) -> (N,)`` (multi-label, regression, segmentation: see
+            :mod:`convlens.attribution.targets`), refused by methods that need the class
+            probabilities (``Method.needs_class_index``).
         layer: For layer-space methods: a dotted name, a module, or a list of them (maps
             are then upsampled to the largest and averaged). Default: the last layer with a
             spatial output.
+        output: Which model output to explain when it returns a tuple or dict: an index or a
+            key; default the Classifier's ``output``, else the first tensor.
         **options: Method options, e.g. ``steps=64`` for integrated gradients.
 
     Returns:
@@ -311,11 +350,23 @@ def attribute(model: nn.Module, x: torch.Tensor, method: str | Sequence[str], ta
     Example:
         >>> a = attribute(model, x, "integrated_gradients", target=281, steps=32)  # doctest: +SKIP
     """
-    module, labels = _unwrap(model)
+    from convlens.models.classifier import as_classifier
+
+    classifier = as_classifier(model)
+    module, labels = classifier.module, classifier.labels
+    if output is None:
+        output = classifier.output
     names = [method] if isinstance(method, str) else list(method)
     if not names:
         raise MethodError("no method given; see convlens.methods()")
     specs = [get_method(name) for name in names]
+    if is_score_function(target):
+        refused = [spec for spec in specs if spec.needs_class_index]
+        if refused:
+            raise TargetError(
+                f"{refused[0].name} needs a class index, not a target function: it "
+                f"{refused[0].needs_class_index}. Give a class index, or use a method that "
+                "explains any score (e.g. gradcam, occlusion, integrated_gradients)")
     if isinstance(method, str) or len(specs) == 1:
         bound = [specs[0].bind(options)]
     else:
@@ -329,7 +380,7 @@ def attribute(model: nn.Module, x: torch.Tensor, method: str | Sequence[str], ta
     results: dict[str, torch.Tensor] = {}
     with evaluation_mode(module), gradients_enabled():
         x = _prepare_x(x, module)
-        problem = Problem(module, x, target, labels, layer)
+        problem = Problem(module, x, target, labels, layer, output, classifier)
         cams = [(s, o) for s, o in zip(specs, bound) if s.combine is not None]
         if cams:
             results.update(run_gradient_cams(problem, cams))

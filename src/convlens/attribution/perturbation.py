@@ -128,6 +128,7 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int]
 
 
 @register("rise", family="perturbation", offset=True,
+          needs_class_index="weighs masks by the class's softmax probability over all classes",
           reference="Petsiuk, Das, Saenko 2018, RISE: Randomized Input Sampling for "
                     "Explanation of Black-box Models",
           summary="average of random masks weighted by the class probability they leave")

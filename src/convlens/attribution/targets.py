@@ -4,17 +4,119 @@ A target may be ``None`` (each sample's own prediction), one class index for the
 batch, one index per sample (list or tensor), a class name (when labels are known), or a
 list of names. Resolution happens on the logits of the unperturbed input, so a method that
 runs many noisy or masked copies still explains the class predicted for the real image.
+
+A target may also be a *score function*: a callable mapping the model's output (the
+selected output, see :func:`select_output`) to the one score per sample to explain, shape
+``(N,)``. It covers models that are not single-label classifiers::
+
+    lambda out: out[:, 7].sigmoid()                  # multi-label: one label's probability
+    lambda out: out[:, 0]                            # regression: the output itself
+    lambda out: (out[:, 3] * mask).sum(dim=(1, 2))   # segmentation: class 3 over a mask
+
+With a score function, methods see a one-column "logit" matrix holding the score (see
+:func:`score_logits`), so everything that explains "the target's logit" explains the
+score; methods that need a class's softmax probability refuse it (see
+``Method.uses_probability``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from convlens.errors import TargetError
+from convlens.errors import TargetError, UnsupportedModelError
 
-TargetLike = None | int | str | Sequence[int | str] | torch.Tensor
+ScoreFunction = Callable[[Any], torch.Tensor]
+TargetLike = None | int | str | Sequence[int | str] | torch.Tensor | ScoreFunction
+OutputKey = None | int | str
+
+
+def is_score_function(target: object) -> bool:
+    """True for a callable target (not a class, a tensor or a string)."""
+    return callable(target) and not isinstance(target, (torch.Tensor, str, type))
+
+
+def score_name(target: object) -> str:
+    """A display name for a score function: its ``__name__`` unless it is a lambda."""
+    name = getattr(target, "__name__", None)
+    return "custom score" if not name or name == "<lambda>" else name
+
+
+def select_output(out: Any, output: OutputKey = None) -> torch.Tensor:
+    """The tensor to explain among a model's outputs.
+
+    Args:
+        out: What ``model(x)`` returned: a tensor, a tuple/list, or a dict (also
+            ``ModelOutput``-like mappings and named tuples).
+        output: ``None`` = the tensor itself, or the first tensor of a tuple/list/dict
+            (insertion order); an int = that position; a str = that key or attribute.
+
+    Raises:
+        UnsupportedModelError: when nothing selected is a tensor, naming what there is.
+    """
+    if isinstance(out, torch.Tensor) and output is None:
+        return out
+    if isinstance(out, Mapping):
+        keys = list(out)
+        if output is None:
+            chosen = next((out[k] for k in keys if isinstance(out[k], torch.Tensor)), None)
+        elif output in out:
+            chosen = out[output]
+        else:
+            raise UnsupportedModelError(
+                f"the model's output has no key {output!r}; its keys are {keys}; pass "
+                "output= one of them")
+    elif isinstance(out, (tuple, list)):
+        if output is None:
+            chosen = next((item for item in out if isinstance(item, torch.Tensor)), None)
+        elif isinstance(output, int) and not isinstance(output, bool) and \
+                -len(out) <= output < len(out):
+            chosen = out[output]
+        elif isinstance(output, str) and hasattr(out, output):  # named tuple
+            chosen = getattr(out, output)
+        else:
+            raise UnsupportedModelError(
+                f"output={output!r} does not select one of the model's {len(out)} outputs; "
+                f"pass an index 0..{len(out) - 1}")
+    else:
+        raise UnsupportedModelError(
+            f"the model returned a {type(out).__name__}; convlens explains a tensor, a "
+            "tuple/list or a dict of tensors (choose one with output=)")
+    if not isinstance(chosen, torch.Tensor):
+        raise UnsupportedModelError(
+            f"the selected model output is a {type(chosen).__name__}, not a tensor; choose "
+            "a tensor output with output= (an index or a key)")
+    return chosen
+
+
+def score_logits(score_fn: ScoreFunction, out: torch.Tensor) -> torch.Tensor:
+    """The score function's value as a one-column logit matrix ``(N, 1)``.
+
+    Raises:
+        TargetError: when the function fails or does not return one score per sample.
+    """
+    n = out.shape[0] if out.dim() else 0
+    try:
+        score = score_fn(out)
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as error:
+        raise TargetError(
+            f"the target function failed on the model output of shape {tuple(out.shape)}: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+    if not isinstance(score, torch.Tensor) or not score.is_floating_point():
+        got = score.dtype if isinstance(score, torch.Tensor) else type(score).__name__
+        raise TargetError(
+            "a target function must return a float tensor with one score per sample, shape "
+            f"(N,), got {got}")
+    if score.dim() == 2 and score.shape[1] == 1:
+        score = score[:, 0]
+    if score.dim() != 1 or score.shape[0] != n:
+        raise TargetError(
+            f"a target function must return one score per sample, shape ({n},), got "
+            f"{tuple(score.shape)}; reduce over the other dimensions (e.g. .sum(dim=(1, 2)))")
+    return score.unsqueeze(1)
 
 
 def _name_to_index(name: str, labels: Sequence[str] | None) -> int:
@@ -30,8 +132,11 @@ def _name_to_index(name: str, labels: Sequence[str] | None) -> int:
     matches = [i for i, label in enumerate(labels) if label.lower() == lowered]
     if len(matches) == 1:
         return matches[0]
-    close = [label for label in labels if lowered in label.lower()][:10]
-    hint = f"; similar: {', '.join(close)}" if close else ""
+    by_lower = {label.lower(): label for label in labels}
+    close = [by_lower[c] for c in difflib.get_close_matches(lowered, list(by_lower), n=5)]
+    close += [label for label in labels if lowered and lowered in label.lower()
+              and label not in close][:5]
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise TargetError(f"unknown class {name!r}{hint} ({len(labels)} classes in all)")
 
 
@@ -54,7 +159,8 @@ def resolve_targets(target: TargetLike, logits: torch.Tensor,
     """Turn a user's ``target`` into one class index per sample.
 
     Args:
-        target: See the module docstring.
+        target: See the module docstring. A score function resolves to index 0 of its
+            one-column logit matrix (see :func:`score_logits`).
         logits: The model's output on the unperturbed batch, shape ``(N, classes)``.
         labels: Class names, when known, to accept names as targets.
 
@@ -70,6 +176,8 @@ def resolve_targets(target: TargetLike, logits: torch.Tensor,
             "wrap it so that forward returns one score per class"
         )
     n, classes = logits.shape
+    if is_score_function(target):
+        return torch.zeros(n, dtype=torch.long, device=logits.device)
     if target is None:
         # In range by construction: no range check, so no device sync.
         return logits.argmax(dim=1)

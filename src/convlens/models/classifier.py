@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from convlens.errors import ModelLoadError
+from convlens.attribution.targets import OutputKey, select_output
+from convlens.errors import ConvlensError, ModelLoadError, UnsupportedModelError
 from convlens.models.preprocessing import Geometry, Preprocessing
 
 ImageLike = Union[str, "Image.Image", np.ndarray, Any]
@@ -56,6 +57,9 @@ class Classifier:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``... The module is
             moved there (``module.to`` is the one change we make, at the user's request).
         name: A display name.
+        output: For a module returning a tuple or dict: which output holds the logits (an
+            index or a key); default the first tensor (see
+            :func:`~convlens.attribution.targets.select_output`).
 
     Example:
         >>> clf = Classifier(torchvision.models.resnet18(), labels=names)  # doctest: +SKIP
@@ -66,7 +70,8 @@ class Classifier:
                  input_size: int | tuple[int, int] = 224, resize: str = "center_crop",
                  resize_size: int | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, interpolation: str = "bilinear",
-                 device: str | torch.device | None = "auto", name: str | None = None) -> None:
+                 device: str | torch.device | None = "auto", name: str | None = None,
+                 output: OutputKey = None) -> None:
         if not isinstance(module, nn.Module):
             raise ModelLoadError(
                 f"Classifier needs a torch.nn.Module, got {type(module).__name__}"
@@ -82,6 +87,8 @@ class Classifier:
         self.module = module.to(self.device)
         self.labels = list(labels) if labels is not None else None
         self.name = name or type(module).__name__
+        self.output = output
+        self._default_layers: dict[tuple[int, ...], str] = {}
 
     def __repr__(self) -> str:
         classes = len(self.labels) if self.labels else "?"
@@ -89,13 +96,52 @@ class Classifier:
                 f"input={self.preprocessing.input_size})")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
+        return select_output(self.module(x), self.output)
 
     def to(self, device: str | torch.device) -> Classifier:
         """Move the network; returns self."""
         self.device = resolve_device(device)
         self.module.to(self.device)
+        self._default_layers.clear()
         return self
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one preprocessed input."""
+        height, width = self.preprocessing.input_size
+        return (self.preprocessing.channels, height, width)
+
+    def default_layer(self, sample_shape: Sequence[int] | None = None) -> str:
+        """The layer CAMs use by default: the last one with a spatial output.
+
+        Derived once per input shape (default: :attr:`sample_shape`) by one probe pass and
+        cached here, so ``attribute``, ``explain`` and the CLI agree and none recomputes it.
+
+        Raises:
+            LayerError: when no layer has a spatial output for that shape.
+            InputShapeError: when the model fails on an input of that shape.
+        """
+        from convlens.models.layers import default_layer_name
+
+        key = tuple(int(v) for v in (sample_shape or self.sample_shape))
+        if key not in self._default_layers:
+            try:
+                self._default_layers[key] = default_layer_name(self.module, key, self.device)
+            except (RuntimeError, ValueError, TypeError, IndexError) as error:
+                if isinstance(error, ConvlensError):
+                    raise
+                from convlens.attribution.core import _model_failure
+
+                raise _model_failure(torch.empty(1, *key), error) from error
+        return self._default_layers[key]
+
+    @torch.no_grad()
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The selected output (see ``output``) in eval mode, unchecked: any shape."""
+        from convlens._hooks import evaluation_mode
+
+        with evaluation_mode(self.module):
+            return select_output(self.module(x), self.output)
 
     def label(self, index: int) -> str:
         """The name of class ``index`` (``"class 7"`` when labels are unknown)."""
@@ -129,7 +175,7 @@ class Classifier:
         from convlens._hooks import evaluation_mode
 
         with evaluation_mode(self.module):
-            out = self.module(x)
+            out = select_output(self.module(x), self.output)
         self._check_outputs(out)
         return out
 
@@ -154,3 +200,30 @@ class Classifier:
             [(self.label(int(i)), float(v)) for v, i in zip(row_v, row_i)]
             for row_v, row_i in zip(values.cpu(), indices.cpu())
         ]
+
+
+def as_classifier(model: object) -> Classifier:
+    """A :class:`Classifier` for "a Classifier or an ``nn.Module``", the one adapter.
+
+    A Classifier is returned as is. A bare module is wrapped without being moved (the
+    device is its parameters' device) and with the ImageNet defaults of
+    :class:`~convlens.models.preprocessing.Preprocessing` (224 x 224, 3 channels); it is a
+    fresh wrapper each call, so nothing is stored on the user's module.
+
+    Raises:
+        UnsupportedModelError: for anything else.
+    """
+    if isinstance(model, Classifier):
+        return model
+    if isinstance(model, nn.Module):
+        tensor = next(iter(model.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(model.buffers()), None)
+        device = tensor.device if tensor is not None else torch.device("cpu")
+        labels = getattr(model, "labels", None)  # a module that carries its class names
+        if not (isinstance(labels, (list, tuple)) and all(isinstance(n, str) for n in labels)):
+            labels = None
+        return Classifier(model, device=device, labels=labels)
+    raise UnsupportedModelError(
+        f"model must be a torch.nn.Module or a convlens.Classifier, got {type(model).__name__}"
+    )

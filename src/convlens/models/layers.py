@@ -147,15 +147,10 @@ def layers(model: object) -> list[LayerInfo]:
         >>> [info.name for info in layers(classifier)][:3]  # doctest: +SKIP
         ['stem', 'stem.conv', 'stem.bn']
     """
-    from convlens.models.classifier import Classifier
+    from convlens.models.classifier import Classifier, as_classifier
 
-    if isinstance(model, Classifier):
-        height, width = model.preprocessing.input_size
-        shape = (model.preprocessing.channels, height, width)
-        return list_layers(model.module, shape, model.device)
-    if not isinstance(model, nn.Module):
+    if not isinstance(model, (Classifier, nn.Module)):
         raise LayerError(f"layers() needs a Classifier or a torch.nn.Module, got "
                          f"{type(model).__name__}")
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else "cpu"
-    return list_layers(model, (3, 224, 224), device)
+    classifier = as_classifier(model)
+    return list_layers(classifier.module, classifier.sample_shape, classifier.device)

@@ -85,6 +85,39 @@ def grid_figure(image: Image.Image, panels: Sequence[tuple[str, np.ndarray, floa
     return fig
 
 
+def panel_grid_figure(image: Image.Image,
+                      rows: Sequence[Sequence[tuple[str, np.ndarray, float]]], *,
+                      title: str = "", cmap: str = DEFAULT_CMAP, alpha: float = 0.5,
+                      panel_inches: float = 3.0) -> plt.Figure:
+    """The photo, then a matrix of overlays: e.g. one row per method, one column per class.
+
+    Args:
+        image: The photo as displayed (shown once, top left).
+        rows: Per row, ``(caption, heatmap in [0, 1], scale)`` per column, as in
+            :func:`grid_figure`; rows may differ in length.
+        title: Figure title.
+    """
+    columns = 1 + max((len(row) for row in rows), default=0)
+    fig, axes = plt.subplots(len(rows) or 1, columns, squeeze=False,
+                             figsize=(panel_inches * columns, panel_inches * 1.15 * len(rows)))
+    axes[0][0].imshow(image)
+    axes[0][0].set_title("input", fontsize=9)
+    for r, row in enumerate(rows):
+        for ax, (caption, heatmap, scale) in zip(axes[r][1:], row):
+            ax.imshow(overlay(image, heatmap, cmap=cmap, alpha=alpha))
+            mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, scale or 1.0))
+            bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02)
+            bar.ax.tick_params(labelsize=6)
+            bar.formatter.set_powerlimits((-2, 3))
+            ax.set_title(caption, fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def figure_to_image(fig: plt.Figure, dpi: int = 100) -> Image.Image:
     """Render a matplotlib figure to a PIL image and close it."""
     buffer = io.BytesIO()

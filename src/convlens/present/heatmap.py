@@ -55,20 +55,46 @@ def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
                          align_corners=False).squeeze(1)
 
 
+def image_peaks(maps: torch.Tensor, percentile: float = 100.0) -> torch.Tensor:
+    """Each map's own peak: the ``percentile``-th percentile of its |values|, shape ``(N,)``.
+
+    This is the value each map's own scaling (``normalize="image"``) maps to 1. The shared
+    scale of ``normalize="batch"`` is defined as **the maximum of these peaks** over every
+    map of one method in the call (``image_peaks(...).max()``). Because a maximum of
+    per-image values can be accumulated one batch at a time, the shared scale does not
+    depend on how the images are batched: a streaming job keeps a running maximum per
+    method and needs no map in memory twice.
+
+    The percentile is by rank (the ``round(n * percentile / 100)``-th smallest |value|,
+    at least the first); when that value is 0 (a sparse map), the maximum is used instead.
+
+    Args:
+        maps: ``(N, H, W)`` maps after channel reduction and sign (see
+            :func:`reduce_channels`, :func:`apply_sign`), or ``(H, W)`` for one map.
+        percentile: In (0, 100]; :func:`display_percentile` gives the one presentation uses.
+
+    Returns:
+        A float ``(N,)`` tensor on the maps' device.
+    """
+    if maps.dim() == 2:
+        maps = maps.unsqueeze(0)
+    flat = maps.abs().flatten(1)
+    if percentile >= 100:
+        return flat.amax(dim=1)
+    rank = max(1, min(flat.shape[1], round(flat.shape[1] * percentile / 100)))
+    peaks = flat.float().kthvalue(rank, dim=1).values
+    return torch.where(peaks > 0, peaks, flat.amax(dim=1).float())
+
+
 def scale_of(maps: torch.Tensor, normalize: str, percentile: float = 100.0) -> torch.Tensor:
     """The value mapped to 1 for each map: its own peak |value|, or the batch's.
 
     Pixel-space maps have a few extreme pixels that would make everything else invisible,
     so presentation uses a high percentile for them (Captum's visualiser clips outliers the
-    same way); values above it saturate at 1.
+    same way); values above it saturate at 1. The batch's scale is the maximum of the
+    per-map peaks (see :func:`image_peaks`).
     """
-    flat = maps.abs().flatten(1)
-    if percentile >= 100:
-        peaks = flat.amax(dim=1)
-    else:
-        rank = max(1, min(flat.shape[1], round(flat.shape[1] * percentile / 100)))
-        peaks = flat.float().kthvalue(rank, dim=1).values
-        peaks = torch.where(peaks > 0, peaks, flat.amax(dim=1))
+    peaks = image_peaks(maps, percentile)
     if normalize == "batch":
         peaks = peaks.max().expand_as(peaks)
     elif normalize != "image":

@@ -101,24 +101,18 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
 # --- activations -----------------------------------------------------------------------
 def _prepare(model: Any, image: Any) -> tuple[nn.Module, torch.Tensor]:
     """The module and a preprocessed ``(1, C, H, W)`` batch for ``image``."""
-    from convlens.models.classifier import Classifier
+    from convlens.models.classifier import Classifier, as_classifier
 
-    if isinstance(model, Classifier):
-        module = model.module
-        x = image if isinstance(image, torch.Tensor) else model.preprocess([image])
-    elif isinstance(model, nn.Module):
-        module = model
-        if isinstance(image, torch.Tensor):
-            x = image
-        else:  # ImageNet preprocessing on the module's device
-            param = next(iter(module.parameters()), None)
-            device = param.device if param is not None else "cpu"
-            x = Classifier(module, device=device).preprocess([image])
-            if param is not None:
-                x = x.to(param.dtype)
-    else:
+    if not isinstance(model, (Classifier, nn.Module)):
         raise UnsupportedModelError(f"expected a Classifier or an nn.Module, got "
                                     f"{type(model).__name__}")
+    classifier = as_classifier(model)  # a bare module: ImageNet preprocessing, its device
+    module = classifier.module
+    x = image if isinstance(image, torch.Tensor) else classifier.preprocess([image])
+    if not isinstance(model, Classifier) and not isinstance(image, torch.Tensor):
+        param = next(iter(module.parameters()), None)
+        if param is not None:
+            x = x.to(param.dtype)
     if x.dim() == 3:
         x = x[None]
     if x.dim() != 4 or x.shape[0] != 1:

@@ -34,7 +34,6 @@ from convlens.errors import (
     UnsupportedModelError,
 )
 from convlens.models.layers import resolve_layer
-from convlens.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from convlens.visualization import transforms as transforms_module
 from convlens.visualization.objectives import LOGITS, Context, Objective, as_objective
 from convlens.visualization.param import ImageParam, make_param
@@ -190,24 +189,16 @@ class _ModelParts:
 
 def _model_parts(model: Any, mean: Sequence[float] | None, std: Sequence[float] | None
                  ) -> _ModelParts:
-    from convlens.models.classifier import Classifier
+    from convlens.models.classifier import Classifier, as_classifier
 
-    if isinstance(model, Classifier):
-        module, pre = model.module, model.preprocessing
-        mean = pre.mean if mean is None else mean
-        std = pre.std if std is None else std
-        labels, device, input_size = model.labels, model.device, pre.input_size
-    elif isinstance(model, nn.Module):
-        module, labels, input_size = model, None, (224, 224)
-        mean = IMAGENET_MEAN if mean is None else mean
-        std = IMAGENET_STD if std is None else std
-        tensor = next(iter(module.parameters()), None)
-        if tensor is None:
-            tensor = next(iter(module.buffers()), None)
-        device = tensor.device if tensor is not None else torch.device("cpu")
-    else:
+    if not isinstance(model, (Classifier, nn.Module)):
         raise UnsupportedModelError(f"visualize needs a convlens Classifier or a torch.nn.Module, "
                                     f"got {type(model).__name__}")
+    classifier = as_classifier(model)  # a bare module gets the ImageNet preprocessing
+    module, pre = classifier.module, classifier.preprocessing
+    mean = pre.mean if mean is None else mean
+    std = pre.std if std is None else std
+    labels, device, input_size = classifier.labels, classifier.device, pre.input_size
     param = next((p for p in module.parameters() if p.is_floating_point()), None)
     dtype = param.dtype if param is not None else torch.float32
     if len(mean) != len(std) or len(mean) not in (1, 3):
