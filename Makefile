@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11 and pip:
-#   make demo   creates .venv, installs convlens, runs `convlens demo` (writes demo-out/index.html)
+#   make demo   creates .venv, installs convlens, runs `convlens demo` (writes demo-out/index.html;
+#               about a CPU minute; `make demo DEMO_ARGS=--full` for everything)
 #   make test   installs the dev extras, runs the whole test suite
 # Running either again reinstalls nothing unless pyproject.toml changed.
 
@@ -23,8 +24,13 @@ $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-install
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# glibc keeps freed memory instead of returning it to the OS (the demo spent 40% of its CPU
+# time in the kernel without this); `convlens demo` sets the same with mallopt at start.
+# DEMO_ARGS=--full shows every method and the live feature gallery (about 10 CPU minutes).
+DEMO_ARGS ?=
 demo: $(VENV)/.stamp-install
-	$(BIN)/convlens demo --out $(OUT)
+	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 \
+	  $(BIN)/convlens demo --out $(OUT) $(DEMO_ARGS)
 
 test: $(VENV)/.stamp-dev
 	$(BIN)/ruff check src tests benchmarks

@@ -24,6 +24,10 @@ FAST_OPTIONS: dict[str, dict] = {
     "gradient_shap": {"samples": 4},
     "occlusion": {"window": 4, "stride": 4},
     "rise": {"masks": 16},
+    "shapley_sampling": {"permutations": 2, "n_segments": 8},
+    "kernel_shap": {"samples": 16, "n_segments": 8},
+    "lime": {"samples": 16, "n_segments": 8},
+    "feature_ablation": {"n_segments": 8},
 }
 
 def assert_close_to_reference(got: torch.Tensor, expected: torch.Tensor,

@@ -152,6 +152,7 @@ def _load_builtin_methods() -> None:
         noise,
         perturbation,
         relevance,
+        shapley,
     )
 
 

@@ -43,7 +43,9 @@ __all__ = [
     "expand_inputs",
     "is_image_file",
     "load_image",
+    "pillow_pixel_ceiling",
     "safe_output_name",
+    "too_many_pixels",
 ]
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -100,8 +102,10 @@ def load_image(
             array shaped HxW, HxWx1, HxWx3 or HxWx4 with dtype uint8, uint16, bool, or
             float holding values in [0, 1].
         max_pixels: Refuse images with more than this many pixels (width x height), to
-            keep a decompression bomb from exhausting memory. Pillow's own limit
-            (``PIL.Image.MAX_IMAGE_PIXELS``) applies to files as well.
+            keep a decompression bomb from exhausting memory; default 64,000,000 (CLI:
+            ``--max-pixels``). It is the only cap: Pillow's softer limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``) is not applied on top, and values above
+            :func:`pillow_pixel_ceiling` (where Pillow refuses outright) are rejected.
         background: RGB colour, three ints in 0-255, that transparent pixels are
             composited onto.
 
@@ -126,13 +130,41 @@ def load_image(
     )
 
 
+def pillow_pixel_ceiling() -> int | None:
+    """The most pixels Pillow ever decodes: twice ``PIL.Image.MAX_IMAGE_PIXELS`` (None: no cap).
+
+    Above it Pillow raises ``DecompressionBombError`` whatever we allow, so ``max_pixels``
+    may not exceed it; between ``MAX_IMAGE_PIXELS`` and the ceiling Pillow only warns, and
+    that warning is silenced here so that one cap (``max_pixels``) decides, with one wording.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
 def _check_max_pixels(max_pixels: int) -> int:
     """Validate the pixel cap: a positive int (bools are rejected as a likely mistake)."""
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)):
         raise ImageError(None, f"max_pixels must be a positive int, got {max_pixels!r}")
     if max_pixels < 1:
         raise ImageError(None, f"max_pixels must be a positive int, got {max_pixels}")
+    ceiling = pillow_pixel_ceiling()
+    if ceiling is not None and max_pixels > ceiling:
+        raise ImageError(
+            None,
+            f"max_pixels can be at most {ceiling:,} (Pillow refuses larger images: twice "
+            f"PIL.Image.MAX_IMAGE_PIXELS), got {int(max_pixels):,}",
+        )
     return int(max_pixels)
+
+
+def too_many_pixels(pixels: int, max_pixels: int, size: tuple[int, int] | None = None) -> str:
+    """The one wording of the pixel cap, whoever noticed it (our header check or Pillow's)."""
+    shape = f"{size[0]}x{size[1]} = " if size is not None else ""
+    return (
+        f"image is {shape}{pixels:,} pixels, above the limit of {max_pixels:,} pixels "
+        "(decompression-bomb guard); downscale it, or raise the limit with --max-pixels N "
+        "(API: max_pixels=N)"
+    )
 
 
 def _check_background(background: Sequence[int]) -> tuple[int, int, int]:
@@ -160,12 +192,7 @@ def _check_size(size: tuple[int, int], max_pixels: int, path: Path | None) -> No
             path, f"image has a zero side ({width}x{height} pixels); expected an image at least 1x1"
         )
     if width * height > max_pixels:
-        raise ImageError(
-            path,
-            f"image is {width}x{height} = {width * height:,} pixels, above the limit of "
-            f"{max_pixels:,} (decompression-bomb guard); downscale it or pass a larger "
-            "max_pixels",
-        )
+        raise ImageError(path, too_many_pixels(width * height, max_pixels, (width, height)))
 
 
 def _one_line(error: BaseException) -> str:
@@ -221,7 +248,8 @@ def _decode_file(
 ) -> Image.Image:
     """Identify, size-check, fully decode and convert an open image file."""
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Our cap (checked from the header below) decides; Pillow's softer limit only warns.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(handle, formats=_PILLOW_FORMATS) as image:
                 _check_size(image.size, max_pixels, path)
@@ -229,13 +257,11 @@ def _decode_file(
                 return _to_rgb(image, background, path)
         except ImageError:
             raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageError(
-                path,
-                f"image exceeds Pillow's decompression-bomb limit "
-                f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}): "
-                f"{_one_line(error)}",
-            ) from None
+        except Image.DecompressionBombError as error:
+            # Only above pillow_pixel_ceiling(), which max_pixels never exceeds: our cap too.
+            found = re.search(r"\((\d+) pixels\)", str(error))
+            pixels = int(found.group(1)) if found else max_pixels + 1
+            raise ImageError(path, too_many_pixels(pixels, max_pixels)) from None
         except UnidentifiedImageError:
             raise ImageError(path, _unidentified_reason(handle)) from None
         except _DECODE_ERRORS as error:
@@ -592,7 +618,8 @@ def _extension_list() -> str:
 # ---------------------------------------------------------------------- output naming
 
 _MAX_NAME_LENGTH = 80
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_NAME_BYTES = 120
+_UNDERSCORE_RUNS = re.compile(r"_{2,}")
 _DOT_RUNS = re.compile(r"\.{2,}")
 _WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL"}
@@ -605,9 +632,11 @@ def safe_output_name(path: str | os.PathLike[str], used: set[str]) -> str:
     """A file-system-safe, unique stem for the output files of one input image.
 
     The stem is derived from the input's file name only (folders, ``..`` and separators of
-    either OS are dropped), accents are stripped, every other character outside
-    ``[A-Za-z0-9._-]`` becomes ``_``, leading dots and dashes and runs of dots are removed,
-    Windows device names are prefixed, and the length is capped. Outputs named after it
+    either OS are dropped), the name is put in Unicode NFC form, letters and digits of any
+    script (Chinese, accented Latin...) and ``. _ -`` are kept while every other character
+    (spaces, punctuation, symbols, controls, invisible format characters) becomes ``_``,
+    leading dots and dashes and runs of dots are removed, Windows device names are
+    prefixed, and the length is capped (80 characters, 120 UTF-8 bytes). Outputs named after it
     therefore stay inside the output directory and never become hidden files. Names are
     de-duplicated case-insensitively (for macOS and Windows) by appending ``-2``,
     ``-3``...
@@ -618,7 +647,7 @@ def safe_output_name(path: str | os.PathLike[str], used: set[str]) -> str:
             it, so passing the same set for a whole batch keeps every name unique.
 
     Returns:
-        A stem such as ``Cafe_1``; never empty, ``.`` or ``..``, at most 80 characters.
+        A stem such as ``Café_1``; never empty, ``.`` or ``..``, at most 80 characters.
     """
     stem = _safe_stem(os.fsdecode(os.fspath(path)))
     name = _unique(stem, used)
@@ -630,15 +659,33 @@ def _safe_stem(raw: str) -> str:
     """The sanitized stem of the last path component of ``raw``."""
     name = re.split(r"[\\/]", raw)[-1]
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    decomposed = unicodedata.normalize("NFKD", stem)
-    ascii_like = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    safe = _DOT_RUNS.sub(".", _UNSAFE_CHARS.sub("_", ascii_like)).lstrip(".-")
-    safe = safe[:_MAX_NAME_LENGTH].rstrip(".")
+    composed = unicodedata.normalize("NFC", stem)
+    kept = "".join(ch if _is_safe_char(ch) else "_" for ch in composed)
+    safe = _DOT_RUNS.sub(".", _UNDERSCORE_RUNS.sub("_", kept)).lstrip(".-")
+    safe = _cap(safe).rstrip(".")
     if not any(ch.isalnum() for ch in safe):
         return "image"
     if safe.split(".")[0].upper() in _WINDOWS_RESERVED:
-        safe = ("_" + safe)[:_MAX_NAME_LENGTH]
+        safe = _cap("_" + safe)
     return safe
+
+
+def _is_safe_char(ch: str) -> bool:
+    """Letters, digits and combining marks of any script, and ``. _ -``: nothing else.
+
+    Spaces, punctuation, symbols, controls and invisible format characters (such as the
+    right-to-left override, which can disguise an extension) become ``_``.
+    """
+    return ch in "._-" or unicodedata.category(ch)[0] in "LNM"
+
+
+def _cap(text: str) -> str:
+    """At most 80 characters and 120 UTF-8 bytes: room for ``.classN.METHOD.png`` under the
+    255-byte name limit of common file systems, whatever the script."""
+    text = text[:_MAX_NAME_LENGTH]
+    while len(text.encode("utf-8")) > _MAX_NAME_BYTES:
+        text = text[:-1]
+    return text
 
 
 def _unique(stem: str, used: set[str]) -> str:

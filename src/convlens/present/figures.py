@@ -17,6 +17,8 @@ import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from convlens.errors import InputShapeError, MethodError  # noqa: E402
+
 DEFAULT_CMAP = "jet"
 
 
@@ -25,7 +27,8 @@ def colorize(heatmap: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
     try:
         colormap = colormaps[cmap]
     except KeyError:
-        raise ValueError(f"unknown colormap {cmap!r}; e.g. jet, inferno, viridis, magma") from None
+        raise MethodError(f"unknown colormap {cmap!r}; use a matplotlib colormap name, e.g. "
+                          "jet, inferno, viridis, magma") from None
     rgba = colormap(np.clip(heatmap, 0, 1))
     return (rgba[..., :3] * 255).round().astype(np.uint8)
 
@@ -40,8 +43,9 @@ def overlay(image: Image.Image, heatmap: np.ndarray, *, cmap: str = DEFAULT_CMAP
     them) are shown greyed out, without colour.
     """
     if heatmap.shape != (image.height, image.width):
-        raise ValueError(f"heatmap {heatmap.shape} does not match the image "
-                         f"{(image.height, image.width)}")
+        raise InputShapeError(f"heatmap {heatmap.shape} does not match the image "
+                              f"{(image.height, image.width)}; pass the map at the photo's "
+                              "size (Explanation.heatmap returns it so)")
     photo = np.asarray(image.convert("RGB"), dtype=np.float32)
     colours = colorize(heatmap, cmap).astype(np.float32)
     weight = np.clip(alpha * (1 / 3 + heatmap[..., None] * (1.4 - 1 / 3)), 0, 1)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from convlens.errors import MethodError
+
 SIGNS = ("positive", "negative", "absolute", "all")
 NORMALIZATIONS = ("image", "batch")
 
@@ -26,7 +28,8 @@ def reduce_channels(attribution: torch.Tensor, reduction: str = "sum") -> torch.
         return attribution.abs().amax(dim=1)
     if reduction == "sum":
         return attribution.sum(dim=1)
-    raise ValueError(f"unknown channel reduction {reduction!r}; valid: sum, max_abs")
+    raise MethodError(f"unknown channel reduction {reduction!r}; valid: sum, max_abs "
+                      "(set on the method's registration)")
 
 
 def remove_offset(maps: torch.Tensor) -> torch.Tensor:
@@ -44,7 +47,7 @@ def apply_sign(maps: torch.Tensor, sign: str) -> torch.Tensor:
         return maps.abs()
     if sign == "all":
         return maps
-    raise ValueError(f"unknown sign {sign!r}; valid: {', '.join(SIGNS)}")
+    raise MethodError(f"unknown sign {sign!r}; valid: {', '.join(SIGNS)} (e.g. sign=\"positive\")")
 
 
 def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -98,7 +101,8 @@ def scale_of(maps: torch.Tensor, normalize: str, percentile: float = 100.0) -> t
     if normalize == "batch":
         peaks = peaks.max().expand_as(peaks)
     elif normalize != "image":
-        raise ValueError(f"unknown normalisation {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
+        raise MethodError(f"unknown normalisation {normalize!r}; "
+                          f"valid: {', '.join(NORMALIZATIONS)}")
     return peaks
 
 
