@@ -38,8 +38,8 @@ def test_page_and_info_list_methods_by_family_and_layers(classifier):
     assert client.get("/static/app.js").status_code == 200
     info = client.get("/api/info").json()
     assert set(info["families"]) == {m.family for m in cl.methods()}
-    names = [m["name"] for family in info["families"].values() for m in family]
-    assert names == [m.name for m in cl.methods()]
+    for family, entries in info["families"].items():
+        assert [m["name"] for m in entries] == [m.name for m in cl.methods(family)]
     assert all(m["summary"] for family in info["families"].values() for m in family)
     assert [layer["name"] for layer in info["layers"]] == [
         i.name for i in cl.layers(classifier) if i.output_shape and len(i.output_shape) == 3]
@@ -88,6 +88,7 @@ def test_target_forms_top_k_index_and_name(classifier):
     named = client.post("/api/explain", json={"image": token, "methods": ["gradcam"],
                                               "target": "rocket"}).json()["explanations"]
     assert [(e["target"], e["label"]) for e in named] == [(2, "rocket")]
+    assert all(isinstance(note, str) for e in named for note in e["notes"])
     index = client.post("/api/explain", json={"image": token, "methods": ["gradcam"],
                                               "target": "3"}).json()["explanations"]
     assert index[0]["label"] == "moped"

@@ -32,6 +32,7 @@ import queue
 import secrets
 import tempfile
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from convlens.app.audits import AuditError, AuditFolder
-from convlens.errors import ConvlensError, ImageError
+from convlens.errors import ConvlensError, ConvlensWarning, ImageError
 
 STATIC = Path(__file__).parent / "static"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -368,7 +369,8 @@ def _explain(state: _State, body: dict[str, Any]) -> dict[str, Any]:
         raise ConvlensError("methods must be a list of method names, e.g. [\"gradcam\"]")
     sign = body.get("sign", "positive")
     normalize = body.get("normalize", "image")
-    with state.lock:
+    with state.lock, warnings.catch_warnings():  # notes travel in the response instead
+        warnings.simplefilter("ignore", ConvlensWarning)
         explanations = convlens.explain(state.classifier, [image], methods,
                                         target=_target(body.get("target")),
                                         layer=body.get("layer") or None, sign=sign,
@@ -383,7 +385,8 @@ def _explain(state: _State, body: dict[str, Any]) -> dict[str, Any]:
                          "empty": exp.empty(method),
                          "low": -scale if sign == "all" else 0.0, "high": scale})
         results.append({"target": exp.target, "label": exp.target_label,
-                        "probability": exp.probability, "layer": exp.layer, "maps": maps})
+                        "probability": exp.probability, "layer": exp.layer, "maps": maps,
+                        "notes": list(getattr(exp, "notes", []))})
     return {"image": body.get("image"), "sign": sign, "explanations": results}
 
 

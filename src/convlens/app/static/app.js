@@ -103,6 +103,7 @@ $("explain").onclick = async () => {
     $("maps").replaceChildren(...result.explanations.map((exp) => el("div", { class: "explanation" },
       el("h3", { text: `${exp.label} (${(100 * exp.probability).toFixed(1)}%)` +
                        (exp.layer ? ` · layer ${exp.layer}` : "") }),
+      ...(exp.notes || []).map((note) => el("p", { class: "note", text: "note: " + note })),
       el("div", { class: "maps" }, ...exp.maps.map((m) => {
         const heat = el("img", { class: "heat", src: m.image, alt: m.method, "data-method": m.method });
         heat.style.opacity = opacity();
