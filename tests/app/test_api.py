@@ -7,8 +7,8 @@ import io
 
 import numpy as np
 import pytest
-from conftest import LABELS, png_bytes
 from PIL import Image
+from serve_helpers import LABELS, png_bytes
 
 import convlens as cl
 from convlens.app.server import ServeSettings, create_app

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import png_bytes
 from PIL import Image
+from serve_helpers import png_bytes
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -29,6 +29,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
+        if os.environ.get("CONVLENS_REQUIRE_BROWSER"):
+            pytest.fail(f"CONVLENS_REQUIRE_BROWSER is set but there is no Chromium at {CHROMIUM}")
         pytest.skip("browser tests need Chromium: apt-get install chromium (Debian), or set "
                     "CONVLENS_CHROMIUM=/path/to/chromium; CI installs it in .ci/run")
     with playwright_api.sync_playwright() as p:

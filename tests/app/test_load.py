@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import png_bytes
 from PIL import Image
+from serve_helpers import png_bytes
 
 import convlens as cl
 from convlens.present.figures import colorize
