@@ -44,11 +44,11 @@ from PIL import Image
 
 from convlens.app.audits import AuditError, AuditFolder
 from convlens.errors import ConvlensError, ConvlensWarning, ImageError
+from convlens.io.images import DEFAULT_MAX_PIXELS
 
 STATIC = Path(__file__).parent / "static"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
 MAX_STORED_IMAGES = 64
 MAX_VISUALIZE_STEPS = 1024
 
@@ -197,7 +197,8 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
     Args:
         classifier: A :class:`~convlens.Classifier` (``convlens.load_model(...)``).
         audits: Folders holding an ``audit.json`` written by ``convlens audit``.
-        settings: Hosts, byte and pixel caps (defaults: loopback only, 20 MiB, 40 Mpx).
+        settings: Hosts, byte and pixel caps (defaults: loopback only, 20 MiB, the
+            library's pixel cap).
 
     Returns:
         A FastAPI application; serve it with uvicorn (``convlens serve`` does).

@@ -13,9 +13,11 @@ import typer
 
 from convlens.cli._common import (
     ModelOptions,
+    check_max_pixels,
     console,
     fail,
     friendly_errors,
+    max_pixels_option,
     with_model_options,
 )
 
@@ -32,8 +34,7 @@ def serve(
                                          help="Extra Host name to accept (behind a proxy)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.01,
                                         help="Largest upload in MiB (larger: HTTP 413)."),
-    max_pixels: int = typer.Option(40_000_000, "--max-pixels", min=1,
-                                   help="Largest photo in pixels (larger: HTTP 413)."),
+    max_pixels: int | None = max_pixels_option(),
     *, model_options: ModelOptions,
 ) -> None:
     """Serve a local page: upload a photo, compare maps, visualize features, browse audits."""
@@ -45,10 +46,13 @@ def serve(
         fail(f"serve needs FastAPI and uvicorn ({error.name} is missing); install them with "
              "pip install 'convlens[serve]'")
         return
+    from convlens.io.images import DEFAULT_MAX_PIXELS
+
+    check_max_pixels(max_pixels)
     classifier = model_options.load()
     settings = ServeSettings(allowed_hosts=allowed_hosts_for(host, allow_host),
                              max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                             max_pixels=max_pixels)
+                             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     app = create_app(classifier, audits=audit, settings=settings)
     shown = f"[{host}]" if ":" in host else host
     console.print(f"convlens serving {classifier.name} on http://{shown}:{port}/ (Ctrl-C stops)")
