@@ -74,6 +74,8 @@ def test_memory_is_flat_over_500_requests(live_server, classifier, snapshot):
         warm = rss_bytes()
         burst(400)
         grown = rss_bytes() - warm
+    print(f"resident memory after 100 requests {warm / 2**20:.1f} MiB, "
+          f"grew {grown / 2**20:.2f} MiB over the next 400")
     assert grown < 40 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB"
     before.assert_unchanged()
 

@@ -135,7 +135,7 @@ class _Guard:
         if _host_name(host) not in self.hosts:
             await _send_json(send, 403, f"refused Host {host!r}: this server answers only to "
                              f"{', '.join(sorted(self.hosts))} (DNS-rebinding guard); start it "
-                             "with --host NAME to serve another name")
+                             "with --allow-host NAME (or --host NAME) to serve another name")
             return
         origin = headers.get("origin")
         if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
