@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "as_classifier": "convlens.models.classifier",
     "attribute": "convlens.attribution.core",
     "class_grid": "convlens.explain",
+    "evaluate": "convlens.metrics.evaluate",
     "explain": "convlens.explain",
     "get_method": "convlens.attribution.core",
     "iter_explain": "convlens.explain",

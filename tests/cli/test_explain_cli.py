@@ -162,3 +162,27 @@ def test_usage_errors_exit_2(tmp_path: Path, args: list[str], needle: str) -> No
     result = invoke(str(tmp_path / "in"), "--out", str(tmp_path / "o"), *args)
     assert result.exit_code == 2
     assert needle in one_error_line(result)
+
+
+def test_max_pixels_refuses_large_photos_and_keeps_the_rest(tmp_path: Path) -> None:
+    photos(tmp_path / "in", count=1)
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "small.png")
+    result = invoke(str(tmp_path / "in"), "--method", "gradcam", "--max-pixels", "100",
+                    "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1, result.output + result.stderr
+    assert "--max-pixels" in result.stderr and "p0.png" in result.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [Path(r["path"]).name for r in results["images"]] == ["small.png"]
+
+
+def test_pixel_maps_get_a_readable_view_on_the_page(tmp_path: Path) -> None:
+    photos(tmp_path / "in", count=1)
+    result = invoke(str(tmp_path / "in"), "--method", "gradcam,saliency",
+                    "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output + result.stderr
+    record = json.loads((tmp_path / "out" / "results.json").read_text())["images"][0]
+    assert set(record["views"]) == {"saliency"}  # gradcam is smooth: the overlay reads well
+    page = (tmp_path / "out" / "index.html").read_text()
+    for name in record["views"]["saliency"].values():
+        assert (tmp_path / "out" / name).is_file()
+        assert name in page

@@ -14,9 +14,11 @@ import typer
 
 from convlens.cli._common import (
     ModelOptions,
+    check_max_pixels,
     console,
     fail,
     friendly_errors,
+    max_pixels_option,
     parse_method_options,
     parse_methods,
     report_problems,
@@ -60,6 +62,7 @@ def explain(
         True, "--resume/--no-resume",
         help="Skip photos finished by an earlier run of the same command (default); "
              "--no-resume recomputes everything (same as --overwrite)."),
+    max_pixels: int | None = max_pixels_option(),
     *, model_options: ModelOptions,
 ) -> None:
     """Write heatmaps (one PNG per method), a grid per image, results.json and index.html."""
@@ -69,6 +72,7 @@ def explain(
 
     if normalize not in ("image", "batch"):
         fail(f"--normalize must be 'image' or 'batch', got {normalize!r}")
+    check_max_pixels(max_pixels)
     method_names = parse_methods(method)
     options = parse_method_options(option, method_names)
     target_value = _parse_target(target)
@@ -76,7 +80,8 @@ def explain(
     classifier = model_options.load()
     job = ExplainJob(classifier, method_names, out, target=target_value, layer=layer,
                      normalize=normalize, batch_size=batch_size, workers=workers,
-                     options=options, overwrite=overwrite or not resume, grids=grid)
+                     options=options, overwrite=overwrite or not resume, grids=grid,
+                     max_pixels=max_pixels)
     with cli_progress() as progress:
         outcome = job.run(images, progress=progress)
     skipped = f", {outcome.skipped} image(s) already done" if outcome.skipped else ""

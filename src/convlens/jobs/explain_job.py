@@ -61,6 +61,7 @@ from convlens.jobs.store import (
 )
 from convlens.models.classifier import Classifier
 from convlens.models.preprocessing import Geometry, coverage_mask, map_to_original
+from convlens.present.views import is_pixel_level
 
 __all__ = ["ExplainJob", "JobOutcome", "model_fingerprint"]
 
@@ -172,7 +173,8 @@ class ExplainJob:
                  *, target: Any = None, layer: str | None = None, normalize: str = "image",
                  batch_size: int = 8, workers: int = 0,
                  options: Mapping[str, Mapping[str, Any]] | None = None,
-                 overwrite: bool = False, page: bool = True, grids: bool = True) -> None:
+                 overwrite: bool = False, page: bool = True, grids: bool = True,
+                 max_pixels: int | None = None) -> None:
         if normalize not in ("image", "batch"):
             raise ConvlensError(f"normalize must be 'image' or 'batch', got {normalize!r}")
         if not methods:
@@ -189,7 +191,12 @@ class ExplainJob:
         self.overwrite = overwrite
         self.page = page
         self.grids = grids
+        self.max_pixels = max_pixels
         self.layer_name: str | None = None
+
+    def _pixel_cap(self) -> dict[str, int]:
+        """``load_image`` keyword for the job's pixel cap (none: the library's default)."""
+        return {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
 
     @property
     def results_path(self) -> Path:
@@ -262,7 +269,8 @@ class ExplainJob:
         try:
             for batch in batches(dataset.entries, self.classifier.preprocessing,
                                  batch_size=self.batch_size, workers=self.workers,
-                                 salt=store.fingerprint or "", skip=done):
+                                 salt=store.fingerprint or "", skip=done,
+                                 max_pixels=self.max_pixels):
                 problems.extend(_problem(p) for p in batch.problems)
                 if batch.items:
                     records, arrays = self._explain_batch(batch, names)
@@ -297,7 +305,9 @@ class ExplainJob:
             return
         root = self.out.resolve()
         for record in ResultStore.open(self.store_path).records():
-            for name in (record.get("files") or {}).values():
+            names = list((record.get("files") or {}).values())
+            names += [n for pair in (record.get("views") or {}).values() for n in pair.values()]
+            for name in names:
                 path = self.out / name
                 if path.resolve().parent == root:
                     path.unlink(missing_ok=True)
@@ -361,6 +371,11 @@ class ExplainJob:
                     "geometry": _geometry_record(item.geometry),
                     "notes": notes,
                 }
+                readable = {m: {"map": f"{prefix}.{m}.map.png",
+                                "overlay": f"{prefix}.{m}.dim.png"}
+                            for m in self.methods if is_pixel_level(m)}
+                if readable:  # sparse pixel maps: also the map alone and a dimmed overlay
+                    record["views"] = readable
                 if item.label is not None:
                     record["label"] = item.label
                 if self.grids:
@@ -385,6 +400,7 @@ class ExplainJob:
                       scales: Mapping[str, float] | None) -> None:
         """Overlays per target and method, then one grid for the image (all its targets)."""
         from convlens.present import figures
+        from convlens.present import views as views_module
 
         rows = []
         seen = coverage_mask(geometry)
@@ -395,6 +411,12 @@ class ExplainJob:
                 heatmap = _heatmap(maps[method], scale, geometry)
                 with atomic_output(self.out / record["files"][method]) as temporary:
                     figures.overlay(image, heatmap, seen=seen).save(temporary)
+                readable = (record.get("views") or {}).get(method)
+                if readable:
+                    with atomic_output(self.out / readable["map"]) as temporary:
+                        views_module.map_image(heatmap, seen=seen).save(temporary)
+                    with atomic_output(self.out / readable["overlay"]) as temporary:
+                        views_module.dimmed_overlay(image, heatmap, seen=seen).save(temporary)
                 caption = method + (" (empty)" if method in record["empty_maps"] else "")
                 panels.append((caption, heatmap, scale))
             if not self.grids:
@@ -446,7 +468,7 @@ class ExplainJob:
                 for views in by_key.values():
                     record = views[0][0]
                     try:
-                        image = load_image(record["path"])
+                        image = load_image(record["path"], **self._pixel_cap())
                     except ConvlensError as error:
                         reason = getattr(error, "reason", None) or str(error)
                         problems.append({"path": record["path"],
