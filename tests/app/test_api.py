@@ -113,6 +113,9 @@ def test_errors_are_the_cli_one_line_messages(classifier):
         response = client.post("/api/explain", json=body)
         assert response.status_code == 400, response.text
         assert expected in response.json()["error"]
+    malformed = client.post("/api/explain", content=b"{not json",
+                            headers={"content-type": "application/json"})
+    assert malformed.status_code == 422 and malformed.json()["error"].startswith("bad request")
     with pytest.raises(cl.ConvlensError) as caught:
         cl.explain(classifier, [Image.open(io.BytesIO(png_bytes()))], ["nope"])
     bad = client.post("/api/explain", json={"image": token, "methods": ["nope"]}).json()

@@ -204,6 +204,7 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
         A FastAPI application; serve it with uvicorn (``convlens serve`` does).
     """
     from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
     from fastapi.staticfiles import StaticFiles
 
@@ -215,6 +216,12 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
     @app.exception_handler(ConvlensError)
     async def _convlens_error(_request: Request, error: ConvlensError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=_status(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
+                             for e in error.errors())
+        return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
 
     @app.exception_handler(KeyError)
     async def _key_error(_request: Request, error: KeyError) -> JSONResponse:
