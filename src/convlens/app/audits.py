@@ -93,13 +93,18 @@ class AuditFolder:
         return {"total": len(chosen), "offset": offset, "limit": limit, "items": rows}
 
     def image_path(self, index: int) -> Path:
-        """The file of image ``index``: relative paths are tried under the folder first."""
+        """The file of image ``index``: a relative path is taken under the audit's data root
+        (its ``"data"`` entry), then under the audit folder, then as it stands."""
         images = self.data["images"]
         if not 0 <= index < len(images):
             raise AuditError(f"no image {index} in this audit; it has {len(images)}")
         path = Path(str(images[index].get("path", "")))
-        if not path.is_absolute() and (self.folder / path).exists():
-            return self.folder / path
+        if path.is_absolute():
+            return path
+        roots = [Path(str(self.data["data"]))] if isinstance(self.data.get("data"), str) else []
+        for root in [*roots, self.folder]:
+            if (root / path).exists():
+                return root / path
         return path
 
     def thumbnail(self, index: int) -> bytes:
