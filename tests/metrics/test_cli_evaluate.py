@@ -42,3 +42,12 @@ def test_metrics_lists_the_registry() -> None:
     assert result.returncode == 0
     for name in ("deletion", "road", "infidelity", "randomisation", "sparseness"):
         assert name in result.stdout
+
+
+def test_method_options_are_validated_like_explain_s(tmp_path: Path) -> None:
+    image = _photo(tmp_path / "a.png")
+    result = run("evaluate", str(image), "--method", "integrated_gradients", "--metric",
+                 "sparseness", "--method-option", "integrated_gradients.stepz=3",
+                 "--out", str(tmp_path / "out"), *TINY)
+    assert result.returncode == 2, result.stderr
+    assert "did you mean 'steps'?" in result.stderr

@@ -13,6 +13,7 @@ from convlens.cli._common import (
     console,
     fail,
     friendly_errors,
+    parse_method_options,
     parse_methods,
     problem_record,
     report_problems,
@@ -90,7 +91,8 @@ def evaluate(
     method_names = parse_methods(method)
     metric_keys = parse_metrics(metric)
     metric_options = parse_options(option, "--option")
-    method_options = parse_options(method_option, "--method-option")
+    method_options = {name: opts for name, opts in
+                      parse_method_options(method_option, method_names).items() if opts}
     target_value: Any = None if target == "pred" else (
         int(target) if target.strip().lstrip("-").isdigit() else target)
     files, problems = expand_inputs(images)
