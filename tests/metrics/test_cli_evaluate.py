@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_cli import TINY, _photo, run
+from cli_support import TINY, run
+from cli_support import photo as _photo
 
 
 def test_evaluate_prints_rankings_and_writes_files(tmp_path: Path) -> None:

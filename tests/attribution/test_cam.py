@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close_to_reference
 from models import FunctionalReLUNet, TinyResNet, TinyVGG, seeded
+from support import assert_close_to_reference
 from torch import nn
 
 import convlens as cl

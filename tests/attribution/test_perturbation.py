@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close_to_reference
 from models import LinearNet, TinyResNet, TinyVGG, seeded
 from PIL import Image
+from support import assert_close_to_reference
 
 import convlens as cl
 from convlens.errors import MethodError

@@ -16,8 +16,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Snapshot
 from models import FunctionalReLUNet, TinyResNet, TinyVGG, seeded
+from support import Snapshot
 from torch import nn
 
 import convlens as cl

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 import convlens as cl
 from convlens.errors import ModelLoadError, UnsafeCheckpointError
 
-FACTORY = f"{Path(__file__).parent / 'fixtures' / 'tiny_model.py'}:build"
+FACTORY = f"{Path(__file__).parents[1] / 'fixtures' / 'tiny_model.py'}:build"
 
 
 def _x() -> torch.Tensor:

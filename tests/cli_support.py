@@ -1,4 +1,4 @@
-"""Running the installed ``convlens`` script the way a user's shell does (for tests/cli)."""
+"""Running the installed ``convlens`` script the way a user's shell does (for CLI tests)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FACTORY = f"{FIXTURES / 'tiny_model.py'}:build"
 LABELS = FIXTURES / "tiny_labels.txt"  # ant, bee, cat, dog
 TINY = ["--model", FACTORY, "--labels", str(LABELS), "--input-size", "32", "--device", "cpu"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -13,25 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_support import TINY, script
 from PIL import Image
-
-FIXTURES = Path(__file__).parent / "fixtures"
-TINY = ["--model", f"{FIXTURES / 'tiny_model.py'}:build", "--labels",
-        str(FIXTURES / "tiny_labels.txt"), "--input-size", "32", "--device", "cpu"]
-
-
-def _script() -> list[str]:
-    found = Path(sys.executable).with_name("convlens")
-    if found.exists():
-        return [str(found)]
-    which = shutil.which("convlens")
-    assert which, "the convlens script is not installed (pip install -e .)"
-    return [which]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200", "MPLBACKEND": "Agg"}
-    return subprocess.run([*_script(), *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([*script(), *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=300)
 
 
@@ -165,7 +152,7 @@ def test_layers_shows_names_types_and_the_default(tmp_path: Path) -> None:
 def test_unsafe_checkpoint_is_refused_with_the_fix(tmp_path: Path) -> None:
     import torch
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[1]))
     from models import TinyVGG
 
     path = tmp_path / "whole_model.pt"

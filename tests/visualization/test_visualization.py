@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Snapshot
 from models import RaisingNet, TinyResNet, TinyVGG, seeded
 from PIL import Image
+from support import Snapshot
 from torch import nn
 
 import convlens as cl
@@ -44,7 +44,7 @@ from convlens.visualization.param import (
     to_rgb,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def vgg(dtype: torch.dtype = torch.float32) -> nn.Module:
