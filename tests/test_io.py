@@ -224,18 +224,42 @@ def test_header_above_default_cap_is_refused_before_decoding(tmp_path: Path) -> 
     # has no pixel data, so reaching the decoder would give a truncation error instead.
     assert DEFAULT_MAX_PIXELS < 9000 * 9000 < Image.MAX_IMAGE_PIXELS
     path = _png_header_only(tmp_path / "big.png", 9000, 9000)
-    _assert_one_line(_error(path), "9000x9000", "above the limit of 64,000,000", "max_pixels")
+    _assert_one_line(_error(path), "9000x9000", "above the limit of 64,000,000 pixels",
+                     "--max-pixels")
 
 
 @pytest.mark.parametrize("side", [10_000, 100_000])
-def test_decompression_bomb_header(tmp_path: Path, side: int) -> None:
-    # 100 MP trips Pillow's DecompressionBombWarning (made an error), 10 GP its Error.
+def test_decompression_bomb_header_gets_the_one_cap_wording(tmp_path: Path, side: int) -> None:
+    # 100 MP is above Pillow's warning limit (89 MP), 10 GP above its hard limit (179 MP):
+    # both used to get Pillow's own wording and number; now one cap decides, worded once.
     filters_before = list(warnings.filters)
     pillow_limit = Image.MAX_IMAGE_PIXELS
     path = _png_header_only(tmp_path / "bomb.png", side, side)
-    _assert_one_line(_error(path, max_pixels=10**12), str(path), "decompression-bomb")
+    message = _error(path)
+    _assert_one_line(message, str(path), f"{side * side:,} pixels",
+                     "above the limit of 64,000,000 pixels", "--max-pixels")
+    assert "MAX_IMAGE_PIXELS" not in str(message)
     assert pillow_limit == Image.MAX_IMAGE_PIXELS  # never changed, not even for a moment
     assert list(warnings.filters) == filters_before
+
+
+def test_max_pixels_between_pillow_limits_is_honoured(tmp_path: Path) -> None:
+    # 10000 x 10000 = 100 MP: Pillow only warns; with max_pixels above it our cap lets it
+    # through to the decoder (which finds no pixel data in this header-only file).
+    from convlens.io.images import pillow_pixel_ceiling
+
+    path = _png_header_only(tmp_path / "big.png", 10_000, 10_000)
+    _assert_one_line(_error(path, max_pixels=pillow_pixel_ceiling()), "truncated or corrupt")
+    bomb = _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
+    _assert_one_line(_error(bomb, max_pixels=pillow_pixel_ceiling()),
+                     f"above the limit of {pillow_pixel_ceiling():,} pixels")
+
+
+def test_max_pixels_above_pillow_ceiling_is_refused() -> None:
+    from convlens.io.images import pillow_pixel_ceiling
+
+    _assert_one_line(_error(Image.new("RGB", (1, 1)), max_pixels=10**12),
+                     f"at most {pillow_pixel_ceiling():,}")
 
 
 def test_max_pixels_is_inclusive(tmp_path: Path) -> None:

@@ -111,7 +111,11 @@ def test_label_files(tmp_path: Path, content: str, suffix: str, expected: list[s
 
 def test_label_count_must_match_the_outputs(tmp_path: Path) -> None:
     (tmp_path / "l.txt").write_text("a\nb\n")
-    clf = cl.load_model(FACTORY, labels=tmp_path / "l.txt", device="cpu", input_size=32)
+    # refused when loading (one line naming the file), not at the first prediction
+    with pytest.raises(ModelLoadError, match=r"2 labels in .*l\.txt but the model has 4 outputs"):
+        cl.load_model(FACTORY, labels=tmp_path / "l.txt", device="cpu", input_size=32)
+    clf = cl.load_model(FACTORY, device="cpu", input_size=32)
+    clf.labels = ["a", "b"]  # set afterwards: still caught at prediction time
     with pytest.raises(ModelLoadError, match="4 outputs but 2 labels"):
         clf.predict(torch.zeros(1, 3, 32, 32))
 
@@ -147,3 +151,105 @@ def test_bundled_model_labels_and_preprocessing() -> None:
     clf = cl.load_model(device="cpu")
     assert len(clf.labels) == 1000 and clf.labels[281] == "tabby"
     assert clf.preprocessing.input_size == (224, 224)
+
+
+# --- which option applies to which model source -------------------------------------------
+
+
+def test_weights_and_trust_are_refused_where_they_cannot_apply(tmp_path: Path) -> None:
+    save_file(_reference().state_dict(), tmp_path / "w.safetensors")
+    weights = tmp_path / "w.safetensors"
+    # the bundled model ships its weights: refused before anything is loaded
+    with pytest.raises(ModelLoadError, match=r"weights=.*cannot apply.*bundled"):
+        cl.load_model("efficientnet_lite0", weights=weights, device="cpu")
+    with pytest.raises(ModelLoadError, match=r"trust_model.*cannot apply.*bundled"):
+        cl.load_model("efficientnet_lite0", trust_model=True, device="cpu")
+    # a user's module is used as it is (never modified)
+    module = _reference()
+    with pytest.raises(ModelLoadError, match="load_state_dict"):
+        cl.load_model(module, weights=weights, device="cpu")
+    with pytest.raises(ModelLoadError, match="trust_model.*cannot apply"):
+        cl.load_model(module, trust_model=True, device="cpu")
+    # a factory without weights, or with safetensors weights, loads nothing to trust
+    with pytest.raises(ModelLoadError, match="no weights file is given"):
+        cl.load_model(FACTORY, trust_model=True, device="cpu")
+    with pytest.raises(ModelLoadError, match="safetensors file.*never runs code"):
+        cl.load_model(FACTORY, weights=weights, trust_model=True, device="cpu")
+    with pytest.raises(ModelLoadError, match="no weights file is given"):
+        cl.load_model("torchvision:resnet18", trust_model=True, device="cpu")
+    # a model file holds its weights
+    torch.jit.script(_reference()).save(str(tmp_path / "m.pt"))
+    with pytest.raises(ModelLoadError, match="holds its own weights"):
+        cl.load_model(tmp_path / "m.pt", weights=weights, trust_model=True, device="cpu")
+
+
+def test_trust_with_pickle_weights_for_a_factory_still_works(tmp_path: Path) -> None:
+    reference = _reference()
+    torch.save(reference.state_dict(), tmp_path / "w.pt")
+    _same_outputs(cl.load_model(FACTORY, weights=tmp_path / "w.pt", trust_model=True,
+                                device="cpu"), reference)
+
+
+# --- what a weights file really is -----------------------------------------------------------
+
+
+def test_a_text_file_as_weights_is_called_text_not_a_pickle(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.pt"
+    notes.write_text("these are my notes\nsecond line\n")
+    with pytest.raises(ModelLoadError) as info:
+        cl.load_model(FACTORY, weights=notes, device="cpu")
+    message = str(info.value)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+    assert "is a text file (first line: 'these are my notes')" in message
+    assert ".safetensors" in message and "state_dict" in message
+    assert "trust" not in message and "unpickle" not in message
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("folder", "is a folder"), ("empty", "is empty"), ("image", "is an image"),
+    ("binary", "not a recognised weights format"), ("torchscript", "--model"),
+    ("missing", "not found"),
+])
+def test_other_non_weights_files_say_what_they_are(tmp_path: Path, kind: str, needle: str) -> None:
+    path = tmp_path / "w.pt"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "image":
+        from PIL import Image
+
+        Image.new("RGB", (4, 4)).save(path, format="PNG")
+    elif kind == "binary":
+        path.write_bytes(bytes(range(1, 32)) * 10)
+    elif kind == "torchscript":
+        torch.jit.script(_reference()).save(str(path))
+    with pytest.raises(ModelLoadError, match=needle) as info:
+        cl.load_model(FACTORY, weights=path, device="cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_safetensors_content_is_recognised_whatever_the_name(tmp_path: Path) -> None:
+    reference = _reference()
+    save_file(reference.state_dict(), tmp_path / "weights.bin")
+    _same_outputs(cl.load_model(FACTORY, weights=tmp_path / "weights.bin", device="cpu"),
+                  reference)
+
+
+def test_a_text_file_as_model_is_called_text(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("ant\nbee\n")
+    with pytest.raises(ModelLoadError, match=r"is a text file .*TorchScript \.pt") as info:
+        cl.load_model(labels, device="cpu")
+    assert not isinstance(info.value, UnsafeCheckpointError)
+    with pytest.raises(ModelLoadError, match="is a folder"):
+        cl.load_model(tmp_path, device="cpu")
+
+
+def test_library_messages_carry_no_terminal_escapes(tmp_path: Path) -> None:
+    # torch's weights-only refusal wraps words in ANSI bold codes (\x1b[1m ... \x1b[0m)
+    torch.save(_reference(), tmp_path / "whole.pt")
+    with pytest.raises(UnsafeCheckpointError) as info:
+        cl.load_model(FACTORY, weights=tmp_path / "whole.pt", device="cpu")
+    assert "\x1b" not in str(info.value)
+    assert "Weights only load failed" in str(info.value)

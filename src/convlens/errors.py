@@ -114,3 +114,35 @@ class OutputError(ConvlensError, OSError):
 
 class StoreMismatchError(ConvlensError, ValueError):
     """A results folder holds results of a different configuration than the one asked for."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A ``"; did you mean 'tabby'?"`` suffix for an unknown name, or ``""`` when none is close.
+
+    Close means :func:`difflib.get_close_matches` (ratio >= 0.6) on the lower-cased names,
+    plus names that contain ``name`` as a word part (``"tabby"`` -> ``"tabby cat"``), at
+    most five, best first. Shared by every "unknown NAME" message so they read alike.
+
+    Example:
+        >>> did_you_mean("tabyb", ["tabby", "tiger", "toucan"])
+        "; did you mean 'tabby'?"
+    """
+    import difflib
+
+    names = list(dict.fromkeys(str(choice) for choice in choices))
+    by_lower: dict[str, str] = {}
+    for choice in names:
+        by_lower.setdefault(choice.lower(), choice)
+    wanted = str(name).lower().strip()
+    if not wanted:
+        return ""
+    close = [by_lower[match] for match in
+             difflib.get_close_matches(wanted, list(by_lower), n=5, cutoff=0.6)]
+    if len(close) < 5 and len(wanted) >= 3:
+        close += [choice for choice in names
+                  if wanted in choice.lower() and choice not in close][:5 - len(close)]
+    if not close:
+        return ""
+    quoted = [repr(choice) for choice in close]
+    listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    return f"; did you mean {listed}?"

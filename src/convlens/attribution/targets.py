@@ -21,13 +21,12 @@ score; methods that need a class's softmax probability refuse it (see
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from convlens.errors import TargetError, UnsupportedModelError
+from convlens.errors import TargetError, UnsupportedModelError, did_you_mean
 
 ScoreFunction = Callable[[Any], torch.Tensor]
 TargetLike = None | int | str | Sequence[int | str] | torch.Tensor | ScoreFunction
@@ -132,11 +131,7 @@ def _name_to_index(name: str, labels: Sequence[str] | None) -> int:
     matches = [i for i, label in enumerate(labels) if label.lower() == lowered]
     if len(matches) == 1:
         return matches[0]
-    by_lower = {label.lower(): label for label in labels}
-    close = [by_lower[c] for c in difflib.get_close_matches(lowered, list(by_lower), n=5)]
-    close += [label for label in labels if lowered and lowered in label.lower()
-              and label not in close][:5]
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(name, labels)
     raise TargetError(f"unknown class {name!r}{hint} ({len(labels)} classes in all)")
 
 

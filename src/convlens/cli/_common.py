@@ -12,7 +12,12 @@ are defined once and every command that loads a model spells them the same way.
 
 from __future__ import annotations
 
+import ast
 import inspect
+import os
+import re
+import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from functools import wraps
@@ -21,18 +26,53 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True)  # for notes on stderr; error lines go through error_line()
 
 EXIT_PARTIAL = 1  # some inputs failed, the rest was processed
 EXIT_ERROR = 2    # nothing could be done: bad model, method, option...
+# convlens.io.images.DEFAULT_MAX_PIXELS, repeated so that --help need not import Pillow
+# (tests/cli/test_messages.py checks that the two agree).
+DEFAULT_MAX_PIXELS = 64_000_000
+
+# CSI / OSC / two-character escape sequences, as libraries put them in exception texts.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_message(message: object) -> str:
+    """One printable line: escape sequences removed, line breaks joined, control bytes shown.
+
+    Error texts come from many places (our messages with user-typed names and paths,
+    torch's own messages with ANSI bold codes, Click's usage errors); none of them may put
+    raw escapes on a terminal or into a log file.
+    """
+    text = _ANSI.sub("", str(message))
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _colour_stderr() -> bool:
+    """Colour only on a terminal, never with NO_COLOR set (https://no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def error_line(message: object) -> None:
+    """Write one ``error: message`` line to stderr (red prefix on a terminal only)."""
+    prefix = "\x1b[1;31merror:\x1b[0m" if _colour_stderr() else "error:"
+    sys.stderr.write(f"{prefix} {clean_message(message)}\n")
+    sys.stderr.flush()
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> None:
     """Print ``error: message`` to stderr and exit."""
-    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    error_line(message)
     raise typer.Exit(code)
 
 
@@ -48,6 +88,9 @@ def friendly_errors(command: Callable) -> Callable:
             fail(str(error))
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except OSError as error:  # writing outputs: disk full, permissions, a vanished folder
+            where = f"{error.filename}: " if getattr(error, "filename", None) else ""
+            fail(f"{where}{error.strerror or error}")
 
     return wrapper
 
@@ -84,21 +127,31 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
         help="Bundled name, model file (.pt TorchScript, .pt2), 'package.module:factory', "
              "'file.py:factory' or 'torchvision:NAME'.")),
     "weights": (Path | None, typer.Option(
-        None, "--weights", help="State dict (.safetensors or .pt) for a factory or torchvision.")),
+        None, "--weights",
+        help="State dict (.safetensors, or a torch.save-d .pt/.pth) for a factory or "
+             "torchvision:NAME (required there); an error with the bundled model or a model "
+             "file, which hold their own weights.")),
     "labels": (Path | None, typer.Option(
-        None, "--labels", help="Class names: text (one per line) or JSON.")),
+        None, "--labels",
+        help="Class names, one per model output: text (one per line) or JSON. Any model.")),
     "input_size": (int | None, typer.Option(
-        None, "--input-size", help="Model input size in pixels.")),
+        None, "--input-size", min=1,
+        help="Model input size in pixels (any model; overrides the bundled model's 224).")),
     "mean": (str | None, typer.Option(
-        None, "--mean", help="Normalisation mean, e.g. 0.485,0.456,0.406.")),
+        None, "--mean",
+        help="Normalisation mean, e.g. 0.485,0.456,0.406 (any model; overrides the "
+             "bundled model's).")),
     "std": (str | None, typer.Option(
-        None, "--std", help="Normalisation std, e.g. 0.229,0.224,0.225.")),
+        None, "--std", help="Normalisation std, e.g. 0.229,0.224,0.225 (any model).")),
     "resize": (str | None, typer.Option(
-        None, "--resize", help="center_crop, squash or pad.")),
+        None, "--resize",
+        help="How photos become the model's input: center_crop (default), squash or pad.")),
     "device": (str, typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")),
     "trust_model": (bool, typer.Option(
         False, "--trust-model",
-        help="Allow model files that are programs or need full unpickling.")),
+        help="Allow model files that are programs (TorchScript, .pt2) or need full "
+             "unpickling (.pt weights or models); an error where nothing needs trust "
+             "(bundled model, safetensors, a factory without --weights).")),
 }
 assert set(_MODEL_OPTIONS) == {f.name for f in fields(ModelOptions)}
 
@@ -148,8 +201,7 @@ def report_problems(problems: Sequence[Any]) -> None:
     for problem in problems:
         path = problem["path"] if isinstance(problem, dict) else problem.path
         reason = problem["error"] if isinstance(problem, dict) else problem.reason
-        errors.print(f"[bold red]error:[/] {escape(f'{path}: {reason}')}", highlight=False,
-                     soft_wrap=True)
+        error_line(f"{path}: {reason}")
     raise typer.Exit(EXIT_PARTIAL)
 
 
@@ -165,3 +217,180 @@ def parse_methods(text: str) -> list[str]:
     for name in names:
         get_method(name)
     return names
+
+
+def max_pixels_option() -> Any:
+    """The ``--max-pixels`` option of every command that reads photos (one definition)."""
+    return typer.Option(
+        None, "--max-pixels", min=1,
+        help=f"Refuse photos with more pixels than this (width x height; default "
+             f"{DEFAULT_MAX_PIXELS:,}), a guard against decompression bombs.")
+
+
+def check_max_pixels(max_pixels: int | None) -> None:
+    """Refuse a ``--max-pixels`` above what Pillow will ever decode (exit 2, before any work)."""
+    from convlens.io.images import pillow_pixel_ceiling
+
+    ceiling = pillow_pixel_ceiling()
+    if max_pixels is not None and ceiling is not None and max_pixels > ceiling:
+        fail(f"--max-pixels can be at most {ceiling:,} (Pillow refuses larger images: twice "
+             f"PIL.Image.MAX_IMAGE_PIXELS), got {max_pixels:,}")
+
+
+def read_photo(path: Path, max_pixels: int | None) -> Any:
+    """``load_image`` with the CLI's ``--max-pixels`` (None: the library default)."""
+    from convlens.io.images import DEFAULT_MAX_PIXELS, load_image
+
+    return load_image(path, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+
+
+def model_input(classifier: Any, photo: Any) -> Any:
+    """A decoded photo -> the ``(1, C, H, W)`` tensor the classifier sees (its preprocessing:
+    --input-size, --resize, --mean, --std), without decoding or size-checking it again."""
+    resized, _ = classifier.preprocessing.resize_image(photo)
+    return classifier.preprocessing.to_tensor(resized)[None].to(classifier.device)
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def prepare_out(out: Path, option: str = "--out") -> Path:
+    """Make sure ``out`` is (or can become) a writable folder, before any work is done."""
+    if out.exists() and not out.is_dir():
+        fail(f"{option} {out} is an existing file; give a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".convlens-probe-", dir=out)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        fail(f"{option} {out}: cannot write there ({reason}); choose a folder you can write to")
+    return out
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(temporary)`` next to ``path``, then move it into place with os.replace.
+
+    A reader (or a crash) never sees a half-written file: ``path`` is either the old file
+    or the complete new one.
+    """
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_png(image: Any, path: Path) -> Path:
+    """Write a PIL image as PNG atomically."""
+    return atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a UTF-8 text file atomically."""
+    return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------- method options
+
+
+def _accepts(default: Any, value: Any) -> bool:
+    """Whether ``value`` has a type the option's ``default`` suggests (None: anything)."""
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(default))
+
+
+def _options_of(method: Any) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in method.options.items()) or "none"
+
+
+def parse_method_options(values: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``--option METHOD.NAME=VALUE`` (repeatable) -> options per method.
+
+    ``VALUE`` is read with :func:`ast.literal_eval` (``64``, ``0.5``, ``True``, ``(1, 2)``,
+    ``'x'``), falling back to the plain string (``composite=epsilon_plus_flat``). Without a
+    method prefix, ``NAME=VALUE`` applies to every listed method that has option ``NAME``.
+    A later value for the same option wins.
+
+    Args:
+        values: The raw ``--option`` strings.
+        methods: The method names of the run (``--method``).
+
+    Returns:
+        ``{method: {name: value}}`` for every method in ``methods`` (empty when none given).
+
+    Raises:
+        MethodError: A bad form, an unknown method or one not in ``methods``, an option the
+            method lacks, or a value of the wrong type; the message lists the valid options
+            of the method with their defaults.
+
+    Example:
+        >>> parse_method_options(["integrated_gradients.steps=16"], ["integrated_gradients"])
+        {'integrated_gradients': {'steps': 16}}
+    """
+    from convlens.attribution.core import get_method
+    from convlens.errors import MethodError, did_you_mean
+
+    registered = {name: get_method(name) for name in methods}
+    parsed: dict[str, dict[str, Any]] = {name: {} for name in methods}
+    form = ("--option takes METHOD.NAME=VALUE or NAME=VALUE, e.g. "
+            "integrated_gradients.steps=64 or samples=16")
+    for raw in values:
+        key, sep, text = str(raw).partition("=")
+        key, text = key.strip(), text.strip()
+        method_name, dot, name = key.rpartition(".")
+        if not sep or not name or not text or (dot and not method_name):
+            raise MethodError(f"{form}; got {raw!r}")
+        try:
+            value: Any = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            value = text
+        if dot:
+            if method_name not in registered:
+                try:
+                    get_method(method_name)
+                except MethodError as error:
+                    raise MethodError(f"--option {raw!r}: {error}"
+                                      f"{did_you_mean(method_name, methods)}") from None
+                raise MethodError(f"--option {raw!r}: method {method_name!r} is not among the "
+                                  f"methods of this run ({', '.join(methods) or 'none'}); "
+                                  "add it to --method or drop the option")
+            targets = [method_name]
+        else:
+            targets = [m for m in methods if name in registered[m].options]
+            if not targets:
+                listed = "; ".join(f"{m}: {_options_of(registered[m])}" for m in methods)
+                choices = [o for m in methods for o in registered[m].options]
+                raise MethodError(f"--option {raw!r}: no method of this run has an option "
+                                  f"{name!r}{did_you_mean(name, choices)}; options: "
+                                  f"{listed or 'none (no methods)'}")
+        for target in targets:
+            method = registered[target]
+            if name not in method.options:
+                raise MethodError(f"--option {raw!r}: method {target!r} has no option {name!r}"
+                                  f"{did_you_mean(name, method.options)}; its options are: "
+                                  f"{_options_of(method)}")
+            default = method.options[name]
+            if not _accepts(default, value):
+                kind = type(default).__name__
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise MethodError(f"--option {raw!r}: {target}.{name} takes {article} "
+                                  f"{kind} (default {default!r}), got "
+                                  f"{value!r}; its options are: {_options_of(method)}")
+            parsed[target][name] = value
+    return parsed

@@ -50,9 +50,39 @@ for _name in COMMAND_MODULES:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``convlens`` script."""
-    app(args=list(argv) if argv is not None else None, prog_name="convlens")
+    """Entry point of the ``convlens`` script: run a command, exit with its code.
+
+    Click's usage errors (unknown option, bad value, missing argument) become one
+    ``error: ...`` line naming the command's ``--help``, with exit code 2, like our own
+    errors, instead of Typer's framed panel (which carries colour codes wherever
+    FORCE_COLOR is set, a pipe included).
+    """
+    try:  # Typer vendors its own copy of Click (typer._click) since 0.2x
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover - older Typer on top of Click
+        from click import exceptions as click
+
+    from convlens.cli._common import EXIT_ERROR, error_line
+
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=list(argv) if argv is not None else None,
+                            prog_name="convlens", standalone_mode=False)
+    except click.NoArgsIsHelpError as error:
+        typer.echo(error.ctx.get_help() if error.ctx else error.format_message())
+        code = EXIT_ERROR
+    except click.UsageError as error:
+        where = error.ctx.command_path if error.ctx else "convlens"
+        error_line(f"{error.format_message().rstrip('.')}; see '{where} --help'")
+        code = EXIT_ERROR
+    except click.ClickException as error:
+        error_line(error.format_message())
+        code = error.exit_code
+    except typer.Abort:
+        error_line("interrupted")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -8,9 +8,13 @@ import typer
 
 from convlens.cli._common import (
     ModelOptions,
+    check_max_pixels,
     console,
     friendly_errors,
+    max_pixels_option,
+    model_input,
     problem_record,
+    read_photo,
     report_problems,
     with_model_options,
 )
@@ -21,24 +25,27 @@ from convlens.cli._common import (
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     top: int = typer.Option(5, "--top", "-k", min=1, help="How many classes per image."),
+    max_pixels: int | None = max_pixels_option(),
     *, model_options: ModelOptions,
 ) -> None:
     """Print the top classes of each image."""
     from rich.table import Table
 
-    from convlens.errors import ConvlensError
-    from convlens.io.images import expand_inputs, load_image
+    from convlens.errors import ImageError
+    from convlens.io.images import expand_inputs
 
+    check_max_pixels(max_pixels)
     files, problems = expand_inputs(images)
     classifier = model_options.load()
     table = Table("image", "rank", "class", "probability")
     for path in files:
         try:
-            image = load_image(path)
-        except ConvlensError as error:
+            image = read_photo(path, max_pixels)
+        except ImageError as error:
             problems.append(problem_record(path, error))
             continue
-        for rank, (label, probability) in enumerate(classifier.predict([image], top=top)[0], 1):
+        x = model_input(classifier, image)
+        for rank, (label, probability) in enumerate(classifier.predict(x, top=top)[0], 1):
             table.add_row(str(path) if rank == 1 else "", str(rank), label, f"{probability:.4f}")
     if files:
         console.print(table)
@@ -69,12 +76,19 @@ def layers(*, model_options: ModelOptions) -> None:
 
 @friendly_errors
 def list_methods() -> None:
-    """List every attribution method with its family, options and paper."""
+    """List every attribution method with its family, options (and defaults) and paper.
+
+    Options are passed to ``explain`` as ``--option METHOD.NAME=VALUE`` (see
+    :func:`convlens.cli._common.parse_method_options`).
+    """
     from rich.table import Table
 
     from convlens.attribution.core import methods
 
-    table = Table("method", "family", "output", "options", "reference")
+    table = Table("method", "family", "output", "options", "reference",
+                  caption="pass options with --option METHOD.NAME=VALUE (e.g. --option "
+                          "integrated_gradients.steps=64), or NAME=VALUE for every method "
+                          "that has it")
     for method in methods():
         options = ", ".join(f"{k}={v!r}" for k, v in method.options.items()) or "-"
         table.add_row(method.name, method.family, method.space, options, method.reference)

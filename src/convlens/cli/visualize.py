@@ -14,12 +14,25 @@ Examples::
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from convlens.cli._common import ModelOptions, console, friendly_errors, with_model_options
+from convlens.cli._common import (
+    ModelOptions,
+    check_max_pixels,
+    console,
+    friendly_errors,
+    max_pixels_option,
+    model_input,
+    prepare_out,
+    read_photo,
+    save_png,
+    with_model_options,
+    write_text,
+)
 from convlens.errors import ObjectiveError
 
 MAX_DEFAULT_CHANNELS = 16
@@ -105,36 +118,91 @@ def visualize(
     deepdream: Path | None = typer.Option(None, "--deepdream",
                                           help="Start from this photo; with --layer and no "
                                                "--channels, DeepDream the whole layer."),
-    steps: int = typer.Option(256, "--steps", min=0, help="Optimiser steps."),
-    size: int | None = typer.Option(None, "--size", min=8,
-                                    help="Image size in pixels (default: the model's)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the noise and the transforms."),
-    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate."),
+    steps: int = typer.Option(256, "--steps", min=0, max=1_000_000,
+                              help="Optimiser steps (0 writes the start images)."),
+    size: int | None = typer.Option(None, "--size", min=8, max=4096,
+                                    help="Image size in pixels, 8-4096 (default: the "
+                                         "model's)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1,
+                             help="Seed of the noise and the transforms (0 or more)."),
+    lr: float | None = typer.Option(None, "--lr",
+                                    help="Adam learning rate, > 0 (default: the "
+                                         "parameterisation's)."),
     param: str = typer.Option("fft", "--param", help="fft, pixel or cppn."),
     transforms: str = typer.Option("standard", "--transforms", help="standard, lucid or none."),
-    out: Path = typer.Option(Path("convlens-vis"), "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(Path("convlens-vis"), "--out", "-o",
+                             help="Output folder (created if missing)."),
+    max_pixels: int | None = max_pixels_option(),
     *, model_options: ModelOptions,
 ) -> None:
-    """Render feature visualizations: one PNG per objective, grid.png and results.json."""
+    """Render feature visualizations: one PNG per objective, grid.png and results.json.
+
+    Of the model options, --resize and --max-pixels apply to the --deepdream photo (it
+    starts as the model sees it: at --input-size, cropped, squashed or padded); without
+    --deepdream there is no photo and they are refused.
+    """
+    import tempfile
+
+    from convlens.visualization.optimize import check_arguments
     from convlens.visualization.optimize import visualize as render
 
+    check_arguments(steps=steps, size=size, lr=lr, seed=seed)
+    if deepdream is None:
+        given = [name for name, value in (("--resize", model_options.resize),
+                                          ("--max-pixels", max_pixels)) if value is not None]
+        if given:
+            raise ObjectiveError(f"{' and '.join(given)} apply to the --deepdream photo; "
+                                 "without --deepdream the images start from noise")
+    check_max_pixels(max_pixels)
+    photo = read_photo(deepdream, max_pixels) if deepdream is not None else None
+    prepare_out(out)
     classifier = model_options.load()
     goals = _objectives(classifier, layer, channels, classes, neuron, deepdream is not None)
+    init = None
+    if photo is not None:
+        init = (classifier.preprocessing.resize_image(photo)[0]
+                if model_options.resize is not None
+                else _start_size(photo, size, classifier.preprocessing.input_size))
     res = render(classifier, goals, size=size, steps=steps, seed=seed, lr=lr, param=param,
-                 transforms=transforms, init=deepdream, progress=True)
-    paths = res.save(out)
-    final = res.trace[-1].tolist() if len(res.trace) else [None] * len(goals)
+                 transforms=transforms, init=init, progress=None)
+    # Render into a private folder inside --out, then move each finished file into place.
+    with tempfile.TemporaryDirectory(prefix=".convlens-", dir=out) as staging:
+        staged = res.save(staging)
+        paths = []
+        for path in staged:
+            final = out / path.name
+            os.replace(path, final)
+            paths.append(final)
+    final_values = res.trace[-1].tolist() if len(res.trace) else [None] * len(goals)
     record = {
         "model": classifier.name, "steps": len(res.trace), "size": list(res.images.shape[-2:]),
         "seed": seed, "param": param, "transforms": transforms, "seconds": round(res.seconds, 2),
         "deepdream": str(deepdream) if deepdream else None,
+        "resize": model_options.resize,
         "images": [{"objective": name, "file": path.name, "final_value": value}
-                   for name, path, value in zip(res.names, paths, final)],
+                   for name, path, value in zip(res.names, paths, final_values)],
         "grid": "grid.png",
     }
-    (out / "results.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    write_text(out / "results.json", json.dumps(record, indent=2))
     console.print(f"wrote {len(goals)} visualization(s) and grid.png to {out}/ "
-                  f"({res.seconds:.0f} s)")
+                  f"({res.seconds:.0f} s)", markup=False, highlight=False)
+
+
+def _start_size(photo: Any, size: int | None, input_size: tuple[int, int]) -> Any:
+    """The DeepDream start photo at the size the optimisation will use.
+
+    ``--size`` squares it; without it the aspect ratio stays and the shorter side becomes
+    the model's input size (as :func:`convlens.visualize` does for a photo), so a large
+    photo allowed by ``--max-pixels`` is shrunk here rather than checked again.
+    """
+    from PIL import Image
+
+    if size is not None:
+        target = (size, size)
+    else:
+        scale = min(input_size) / min(photo.size)
+        target = (max(8, round(photo.width * scale)), max(8, round(photo.height * scale)))
+    return photo if photo.size == target else photo.resize(target, Image.Resampling.BICUBIC)
 
 
 @friendly_errors
@@ -150,37 +218,42 @@ def activations(
     filters: bool = typer.Option(False, "--filters",
                                  help="Also write the first convolution's filters."),
     out: Path = typer.Option(Path("convlens-activations"), "--out", "-o",
-                             help="Output folder."),
+                             help="Output folder (created if missing)."),
+    max_pixels: int | None = max_pixels_option(),
     *, model_options: ModelOptions,
 ) -> None:
-    """Write a grid of a layer's activation maps for IMAGE, most active channels first."""
-    from convlens.io.images import load_image, safe_output_name
+    """Write a grid of a layer's activation maps for IMAGE, most active channels first.
+
+    IMAGE goes through the model's preprocessing, so --input-size, --resize, --mean and
+    --std change what the layer sees.
+    """
+    from convlens.io.images import safe_output_name
     from convlens.models.layers import default_layer_name
     from convlens.visualization.inspection import activation_maps, filter_grid, maps_grid
 
     if normalize not in ("layer", "channel"):
         raise ObjectiveError(f"--normalize must be 'layer' or 'channel', got {normalize!r}")
+    check_max_pixels(max_pixels)
+    photo = read_photo(image, max_pixels)
+    prepare_out(out)
     classifier = model_options.load()
-    photo = load_image(image)
     if layer is None:
         height, width = classifier.preprocessing.input_size
         layer = default_layer_name(classifier.module,
                                    (classifier.preprocessing.channels, height, width),
                                    classifier.device)
-    out.mkdir(parents=True, exist_ok=True)
     stem = safe_output_name(image, set())
-    maps, order = activation_maps(classifier, photo, layer)
+    maps, order = activation_maps(classifier, model_input(classifier, photo), layer)
     path = out / f"{stem}.{layer}.activations.png"
-    maps_grid(maps, order, top=top, normalize=normalize).save(path)
+    save_png(maps_grid(maps, order, top=top, normalize=normalize), path)
     means = maps.mean(dim=(1, 2))
     best = ", ".join(f"#{int(c)} ({float(means[c]):.3g})" for c in order[:5])
     console.print(f"{layer}: {maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}; "
-                  f"most active: {best}")
-    console.print(f"wrote {path}")
+                  f"most active: {best}", markup=False, highlight=False)
+    console.print(f"wrote {path}", markup=False, highlight=False)
     if filters:
-        filter_path = out / "filters.png"
-        filter_grid(classifier).save(filter_path)
-        console.print(f"wrote {filter_path}")
+        filter_path = save_png(filter_grid(classifier), out / "filters.png")
+        console.print(f"wrote {filter_path}", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

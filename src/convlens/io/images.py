@@ -43,7 +43,9 @@ __all__ = [
     "expand_inputs",
     "is_image_file",
     "load_image",
+    "pillow_pixel_ceiling",
     "safe_output_name",
+    "too_many_pixels",
 ]
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -100,8 +102,10 @@ def load_image(
             array shaped HxW, HxWx1, HxWx3 or HxWx4 with dtype uint8, uint16, bool, or
             float holding values in [0, 1].
         max_pixels: Refuse images with more than this many pixels (width x height), to
-            keep a decompression bomb from exhausting memory. Pillow's own limit
-            (``PIL.Image.MAX_IMAGE_PIXELS``) applies to files as well.
+            keep a decompression bomb from exhausting memory; default 64,000,000 (CLI:
+            ``--max-pixels``). It is the only cap: Pillow's softer limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``) is not applied on top, and values above
+            :func:`pillow_pixel_ceiling` (where Pillow refuses outright) are rejected.
         background: RGB colour, three ints in 0-255, that transparent pixels are
             composited onto.
 
@@ -126,13 +130,41 @@ def load_image(
     )
 
 
+def pillow_pixel_ceiling() -> int | None:
+    """The most pixels Pillow ever decodes: twice ``PIL.Image.MAX_IMAGE_PIXELS`` (None: no cap).
+
+    Above it Pillow raises ``DecompressionBombError`` whatever we allow, so ``max_pixels``
+    may not exceed it; between ``MAX_IMAGE_PIXELS`` and the ceiling Pillow only warns, and
+    that warning is silenced here so that one cap (``max_pixels``) decides, with one wording.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
 def _check_max_pixels(max_pixels: int) -> int:
     """Validate the pixel cap: a positive int (bools are rejected as a likely mistake)."""
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)):
         raise ImageError(None, f"max_pixels must be a positive int, got {max_pixels!r}")
     if max_pixels < 1:
         raise ImageError(None, f"max_pixels must be a positive int, got {max_pixels}")
+    ceiling = pillow_pixel_ceiling()
+    if ceiling is not None and max_pixels > ceiling:
+        raise ImageError(
+            None,
+            f"max_pixels can be at most {ceiling:,} (Pillow refuses larger images: twice "
+            f"PIL.Image.MAX_IMAGE_PIXELS), got {int(max_pixels):,}",
+        )
     return int(max_pixels)
+
+
+def too_many_pixels(pixels: int, max_pixels: int, size: tuple[int, int] | None = None) -> str:
+    """The one wording of the pixel cap, whoever noticed it (our header check or Pillow's)."""
+    shape = f"{size[0]}x{size[1]} = " if size is not None else ""
+    return (
+        f"image is {shape}{pixels:,} pixels, above the limit of {max_pixels:,} pixels "
+        "(decompression-bomb guard); downscale it, or raise the limit with --max-pixels N "
+        "(API: max_pixels=N)"
+    )
 
 
 def _check_background(background: Sequence[int]) -> tuple[int, int, int]:
@@ -160,12 +192,7 @@ def _check_size(size: tuple[int, int], max_pixels: int, path: Path | None) -> No
             path, f"image has a zero side ({width}x{height} pixels); expected an image at least 1x1"
         )
     if width * height > max_pixels:
-        raise ImageError(
-            path,
-            f"image is {width}x{height} = {width * height:,} pixels, above the limit of "
-            f"{max_pixels:,} (decompression-bomb guard); downscale it or pass a larger "
-            "max_pixels",
-        )
+        raise ImageError(path, too_many_pixels(width * height, max_pixels, (width, height)))
 
 
 def _one_line(error: BaseException) -> str:
@@ -221,7 +248,8 @@ def _decode_file(
 ) -> Image.Image:
     """Identify, size-check, fully decode and convert an open image file."""
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Our cap (checked from the header below) decides; Pillow's softer limit only warns.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(handle, formats=_PILLOW_FORMATS) as image:
                 _check_size(image.size, max_pixels, path)
@@ -229,13 +257,11 @@ def _decode_file(
                 return _to_rgb(image, background, path)
         except ImageError:
             raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageError(
-                path,
-                f"image exceeds Pillow's decompression-bomb limit "
-                f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}): "
-                f"{_one_line(error)}",
-            ) from None
+        except Image.DecompressionBombError as error:
+            # Only above pillow_pixel_ceiling(), which max_pixels never exceeds: our cap too.
+            found = re.search(r"\((\d+) pixels\)", str(error))
+            pixels = int(found.group(1)) if found else max_pixels + 1
+            raise ImageError(path, too_many_pixels(pixels, max_pixels)) from None
         except UnidentifiedImageError:
             raise ImageError(path, _unidentified_reason(handle)) from None
         except _DECODE_ERRORS as error:

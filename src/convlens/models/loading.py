@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import json
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,9 +53,18 @@ def imagenet_labels() -> list[str]:
 def read_labels(path: str | Path) -> list[str]:
     """Class names from a text file (one per line) or JSON (list, or {index: name})."""
     path = Path(path)
+    accepted = "expected a text file (one class name per line) or a JSON list of names"
+    if path.is_dir():
+        raise ModelLoadError(f"labels {path} is a folder; {accepted}")
     if not path.is_file():
-        raise ModelLoadError(f"labels file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+        raise ModelLoadError(f"labels file not found: {path}; {accepted}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"labels {path} is not UTF-8 text ({sniff_file(path)} file); "
+                             f"{accepted}") from None
+    except OSError as error:
+        raise ModelLoadError(f"labels {path}: cannot read ({error.strerror}); {accepted}") from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -78,18 +88,92 @@ def read_labels(path: str | Path) -> list[str]:
     return labels
 
 
+_ACCEPTED_WEIGHTS = ("expected a state dict: .safetensors, or a torch.save-d "
+                     "model.state_dict() (.pt/.pth)")
+
+
+def sniff_file(path: Path) -> str:
+    """What a file really is, from its first bytes (its name is not trusted).
+
+    Returns one of ``"folder"``, ``"missing"``, ``"empty"``, ``"safetensors"`` (an 8-byte
+    little-endian header length followed by a JSON header), ``"torchscript"`` and ``"zip"``
+    (``torch.save``'s archive format; TorchScript archives hold a ``code/`` folder),
+    ``"pickle"`` (protocol 2+ magic: legacy ``torch.save`` files), ``"image"``, ``"text"``
+    (valid UTF-8 without control characters) or ``"binary"`` (anything else).
+    """
+    if path.is_dir():
+        return "folder"
+    if not path.is_file():
+        return "missing"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return "missing"
+    if not head:
+        return "empty"
+    if len(head) >= 9:
+        length = int.from_bytes(head[:8], "little")
+        if 1 < length < 100_000_000 and head[8:9] == b"{":
+            return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "torchscript" if _is_torchscript(path) else "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF")):
+        return "image"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # a multi-byte character cut at the 4096th byte is still text
+        try:
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return "binary"
+    if all(ch.isprintable() or ch in "\t\r\n" for ch in text):
+        return "text"
+    return "binary"
+
+
+_FOUND = {
+    "folder": "is a folder, not a file",
+    "empty": "is empty (0 bytes)",
+    "text": "is a text file",
+    "image": "is an image",
+    "binary": "is not a recognised weights format (neither safetensors nor a PyTorch file)",
+    "torchscript": "is a TorchScript program (a whole model), not a state dict",
+}
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            line = handle.readline().strip()
+    except OSError:
+        return ""
+    return f" (first line: {line[:60]!r})" if line else ""
+
+
 def read_state_dict(path: str | Path, *, trust_model: bool = False) -> dict[str, torch.Tensor]:
     """Weights from ``.safetensors`` or a ``torch.save``-d state dict (read safely)."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"weights file not found: {path}")
-    if path.suffix.lower() == ".safetensors":
+    kind = sniff_file(path)
+    if kind == "missing":
+        raise ModelLoadError(f"weights file not found: {path}; {_ACCEPTED_WEIGHTS}")
+    if kind == "torchscript":
+        raise ModelLoadError(f"{path} {_FOUND[kind]}: give it as the model (CLI: --model "
+                             f"{path} --trust-model), without weights")
+    if kind in _FOUND:
+        extra = _first_line(path) if kind == "text" else ""
+        raise ModelLoadError(f"{path} {_FOUND[kind]}{extra}, not weights; {_ACCEPTED_WEIGHTS}")
+    if kind == "safetensors" or path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as error:  # safetensors raises its own error types
-            raise ModelLoadError(f"{path}: not a valid safetensors file ({error})") from None
+            raise ModelLoadError(
+                f"{path}: not a valid safetensors file ({_plain(error)})") from None
     state = _torch_load(path, trust_model=trust_model)
     if isinstance(state, nn.Module):
         return state.state_dict()
@@ -111,11 +195,25 @@ def _torch_load(path: Path, *, trust_model: bool) -> Any:
         if not trust_model:
             raise UnsafeCheckpointError(
                 f"{path} is not a plain state dict: loading it would unpickle arbitrary Python "
-                f"objects ({str(error).splitlines()[0][:160]}). {_SAVE_STATE_DICT_HINT}"
+                f"objects ({_plain(error)}). {_SAVE_STATE_DICT_HINT}"
             ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
-        raise ModelLoadError(f"{path}: not a PyTorch file ({str(error).splitlines()[0]})") from None
+        raise ModelLoadError(f"{path}: not a readable PyTorch file ({_plain(error)}); "
+                             f"{_ACCEPTED_WEIGHTS}") from None
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+
+
+def _plain(error: BaseException, limit: int = 160) -> str:
+    """The first line of a library's exception text without terminal escapes.
+
+    torch's weights-only refusal, for one, wraps words in ANSI bold codes, which would reach
+    a log file or a pipe as raw escape characters.
+    """
+    lines = _ANSI.sub("", str(error)).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -191,9 +289,26 @@ def _load_module(spec: str, weights: str | Path | None, trust_model: bool) -> tu
             )
         return load_weights(_torchvision_model(name), weights, trust_model=trust_model), name
     path = Path(spec)
+    if path.is_dir():
+        raise ModelLoadError(f"model {spec!r} is a folder; expected a model file (TorchScript "
+                             ".pt, torch.export .pt2), a bundled name, 'package.module:factory' "
+                             "or 'torchvision:NAME'")
     if path.is_file():
         if weights is not None:
-            raise ModelLoadError(f"{spec} is a model file; weights= applies to factories only")
+            raise ModelLoadError(
+                f"{spec} is a model file, which holds its own weights; weights= (CLI: "
+                "--weights) applies to a factory or torchvision:NAME only"
+            )
+        kind = sniff_file(path)
+        if kind in ("text", "image", "empty", "binary", "safetensors"):
+            found = ("holds weights only (safetensors), not an architecture"
+                     if kind == "safetensors" else _FOUND[kind] + _first_line(path)
+                     if kind == "text" else _FOUND[kind])
+            raise ModelLoadError(
+                f"{path} {found}; a model file is a TorchScript .pt or a torch.export .pt2"
+                + (f". Give the architecture too: --model package.module:factory --weights "
+                   f"{path}" if kind == "safetensors" else "")
+            )
         if path.suffix.lower() == ".pt2":
             return _load_exported(path, trust_model), path.stem
         if _is_torchscript(path):
@@ -205,7 +320,8 @@ def _load_module(spec: str, weights: str | Path | None, trust_model: bool) -> tu
             try:
                 return torch.jit.load(str(path), map_location="cpu"), path.stem
             except RuntimeError as error:
-                raise ModelLoadError(f"{path}: invalid TorchScript archive ({error})") from None
+                raise ModelLoadError(
+                    f"{path}: invalid TorchScript archive ({_plain(error)})") from None
         state = _torch_load(path, trust_model=trust_model)
         if isinstance(state, nn.Module):
             return state, path.stem
@@ -234,7 +350,73 @@ def _load_exported(path: Path, trust_model: bool) -> nn.Module:
     try:
         return torch.export.load(str(path)).module()
     except Exception as error:  # torch.export raises many types on bad archives
-        raise ModelLoadError(f"{path}: invalid torch.export archive ({error})") from None
+        raise ModelLoadError(f"{path}: invalid torch.export archive ({_plain(error)})") from None
+
+
+def model_source(spec: str | Path | nn.Module) -> str:
+    """Which kind of model ``spec`` names: ``"module"``, ``"bundled"``, ``"torchvision"``,
+    ``"file"`` (TorchScript, .pt2 or a pickled module), ``"factory"`` or ``"unknown"``."""
+    if isinstance(spec, nn.Module):
+        return "module"
+    text = str(spec)
+    if text in BUNDLED:
+        return "bundled"
+    if text.startswith("torchvision:"):
+        return "torchvision"
+    if Path(text).is_file():
+        return "file"
+    if ":" in text and not text.endswith(":"):
+        return "factory"
+    return "unknown"
+
+
+def check_model_options(spec: str | Path | nn.Module, *, weights: str | Path | None = None,
+                        trust_model: bool = False) -> None:
+    """Refuse ``weights`` / ``trust_model`` where they cannot apply (instead of ignoring them).
+
+    Which option applies to which source:
+
+    =================  =========================  ==========================================
+    source             weights                    trust_model
+    =================  =========================  ==========================================
+    bundled name       refused (ships its own)    refused (nothing to trust)
+    nn.Module          refused (load it yourself) refused (nothing is loaded)
+    model file         refused (holds weights)    required for TorchScript, .pt2, pickles
+    factory            optional                   only with a .pt/.pth weights file
+    torchvision:NAME   required                   only with a .pt/.pth weights file
+    =================  =========================  ==========================================
+
+    Preprocessing overrides (input size, resize, mean, std, labels) apply to every source:
+    for the bundled model they replace its ImageNet settings.
+
+    Raises:
+        ModelLoadError: An option that cannot apply, naming why.
+    """
+    source = model_source(spec)
+    if source in ("bundled", "module"):
+        what = (f"the bundled model {spec!r} ships its own ImageNet weights" if source == "bundled"
+                else "an nn.Module is used as it is")
+        if weights is not None:
+            fix = ("to use other weights, give their architecture: model='package.module:"
+                   "factory' or 'torchvision:NAME' (CLI: --model) with weights=")
+            if source == "module":
+                fix = "load the state dict into the module yourself (module.load_state_dict)"
+            raise ModelLoadError(f"weights= (CLI: --weights) cannot apply: {what}; {fix}")
+        if trust_model:
+            raise ModelLoadError(f"trust_model (CLI: --trust-model) cannot apply: {what} and "
+                                 "no file is unpickled or run; drop the flag")
+    if source in ("factory", "torchvision") and trust_model:
+        if weights is None:
+            raise ModelLoadError(
+                f"trust_model (CLI: --trust-model) cannot apply: {spec!r} is Python code you "
+                "named and no weights file is given; it is needed only for a model file or a "
+                "weights file that must be unpickled"
+            )
+        if sniff_file(Path(weights)) == "safetensors":
+            raise ModelLoadError(
+                f"trust_model (CLI: --trust-model) cannot apply: {weights} is a safetensors "
+                "file, which holds tensors only and never runs code; drop the flag"
+            )
 
 
 def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | Path | None = None,
@@ -262,6 +444,7 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
         >>> clf = load_model()                                   # doctest: +SKIP
         >>> clf.predict("cat.jpg", top=3)                        # doctest: +SKIP
     """
+    check_model_options(spec, weights=weights, trust_model=trust_model)
     options: dict[str, Any] = {"input_size": input_size, "resize": resize,
                                "resize_size": resize_size, "mean": mean, "std": std,
                                "interpolation": interpolation}
@@ -281,16 +464,23 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
         module, name = _load_module(str(spec), weights, trust_model)
     else:
         raise ModelLoadError(f"model must be a name, a path or an nn.Module, got {type(spec)}")
-    if isinstance(labels, (str, Path)):
-        labels = read_labels(labels)
+    labels_path = labels if isinstance(labels, (str, Path)) else None
+    if labels_path is not None:
+        labels = read_labels(labels_path)
     if not isinstance(spec, nn.Module):
         with contextlib.suppress(NotImplementedError):  # torch.export programs refuse eval()
             module.eval()  # a model we loaded ourselves; a user's module is left as it is
     classifier = Classifier(module, labels, device=device, name=name, **options)
+    classes = _count_outputs(classifier)
     if classifier.labels is None:
-        classes = _count_outputs(classifier)
         if classes == 1000:
             classifier.labels = imagenet_labels()
+    elif classes is not None and classes != len(classifier.labels):
+        source = f" in {labels_path}" if labels_path is not None else ""
+        raise ModelLoadError(
+            f"{len(classifier.labels)} labels{source} but the model has {classes} outputs; "
+            "give one class name per output, in output order (CLI: --labels FILE)"
+        )
     return classifier
 
 
@@ -298,8 +488,26 @@ def _count_outputs(classifier: Classifier) -> int | None:
     height, width = classifier.preprocessing.input_size
     x = torch.zeros(1, classifier.preprocessing.channels, height, width,
                     device=classifier.device)
+    first_conv = next((m for m in classifier.module.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = classifier.preprocessing.channels
+    if first_conv is not None and first_conv.in_channels != channels:
+        raise ModelLoadError(
+            f"mean/std give {channels} value(s) but the model's first convolution takes "
+            f"{first_conv.in_channels} channels; give one value per input channel (CLI: "
+            "--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225)"
+        )
+    labels, classifier.labels = classifier.labels, None  # count first, compare after
     try:
         out = classifier.logits(x)
+    except ModelLoadError:
+        raise
+    except RuntimeError as error:  # shapes: the input size or channels do not fit the model
+        raise ModelLoadError(
+            f"the model fails on a {channels}x{height}x{width} input ({_plain(error)}); check "
+            "the input size (CLI: --input-size) and the channels (one --mean/--std value each)"
+        ) from None
     except Exception:
         return None
+    finally:
+        classifier.labels = labels
     return out.shape[1]

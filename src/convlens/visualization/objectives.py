@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.errors import ObjectiveError, TargetError, unknown_choice
+from convlens.errors import ObjectiveError, TargetError, did_you_mean, unknown_choice
 
 LayerKey = str | nn.Module
 LOGITS = "<logits>"
@@ -394,11 +394,11 @@ def _class_index(target: int | str, c: Context) -> int:
         lowered = [label.lower() for label in labels]
         if target.lower() in lowered:
             return lowered.index(target.lower())
-        close = [label for label in labels if target.lower() in label.lower()][:8]
-        hint = f"; did you mean: {', '.join(close)}" if close else ""
+        hint = did_you_mean(target, labels)
         if not labels:
             hint = "; this model has no labels, pass a class index"
-        raise TargetError(f"unknown class name {target!r}{hint}")
+        raise TargetError(f"unknown class name {target!r}{hint} (or pass a class index "
+                          f"0..{classes - 1})")
     if not 0 <= target < classes:
         raise TargetError(f"class {target} is out of range: the model has {classes} classes "
                           f"(valid: 0..{classes - 1})")

@@ -285,6 +285,42 @@ def _goals(objective: Any, batch: int | None) -> tuple[list[Objective], int]:
     return [as_objective(objective)], batch or 1
 
 
+def check_arguments(*, steps: Any = 256, size: Any = None, lr: Any = None, seed: Any = 0,
+                    time_limit: Any = None) -> None:
+    """Validate :func:`visualize`'s numeric arguments before any model work.
+
+    Raises:
+        ObjectiveError: ``steps`` is not an int >= 0, ``lr`` not a finite number > 0,
+            ``seed`` not an int in 0..2**64-1, ``size`` not an int or (height, width) of at
+            least 8, or ``time_limit`` not a number >= 0. Without this, torch would raise
+            from inside Adam or the generator (``Invalid learning rate: -1.0``).
+    """
+    import math
+    import numbers
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if not is_int(steps) or steps < 0:
+        raise ObjectiveError(f"steps must be an int >= 0 (CLI: --steps), got {steps!r}")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real)
+                           or not math.isfinite(lr) or lr <= 0):
+        raise ObjectiveError(f"lr must be a number > 0 (CLI: --lr), e.g. 0.05; got {lr!r}")
+    if not is_int(seed) or not 0 <= seed < 2**64:
+        raise ObjectiveError(f"seed must be an int in 0..2**64-1 (CLI: --seed), got {seed!r}")
+    if time_limit is not None and (isinstance(time_limit, bool)
+                                   or not isinstance(time_limit, numbers.Real)
+                                   or not time_limit >= 0):
+        raise ObjectiveError(f"time_limit must be a number of seconds >= 0, got {time_limit!r}")
+    if size is not None:
+        if is_int(size):
+            size = (size, size)
+        if (not isinstance(size, (tuple, list)) or len(size) != 2
+                or not all(is_int(side) for side in size) or min(size) < 8):
+            raise ObjectiveError(f"size must be an int or (height, width) of at least 8 "
+                                 f"pixels (CLI: --size), got {size!r}")
+
+
 def visualize(
     model: Any,
     objective: Objective | str | Sequence[Objective | str],
@@ -348,8 +384,7 @@ def visualize(
         >>> res.images.shape                                            # doctest: +SKIP
         torch.Size([1, 3, 224, 224])
     """
-    if steps < 0:
-        raise ObjectiveError(f"steps must be >= 0, got {steps}")
+    check_arguments(steps=steps, size=size, lr=lr, seed=seed, time_limit=time_limit)
     parts = _model_parts(model, mean, std)
     goals, batch = _goals(objective, batch)
     size_hw = None if size is None else _size(size, parts.input_size)
