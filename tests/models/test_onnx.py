@@ -36,6 +36,12 @@ def test_converted_model_gives_the_original_maps(tmp_path, build, snapshot):
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(converted(x), original(x), rtol=1e-5, atol=1e-5)
+    ort = pytest.importorskip("onnxruntime")  # the file itself, run by its reference runtime
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (reference,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), torch.from_numpy(reference), rtol=1e-5,
+                                   atol=1e-5)
     layer = cl.layers(clf)
     conv_layers = [info.name for info in layer if info.type == "Conv2d"]
     assert conv_layers  # named after the ONNX nodes

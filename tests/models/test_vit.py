@@ -123,3 +123,13 @@ def test_score_cam_and_eigencam_run_on_tokens(snapshot):
         out = cl.attribute(model, x, method, layer="blocks.0")
         assert out.shape == (2, 1, 4, 4) and torch.isfinite(out).all()
     snap.assert_unchanged()
+
+
+def test_deeplift_runs_on_attention_but_loses_summation_to_delta():
+    """Documented caveat: GELU is rescaled, softmax attention and q.k products are not."""
+    model = _vit().double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    got = cl.attribute(model, x, "deeplift", target=1).double().sum(dim=(1, 2, 3))
+    with torch.no_grad():
+        delta = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    assert float((got - delta).abs().max()) > 1e-3 * (1 + float(delta.abs().max()))
