@@ -683,9 +683,13 @@ SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
         ("..", "image"),
         (".", "image"),
         (".hidden.png", "hidden"),
-        ("Café au lait.JPG", "Cafe_au_lait"),
-        ("猫.png", "image"),
-        ("猫 cat.png", "_cat"),
+        ("Café au lait.JPG", "Café_au_lait"),
+        ("Cafe\u0301.png", "Café"),  # decomposed accent -> composed
+        ("猫.png", "猫"),
+        ("猫 cat.png", "猫_cat"),
+        ("照片 (2).jpg", "照片_2_"),
+        ("a\u202egnp.exe", "a_gnp"),  # right-to-left override dropped
+        ("😀.png", "image"),
         ("a\\b\\..\\evil.png", "evil"),
         ("my..photo.png", "my.photo"),
         ("-rf.png", "rf"),
@@ -694,6 +698,7 @@ SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
         ("x/", "x"),
         ("", "image"),
         ("a b\tc\n.png", "a_b_c_"),
+        ("a  b.png", "a_b"),
     ],
 )
 def test_safe_output_name_sanitizes(raw: str, expected: str) -> None:

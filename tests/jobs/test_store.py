@@ -135,3 +135,12 @@ def test_summary_is_replaced(tmp_path: Path) -> None:
     store.write_summary({"done": 1})
     store.write_summary({"done": 2})
     assert store.summary() == {"done": 2}
+
+
+def test_records_sharing_a_key_in_one_shard_are_kept_duplicates_across_shards_not(
+        tmp_path: Path) -> None:
+    store = ResultStore(tmp_path, {"a": 1})
+    store.append([{"key": "img", "rank": 0}, {"key": "img", "rank": 1}])
+    store.append([{"key": "img", "rank": 0}, {"key": "other"}])
+    assert [(r["key"], r.get("rank")) for r in store.records()] == [
+        ("img", 0), ("img", 1), ("other", None)]

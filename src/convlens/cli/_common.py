@@ -270,20 +270,12 @@ def prepare_out(out: Path, option: str = "--out") -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(temporary)`` next to ``path``, then move it into place with os.replace.
+    """Call ``write(temporary)`` next to ``path``, then move it into place (see
+    :func:`convlens.jobs.store.atomic_output`): a reader or a crash never sees half a file."""
+    from convlens.jobs.store import atomic_output
 
-    A reader (or a crash) never sees a half-written file: ``path`` is either the old file
-    or the complete new one.
-    """
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
-    try:
+    with atomic_output(path) as temporary:
         write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -315,8 +307,13 @@ def _accepts(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def _settable(method: Any) -> dict[str, Any]:
+    """The options ``--option`` may set on ``method``: its own, plus ``layer`` for CAM-like ones."""
+    return {**method.options, "layer": None} if method.needs_layer else dict(method.options)
+
+
 def _options_of(method: Any) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in method.options.items()) or "none"
+    return ", ".join(f"{k}={v!r}" for k, v in _settable(method).items()) or "none"
 
 
 def parse_method_options(values: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -372,20 +369,20 @@ def parse_method_options(values: list[str], methods: list[str]) -> dict[str, dic
                                   "add it to --method or drop the option")
             targets = [method_name]
         else:
-            targets = [m for m in methods if name in registered[m].options]
+            targets = [m for m in methods if name in _settable(registered[m])]
             if not targets:
                 listed = "; ".join(f"{m}: {_options_of(registered[m])}" for m in methods)
-                choices = [o for m in methods for o in registered[m].options]
+                choices = [o for m in methods for o in _settable(registered[m])]
                 raise MethodError(f"--option {raw!r}: no method of this run has an option "
                                   f"{name!r}{did_you_mean(name, choices)}; options: "
                                   f"{listed or 'none (no methods)'}")
         for target in targets:
             method = registered[target]
-            if name not in method.options:
+            if name not in _settable(method):
                 raise MethodError(f"--option {raw!r}: method {target!r} has no option {name!r}"
-                                  f"{did_you_mean(name, method.options)}; its options are: "
+                                  f"{did_you_mean(name, _settable(method))}; its options are: "
                                   f"{_options_of(method)}")
-            default = method.options[name]
+            default = _settable(method)[name]
             if not _accepts(default, value):
                 kind = type(default).__name__
                 article = "an" if kind[0] in "aeiou" else "a"

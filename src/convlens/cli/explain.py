@@ -1,4 +1,9 @@
-"""``explain``: heatmaps for image files and folders, written to disk batch by batch."""
+"""``explain``: heatmaps for image files and folders, written to disk batch by batch.
+
+The work is :class:`convlens.jobs.explain_job.ExplainJob`: resumable (the same command run
+again skips finished photos), never reading its own output folder, every file written
+atomically. Progress is drawn by :mod:`convlens.cli._progress`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,12 @@ import typer
 
 from convlens.cli._common import (
     ModelOptions,
+    check_max_pixels,
     console,
     fail,
     friendly_errors,
+    max_pixels_option,
+    parse_method_options,
     parse_methods,
     report_problems,
     with_model_options,
@@ -34,25 +42,53 @@ def explain(
     target: str = typer.Option("pred", "--target",
                                help="pred, a class INDEX, a class NAME, or top:K."),
     layer: str | None = typer.Option(None, "--layer", help="Layer for CAMs (see `layers`)."),
-    out: Path = typer.Option(Path("convlens-out"), "--out", "-o", help="Output folder."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per batch."),
-    normalize: str = typer.Option("image", "--normalize",
-                                  help="image: each map to its own peak; batch: shared scale."),
+    out: Path = typer.Option(Path("convlens-out"), "--out", "-o",
+                             help="Output folder (never read as input)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1,
+                                   help="Images per batch (results do not depend on it)."),
+    normalize: str = typer.Option(
+        "image", "--normalize",
+        help="image: each map to its own peak; batch: one scale per method over the whole run."),
+    option: list[str] = typer.Option(
+        [], "--option", help="Method option METHOD.NAME=VALUE, e.g. integrated_gradients."
+                             "steps=25 (repeatable; see `methods` for names)."),
+    workers: int = typer.Option(0, "--workers", min=0,
+                                help="Processes decoding images (0: in this process)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace results of another configuration in --out."),
+    grid: bool = typer.Option(True, "--grid/--no-grid",
+                              help="Also draw a titled grid per image (slow on a CPU)."),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume",
+        help="Skip photos finished by an earlier run of the same command (default); "
+             "--no-resume recomputes everything (same as --overwrite)."),
+    max_pixels: int | None = max_pixels_option(),
     *, model_options: ModelOptions,
 ) -> None:
-    """Write heatmaps (one PNG per method), a grid per image and results.json."""
-    from convlens.report import ExplainJob
+    """Write heatmaps (one PNG per method), a grid per image, results.json and index.html."""
+    from convlens.cli._progress import cli_progress
+    from convlens.jobs.explain_job import ExplainJob
+    from convlens.jobs.store import ensure_folder
 
     if normalize not in ("image", "batch"):
         fail(f"--normalize must be 'image' or 'batch', got {normalize!r}")
+    check_max_pixels(max_pixels)
     method_names = parse_methods(method)
+    options = parse_method_options(option, method_names)
     target_value = _parse_target(target)
+    ensure_folder(out)  # a file in the way fails before the model loads
     classifier = model_options.load()
     job = ExplainJob(classifier, method_names, out, target=target_value, layer=layer,
-                     normalize=normalize, batch_size=batch_size)
-    problems = job.run(images, progress=True)
-    console.print(f"wrote {len(job.records)} explanation(s) to {out}/ (results.json)")
-    report_problems(problems)
+                     normalize=normalize, batch_size=batch_size, workers=workers,
+                     options=options, overwrite=overwrite or not resume, grids=grid,
+                     max_pixels=max_pixels)
+    with cli_progress() as progress:
+        outcome = job.run(images, progress=progress)
+    skipped = f", {outcome.skipped} image(s) already done" if outcome.skipped else ""
+    page = f", {outcome.page.name}" if outcome.page else ""
+    console.print(f"wrote {outcome.new} explanation(s) to {out}/{skipped} "
+                  f"(results.json{page}: {outcome.records} in all)")
+    report_problems(outcome.problems)
 
 
 def register(app: typer.Typer) -> None:

@@ -468,7 +468,7 @@ def collate(samples: Sequence[tuple[Any, ...]]) -> Batch:
 
 def batches(entries: Sequence[Entry], preprocessing: Preprocessing, *, batch_size: int = 8,
             workers: int = 0, salt: str = "", skip: Collection[str] = frozenset(),
-            keep_images: bool = True) -> Iterator[Batch]:
+            keep_images: bool = True, max_pixels: int | None = None) -> Iterator[Batch]:
     """Decode ``entries`` in order, ``batch_size`` at a time, in ``workers`` processes.
 
     Args:
@@ -482,6 +482,8 @@ def batches(entries: Sequence[Entry], preprocessing: Preprocessing, *, batch_siz
         skip: Keys not to decode (finished work); those items come back in ``skipped``.
         keep_images: Ship the decoded display images with the batch (needed to draw
             overlays); ``False`` saves the transfer from the workers.
+        max_pixels: Refuse photos with more pixels (default: the library's cap, see
+            :func:`convlens.io.images.load_image`); a refused photo is a recorded problem.
 
     Yields:
         One :class:`Batch` per ``batch_size`` entries; ``x`` stays on the CPU.
@@ -490,7 +492,8 @@ def batches(entries: Sequence[Entry], preprocessing: Preprocessing, *, batch_siz
         raise ConvlensError(f"batch_size must be at least 1, got {batch_size}")
     if workers < 0:
         raise ConvlensError(f"workers must be 0 (decode in this process) or more, got {workers}")
-    dataset = ImageDataset(entries, preprocessing, salt=salt, skip=skip, keep_images=keep_images)
+    dataset = ImageDataset(entries, preprocessing, salt=salt, skip=skip, keep_images=keep_images,
+                           max_pixels=max_pixels)
     if not len(dataset):
         return iter(())
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,

@@ -618,7 +618,8 @@ def _extension_list() -> str:
 # ---------------------------------------------------------------------- output naming
 
 _MAX_NAME_LENGTH = 80
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_NAME_BYTES = 120
+_UNDERSCORE_RUNS = re.compile(r"_{2,}")
 _DOT_RUNS = re.compile(r"\.{2,}")
 _WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL"}
@@ -631,9 +632,11 @@ def safe_output_name(path: str | os.PathLike[str], used: set[str]) -> str:
     """A file-system-safe, unique stem for the output files of one input image.
 
     The stem is derived from the input's file name only (folders, ``..`` and separators of
-    either OS are dropped), accents are stripped, every other character outside
-    ``[A-Za-z0-9._-]`` becomes ``_``, leading dots and dashes and runs of dots are removed,
-    Windows device names are prefixed, and the length is capped. Outputs named after it
+    either OS are dropped), the name is put in Unicode NFC form, letters and digits of any
+    script (Chinese, accented Latin...) and ``. _ -`` are kept while every other character
+    (spaces, punctuation, symbols, controls, invisible format characters) becomes ``_``,
+    leading dots and dashes and runs of dots are removed, Windows device names are
+    prefixed, and the length is capped (80 characters, 120 UTF-8 bytes). Outputs named after it
     therefore stay inside the output directory and never become hidden files. Names are
     de-duplicated case-insensitively (for macOS and Windows) by appending ``-2``,
     ``-3``...
@@ -644,7 +647,7 @@ def safe_output_name(path: str | os.PathLike[str], used: set[str]) -> str:
             it, so passing the same set for a whole batch keeps every name unique.
 
     Returns:
-        A stem such as ``Cafe_1``; never empty, ``.`` or ``..``, at most 80 characters.
+        A stem such as ``Café_1``; never empty, ``.`` or ``..``, at most 80 characters.
     """
     stem = _safe_stem(os.fsdecode(os.fspath(path)))
     name = _unique(stem, used)
@@ -656,15 +659,33 @@ def _safe_stem(raw: str) -> str:
     """The sanitized stem of the last path component of ``raw``."""
     name = re.split(r"[\\/]", raw)[-1]
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    decomposed = unicodedata.normalize("NFKD", stem)
-    ascii_like = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    safe = _DOT_RUNS.sub(".", _UNSAFE_CHARS.sub("_", ascii_like)).lstrip(".-")
-    safe = safe[:_MAX_NAME_LENGTH].rstrip(".")
+    composed = unicodedata.normalize("NFC", stem)
+    kept = "".join(ch if _is_safe_char(ch) else "_" for ch in composed)
+    safe = _DOT_RUNS.sub(".", _UNDERSCORE_RUNS.sub("_", kept)).lstrip(".-")
+    safe = _cap(safe).rstrip(".")
     if not any(ch.isalnum() for ch in safe):
         return "image"
     if safe.split(".")[0].upper() in _WINDOWS_RESERVED:
-        safe = ("_" + safe)[:_MAX_NAME_LENGTH]
+        safe = _cap("_" + safe)
     return safe
+
+
+def _is_safe_char(ch: str) -> bool:
+    """Letters, digits and combining marks of any script, and ``. _ -``: nothing else.
+
+    Spaces, punctuation, symbols, controls and invisible format characters (such as the
+    right-to-left override, which can disguise an extension) become ``_``.
+    """
+    return ch in "._-" or unicodedata.category(ch)[0] in "LNM"
+
+
+def _cap(text: str) -> str:
+    """At most 80 characters and 120 UTF-8 bytes: room for ``.classN.METHOD.png`` under the
+    255-byte name limit of common file systems, whatever the script."""
+    text = text[:_MAX_NAME_LENGTH]
+    while len(text.encode("utf-8")) > _MAX_NAME_BYTES:
+        text = text[:-1]
+    return text
 
 
 def _unique(stem: str, used: set[str]) -> str:

@@ -389,17 +389,21 @@ class ResultStore:
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record, shard by shard, in the order appended (streamed, not all in memory).
 
-        A key seen in an earlier shard (two processes wrote the same item) is given once.
+        Several records may share a key within one shard (one image, several targets);
+        a key already seen in an earlier shard (two processes wrote the same item) is
+        skipped in later ones.
         """
         seen: set[str] = set()
         for shard in self.shards():
+            keys = set()
             for record in self.shard_records(shard):
                 key = record.get("key")
                 if key is not None:
                     if key in seen:
                         continue
-                    seen.add(key)
+                    keys.add(key)
                 yield record
+            seen |= keys
 
     def done_keys(self) -> set[str]:
         """Keys of every stored record (read once, then kept up to date by :meth:`append`)."""
