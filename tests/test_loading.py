@@ -253,3 +253,21 @@ def test_library_messages_carry_no_terminal_escapes(tmp_path: Path) -> None:
         cl.load_model(FACTORY, weights=tmp_path / "whole.pt", device="cpu")
     assert "\x1b" not in str(info.value)
     assert "Weights only load failed" in str(info.value)
+
+
+def test_a_factory_file_may_define_dataclasses(tmp_path) -> None:
+    """A ``file.py:factory`` module runs registered in sys.modules, as dataclasses need."""
+    factory = tmp_path / "dc_model.py"
+    factory.write_text(
+        "from dataclasses import dataclass\n"
+        "import torch.nn as nn\n"
+        "@dataclass\n"
+        "class Settings:\n"
+        "    width: int = 4\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, Settings().width, 3), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(4, 2))\n")
+    from convlens.models.loading import load_model
+
+    clf = load_model(f"{factory}:build", input_size=16, device="cpu")
+    assert clf.predict([__import__("numpy").zeros((16, 16, 3), "uint8")], top=1)

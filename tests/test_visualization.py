@@ -641,3 +641,18 @@ def test_cuda_matches_cpu() -> None:
     torch.testing.assert_close(on_gpu.images.cpu(), on_cpu.images, atol=2e-3, rtol=0)
     clf = cl.Classifier(gpu_model, input_size=24, device="cuda")
     assert cl.visualize(clf, "features.2:0", steps=2).images.device.type == "cuda"
+
+
+def test_visualize_reports_progress_as_events_to_a_callback() -> None:
+    events = []
+    cl.visualize(vgg(), obj.channel("features.0", 0), size=16, steps=10, seed=0,
+                 progress=events.append)
+    assert [e.stage for e in events] == ["visualize"] * len(events)
+    assert events[0].done == 0 and events[-1].done == 10 and events[-1].total == 10
+    assert events[-1].message.startswith("objective ")
+    assert all(a.done <= b.done for a, b in zip(events, events[1:]))
+
+
+def test_visualize_draws_nothing_without_being_asked(capsys) -> None:
+    cl.visualize(vgg(), obj.channel("features.0", 0), size=16, steps=3, seed=0, progress=False)
+    assert capsys.readouterr() == ("", "")

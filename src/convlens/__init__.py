@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
+    "Audit": "convlens.auditing.run",
     "Classifier": "convlens.models.classifier",
     "ConvlensError": "convlens.errors",
     "ConvlensWarning": "convlens.errors",
@@ -29,7 +30,9 @@ _EXPORTS: dict[str, str] = {
     "Visualization": "convlens.visualization.optimize",
     "as_classifier": "convlens.models.classifier",
     "attribute": "convlens.attribution.core",
+    "audit": "convlens.auditing.run",
     "class_grid": "convlens.explain",
+    "evaluate": "convlens.metrics.evaluate",
     "explain": "convlens.explain",
     "get_method": "convlens.attribution.core",
     "iter_explain": "convlens.explain",

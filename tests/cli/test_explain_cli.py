@@ -131,12 +131,14 @@ def test_option_flag_is_validated_and_recorded(tmp_path: Path) -> None:
     result = invoke(str(tmp_path / "in"), "--method", "integrated_gradients",
                     "--option", "integrated_gradients.stepz=3", "--out", str(tmp_path / "o2"))
     assert result.exit_code == 2
-    assert "has no option 'stepz'; its options are: " in one_error_line(result)
+    line = one_error_line(result)
+    assert "has no option 'stepz'; did you mean 'steps'?; its options are: " in line
+    assert "steps=50" in line
     assert "steps=" in result.stderr
     result = invoke(str(tmp_path / "in"), "--method", "gradcam",
                     "--option", "saliency.abs=1", "--out", str(tmp_path / "o3"))
     assert result.exit_code == 2
-    assert "not among the methods run; valid: gradcam" in one_error_line(result)
+    assert "not among the methods of this run (gradcam)" in one_error_line(result)
 
 
 def test_another_configuration_needs_overwrite(tmp_path: Path) -> None:

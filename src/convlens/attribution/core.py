@@ -23,12 +23,10 @@ from torch import nn
 
 from convlens._hooks import HookSession, evaluation_mode, gradients_enabled
 from convlens.attribution.targets import (
-    OutputKey,
     TargetLike,
     is_score_function,
     resolve_targets,
     score_logits,
-    select_output,
     target_scores,
 )
 from convlens.errors import (
@@ -40,6 +38,7 @@ from convlens.errors import (
     unknown_choice,
 )
 from convlens.models.layers import resolve_layer
+from convlens.models.outputs import OutputKey, model_failure, select_output
 from convlens.models.tokens import TokenLayout, infer_layout, to_grid
 
 FAMILIES = ("gradient", "cam", "perturbation", "relevance")
@@ -187,7 +186,7 @@ class Problem:
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
             if isinstance(error, ConvlensError):  # our own errors pass through
                 raise
-            raise _model_failure(inputs, error) from error
+            raise model_failure(inputs, error) from error
         if is_score_function(self.target):
             return score_logits(self.target, out)
         return out
@@ -281,18 +280,6 @@ def check_input(x: object) -> torch.Tensor:
     if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise InputShapeError("x contains NaN or infinite values")
     return x
-
-
-def _model_failure(inputs: torch.Tensor, error: Exception) -> InputShapeError:
-    """The error for a model that failed on ``inputs``, with a hint for channel mismatches."""
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    hint = ""
-    if "channels" in text and inputs.dim() == 4 and inputs.shape[1] == 1:
-        hint = ("; a 1-channel (grey) input to a 3-channel model: repeat the channel, "
-                "x.repeat(1, 3, 1, 1), or preprocess the photo with Classifier.preprocess")
-    return InputShapeError(
-        f"the model failed on an input of shape {tuple(inputs.shape)} "
-        f"({inputs.dtype}, {inputs.device}): {text}{hint}")
 
 
 def _prepare_x(x: torch.Tensor, model: nn.Module) -> torch.Tensor:

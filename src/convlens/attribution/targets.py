@@ -21,16 +21,16 @@ score; methods that need a class's softmax probability refuse it (see
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from convlens.errors import TargetError, UnsupportedModelError, did_you_mean
+from convlens.errors import TargetError, did_you_mean
+from convlens.models.outputs import OutputKey, select_output  # noqa: F401 (re-exported)
 
 ScoreFunction = Callable[[Any], torch.Tensor]
 TargetLike = None | int | str | Sequence[int | str] | torch.Tensor | ScoreFunction
-OutputKey = None | int | str
 
 
 def is_score_function(target: object) -> bool:
@@ -42,53 +42,6 @@ def score_name(target: object) -> str:
     """A display name for a score function: its ``__name__`` unless it is a lambda."""
     name = getattr(target, "__name__", None)
     return "custom score" if not name or name == "<lambda>" else name
-
-
-def select_output(out: Any, output: OutputKey = None) -> torch.Tensor:
-    """The tensor to explain among a model's outputs.
-
-    Args:
-        out: What ``model(x)`` returned: a tensor, a tuple/list, or a dict (also
-            ``ModelOutput``-like mappings and named tuples).
-        output: ``None`` = the tensor itself, or the first tensor of a tuple/list/dict
-            (insertion order); an int = that position; a str = that key or attribute.
-
-    Raises:
-        UnsupportedModelError: when nothing selected is a tensor, naming what there is.
-    """
-    if isinstance(out, torch.Tensor) and output is None:
-        return out
-    if isinstance(out, Mapping):
-        keys = list(out)
-        if output is None:
-            chosen = next((out[k] for k in keys if isinstance(out[k], torch.Tensor)), None)
-        elif output in out:
-            chosen = out[output]
-        else:
-            raise UnsupportedModelError(
-                f"the model's output has no key {output!r}; its keys are {keys}; pass "
-                "output= one of them")
-    elif isinstance(out, (tuple, list)):
-        if output is None:
-            chosen = next((item for item in out if isinstance(item, torch.Tensor)), None)
-        elif isinstance(output, int) and not isinstance(output, bool) and \
-                -len(out) <= output < len(out):
-            chosen = out[output]
-        elif isinstance(output, str) and hasattr(out, output):  # named tuple
-            chosen = getattr(out, output)
-        else:
-            raise UnsupportedModelError(
-                f"output={output!r} does not select one of the model's {len(out)} outputs; "
-                f"pass an index 0..{len(out) - 1}")
-    else:
-        raise UnsupportedModelError(
-            f"the model returned a {type(out).__name__}; convlens explains a tensor, a "
-            "tuple/list or a dict of tensors (choose one with output=)")
-    if not isinstance(chosen, torch.Tensor):
-        raise UnsupportedModelError(
-            f"the selected model output is a {type(chosen).__name__}, not a tensor; choose "
-            "a tensor output with output= (an index or a key)")
-    return chosen
 
 
 def score_logits(score_fn: ScoreFunction, out: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +165,12 @@ def visualize(
         init = (classifier.preprocessing.resize_image(photo)[0]
                 if model_options.resize is not None
                 else _start_size(photo, size, classifier.preprocessing.input_size))
-    res = render(classifier, goals, size=size, steps=steps, seed=seed, lr=lr, param=param,
-                 transforms=transforms, init=init, progress=None)
+    from convlens.cli._progress import cli_progress
+
+    on_terminal = sys.stderr.isatty()  # a bar on a terminal; nothing in pipes and logs
+    with cli_progress(terminal=True) if on_terminal else nullcontext(False) as progress:
+        res = render(classifier, goals, size=size, steps=steps, seed=seed, lr=lr, param=param,
+                     transforms=transforms, init=init, progress=progress)
     # Render into a private folder inside --out, then move each finished file into place.
     with tempfile.TemporaryDirectory(prefix=".convlens-", dir=out) as staging:
         staged = res.save(staging)

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from convlens.attribution.targets import OutputKey, select_output
 from convlens.errors import ConvlensError, ModelLoadError, UnsupportedModelError
+from convlens.models.outputs import OutputKey, model_failure, select_output
 from convlens.models.preprocessing import Geometry, Preprocessing
 
 ImageLike = Union[str, "Image.Image", np.ndarray, Any]
@@ -130,9 +130,8 @@ class Classifier:
             except (RuntimeError, ValueError, TypeError, IndexError) as error:
                 if isinstance(error, ConvlensError):
                     raise
-                from convlens.attribution.core import _model_failure
 
-                raise _model_failure(torch.empty(1, *key), error) from error
+                raise model_failure(torch.empty(1, *key), error) from error
         return self._default_layers[key]
 
     @torch.no_grad()

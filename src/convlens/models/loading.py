@@ -17,11 +17,13 @@ Safety policy (what may run code on the user's machine):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.util
 import json
 import pickle
 import re
+import sys
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -249,9 +251,17 @@ def _call_factory(spec: str) -> nn.Module:
             file = Path(target)
             if not file.is_file():
                 raise ModelLoadError(f"factory file not found: {file}")
-            module_spec = importlib.util.spec_from_file_location(file.stem, file)
+            # Registered under a private, path-derived name while it runs: dataclasses and
+            # pickling look their module up in sys.modules (a bare exec_module crashes them).
+            name = f"convlens_factory_{hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]}"
+            module_spec = importlib.util.spec_from_file_location(name, file)
             module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
+            sys.modules[name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
         else:
             module = importlib.import_module(target)
     except ImportError as error:

@@ -15,6 +15,7 @@ network the objectives need, plus the parameterisation (an inverse FFT) and the 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from convlens.errors import (
     ObjectiveError,
     UnsupportedModelError,
 )
+from convlens.jobs.progress import ProgressCallback, emit, notebook_progress, text_progress
 from convlens.models.layers import resolve_layer
 from convlens.visualization import transforms as transforms_module
 from convlens.visualization.objectives import LOGITS, Context, Objective, as_objective
@@ -338,7 +340,7 @@ def visualize(
     std: Sequence[float] | None = None,
     snapshots: Iterable[int] = (),
     time_limit: float | None = None,
-    progress: bool | None = None,
+    progress: bool | ProgressCallback | None = None,
     callback: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None,
 ) -> Visualization:
     """Optimise images to maximise an objective (activation maximisation, Lucid-style).
@@ -370,7 +372,9 @@ def visualize(
         mean, std: Override the normalisation applied before the forward.
         snapshots: Steps after which to keep a copy of the images.
         time_limit: Stop early after this many seconds (the trace is then shorter).
-        progress: Show a progress bar; default when stderr is a terminal.
+        progress: A :data:`~convlens.jobs.progress.ProgressCallback` receiving events
+            every few steps, ``True`` (plain lines, or a bar in a notebook), ``False``; default:
+            lines when stderr is a terminal.
         callback: Called after every step as ``callback(step, images, values)`` with that
             step's images (before its update, detached, untransformed) and the K objective
             values; for live previews, custom logging or timing.
@@ -403,7 +407,7 @@ def visualize(
     kept: dict[int, torch.Tensor] = {}
     values_per_step: list[torch.Tensor] = []
     began = time.perf_counter()
-    bar = _progress_bar(progress, steps)
+    bar = _progress(progress, steps)
     try:  # parameters are made with autograd on, even inside the caller's inference_mode
         with HookSession() as hooks, evaluation_mode(parts.module), gradients_enabled():
             image_param = make_param(param, batch, size_hw, generator=generator,
@@ -448,31 +452,26 @@ def visualize(
     return Visualization(images, trace, names, time.perf_counter() - began, kept)
 
 
-class _Bar:
-    """A rich progress bar that refreshes every few steps (reading the value syncs CUDA)."""
+class _Progress:
+    """Reports optimisation steps as progress events, every few steps (reading the objective
+    value syncs CUDA, so not at every step)."""
 
-    def __init__(self, steps: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("visualize"), BarColumn(),
-                                 TextColumn("{task.completed}/{task.total}"),
-                                 TextColumn("{task.fields[value]}"), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=True)
-        self.task = self.progress.add_task("visualize", total=steps, value="")
+    def __init__(self, callback: ProgressCallback, steps: int) -> None:
+        self.callback = callback
+        self.steps = steps
         self.every = max(1, steps // 50)
-        self.progress.start()
+        emit(callback, "visualize", 0, steps)
 
     def advance(self, step: int, values: list[torch.Tensor]) -> None:
-        if step % self.every == 0 or step == self.progress.tasks[0].total - 1:
-            value = f"objective {float(values[-1].mean()):.3g}"
-            self.progress.update(self.task, completed=step + 1, value=value)
+        if step % self.every == 0 or step == self.steps - 1:
+            emit(self.callback, "visualize", step + 1, self.steps,
+                 f"objective {float(values[-1].mean()):.3g}")
 
     def close(self) -> None:
-        self.progress.stop()
+        pass
 
 
-class _NoBar:
+class _NoProgress:
     def advance(self, step: int, values: list[torch.Tensor]) -> None:
         pass
 
@@ -480,9 +479,19 @@ class _NoBar:
         pass
 
 
-def _progress_bar(progress: bool | None, steps: int) -> _Bar | _NoBar:
-    if progress is None:
-        import sys
+def _progress(progress: bool | ProgressCallback | None, steps: int) -> _Progress | _NoProgress:
+    """``progress``: a callback, True (text lines or a notebook bar), False, or None (True
+    when stderr is a terminal). The library never draws Rich bars itself; the CLI passes
+    its own callback (docs/architecture.md, "Layers and the direction data flows")."""
+    if steps <= 0 or progress is False:
+        return _NoProgress()
+    if callable(progress):
+        return _Progress(progress, steps)
+    if progress is None and not sys.stderr.isatty():
+        return _NoProgress()
+    return _Progress(notebook_progress() if _in_notebook() else text_progress(), steps)
 
-        progress = sys.stderr.isatty()
-    return _Bar(steps) if progress and steps > 0 else _NoBar()
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    return bool(shell and getattr(shell, "get_ipython", lambda: None)())

@@ -1,0 +1,191 @@
+"""The audit's one streaming pass: predictions and small attribution maps for every image.
+
+Per batch: decode (DataLoader workers, :func:`convlens.io.datasets.batches`), one forward and
+one backward for the attribution of the predicted class (the logits are taken from that same
+forward, so predictions cost nothing extra), a second attribution for the true class of the
+mistakes only, then one append to the :class:`~convlens.jobs.store.ResultStore`: a JSON-lines
+shard of records and the maps as float16 side arrays, downsized to ``map_size`` (32x32 by
+default: 2 KiB per map). Nothing accumulates in memory; finished images (keyed by their
+content and the configuration) are skipped on a rerun, so a killed run resumes.
+
+See docs/architecture.md, "Layers and the direction data flows": audit uses io, models,
+attribution and jobs, never present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convlens.attribution.core import Method, attribute, get_method
+from convlens.io.datasets import Batch, Dataset, batches
+from convlens.io.images import InputProblem
+from convlens.jobs.progress import ProgressCallback, emit
+from convlens.jobs.store import ResultStore
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+TOP = 5
+
+
+def model_fingerprint(module: nn.Module, labels: Sequence[str] | None, preprocessing: Any) -> str:
+    """SHA-256 (16 hex digits) of every parameter and buffer, the labels and the preprocessing.
+
+    A different network, other weights, other labels or other preprocessing give another
+    fingerprint, so a results folder is never silently reused for a different model.
+    """
+    hasher = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        hasher.update(name.encode())
+        data = tensor.detach().cpu().contiguous()
+        hasher.update(str((data.dtype, tuple(data.shape))).encode())
+        hasher.update(data.view(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    hasher.update(repr(list(labels) if labels is not None else None).encode())
+    hasher.update(repr(preprocessing).encode())
+    return hasher.hexdigest()[:16]
+
+
+class _Recorder(nn.Module):
+    """Runs the user's module and keeps its last output (detached), so that the attribution's
+    own forward also gives us the logits. It holds the module; it changes nothing on it."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.last: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == x.shape[0]:
+            self.last = out.detach()
+        return out
+
+
+def downsize(raw: torch.Tensor, spec: Method, size: int) -> np.ndarray:
+    """Raw attributions ``(N, C, H, W)`` -> float16 maps ``(N, size, size)`` for storage.
+
+    Channels are reduced as presentation does (``spec.channel_reduction``), an offset
+    (RISE) is removed, and the map is resized with area averaging (shrinking) or bilinear
+    interpolation (a 7x7 CAM growing to 32x32). Values are not normalised: SpRAy does that,
+    and a weak map stays weak. Values are clipped to the float16 range.
+    """
+    maps = raw.detach().float()
+    if maps.shape[1] > 1:
+        maps = maps.abs().amax(dim=1, keepdim=True) if spec.channel_reduction == "max_abs" \
+            else maps.sum(dim=1, keepdim=True)
+    if spec.offset:
+        maps = maps - maps.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
+    if maps.shape[-1] >= size and maps.shape[-2] >= size:
+        maps = F.adaptive_avg_pool2d(maps, size)
+    else:
+        maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+    maps = torch.nan_to_num(maps[:, 0], nan=0.0).clamp(-FLOAT16_MAX, FLOAT16_MAX)
+    return maps.cpu().numpy().astype(np.float16)
+
+
+@dataclass
+class PassSettings:
+    """What the pass computes; every field is part of the store's configuration."""
+
+    method: str = "gradcam"
+    layer: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    map_size: int = 32
+    batch_size: int = 32
+    workers: int = 0
+
+
+@dataclass
+class PassOutcome:
+    """What one run of the pass saw: the keys of the dataset's images, and the bad files."""
+
+    keys: list[str]
+    problems: list[InputProblem]
+    computed: int
+
+
+def run_pass(classifier: Any, dataset: Dataset, store: ResultStore, settings: PassSettings, *,
+             progress: ProgressCallback | None = None) -> PassOutcome:
+    """Predict and attribute every image of ``dataset`` not yet in ``store``.
+
+    Args:
+        classifier: A :class:`~convlens.models.classifier.Classifier` (labels, preprocessing).
+        dataset: From :func:`convlens.io.datasets.read_dataset`.
+        store: Opened with the audit's configuration; finished keys are skipped.
+        settings: Method, layer (a resolved dotted name), options, map size, batching.
+        progress: Called with ``stage="audit"`` after each batch.
+    """
+    spec = get_method(settings.method)
+    module = classifier.module
+    recorder = _Recorder(module)
+    layer_module = dict(module.named_modules())[settings.layer] if settings.layer else None
+    labels = classifier.labels
+    index_of = {name: i for i, name in enumerate(labels)} if labels else {}
+    done = store.done_keys()
+    keys: list[str] = []
+    problems: list[InputProblem] = list(dataset.problems)
+    total, seen, computed = len(dataset.entries), 0, 0
+    emit(progress, "audit", 0, total)
+    for batch in batches(dataset.entries, classifier.preprocessing,
+                         batch_size=settings.batch_size, workers=settings.workers,
+                         salt=store.fingerprint or "", skip=done, keep_images=False):
+        keys.extend(item.key for item in batch.items)
+        keys.extend(item.key for item in batch.skipped)
+        problems.extend(batch.problems)
+        if batch.x is not None:
+            _attribute_batch(batch, recorder, spec, layer_module, settings, classifier, index_of,
+                             store)
+            computed += len(batch.items)
+        seen += batch.size
+        emit(progress, "audit", seen, total, f"{computed} computed, {len(problems)} unreadable")
+    return PassOutcome(keys, problems, computed)
+
+
+def _attribute_batch(batch: Batch, recorder: _Recorder, spec: Method,
+                     layer_module: nn.Module | None, settings: PassSettings, classifier: Any,
+                     index_of: dict[str, int], store: ResultStore) -> None:
+    x = batch.x.to(classifier.device)
+    layer = layer_module if spec.needs_layer else None
+    raw = attribute(recorder, x, spec.name, target=None, layer=layer, **settings.options)
+    logits = recorder.last
+    if logits is None:  # a method that never ran the plain batch: one extra forward
+        logits = classifier.logits(x)
+    recorder.last = None
+    probabilities = logits.float().softmax(dim=1).cpu()
+    predicted = probabilities.argmax(dim=1)
+    maps = downsize(raw, spec, settings.map_size)
+    truth = [index_of.get(item.label) if item.label is not None else None
+             for item in batch.items]
+    wrong = [i for i, t in enumerate(truth) if t is not None and t != int(predicted[i])]
+    true_maps = np.zeros((0, settings.map_size, settings.map_size), np.float16)
+    if wrong:
+        targets = torch.tensor([truth[i] for i in wrong])
+        raw_true = attribute(recorder, x[wrong], spec.name, target=targets, layer=layer,
+                             **settings.options)
+        recorder.last = None
+        true_maps = downsize(raw_true, spec, settings.map_size)
+    top = min(TOP, probabilities.shape[1])
+    values, indices = probabilities.topk(top, dim=1)
+    records = []
+    for row, item in enumerate(batch.items):
+        p = int(predicted[row])
+        records.append({
+            "key": item.key,
+            "path": item.relpath,
+            "label": item.label,
+            "predicted": classifier.label(p),
+            "predicted_index": p,
+            "probability": round(float(probabilities[row, p]), 6),
+            "top5": [[classifier.label(int(i)), round(float(v), 6)]
+                     for v, i in zip(values[row], indices[row])],
+            "correct": None if truth[row] is None else truth[row] == p,
+            "row": row,
+            "true_row": wrong.index(row) if row in wrong else None,
+        })
+    store.append(records, {"maps": maps, "truemaps": true_maps})

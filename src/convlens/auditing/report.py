@@ -1,0 +1,232 @@
+"""The audit's HTML report and its notebook view.
+
+``OUT/report.html`` opens from the file system with no network: thumbnails, prototypes and
+figures are files under ``OUT/report-files/`` (loaded lazily), never thousands of data URIs;
+the page carries a Content-Security-Policy (no scripts, images only from its own folder)
+and every file name goes through Jinja2's autoescaping. The report stays fast at 10,000
+images because it shows a bounded number of examples (per cluster, per mistake pair, per
+page of classes) and says how many more ``audit.json`` lists.
+
+Full-size maps are recomputed here, batched, for the images the report shows (the pass
+stores only 32x32 maps). This module sits above the layers like :mod:`convlens.explain`
+(docs/architecture.md, "Layers and the direction data flows").
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from convlens.jobs.progress import ProgressCallback, emit
+from convlens.jobs.store import config_fingerprint, write_text_atomic
+
+if TYPE_CHECKING:
+    from convlens.auditing.run import Audit
+
+ASSETS = "report-files"
+SUSPICIOUS = 5
+PROTOTYPE_MEMBERS = 16
+EXAMPLES = 6
+CLASSES = 50
+MISTAKE_PAIRS = 30
+MISTAKE_EXAMPLES = 6
+
+
+def _name(path: str, suffix: str) -> str:
+    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:16] + suffix
+
+
+class _Maps:
+    """Collects (image, class) pairs, then recomputes their full-size maps batch by batch."""
+
+    def __init__(self, audit: Audit) -> None:
+        self.audit = audit
+        self.wanted: dict[str, set[int]] = defaultdict(set)
+        self.photos: set[str] = set()
+
+    def want(self, path: str, target: int | None) -> str:
+        if target is None:
+            self.photos.add(path)
+            return f"{ASSETS}/{_name(path, '.jpg')}"
+        self.wanted[path].add(target)
+        return f"{ASSETS}/{_name(path, f'-{target}.jpg')}"
+
+    def render(self, folder: Path, batch_size: int, progress: ProgressCallback | None) -> None:
+        from convlens.attribution.core import attribute
+        from convlens.io.datasets import batches
+        from convlens.present.audit_figures import overlay_thumbnail, thumbnail
+        from convlens.present.heatmap import apply_sign, reduce_channels, remove_offset, upsample
+
+        audit = self.audit
+        classifier, settings = audit.classifier, audit.settings
+        from convlens.attribution.core import get_method
+
+        spec = get_method(settings.method)
+        entries = {e.relpath: e for e in audit.dataset.entries}
+        paths = sorted((set(self.wanted) | self.photos) & set(entries))
+        pairs = [(p, t) for p in paths for t in sorted(self.wanted.get(p, ()))]
+        emit(progress, "report", 0, len(paths))
+        targets_of = defaultdict(list)
+        for p, t in pairs:
+            targets_of[p].append(t)
+        done = 0
+        for batch in batches([entries[p] for p in paths], classifier.preprocessing,
+                             batch_size=batch_size, keep_images=True):
+            views, rows, targets = [], [], []
+            for position, item in enumerate(batch.items):
+                image = batch.image(position)
+                if item.relpath in self.photos:
+                    thumbnail(image, folder / _name(item.relpath, ".jpg"))
+                view = classifier.preprocessing.resize_image(image)[0]
+                views.append(view)
+                for target in targets_of.get(item.relpath, []):
+                    rows.append(position)
+                    targets.append(target)
+            if rows:
+                x = batch.x[rows].to(classifier.device)
+                layer = settings.layer if spec.needs_layer else None
+                raw = attribute(classifier, x, spec.name, target=torch.tensor(targets),
+                                layer=layer, **settings.options)
+                maps = reduce_channels(raw, spec.channel_reduction)
+                if spec.offset:
+                    maps = remove_offset(maps)
+                maps = apply_sign(maps, "positive")
+                height, width = x.shape[-2:]
+                maps = upsample(maps, (height, width)).cpu().numpy()
+                for k, (position, target) in enumerate(zip(rows, targets)):
+                    item = batch.items[position]
+                    overlay_thumbnail(views[position], maps[k],
+                                      folder / _name(item.relpath, f"-{target}.jpg"))
+            done += batch.size
+            emit(progress, "report", done, len(paths))
+
+
+def write_report(audit: Audit, target: Path, *, progress: ProgressCallback | None = None,
+                 batch_size: int | None = None) -> Path:
+    """Write ``target`` (HTML) and its files under ``target.parent / report-files``."""
+    from convlens.errors import ConvlensError
+    from convlens.present.audit_figures import confusion_figure, eigenvalue_figure, prototype
+    from convlens.present.html import render_page
+
+    if audit.classifier is None or audit.dataset is None or audit.settings is None:
+        raise ConvlensError("this Audit has no classifier and dataset attached; run "
+                            "cl.audit(classifier, data, ...) to write a report")
+    data = audit.data
+    source = config_fingerprint(data)
+    stamp = f'<meta name="convlens-audit" content="{source}">'
+    if target.is_file() and stamp in target.read_text(encoding="utf-8", errors="replace"):
+        emit(progress, "report", 1, 1, f"{target} is up to date")
+        return target  # built from this very audit.json: nothing to redraw
+    folder = target.parent / ASSETS
+    folder.mkdir(parents=True, exist_ok=True)
+    classifier = audit.classifier
+    index_of = {name: i for i, name in enumerate(classifier.labels or [])}
+    maps = _Maps(audit)
+    classes = {c["name"]: c for c in data["classes"]}
+    by_path = {i["path"]: i for i in data["images"]}
+
+    suspicious = []
+    pending_prototypes = []
+    for s in data["suspicious"][:SUSPICIOUS]:
+        cluster = classes[s["class"]]["clusters"][s["cluster"]]
+        members = cluster["members"][:PROTOTYPE_MEMBERS]
+        for m in members:
+            maps.want(m, None)
+        name = f"proto-{_name(s['class'], '')}-{s['cluster']}.png"
+        pending_prototypes.append((folder / name, members, cluster["mean_map"]))
+        suspicious.append({**s, "prototype": f"{ASSETS}/{name}"})
+
+    shown_classes = []
+    ordered = sorted((c for c in data["classes"] if c["clusters"]),
+                     key=lambda c: (-max(k["suspicion"] for k in c["clusters"]), c["name"]))
+    for c in ordered[:CLASSES]:
+        entry = {"name": c["name"], "n_clusters": c["n_clusters"],
+                 "members": sum(k["size"] for k in c["clusters"]), "clusters": []}
+        eigen = f"eig-{_name(c['name'], '')}.png"
+        eigenvalue_figure(c["eigenvalues"], c["n_clusters"], folder / eigen)
+        entry["eigen"] = f"{ASSETS}/{eigen}"
+        for k in c["clusters"]:
+            examples = []
+            for path in k["members"][:EXAMPLES]:
+                predicted = index_of.get(by_path[path]["predicted"])
+                examples.append({"path": path, "src": maps.want(path, predicted)})
+            entry["clusters"].append({**k, "examples": examples,
+                                      "more": max(0, k["size"] - EXAMPLES)})
+        shown_classes.append(entry)
+
+    pairs: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for image in data["images"]:
+        if image["correct"] is False:
+            pairs[(image["label"], image["predicted"])].append(image["path"])
+    mistakes = []
+    for (label, predicted), paths in sorted(pairs.items(), key=lambda kv: (-len(kv[1]), kv[0])
+                                            )[:MISTAKE_PAIRS]:
+        examples = [{"path": p, "predicted_src": maps.want(p, index_of.get(predicted)),
+                     "true_src": maps.want(p, index_of.get(label))}
+                    for p in paths[:MISTAKE_EXAMPLES]]
+        mistakes.append({"label": label, "predicted": predicted, "count": len(paths),
+                         "examples": examples, "more": max(0, len(paths) - MISTAKE_EXAMPLES)})
+
+    maps.render(folder, batch_size or audit.settings.batch_size, progress)
+    for path, members, heat in pending_prototypes:
+        photos = []
+        for m in members:
+            thumb = folder / _name(m, ".jpg")
+            if thumb.is_file():
+                with Image.open(thumb) as opened:
+                    photos.append(opened.convert("RGB"))
+        prototype(photos, np.asarray(heat), path)
+    confusion = None
+    if data.get("accuracy") is not None and data["confusion"]["classes"]:
+        confusion_figure(data["confusion"]["classes"], data["confusion"]["matrix"],
+                         folder / "confusion.png")
+        confusion = f"{ASSETS}/confusion.png"
+    labelled = sum(1 for i in data["images"] if i["label"] is not None)
+    html = render_page("audit.html.j2", {
+        "audit": data, "suspicious": suspicious, "shown_classes": shown_classes,
+        "hidden_classes": max(0, len(ordered) - CLASSES), "mistakes": mistakes,
+        "confusion": confusion, "labelled": labelled, "source": source,
+        "classes_page": [c for c in data["classes"] if c["support"]][:200],
+    })
+    write_text_atomic(target, html)
+    emit(progress, "report", 1, 1, f"wrote {target}")
+    return target
+
+
+def _png_uri(heat: np.ndarray, side: int = 64) -> str:
+    from convlens.present.audit_figures import unit
+    from convlens.present.figures import colorize
+
+    image = Image.fromarray(colorize(unit(heat))).resize((side, side), Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def notebook_html(audit: Audit) -> str:
+    """A compact inline view: headline figures and the most suspicious clusters with their
+    mean maps (small data URIs; the full report is a file)."""
+    from jinja2 import Environment
+
+    data = audit.data
+    classes = {c["name"]: c for c in data["classes"]}
+    rows = []
+    for s in data["suspicious"][:SUSPICIOUS]:
+        cluster = classes[s["class"]]["clusters"][s["cluster"]]
+        rows.append({**s, "uri": _png_uri(np.asarray(cluster["mean_map"]))})
+    template = Environment(autoescape=True).from_string(
+        "<div><b>convlens audit</b>: {{ d.images|length }} images, {{ d.errors|length }} "
+        "unreadable{% if d.accuracy is not none %}, accuracy {{ '%.1f'|format(100 * d.accuracy) }}%"
+        "{% endif %}; report: {{ report }}<table>{% for r in rows %}<tr><td><img src='{{ r.uri }}' "
+        "width=64></td><td><b>{{ r['class'] }}</b> cluster {{ r.cluster }} ({{ r.size }} images), "
+        "suspicion {{ '%.2f'|format(r.suspicion) }}<br>{{ r.why }}{% if r.causal %}<br><i>"
+        "{{ r.causal }}</i>{% endif %}</td></tr>{% endfor %}</table></div>")
+    return template.render(d=data, rows=rows, report=str(audit.out / "report.html"))

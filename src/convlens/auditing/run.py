@@ -1,0 +1,260 @@
+"""``audit()``: a dataset-scale look at what a classifier does, and :class:`Audit`, its result.
+
+One streaming pass (:mod:`convlens.auditing.passes`) stores per image the prediction, the top 5
+and a small attribution map; SpRAy (:mod:`convlens.auditing.spray`) finds the strategies per
+group; :mod:`convlens.auditing.suspicion` ranks them and checks the top ones causally;
+``OUT/audit.json`` holds everything (schema in :func:`convlens.auditing.analysis.build_audit`)
+and :meth:`Audit.report` draws ``OUT/report.html``, recomputing full-size maps only for the
+images it shows.
+
+Like :mod:`convlens.explain`, this module sits above the layers (docs/architecture.md,
+"Layers and the direction data flows"): it computes with audit/ and draws with present/.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from convlens.auditing.analysis import GROUP_BY, MapReader, StoredImage, build_audit, stored_images
+from convlens.auditing.passes import PassSettings, model_fingerprint, run_pass
+from convlens.auditing.suspicion import CausalResult, causal_check, hot_region
+from convlens.errors import ConvlensError, unknown_choice
+from convlens.jobs.progress import ProgressCallback, emit, notebook_progress
+from convlens.jobs.store import (
+    ResultStore,
+    config_fingerprint,
+    mark_output_folder,
+    write_json_atomic,
+)
+
+STORE_FOLDER = "store"
+CHECK_MEMBERS = 128
+
+
+class LabelMismatchError(ConvlensError, ValueError):
+    """The dataset's labels (ImageFolder folders, CSV labels) are not among the model's."""
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()  # type: ignore[attr-defined]
+    except AttributeError:
+        return False
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+
+
+def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradcam",
+          layer: str | None = None, group_by: str = "predicted",
+          out: str | os.PathLike[str] = "convlens-audit", batch_size: int = 32, workers: int = 0,
+          overwrite: bool = False, map_size: int = 32, checks: int = 3, seed: int = 0,
+          layout: str = "auto", progress: ProgressCallback | bool | None = None,
+          **options: Any) -> Audit:
+    """Audit ``classifier`` on the images of ``data``.
+
+    Args:
+        classifier: A :class:`~convlens.models.classifier.Classifier`.
+        data: An ImageFolder tree (sub-folder names must be the model's labels), a CSV with
+            ``path,label`` columns, or a plain folder of images (no accuracy then).
+        method: Attribution method (see :func:`convlens.methods`); Grad-CAM by default.
+        layer: For layer methods; default the last spatial layer.
+        group_by: ``"predicted"`` (the decisions the model made) or ``"label"``.
+        out: Output folder: ``audit.json``, ``store/`` (resumable), the report.
+        batch_size, workers: Images per forward; decoding processes.
+        overwrite: Replace results of a different configuration in ``out``.
+        map_size: Side of the stored maps (float16).
+        checks: How many of the most suspicious clusters get the causal check.
+        seed: Seeds SpRAy and the causal check's random regions.
+        layout: ``auto``, ``imagefolder``, ``csv`` or ``plain``.
+        progress: A callback, ``True`` (plain lines, or bars in a notebook), ``False``/None
+            for silence (in a notebook, ``None`` shows bars).
+        **options: Options of the method.
+
+    Returns:
+        An :class:`Audit`; ``audit.errors`` lists unreadable files (they were skipped).
+
+    Raises:
+        LabelMismatchError: Labels in ``data`` that the model does not know.
+        StoreMismatchError: ``out`` holds results of another configuration (no overwrite).
+    """
+    from convlens.io.datasets import read_dataset, unknown_labels
+    from convlens.jobs.progress import text_progress
+    from convlens.models.classifier import Classifier
+    from convlens.models.layers import default_layer_name, resolve_layer
+
+    if not isinstance(classifier, Classifier):
+        raise ConvlensError(f"audit needs a convlens.Classifier (cl.load_model() or "
+                            f"cl.Classifier(module, labels=...)), got {type(classifier).__name__}")
+    if group_by not in GROUP_BY:
+        raise ConvlensError(unknown_choice("group-by value", group_by, GROUP_BY))
+    if progress is None:
+        progress = notebook_progress() if _in_notebook() else None
+    elif progress is True:
+        progress = notebook_progress() if _in_notebook() else text_progress()
+    elif progress is False:
+        progress = None
+    from convlens.attribution.core import get_method
+
+    spec = get_method(method)
+    spec.bind(options)
+    out = Path(out)
+    dataset = read_dataset(data, layout=layout, exclude=[out])
+    if dataset.layout != "plain":
+        unknown = unknown_labels(dataset, classifier.labels or [])
+        if unknown:
+            valid = classifier.labels or []
+            shown = ", ".join(valid[:40]) + (f", ... ({len(valid) - 40} more)"
+                                              if len(valid) > 40 else "")
+            raise LabelMismatchError(
+                f"{len(unknown)} label(s) of {data} are not among the model's labels: "
+                f"{', '.join(unknown)}; valid labels: {shown or '(the model has no labels)'}. "
+                "Rename the folders (or CSV labels) to the model's class names, or pass "
+                "--labels")
+    height, width = classifier.preprocessing.input_size
+    shape = (classifier.preprocessing.channels, height, width)
+    if spec.needs_layer:
+        layer_name = (resolve_layer(classifier.module, layer)[0] if layer is not None
+                      else default_layer_name(classifier.module, shape, classifier.device))
+    else:
+        layer_name = None
+    settings = PassSettings(method=method, layer=layer_name, options=dict(options),
+                            map_size=map_size, batch_size=batch_size, workers=workers)
+    config = {"model": classifier.name,
+              "model_fingerprint": model_fingerprint(classifier.module, classifier.labels,
+                                                     classifier.preprocessing),
+              "method": method, "layer": layer_name, "options": dict(options),
+              "map_size": map_size, "group_by": group_by, "checks": checks, "seed": seed}
+    store_folder = out / STORE_FOLDER
+    if overwrite and out.is_dir():
+        for name in ("audit.json", "report.html"):
+            (out / name).unlink(missing_ok=True)
+    store = ResultStore(store_folder, config, overwrite=overwrite)
+    mark_output_folder(out)
+    outcome = run_pass(classifier, dataset, store, settings, progress=progress)
+    images = stored_images(store, outcome.keys)
+    reader = MapReader(store)
+    relative = {str(e.path): e.relpath for e in dataset.entries}
+    errors = [{"path": _relative_path(p.path, dataset.root, relative), "reason": p.reason}
+              for p in outcome.problems]
+    errors = list({e["path"]: e for e in errors}.values())
+    entries = {e.relpath: e for e in dataset.entries}
+
+    checked = {r["key"]: r for r in store.records() if r.get("kind") == "check"}
+
+    def causal(members: list[StoredImage], heat: np.ndarray, check_seed: int) -> CausalResult:
+        """The causal check of one cluster, or its stored result (a rerun does no forwards)."""
+        key = "check-" + config_fingerprint({"members": [m.record["key"] for m in members],
+                                             "seed": check_seed})
+        if key in checked:
+            r = checked[key]
+            return CausalResult(r["flip_rate"], r["random_flip_rate"], r["members"],
+                                r["region_fraction"])
+        chosen = members
+        if len(members) > CHECK_MEMBERS:
+            rng = np.random.default_rng(check_seed)
+            chosen = [members[i] for i in np.sort(rng.choice(len(members), CHECK_MEMBERS,
+                                                             replace=False))]
+        x, predicted = _decode(classifier, [entries[m.record["path"]] for m in chosen],
+                               [m.record["predicted_index"] for m in chosen], batch_size)
+        region = hot_region(heat, (height, width))
+        generator = torch.Generator().manual_seed(check_seed)
+        result = causal_check(classifier, x.to(classifier.device), region, predicted,
+                              generator=generator, batch_size=batch_size)
+        store.append([{"key": key, "kind": "check", "flip_rate": result.flip_rate,
+                       "random_flip_rate": result.random_flip_rate, "members": result.members,
+                       "region_fraction": result.region_fraction}])
+        return result
+
+    header = {"model": classifier.name, "method": method, "layer": layer_name,
+              "data": str(data), "layout": dataset.layout, "map_size": map_size}
+    content = build_audit(images, reader, header=header, errors=errors, group_by=group_by,
+                          causal=causal, checks=checks, seed=seed, progress=progress)
+    write_json_atomic(out / "audit.json", content)
+    emit(progress, "done", 1, 1, f"wrote {out / 'audit.json'}")
+    return Audit(content, out, classifier=classifier, dataset=dataset, settings=settings,
+                 store=store)
+
+
+def _relative_path(path: Path, root: Path, known: dict[str, str]) -> str:
+    if str(path) in known:
+        return known[str(path)]
+    base = root if root.is_dir() else root.parent
+    try:
+        return Path(path).relative_to(base).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def _decode(classifier: Any, entries: Sequence[Any], predicted: Sequence[int], batch_size: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    from convlens.io.datasets import batches
+
+    tensors, kept = [], []
+    for batch in batches(list(entries), classifier.preprocessing, batch_size=batch_size,
+                         keep_images=False):
+        if batch.x is not None:
+            tensors.append(batch.x)
+            kept.extend(predicted[item.index] for item in batch.items)
+    if not tensors:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(tensors), torch.tensor(kept, dtype=torch.long)
+
+
+class Audit:
+    """The result of :func:`audit`: the content of ``audit.json``, the report, a notebook view.
+
+    Attributes:
+        data: The ``audit.json`` content (a dict; schema in
+            :func:`convlens.auditing.analysis.build_audit`).
+        out: The output folder.
+    """
+
+    def __init__(self, data: dict[str, Any], out: Path, *, classifier: Any = None,
+                 dataset: Any = None, settings: PassSettings | None = None,
+                 store: ResultStore | None = None) -> None:
+        self.data = data
+        self.out = Path(out)
+        self.classifier = classifier
+        self.dataset = dataset
+        self.settings = settings
+        self.store = store
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        return self.data["errors"]
+
+    @property
+    def suspicious(self) -> list[dict[str, Any]]:
+        return self.data["suspicious"]
+
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        return self.data["images"]
+
+    def __repr__(self) -> str:
+        top = self.suspicious[0] if self.suspicious else None
+        lead = f", most suspicious: {top['class']} cluster {top['cluster']}" if top else ""
+        return (f"Audit({len(self.images)} images, {len(self.errors)} errors, "
+                f"accuracy={self.data.get('accuracy')}{lead})")
+
+    def report(self, path: str | os.PathLike[str] | None = None, *,
+               progress: ProgressCallback | None = None) -> Path:
+        """Write the HTML report (default ``OUT/report.html``, thumbnails under ``OUT/``)."""
+        from convlens.auditing.report import write_report
+
+        target = Path(path) if path is not None else self.out / "report.html"
+        return write_report(self, target, progress=progress)
+
+    def _repr_html_(self) -> str:
+        from convlens.auditing.report import notebook_html
+
+        return notebook_html(self)

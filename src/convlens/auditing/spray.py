@@ -1,0 +1,388 @@
+"""Spectral Relevance Analysis (SpRAy): find the strategies a classifier uses for one class.
+
+Lapuschkin et al. 2019, "Unmasking Clever Hans predictors and assessing what machines really
+learn" (Nature Communications 10:1096): attribution maps of the images of one class are
+downsized, normalised, connected in a k-nearest-neighbour graph and clustered spectrally; the
+eigengap says how many distinct strategies there are, and a cluster that looks at the
+wrong thing (a watermark, a frame, a tag) is a Clever-Hans strategy.
+
+The analysis is a pipeline of small named steps, each a pure function whose parameters are
+recorded next to its result (as CoRelAy, the authors' toolbox, does with its ``Processor``
+objects), so that a report can say exactly how a clustering was obtained:
+
+1. :func:`normalise_maps` - flatten, clip negative values, divide each map by its sum.
+2. :func:`reduce_dimensions` - the 64 leading principal components (speed; see below).
+3. :func:`knn_affinity` - sparse symmetric k-nearest-neighbour graph (memory N*k, not N^2).
+4. :func:`spectral_embedding` - leading eigenvectors of the symmetric normalised adjacency.
+5. :func:`eigengap` - the number of clusters from the largest gap between eigenvalues.
+6. :func:`kmeans` - k-means on the row-normalised embedding.
+7. :func:`merge_similar` - clusters with nearly the same mean map become one.
+8. :func:`embed_2d` - a t-SNE picture of the embedding, for display only.
+
+CoRelAy defaults we follow (``corelay.pipeline.spectral.SpectralClustering`` and the ViRelAy
+analysis script): each map divided by its sum; Euclidean distances; a k-NN graph with
+``n_neighbors=10``, binary edges, symmetrised as ``(A + A.T) / 2``; the symmetric normalised
+adjacency ``D^-1/2 A D^-1/2``, whose largest eigenvalues ``mu`` give the Laplacian's
+smallest, reported as ``1 - mu``; 32 eigenvalues; eigenvector rows normalised to unit length;
+k-means; t-SNE with perplexity 30 and early exaggeration 12.
+
+Where we differ, and why:
+
+* No dense distance matrix: CoRelAy computes all N^2 pairwise distances (``pdist``) and then
+  sorts them; we ask scikit-learn's ``NearestNeighbors`` for the k neighbours directly
+  (memory N*k), in the space of the maps' 64 leading principal components (randomised
+  PCA): an exact search over 1,024 pixels alone took ~5 s for 10,000 maps on one core;
+  with PCA the whole clustering takes ~2 s (BENCHMARKS.md).
+* Negative relevance is clipped before normalising (CoRelAy's ``spectral`` variant sums the
+  signed map): a Grad-CAM map is non-negative anyway, and for signed methods the positive
+  evidence is what a strategy is made of; an all-zero map stays zero instead of NaN.
+* ``eigsh(which="LA")`` (largest algebraic) instead of ``"LM"`` (largest magnitude): "LM"
+  can return eigenvalues near -1 of a nearly bipartite graph, which are not smooth
+  cluster indicators.
+* The number of clusters comes from the eigengap (the paper's heuristic, and our need for
+  an unattended audit) instead of a list given by the user; k-means then runs on the first
+  ``n_clusters`` eigenvectors (Ng, Jordan & Weiss 2001) rather than on all 32.
+* Clusters whose mean maps have cosine similarity >= 0.9 are merged (not in CoRelAy): on a
+  k-NN graph, near-duplicate maps of different sub-populations (a watermark on circles, the
+  same watermark on triangles) form separate components, and the eigengap counts each one,
+  although they are one strategy.
+* t-SNE runs on at most ``max_points`` (1,000) maps, a seeded subsample (the others are
+  placed at their nearest sampled neighbour), with ``init="pca"`` and 500 iterations:
+  scikit-learn's t-SNE of 2,000 points alone took ~11 s on one core, far more than the
+  clustering, and the picture is only for display. ``spray(..., tsne=False)`` skips it.
+
+See docs/architecture.md, "Layers and the direction data flows": this module is pure numpy /
+SciPy / scikit-learn, it never touches a model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+
+from convlens.errors import ConvlensError
+
+
+@dataclass
+class Step:
+    """One step of the pipeline as it ran: its name, its parameters and how long it took."""
+
+    name: str
+    params: dict[str, Any]
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params), "seconds": round(self.seconds, 4)}
+
+
+@dataclass
+class SpRAyResult:
+    """What :func:`spray` found for one group of maps.
+
+    Attributes:
+        labels: Cluster id per map, ``(N,)`` ints, clusters numbered by decreasing size.
+        n_clusters: How many clusters (from the eigengap unless forced).
+        eigenvalues: The smallest eigenvalues of the normalised Laplacian, ascending
+            (``1 - mu`` of the normalised adjacency): near-zero values count the components.
+        embedding: The row-normalised spectral embedding ``(N, n_eigval)``.
+        coords: 2-D coordinates for display ``(N, 2)``, or ``None`` when switched off.
+        steps: Every step with its parameters, in order.
+    """
+
+    labels: np.ndarray
+    n_clusters: int
+    eigenvalues: np.ndarray
+    embedding: np.ndarray
+    coords: np.ndarray | None
+    steps: list[Step] = field(default_factory=list)
+
+    def sizes(self) -> list[int]:
+        """Members per cluster, by cluster id."""
+        return np.bincount(self.labels, minlength=self.n_clusters).tolist()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no per-map arrays except the labels)."""
+        return {"n_clusters": self.n_clusters, "eigenvalues": [float(v) for v in self.eigenvalues],
+                "sizes": self.sizes(), "steps": [s.to_dict() for s in self.steps]}
+
+
+def _as_maps(maps: np.ndarray) -> np.ndarray:
+    array = np.asarray(maps)
+    if array.ndim < 2 or array.shape[0] == 0:
+        raise ConvlensError(
+            f"SpRAy needs a stack of maps (N, H, W) or (N, D) with N >= 1, got shape {array.shape}"
+        )
+    if not np.issubdtype(array.dtype, np.number):
+        raise ConvlensError(f"SpRAy needs numeric maps, got dtype {array.dtype}")
+    return array
+
+
+def normalise_maps(maps: np.ndarray, *, clip_negative: bool = True) -> np.ndarray:
+    """Flatten each map to a row and divide it by its sum (CoRelAy's ``Normalize``).
+
+    Args:
+        maps: ``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, D)``, already downsized (e.g. 32x32).
+        clip_negative: Set negative relevance to zero first (see the module notes).
+
+    Returns:
+        float32 ``(N, D)`` rows summing to 1; all-zero maps stay all-zero (never NaN).
+    """
+    array = _as_maps(maps)
+    rows = array.reshape(array.shape[0], -1).astype(np.float32, copy=True)
+    rows[~np.isfinite(rows)] = 0.0
+    if clip_negative:
+        np.maximum(rows, 0.0, out=rows)
+    else:
+        np.abs(rows, out=rows)
+    total = rows.sum(axis=1, keepdims=True)
+    np.divide(rows, total, out=rows, where=total > 0)
+    return rows
+
+
+def reduce_dimensions(rows: np.ndarray, *, n_components: int = 64, seed: int = 0) -> np.ndarray:
+    """Project the rows onto their leading principal components (randomised PCA, seeded).
+
+    Euclidean distances between 1,024-pixel maps are dominated by the few directions in
+    which the maps vary; 64 components keep those and make the neighbour search ~10x
+    cheaper. Rows are returned unchanged when they already have few dimensions or there are
+    few of them.
+    """
+    n, d = rows.shape
+    if d <= n_components or n <= n_components:
+        return rows
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=n_components, svd_solver="randomized", random_state=seed)
+    return pca.fit_transform(rows).astype(np.float32, copy=False)
+
+
+def knn_affinity(rows: np.ndarray, *, n_neighbors: int = 10) -> sparse.csr_matrix:
+    """Sparse symmetric k-NN graph: ``(A + A.T) / 2`` with A[i, j] = 1 for j among i's k nearest.
+
+    Self-loops are excluded; ``n_neighbors`` is capped at ``N - 1``. The result has at most
+    ``2 * N * k`` stored entries, never N^2.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    n = rows.shape[0]
+    k = min(int(n_neighbors), n - 1)
+    if k < 1:
+        return sparse.csr_matrix((n, n), dtype=np.float64)
+    index = NearestNeighbors(n_neighbors=k, algorithm="auto").fit(rows)
+    directed = index.kneighbors_graph(mode="connectivity")  # X=None: excludes each point itself
+    affinity = (directed + directed.T) * 0.5
+    return sparse.csr_matrix(affinity, dtype=np.float64)
+
+
+def spectral_embedding(affinity: sparse.spmatrix, *, n_eigval: int = 32, seed: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest eigenvalues of the normalised Laplacian and their row-normalised eigenvectors.
+
+    ``L = I - D^-1/2 A D^-1/2``; we compute the largest eigenvalues ``mu`` of the normalised
+    adjacency with ARPACK (``scipy.sparse.linalg.eigsh``, ``which="LA"``) and return
+    ``1 - mu`` ascending. Small graphs (N <= 64) use a dense ``numpy.linalg.eigh``.
+
+    Returns:
+        ``(eigenvalues (m,), embedding (N, m))`` with ``m = min(n_eigval, N)``.
+    """
+    n = affinity.shape[0]
+    if n == 1:
+        return np.zeros(1), np.ones((1, 1))
+    degree = np.asarray(affinity.sum(axis=1)).ravel()
+    inv_sqrt = np.zeros_like(degree)
+    np.divide(1.0, np.sqrt(degree), out=inv_sqrt, where=degree > 0)
+    scale = sparse.diags(inv_sqrt)
+    adjacency = (scale @ affinity @ scale).tocsr()
+    m = max(1, min(int(n_eigval), n))
+    if n <= 64 or m >= n - 1:
+        values, vectors = np.linalg.eigh(adjacency.toarray())
+        values, vectors = values[::-1][:m], vectors[:, ::-1][:, :m]
+    else:
+        from scipy.sparse.linalg import eigsh
+
+        start = np.random.default_rng(seed).uniform(-1.0, 1.0, n)
+        # tol=0 (machine precision): with a looser tolerance ARPACK returns one vector per
+        # repeated eigenvalue and silently drops the copies (a ring's pairs, components).
+        values, vectors = eigsh(adjacency, k=m, which="LA", v0=start, tol=0)
+        order = np.argsort(values)[::-1]
+        values, vectors = values[order], vectors[:, order]
+    eigenvalues = np.clip(1.0 - values, 0.0, 2.0)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    embedding = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    return eigenvalues, embedding
+
+
+def eigengap(eigenvalues: np.ndarray, *, max_clusters: int = 8, min_jump: float = 3.0) -> int:
+    """The number of clusters: the ``k`` in ``[1, max_clusters]`` with the largest gap
+    ``lambda_{k+1} - lambda_k`` (eigenvalues ascending from ``lambda_1 ~ 0``).
+
+    A graph made of c disconnected components has c zero eigenvalues and then a jump, so the
+    answer is c. A k-NN graph of one smooth blob has small eigenvalues that grow steadily
+    (``~k^2`` along a one-dimensional manifold), so its largest gap is merely the last one
+    considered; we accept ``k`` only where the spectrum jumps, ``lambda_{k+1} >= min_jump *
+    lambda_k``, and answer 1 otherwise. (An absolute threshold on the gap does not work: the
+    eigenvalues of a large k-NN graph are all small.)
+    """
+    values = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    limit = min(int(max_clusters), len(values) - 1)
+    if limit < 1:
+        return 1
+    gaps = np.diff(values[: limit + 1])  # gaps[i] = lambda_{i+2} - lambda_{i+1} -> k = i + 1
+    k = int(np.argmax(gaps)) + 1
+    if gaps[k - 1] <= 0 or values[k] < min_jump * max(values[k - 1], 0.0):
+        return 1
+    return k
+
+
+def kmeans(embedding: np.ndarray, *, n_clusters: int, seed: int = 0, n_init: int = 10
+           ) -> np.ndarray:
+    """k-means (scikit-learn, seeded) on the first ``n_clusters`` eigenvectors, rows renormalised.
+
+    Returns cluster ids renumbered by decreasing cluster size (0 = the largest), ties broken
+    by the smallest member index, so ids do not depend on k-means' arbitrary order.
+    """
+    n = embedding.shape[0]
+    if n_clusters <= 1 or n <= n_clusters:
+        return np.zeros(n, dtype=np.int64) if n_clusters <= 1 else np.arange(n, dtype=np.int64)
+    from sklearn.cluster import KMeans
+
+    features = embedding[:, :n_clusters]
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    features = np.divide(features, norms, out=np.zeros_like(features), where=norms > 0)
+    raw = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(features)
+    return _renumber(raw)
+
+
+def _renumber(raw: np.ndarray) -> np.ndarray:
+    ids = np.unique(raw)
+    first = {int(i): int(np.flatnonzero(raw == i)[0]) for i in ids}
+    order = sorted(ids.tolist(), key=lambda i: (-int((raw == i).sum()), first[i]))
+    mapping = {old: new for new, old in enumerate(order)}
+    return np.array([mapping[int(v)] for v in raw], dtype=np.int64)
+
+
+def merge_similar(labels: np.ndarray, rows: np.ndarray, *, min_cosine: float = 0.9
+                  ) -> np.ndarray:
+    """Merge clusters whose mean maps are nearly the same (cosine >= ``min_cosine``).
+
+    A k-NN graph splits a tight set of near-identical maps into as many components as it has
+    sub-populations (images of a watermark on circles and on triangles each form their own
+    clique of neighbours), and the eigengap counts every component. Such clusters look at the
+    same place: they are one strategy. Merging is transitive (union-find); ids are renumbered
+    by decreasing size.
+    """
+    ids = np.unique(labels)
+    if len(ids) < 2:
+        return labels
+    means = np.stack([rows[labels == i].mean(axis=0) for i in ids]).astype(np.float64)
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    means = np.divide(means, norms, out=np.zeros_like(means), where=norms > 0)
+    similar = means @ means.T
+    parent = list(range(len(ids)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a in range(len(ids)):
+        for b in range(a + 1, len(ids)):
+            if similar[a, b] >= min_cosine:
+                parent[root(b)] = root(a)
+    position = {int(i): k for k, i in enumerate(ids)}
+    merged = np.array([root(position[int(v)]) for v in labels])
+    return _renumber(merged)
+
+
+def embed_2d(embedding: np.ndarray, *, max_points: int = 1000, perplexity: float = 30.0,
+             early_exaggeration: float = 12.0, max_iter: int = 500, seed: int = 0
+             ) -> np.ndarray:
+    """t-SNE coordinates ``(N, 2)`` of the spectral embedding, for display only.
+
+    At most ``max_points`` rows (a seeded subsample) go through t-SNE; every other row takes
+    the coordinates of its nearest sampled row in the embedding. Tiny groups (N < 5) are laid
+    out on their first two embedding dimensions.
+    """
+    n = embedding.shape[0]
+    if n < 5:
+        coords = np.zeros((n, 2))
+        width = min(2, embedding.shape[1])
+        coords[:, :width] = embedding[:, :width]
+        return coords
+    from sklearn.manifold import TSNE
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(n, max_points), replace=False))
+    tsne = TSNE(n_components=2, perplexity=min(perplexity, (len(sample) - 1) / 3.0),
+                early_exaggeration=early_exaggeration, init="pca", max_iter=max_iter,
+                random_state=seed)
+    placed = tsne.fit_transform(embedding[sample])
+    if len(sample) == n:
+        return placed
+    nearest = NearestNeighbors(n_neighbors=1).fit(embedding[sample])
+    _, which = nearest.kneighbors(embedding)
+    return placed[which[:, 0]]
+
+
+def spray(maps: np.ndarray, *, n_neighbors: int = 10, n_eigval: int = 32, max_clusters: int = 8,
+          min_jump: float = 3.0, n_clusters: int | None = None, clip_negative: bool = True,
+          tsne: bool = True, tsne_max_points: int = 1000,
+          pca_components: int = 64, merge_cosine: float | None = 0.9, seed: int = 0) -> SpRAyResult:
+    """Run the SpRAy pipeline on one group of maps (e.g. all images predicted as one class).
+
+    Args:
+        maps: ``(N, H, W)`` downsized attribution maps (any float dtype, e.g. float16 32x32).
+        n_neighbors: k of the k-NN graph (CoRelAy: 10).
+        n_eigval: How many eigenvalues to compute and report (CoRelAy: 32).
+        max_clusters: The largest number of clusters the eigengap may choose.
+        min_jump: See :func:`eigengap`; without such a jump the group is one strategy.
+        n_clusters: Force a number of clusters instead of the eigengap.
+        clip_negative: See :func:`normalise_maps`.
+        tsne: Compute 2-D display coordinates (the slowest step; off for speed).
+        tsne_max_points: Subsample size for t-SNE.
+        merge_cosine: See :func:`merge_similar`; ``None`` keeps k-means' clusters as they are.
+        pca_components: Dimensions kept before the neighbour search (see
+            :func:`reduce_dimensions`).
+        seed: Seeds ARPACK's start vector, k-means and t-SNE: same input, same result.
+
+    Returns:
+        A :class:`SpRAyResult` with every step's parameters and timing.
+    """
+    steps: list[Step] = []
+
+    def run(name: str, fn: Callable[..., Any], value: Any, **params: Any) -> Any:
+        start = time.perf_counter()
+        out = fn(value, **params)
+        steps.append(Step(name, params, time.perf_counter() - start))
+        return out
+
+    rows = run("normalise", normalise_maps, maps, clip_negative=clip_negative)
+    reduced = run("reduce_dimensions", reduce_dimensions, rows, n_components=pca_components,
+                  seed=seed)
+    affinity = run("knn_affinity", knn_affinity, reduced, n_neighbors=n_neighbors)
+    eigenvalues, embedding = run("spectral_embedding", lambda a, **p: spectral_embedding(a, **p),
+                                 affinity, n_eigval=n_eigval, seed=seed)
+    if n_clusters is None:
+        count = run("eigengap", eigengap, eigenvalues, max_clusters=max_clusters,
+                    min_jump=min_jump)
+    else:
+        count = int(n_clusters)
+        steps.append(Step("eigengap", {"forced": count}))
+    count = max(1, min(count, rows.shape[0]))
+    labels = run("kmeans", kmeans, embedding, n_clusters=count, seed=seed)
+    if merge_cosine is not None:
+        labels = run("merge_similar", lambda v, **p: merge_similar(v, rows, **p), labels,
+                     min_cosine=merge_cosine)
+    count = int(labels.max()) + 1
+    coords = None
+    if tsne:
+        coords = run("tsne", embed_2d, embedding, max_points=tsne_max_points, seed=seed)
+    return SpRAyResult(labels=labels, n_clusters=count, eigenvalues=eigenvalues,
+                       embedding=embedding, coords=coords, steps=steps)

@@ -1,0 +1,63 @@
+"""``audit``: predictions, strategies (SpRAy) and suspicious clusters over a whole dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from convlens.cli._common import (
+    ModelOptions,
+    console,
+    fail,
+    friendly_errors,
+    report_problems,
+    with_model_options,
+)
+
+
+@friendly_errors
+@with_model_options
+def audit(
+    data: Path = typer.Argument(..., help="ImageFolder tree, CSV with path,label, or a folder "
+                                          "of images."),
+    method: str = typer.Option("gradcam", "--method", help="Attribution method (see `methods`)."),
+    layer: str | None = typer.Option(None, "--layer", help="Layer for CAMs (see `layers`)."),
+    group_by: str = typer.Option("predicted", "--group-by",
+                                 help="predicted (the model's decisions) or label."),
+    out: Path = typer.Option(Path("convlens-audit"), "--out", "-o", help="Output folder."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Decoding processes."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace results of a different configuration in OUT."),
+    *, model_options: ModelOptions,
+) -> None:
+    """Audit a dataset: OUT/audit.json and OUT/report.html; resumes an interrupted run."""
+    from convlens.auditing.analysis import GROUP_BY
+    from convlens.auditing.run import audit as run_audit
+    from convlens.cli._progress import cli_progress
+
+    if group_by not in GROUP_BY:
+        fail(f"--group-by must be one of {', '.join(GROUP_BY)}; got {group_by!r}")
+    if "," in method:
+        fail("audit takes one --method (e.g. gradcam)")
+    from convlens.attribution.core import get_method
+
+    get_method(method)
+    classifier = model_options.load()
+    with cli_progress() as progress:
+        result = run_audit(classifier, data, method=method, layer=layer, group_by=group_by,
+                           out=out, batch_size=batch_size, workers=workers,
+                           overwrite=overwrite, progress=progress)
+        report = result.report(progress=progress)
+    top = result.suspicious[0] if result.suspicious else None
+    console.print(f"audited {len(result.images)} image(s): {out / 'audit.json'}, {report}")
+    if top is not None:
+        console.print(f"most suspicious: {top['class']} cluster {top['cluster']}: {top['why']}",
+                      markup=False, highlight=False)
+    report_problems([{"path": e["path"], "error": e["reason"]} for e in result.errors])
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``audit`` to the app."""
+    app.command("audit")(audit)

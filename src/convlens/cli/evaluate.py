@@ -1,0 +1,153 @@
+"""``evaluate`` (rank attribution methods with metrics) and ``metrics`` (what can be measured)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from convlens.cli._common import (
+    ModelOptions,
+    console,
+    fail,
+    friendly_errors,
+    parse_methods,
+    problem_record,
+    report_problems,
+    with_model_options,
+)
+
+
+def _value(text: str) -> Any:
+    """``16`` -> 16, ``0.5`` -> 0.5, ``none`` -> None, ``[10,20]`` -> list, else the text."""
+    if text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_options(items: list[str], flag: str) -> dict[str, dict[str, Any]]:
+    """``["deletion.step=112", ...]`` -> ``{"deletion": {"step": 112}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, dot, rest = item.partition(".")
+        key, equals, value = rest.partition("=")
+        if not dot or not equals or not name or not key:
+            fail(f"{flag} takes NAME.OPTION=VALUE (e.g. deletion.step=112), got {item!r}")
+        out.setdefault(name, {})[key] = _value(value)
+    return out
+
+
+def parse_metrics(text: str) -> list[str]:
+    """``"deletion,insertion:xplique"`` or ``"all"`` -> metric keys (unknown ones refused)."""
+    from convlens.metrics import metrics
+    from convlens.metrics.evaluate import parse_metric
+
+    if text.strip() == "all":
+        return [m.name for m in metrics()]
+    keys = [part.strip() for part in text.split(",") if part.strip()]
+    if not keys:
+        fail("--metric needs at least one metric name (see `convlens metrics`)")
+    for key in keys:
+        parse_metric(key)
+    return keys
+
+
+@friendly_errors
+@with_model_options
+def evaluate(
+    images: list[Path] = typer.Argument(..., help="Image files or folders (walked recursively)."),
+    method: str = typer.Option("gradcam,saliency", "--method",
+                               help="Comma-separated method names (see `methods`)."),
+    metric: str = typer.Option("deletion,insertion", "--metric",
+                               help="Comma-separated metrics, NAME or NAME:PRESET "
+                                    "(see `metrics`), or 'all'."),
+    target: str = typer.Option("pred", "--target", help="pred, a class INDEX or a class NAME."),
+    layer: str | None = typer.Option(None, "--layer", help="Layer for CAMs (see `layers`)."),
+    option: list[str] = typer.Option([], "--option",
+                                     help="Metric option METRIC.NAME=VALUE (repeatable)."),
+    method_option: list[str] = typer.Option([], "--method-option",
+                                            help="Method option METHOD.NAME=VALUE (repeatable)."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Write evaluation.json, evaluation.html and figures."),
+    image_batch: int = typer.Option(16, "--image-batch", min=1,
+                                    help="Images attributed and scored at a time."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0,
+                                  help="Bootstrap resamples for the 95% intervals."),
+    *, model_options: ModelOptions,
+) -> None:
+    """Score methods with metrics on these images; print a ranking per metric."""
+    from rich.table import Table
+
+    from convlens.errors import ConvlensError
+    from convlens.io.images import expand_inputs, load_image
+    from convlens.metrics.evaluate import evaluate as run
+
+    method_names = parse_methods(method)
+    metric_keys = parse_metrics(metric)
+    metric_options = parse_options(option, "--option")
+    method_options = parse_options(method_option, "--method-option")
+    target_value: Any = None if target == "pred" else (
+        int(target) if target.strip().lstrip("-").isdigit() else target)
+    files, problems = expand_inputs(images)
+    loaded, names = [], []
+    for path in files:
+        try:
+            loaded.append(load_image(path))
+            names.append(str(path))
+        except ConvlensError as error:
+            problems.append(problem_record(path, error))
+    if not loaded:
+        report_problems(problems)
+        fail("no readable image among the inputs")
+    classifier = model_options.load()
+    result = run(classifier, loaded, method_names, metric_keys, target_value, layer=layer,
+                 method_options=method_options, metric_options=metric_options,
+                 image_batch=image_batch, bootstrap=bootstrap, names=names,
+                 progress=lambda line: console.print(f"[dim]{line}[/]", highlight=False))
+    for key in metric_keys:
+        card = result.cards[key]
+        direction = "higher is better" if card["higher_is_better"] else "lower is better"
+        table = Table("rank", "method", "mean", "95% interval", "images", "undefined",
+                      title=f"{key} ({direction})", title_justify="left")
+        for row in result.ranking(key):
+            interval = "-" if row.low is None else f"[{row.low:.3f}, {row.high:.3f}]"
+            mean = "-" if row.mean is None else f"{row.mean:.3f}"
+            undefined = "; ".join(f"{n} x {r}" for r, n in row.undefined.items())
+            table.add_row(str(row.rank or "-"), row.method, mean, interval, str(row.count),
+                          undefined)
+        console.print(table)
+        for row in result.ranking(key):
+            s = result.scores[(row.method, key)]
+            if s.stages:
+                stages = ", ".join(f"{k} {float(v.mean()):.2f}" for k, v in s.stages.items())
+                console.print(f"  {row.method}: {stages}", highlight=False)
+    if out is not None:
+        written = result.save(out)
+        console.print(f"wrote {len(written)} file(s) to {out}/ (evaluation.json, "
+                      "evaluation.html)")
+    report_problems(problems)
+
+
+def list_metrics() -> None:
+    """Every metric: family, options with defaults, presets, paper."""
+    from rich.table import Table
+
+    from convlens.metrics import metrics
+
+    table = Table("metric", "family", "needs", "options (defaults)", "presets", "reference")
+    for m in metrics():
+        options = ", ".join(f"{k}={v!r}" for k, v in m.options.items())
+        table.add_row(m.name, m.family, m.needs, options, ", ".join(m.presets) or "-",
+                      m.reference)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``evaluate`` and ``metrics`` to the app."""
+    app.command("evaluate")(evaluate)
+    app.command("metrics")(friendly_errors(list_metrics))

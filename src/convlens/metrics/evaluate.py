@@ -1,0 +1,383 @@
+"""``evaluate``: which attribution method to believe, on *this* model and *these* photos.
+
+Runs every requested method on the images (one target per image, resolved once), scores each
+map with every requested metric (:mod:`convlens.metrics.core` registry), and summarises per
+method and metric: the mean over images with a percentile-bootstrap 95 % interval, and a
+ranking per metric. Every metric result carries a *card* (metric, preset, every option,
+the methods' options and layer, model, input size, target rule, versions) and a
+``settings_id`` per number hashed from the settings: two numbers are comparable only when
+their ids match.
+
+Images are processed ``image_batch`` at a time (attribution memory); each metric batches its
+own forwards (its ``batch_size`` option).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from convlens.attribution.targets import TargetLike
+from convlens.metrics.core import Metric, MetricError, Scores, get_metric, resolve, unwrap
+
+DEFAULT_METRICS = ("deletion", "insertion")
+
+
+@dataclass
+class Summary:
+    """One method's score on one metric, over the images.
+
+    Attributes:
+        method, metric: Names (``metric`` includes a preset: ``"deletion:xplique"``).
+        mean: Mean over images with a defined score (None if none).
+        low, high: Percentile-bootstrap 95 % interval of the mean.
+        count: Images with a defined score; ``undefined``: images without, by reason.
+        higher_is_better: The metric's direction.
+        rank: 1 = best among the methods on this metric.
+        settings_id: Hash of the settings behind the number (metric, preset and options,
+            method and its options, layer, model, input shape, target rule): compare two
+            numbers only when their ids are equal.
+    """
+
+    method: str
+    metric: str
+    mean: float | None
+    low: float | None
+    high: float | None
+    count: int
+    undefined: dict[str, int]
+    higher_is_better: bool
+    settings_id: str
+    rank: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Evaluation:
+    """The result of :func:`evaluate`.
+
+    Attributes:
+        methods: Method names, in the order given.
+        metrics: Metric keys (``name`` or ``name:preset``), in the order given.
+        images: One name per image.
+        targets: The explained class per image (index) and ``target_labels`` its name.
+        scores: ``(method, metric) -> Scores`` over all images.
+        cards: ``metric -> card``: every parameter used.
+        summaries: One :class:`Summary` per method and metric.
+    """
+
+    methods: list[str]
+    metrics: list[str]
+    images: list[str]
+    targets: list[int]
+    target_labels: list[str]
+    scores: dict[tuple[str, str], Scores]
+    cards: dict[str, dict[str, Any]]
+    summaries: list[Summary] = field(default_factory=list)
+
+    def summary(self, method: str, metric: str) -> Summary:
+        for row in self.summaries:
+            if row.method == method and row.metric == metric:
+                return row
+        raise KeyError(f"no result for method {method!r} and metric {metric!r}")
+
+    def ranking(self, metric: str) -> list[Summary]:
+        """The methods on ``metric``, best first (undefined scores last)."""
+        rows = [r for r in self.summaries if r.metric == metric]
+        return sorted(rows, key=lambda r: (r.rank is None, r.rank or 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-ready: summaries, cards, per-image scores, curves and stages."""
+        results = []
+        for (method, metric), s in self.scores.items():
+            entry: dict[str, Any] = {
+                "method": method, "metric": metric,
+                "per_image": [None if not math.isfinite(v) else float(v) for v in s.values],
+                "undefined": s.undefined,
+            }
+            if s.curves:
+                entry["curve_x"] = [float(v) for v in s.curve_x]
+                entry["curve_label"] = s.curve_label
+                entry["curves"] = {k: v.tolist() for k, v in s.curves.items()}
+            if s.stages:
+                entry["stages"] = {k: [None if not math.isfinite(v) else float(v) for v in r]
+                                   for k, r in s.stages.items()}
+            results.append(entry)
+        return {"methods": self.methods, "metrics": self.metrics, "images": self.images,
+                "targets": self.targets, "target_labels": self.target_labels,
+                "summary": [r.as_dict() for r in self.summaries], "cards": self.cards,
+                "results": results}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1, default=_jsonable)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def save(self, directory: str | Path) -> list[Path]:
+        """Write ``evaluation.json``, ``evaluation.html`` and the curve / stage figures."""
+        from convlens.metrics.display import save_evaluation
+
+        return save_evaluation(self, Path(directory))
+
+    def html(self) -> str:
+        """The self-contained evaluation page."""
+        from convlens.metrics.display import evaluation_page
+
+        return evaluation_page(self)
+
+    def _repr_html_(self) -> str:  # notebook display
+        from convlens.metrics.display import notebook_html
+
+        return notebook_html(self)
+
+    def __repr__(self) -> str:
+        return (f"Evaluation({len(self.methods)} methods x {len(self.metrics)} metrics on "
+                f"{len(self.images)} images)")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return str(value)
+
+
+def parse_metric(spec: str) -> tuple[Metric, str | None]:
+    """``"deletion"`` or ``"deletion:xplique"`` -> (metric, preset)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise MetricError(f"a metric is a name like 'deletion' or 'deletion:xplique', got "
+                          f"{spec!r}")
+    name, _, preset = spec.strip().partition(":")
+    metric = get_metric(name)
+    if preset:
+        metric.bind(preset=preset)  # validates the preset name
+    return metric, preset or None
+
+
+def bootstrap_interval(values: np.ndarray, resamples: int, seed: int
+                       ) -> tuple[float | None, float | None, float | None]:
+    """Mean and percentile-bootstrap 95 % interval over the finite values."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None, None, None
+    mean = float(values.mean())
+    if values.size == 1 or resamples <= 0:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    draws = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(1)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return mean, float(low), float(high)
+
+
+def _two_d(method: str, a: torch.Tensor) -> torch.Tensor:
+    """The map as presentation reads it: ``(N, 1, h, w)``, channels reduced, offset removed."""
+    from convlens.attribution.core import get_method
+
+    spec = get_method(method)
+    maps = a.abs().amax(1, keepdim=True) if spec.channel_reduction == "max_abs" else a.sum(
+        1, keepdim=True)
+    if spec.offset:
+        maps = maps - maps.flatten(1).amin(1).view(-1, 1, 1, 1)
+    return maps
+
+
+def _settings_id(card: Mapping[str, Any]) -> str:
+    text = json.dumps(card, sort_keys=True, default=_jsonable)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _concat(parts: list[Scores]) -> Scores:
+    first = parts[0]
+    curves = {k: np.concatenate([p.curves[k] for p in parts]) for k in first.curves}
+    stages = {k: np.concatenate([p.stages[k] for p in parts]) for k in first.stages}
+    return Scores(metric=first.metric, values=np.concatenate([p.values for p in parts]),
+                  undefined=[u for p in parts for u in p.undefined], curves=curves,
+                  curve_x=first.curve_x, curve_label=first.curve_label, stages=stages,
+                  options=first.options)
+
+
+def evaluate(classifier: Any, images: Any, methods: Sequence[str] = ("gradcam", "saliency"),
+             metrics: Sequence[str] = DEFAULT_METRICS, target: TargetLike = None, *,
+             layer: Any = None, method_options: Mapping[str, Mapping[str, Any]] | None = None,
+             metric_options: Mapping[str, Mapping[str, Any]] | None = None,
+             image_batch: int = 16, bootstrap: int = 1000, seed: int = 0,
+             names: Sequence[str] | None = None,
+             progress: Callable[[str], None] | None = None) -> Evaluation:
+    """Score attribution methods with metrics on a model and images, and rank them.
+
+    Args:
+        classifier: A :class:`convlens.Classifier` (or an ``nn.Module`` with ``images`` a
+            preprocessed tensor).
+        images: Paths, PIL images or arrays (preprocessed by the classifier), or a
+            preprocessed tensor ``(N, C, H, W)``.
+        methods: Attribution method names (see :func:`convlens.methods`).
+        metrics: Metric names, optionally with a preset: ``"deletion:xplique"`` (see
+            :func:`convlens.metrics.metrics`).
+        target: ``None`` (each image's prediction), an index, one per image, or a class name.
+        layer: Layer for layer-space methods.
+        method_options: ``{method: {option: value}}``.
+        metric_options: ``{metric key: {option: value}}`` (key as given in ``metrics``).
+        image_batch: Images attributed and scored at a time.
+        bootstrap: Bootstrap resamples for the 95 % intervals (0: none).
+        seed: Seed of the bootstrap.
+        names: One name per image (default: file names, or ``image 0``...).
+        progress: Called with a line of text after each method and metric.
+
+    Returns:
+        An :class:`Evaluation` (``.summaries``, ``.ranking(metric)``, ``.save(dir)``, HTML
+        display in notebooks).
+    """
+    from convlens.attribution.core import attribute, get_method
+
+    if isinstance(methods, str):
+        methods = [methods]
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    methods, metrics = list(methods), list(metrics)
+    if not methods or not metrics:
+        raise MetricError("evaluate needs at least one method and one metric; see "
+                          "convlens.methods() and convlens.metrics.metrics()")
+    for method in methods:
+        get_method(method)
+    method_options = {k: dict(v) for k, v in (method_options or {}).items()}
+    for method, opts in method_options.items():
+        get_method(method).bind(opts)
+    parsed = {key: parse_metric(key) for key in metrics}
+    metric_options = dict(metric_options or {})
+    unknown = [k for k in metric_options if k not in parsed]
+    if unknown:
+        raise MetricError(f"options given for metric {unknown[0]!r}, which is not among the "
+                          f"requested metrics {metrics}")
+    bound = {key: m.bind(metric_options.get(key), preset) for key, (m, preset) in
+             parsed.items()}
+    if not isinstance(image_batch, int) or image_batch < 1:
+        raise MetricError(f"image_batch must be a positive integer, got {image_batch!r}")
+
+    x, image_names = _inputs(classifier, images, names)
+    module, labels = unwrap(classifier)
+    _, classes = resolve(module, x, target, labels) if x.shape[0] else (None, None)
+    parts: dict[tuple[str, str], list[Scores]] = {}
+    say = progress or (lambda _line: None)
+    for first in range(0, x.shape[0], image_batch):
+        xb = x[first:first + image_batch]
+        cb = classes[first:first + image_batch]
+        for method in methods:
+            options = method_options.get(method, {})
+            raw = attribute(module, xb, method, target=cb, layer=layer, **options)
+            two_d = _two_d(method, raw)
+            for key, (metric, _preset) in parsed.items():
+                opts = bound[key]
+                if metric.needs == "method":
+                    scores = metric.compute(module, xb, method, cb, layer=layer,
+                                            method_options=options, maps=raw, **opts)
+                else:
+                    scores = metric.compute(module, xb, raw if metric.raw_maps else two_d, cb,
+                                            **opts)
+                parts.setdefault((method, key), []).append(scores)
+                say(f"images {first + 1}-{first + xb.shape[0]}: {method} / {key}: mean "
+                    f"{_fmt(scores.mean)}")
+    scores = {k: _concat(v) for k, v in parts.items()}
+    cards = {key: _card(classifier, module, x, key, parsed[key], bound[key], methods,
+                        method_options, layer, target, bootstrap) for key in metrics}
+
+    def label(i: int) -> str:
+        return labels[i] if labels is not None and 0 <= i < len(labels) else f"class {i}"
+
+    result = Evaluation(methods=methods, metrics=metrics, images=image_names,
+                        targets=[int(c) for c in classes],
+                        target_labels=[label(int(c)) for c in classes], scores=scores,
+                        cards=cards)
+    for key in metrics:
+        metric = parsed[key][0]
+        rows = []
+        for method in methods:
+            s = scores[(method, key)]
+            mean, low, high = bootstrap_interval(s.values, bootstrap, seed)
+            reasons: dict[str, int] = {}
+            for reason in s.undefined:
+                if reason is not None:
+                    reasons[reason] = reasons.get(reason, 0) + 1
+            rows.append(Summary(method=method, metric=key, mean=mean, low=low, high=high,
+                                count=int(np.isfinite(s.values).sum()), undefined=reasons,
+                                higher_is_better=metric.higher_is_better,
+                                settings_id=_row_id(cards[key], method)))
+        ranked = sorted((r for r in rows if r.mean is not None),
+                        key=lambda r: -r.mean if r.higher_is_better else r.mean)
+        for position, row in enumerate(ranked, 1):
+            row.rank = position
+        result.summaries += rows
+    return result
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
+def _inputs(classifier: Any, images: Any, names: Sequence[str] | None
+            ) -> tuple[torch.Tensor, list[str]]:
+    if isinstance(images, torch.Tensor):
+        x = images
+        default = [f"image {i}" for i in range(x.shape[0])] if x.dim() == 4 else []
+    else:
+        if not hasattr(classifier, "preprocess"):
+            raise MetricError("images given as files or pictures need a convlens.Classifier to "
+                              "preprocess them; wrap the model (convlens.Classifier(module, "
+                              "...)) or pass a preprocessed tensor")
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        x = classifier.preprocess(items)
+        default = [Path(i).name if isinstance(i, (str, Path)) else f"image {n}"
+                   for n, i in enumerate(items)]
+    if names is not None:
+        names = list(names)
+        if len(names) != len(default):
+            raise MetricError(f"{len(names)} names given for {len(default)} images")
+        return x, names
+    return x, default
+
+
+def _card(classifier: Any, module: torch.nn.Module, x: torch.Tensor, key: str,
+          parsed: tuple[Metric, str | None], options: dict[str, Any], methods: list[str],
+          method_options: dict[str, dict[str, Any]], layer: Any, target: TargetLike,
+          bootstrap: int) -> dict[str, Any]:
+    from convlens import __version__
+    from convlens.attribution.core import get_method
+
+    metric, preset = parsed
+    card = {
+        "metric": metric.name, "preset": preset, "family": metric.family,
+        "options": json.loads(json.dumps(options, default=_jsonable)),
+        "reference": metric.reference, "higher_is_better": metric.higher_is_better,
+        "methods": {m: {**get_method(m).options, **method_options.get(m, {})} for m in methods},
+        "layer": None if layer is None else str(layer),
+        "model": getattr(classifier, "name", None) or type(module).__name__,
+        "input_shape": list(x.shape[1:]), "images": int(x.shape[0]),
+        "target": "prediction" if target is None else str(target),
+        "bootstrap": {"resamples": bootstrap, "interval": "percentile 95%"},
+        "convlens": __version__, "torch": torch.__version__, "device": str(x.device),
+    }
+    card["methods"] = json.loads(json.dumps(card["methods"], default=_jsonable))
+    return card
+
+
+# What makes two numbers comparable: not the image count, device or versions.
+_SETTINGS = ("metric", "preset", "options", "layer", "model", "input_shape", "target")
+
+
+def _row_id(card: Mapping[str, Any], method: str) -> str:
+    """Hash of the settings behind one method's score on one metric."""
+    return _settings_id({**{k: card[k] for k in _SETTINGS}, "method": method,
+                         "method_options": card["methods"][method]})

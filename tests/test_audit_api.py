@@ -1,0 +1,82 @@
+"""``cl.audit`` from Python: progress events, the notebook view, the pass's building blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from planted_bias import CLASSES, PlantedNet, planted_case
+
+import convlens as cl
+from convlens.attribution.core import get_method
+from convlens.auditing.passes import downsize, model_fingerprint
+
+
+def test_downsize_reduces_channels_and_resizes_without_normalising():
+    raw = torch.zeros(2, 3, 64, 64)
+    raw[0, :, :32, :32] = 1.0
+    maps = downsize(raw, get_method("saliency"), 32)
+    assert maps.shape == (2, 32, 32) and maps.dtype == np.float16
+    assert maps[0, :16, :16].min() == 1.0 and maps[0, 16:, 16:].max() == 0.0  # max_abs
+    cam = downsize(torch.full((1, 1, 7, 7), 2.0), get_method("gradcam"), 32)
+    np.testing.assert_allclose(cam, 2.0)               # bilinear growth keeps the raw value
+    huge = downsize(torch.full((1, 1, 4, 4), 1e9), get_method("gradcam"), 4)
+    assert np.isfinite(huge).all()
+
+
+def test_model_fingerprint_follows_weights_labels_and_preprocessing():
+    torch.manual_seed(0)
+    net = PlantedNet()
+    base = model_fingerprint(net, CLASSES, "pre")
+    assert model_fingerprint(net, CLASSES, "pre") == base
+    assert model_fingerprint(net, CLASSES[::-1], "pre") != base
+    assert model_fingerprint(net, CLASSES, "other") != base
+    with torch.no_grad():
+        net.fc.bias.add_(1e-3)
+    assert model_fingerprint(net, CLASSES, "pre") != base
+
+
+@pytest.fixture(scope="module")
+def small_audit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    case = planted_case()
+    for k in range(0, len(case.images), 2):
+        folder = root / "data" / CLASSES[case.labels[k]]
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = "-tag" if case.tagged[k] else ""
+        Image.fromarray(case.images[k]).save(folder / f"{k:04d}{suffix}.png")
+    clf = cl.Classifier(case.model, labels=CLASSES, input_size=32, mean=(0, 0, 0),
+                        std=(1, 1, 1), resize="squash", device="cpu")
+    events = []
+    result = cl.audit(clf, root / "data", out=root / "out", progress=events.append,
+                      batch_size=25)
+    return result, events
+
+
+def test_progress_reports_every_stage(small_audit):
+    result, events = small_audit
+    stages = [e.stage for e in events]
+    assert stages[0] == "audit" and events[0].done == 0 and events[0].total == 100
+    assert {"audit", "cluster", "check", "done"} <= set(stages)
+    audit_events = [e for e in events if e.stage == "audit"]
+    assert [e.done for e in audit_events] == [0, 25, 50, 75, 100]
+
+
+def test_notebook_view_and_python_result(small_audit):
+    result, _ = small_audit
+    assert isinstance(result, cl.Audit)
+    assert len(result.images) == 100 and result.errors == []
+    html = result._repr_html_()
+    assert "data:image/png;base64," in html and result.suspicious[0]["why"] in html
+    assert "square" in repr(result)
+    path = result.report()
+    assert path == result.out / "report.html" and path.is_file()
+
+
+def test_bad_group_by_and_non_classifier_are_refused(tmp_path):
+    with pytest.raises(cl.ConvlensError, match="group-by"):
+        cl.audit(cl.Classifier(PlantedNet(), labels=CLASSES, input_size=32), tmp_path,
+                 group_by="cluster")
+    with pytest.raises(cl.ConvlensError, match="Classifier"):
+        cl.audit(PlantedNet(), tmp_path)
