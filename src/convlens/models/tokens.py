@@ -12,7 +12,9 @@ so ``P = T - gh * gw``. This holds for the standard ViT / DeiT / ViT-with-regist
 layouts; a model whose tokens are not a row-major patch grid after the prefix (pooled or
 merged tokens, windows as in Swin) is not a grid we can recover and is refused with the
 shape we saw. Sequence-first outputs ``(T, N, D)`` (``nn.MultiheadAttention`` without
-``batch_first``) are recognised when the first dimension is not the batch size.
+``batch_first``) are recognised when the first dimension is not the batch size. Not
+detected: channels-first tokens ``(N, D, T)``; a model that keeps them must be given a layer
+whose output is ``(N, T, D)`` (or a 4-D map).
 """
 
 from __future__ import annotations
