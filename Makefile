@@ -32,8 +32,13 @@ demo: $(VENV)/.stamp-install
 	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 \
 	  $(BIN)/convlens demo --out $(OUT) $(DEMO_ARGS)
 
+# The browser tests (tests/app/test_browser.py) drive the system's Chromium through Playwright
+# (Playwright's own browser download is not used); without /usr/bin/chromium they skip, unless
+# CONVLENS_REQUIRE_BROWSER=1 (CI) makes that a failure. The example notebooks run too.
 test: $(VENV)/.stamp-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples/render.py examples/screenshot_app.py
+	@test -x /usr/bin/chromium || test -n "$$CONVLENS_CHROMIUM" || \
+	  echo "note: browser tests will skip: apt-get install chromium (or set CONVLENS_CHROMIUM)"
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 bench: $(VENV)/.stamp-dev

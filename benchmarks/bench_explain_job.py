@@ -3,7 +3,7 @@
 Part 1 (bundled EfficientNet-Lite0, Grad-CAM, 64 photos made from the sample photos by
 crops and flips, batch size 8): seconds per image for
 
-* ``explain``: bare :func:`convlens.explain` per batch of 8 decoded photos, nothing written
+* ``explain``: bare :func:`convlens.explanations` per batch of 8 decoded photos, nothing written
   (the floor of the job: decoding, preprocessing, forward, backward);
 * ``explain+save``: the same plus ``Explanation.save`` (overlay + grid PNGs, matplotlib),
   what the job did before it had a store;

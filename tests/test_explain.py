@@ -140,7 +140,7 @@ def test_maps_with_an_offset_are_shown_from_their_minimum(clf: cl.Classifier) ->
 def _spy_rows(monkeypatch) -> list[int]:
     import sys
 
-    explain_module = sys.modules["convlens.explain"]  # the package's `explain` is the function
+    explain_module = sys.modules["convlens.explanations"]  # the package's `explain` is the function
     rows: list[int] = []
     original = explain_module.attribute
 

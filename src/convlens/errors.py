@@ -87,7 +87,7 @@ def unknown_choice(kind: str, got: object, valid: Iterable[str]) -> str:
 class ConvlensWarning(UserWarning):
     """A result was computed but may mean nothing (a 1x1 photo, an all-zero map...).
 
-    The same text is kept in :attr:`convlens.explain.Explanation.notes`, so a batch job
+    The same text is kept in :attr:`convlens.explanations.Explanation.notes`, so a batch job
     can record it beside the result; filter it with ``warnings.simplefilter``.
     """
 

@@ -17,7 +17,7 @@ import torch
 from models import TinyVGG, seeded
 from PIL import Image
 
-import convlens.explain as explain_module
+import convlens.explanations as explain_module
 from convlens.errors import StoreMismatchError
 from convlens.jobs.explain_job import ExplainJob, group_methods
 from convlens.jobs.progress import ProgressEvent

@@ -8,7 +8,7 @@ images because it shows a bounded number of examples (per cluster, per mistake p
 page of classes) and says how many more ``audit.json`` lists.
 
 Full-size maps are recomputed here, batched, for the images the report shows (the pass
-stores only 32x32 maps). This module sits above the layers like :mod:`convlens.explain`
+stores only 32x32 maps). This module sits above the layers like :mod:`convlens.explanations`
 (docs/architecture.md, "Layers and the direction data flows").
 """
 

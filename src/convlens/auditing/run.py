@@ -7,7 +7,7 @@ group; :mod:`convlens.auditing.suspicion` ranks them and checks the top ones cau
 and :meth:`Audit.report` draws ``OUT/report.html``, recomputing full-size maps only for the
 images it shows.
 
-Like :mod:`convlens.explain`, this module sits above the layers (docs/architecture.md,
+Like :mod:`convlens.explanations`, this module sits above the layers (docs/architecture.md,
 "Layers and the direction data flows"): it computes with audit/ and draws with present/.
 """
 

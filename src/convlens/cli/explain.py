@@ -27,7 +27,7 @@ from convlens.cli._common import (
 
 
 def _parse_target(text: str) -> Any:
-    from convlens.explain import parse_target
+    from convlens.explanations import parse_target
 
     parse_target(text)  # validates top:K
     return int(text) if text.strip().lstrip("-").isdigit() else text

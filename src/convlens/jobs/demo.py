@@ -139,7 +139,7 @@ def _explain_each(classifier: Any, paths: list[Path], names: list[str],
     """One explain() call per method, so each method's time can be shown on the page."""
     from rich.progress import Progress
 
-    from convlens.explain import explain
+    from convlens.explanations import explain
 
     per_method: dict[str, list[Any]] = {}
     timings: dict[str, tuple[float, float]] = {}

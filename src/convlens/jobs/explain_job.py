@@ -3,7 +3,7 @@
 :class:`ExplainJob` is what ``convlens explain`` runs. It reads the inputs with
 :func:`convlens.io.datasets.scan_inputs` (the output folder is never read: it is excluded
 and marked), decodes them with a DataLoader (bad files become problems, not crashes),
-explains each batch with :func:`convlens.explain.explain`, writes the PNGs atomically and
+explains each batch with :func:`convlens.explanations.explain`, writes the PNGs atomically and
 appends the batch's records to a :class:`~convlens.jobs.store.ResultStore` under
 ``OUT/records/``. Memory is bounded by the batch size, whatever the number of images.
 
@@ -317,7 +317,7 @@ class ExplainJob:
     def _explain_batch(self, batch: Batch, names: Mapping[str, str]
                        ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Explain the decoded items of one batch: records (+ stored maps for batch scaling)."""
-        from convlens.explain import explain
+        from convlens.explanations import explain
 
         stems = [names[item.relpath] for item in batch.items]
         images = [batch.image(k) for k in range(len(batch.items))]
@@ -557,7 +557,7 @@ def _geometry(record: Mapping[str, Any]) -> Geometry:
 def _class_grid(rows: Sequence[Image.Image]) -> Image.Image:
     """Stack the per-class grids of one image (photo + methods, titled) into one picture.
 
-    A local stand-in for ``convlens.explain.class_grid`` (which lays the classes out as
+    A local stand-in for ``convlens.explanations.class_grid`` (which lays the classes out as
     columns); each row here is a class.
     """
     width = max(row.width for row in rows)

@@ -90,7 +90,7 @@ def save_readable_maps(explanation: Any, directory: str | Path, *, prefix: str |
     method instead of the ordinary overlay.
 
     Args:
-        explanation: A :class:`convlens.explain.Explanation`.
+        explanation: A :class:`convlens.explanations.Explanation`.
         directory: The output folder (the page's folder).
         prefix: File stem (default the explanation's name), as in ``Explanation.save``.
 

@@ -1,0 +1,36 @@
+"""The public names of ``convlens``: lazy, and never shadowed by a submodule of the same name."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import convlens
+
+
+def test_no_submodule_shadows_a_public_function() -> None:
+    # Importing convlens.X binds the attribute X of the package to the module: a module
+    # named like a public function (explain, audit...) would replace the function.
+    submodules = {info.name for info in pkgutil.iter_modules(convlens.__path__)}
+    clashes = sorted(name for name in convlens.__all__
+                     if name in submodules and name != "objectives")
+    assert clashes == []
+
+
+def test_public_functions_stay_functions_after_every_submodule_is_imported() -> None:
+    for info in pkgutil.walk_packages(convlens.__path__, "convlens."):
+        if ".app" in info.name:  # optional web extra
+            continue
+        importlib.import_module(info.name)
+    for name in ("explain", "iter_explain", "audit", "evaluate", "attribute", "visualize"):
+        assert callable(getattr(convlens, name)), name
+        assert not isinstance(getattr(convlens, name), type(convlens)), name
+
+
+def test_importing_convlens_does_not_import_torch() -> None:
+    code = "import sys, convlens; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"
