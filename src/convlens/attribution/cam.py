@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens._hooks import HookSession
-from convlens.attribution.core import Problem, check_feature_maps, combine_layers, register
+from convlens.attribution.core import (
+    Problem,
+    as_grid,
+    combine_layers,
+    feature_map_layouts,
+    register,
+)
 from convlens.errors import ConvlensError, MethodError, UnsupportedModelError
 
 
@@ -104,7 +110,8 @@ def gradcam_plus_plus(activations: torch.Tensor, gradients: torch.Tensor, *, rel
 
 # ---- CAMs that need activations only (and maybe more forward passes) -------------------------
 
-def capture_layers(problem: Problem, setup: Callable[[HookSession], Any] | None = None
+def capture_layers(problem: Problem, setup: Callable[[HookSession], Any] | None = None,
+                   refuse_tokens: str | None = None
                    ) -> tuple[list[torch.Tensor], list[int], torch.Tensor, Any]:
     """One gradient-free forward pass recording every requested layer's activation.
 
@@ -112,6 +119,8 @@ def capture_layers(problem: Problem, setup: Callable[[HookSession], Any] | None 
         problem: The call's problem (model, input, target, layers).
         setup: Optional ``setup(hooks)`` registering more hooks for the same pass; its
             return value is handed back.
+        refuse_tokens: Why the method cannot use token outputs; ``None``: token outputs
+            ``(N, T, D)`` are returned as patch grids (docs/architecture.md, "Models").
 
     Returns:
         The activations ``(N, K, h, w)`` (each layer's last call, as the rest of the network
@@ -124,8 +133,9 @@ def capture_layers(problem: Problem, setup: Callable[[HookSession], Any] | None 
         extra = setup(hooks) if setup is not None else None
         logits = problem.forward(problem.x)
     problem.indices(logits)
-    activations = [capture.output for capture in captures]
-    check_feature_maps(names, activations)
+    captured = [capture.output for capture in captures]
+    layouts = feature_map_layouts(names, captured, problem.x, refuse_tokens)
+    activations = [as_grid(a, lay) for a, lay in zip(captured, layouts)]
     return activations, [len(capture.outputs) for capture in captures], logits, extra
 
 
@@ -416,7 +426,9 @@ def ablationcam(problem: Problem, *, relu: bool = True, batch_size: int = 64) ->
     divides by the signed ``y_c`` (float32 throughout).
     """
     batch_size = _check_positive_int(batch_size, "batch_size")
-    activations, calls, logits, _ = capture_layers(problem)
+    activations, calls, logits, _ = capture_layers(problem, refuse_tokens=(
+        "ablationcam replaces the layer's output with copies that have one channel zeroed, "
+        "which is not implemented for token outputs; use gradcam, layercam or scorecam"))
     scores = logits.gather(1, problem.indices().view(-1, 1))
     maps = []
     for module, activation, count in zip(problem.modules(), activations, calls):

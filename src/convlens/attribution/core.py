@@ -39,6 +39,7 @@ from convlens.errors import (
 )
 from convlens.models.layers import resolve_layer
 from convlens.models.outputs import OutputKey, model_failure, select_output
+from convlens.models.tokens import TokenLayout, infer_layout, to_grid
 
 FAMILIES = ("gradient", "cam", "perturbation", "relevance")
 
@@ -392,20 +393,56 @@ def run_gradient_cams(problem: Problem, requests: list[tuple[Method, dict[str, A
         logits = problem.forward(problem.x)
     scores = problem.scores(logits) if problem._indices is not None else target_scores(
         logits, problem.indices(logits))
-    activations = [c.output for c in captures]
-    check_feature_maps(names, activations)
-    if not all(a.requires_grad for a in activations):
+    captured = [c.output for c in captures]
+    layouts = feature_map_layouts(names, captured, problem.x)
+    if not all(a.requires_grad for a in captured):
         raise LayerError("the target score does not depend on the chosen layer(s) "
                          f"{names}; choose a layer below the output")
-    gradients = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
+    gradients = torch.autograd.grad(scores.sum(), captured, allow_unused=True)
+    # Token outputs (N, T, D): activation and gradient get the same token -> grid layout.
+    activations = [as_grid(a.detach(), lay) for a, lay in zip(captured, layouts)]
+    gradients = [None if g is None else as_grid(g.detach(), lay)
+                 for g, lay in zip(gradients, layouts)]
     out: dict[str, torch.Tensor] = {}
     for spec, opts in requests:
         maps = []
         for act, grad in zip(activations, gradients):
             grad = torch.zeros_like(act) if grad is None else grad
-            maps.append(spec.combine(act.detach(), grad.detach(), **opts))
+            maps.append(spec.combine(act, grad, **opts))
         out[spec.name] = combine_layers(maps)
     return out
+
+
+def feature_map_layouts(names: Sequence[str], activations: Sequence[torch.Tensor],
+                        x: torch.Tensor, refuse_tokens: str | None = None
+                        ) -> list[TokenLayout | None]:
+    """Per layer: ``None`` for an ``(N, C, H, W)`` map, a token layout for ``(N, T, D)``.
+
+    Token outputs of vision transformers are read as a patch grid (prefix tokens dropped,
+    grid from the input size; see :mod:`convlens.models.tokens` and docs/architecture.md,
+    "Models"). ``refuse_tokens``: a reason to refuse them instead (a method that needs the
+    layer's own layout).
+
+    Raises:
+        LayerError: for any other shape, or tokens when refused, naming the layer.
+    """
+    layouts: list[TokenLayout | None] = []
+    for name, activation in zip(names, activations):
+        if activation.dim() == 3:
+            if refuse_tokens:
+                raise LayerError(f"layer {name!r} outputs tokens {tuple(activation.shape)}: "
+                                 f"{refuse_tokens}")
+            layouts.append(infer_layout(tuple(activation.shape), tuple(x.shape[-2:]),
+                                        x.shape[0], name))
+        else:
+            check_feature_maps([name], [activation])
+            layouts.append(None)
+    return layouts
+
+
+def as_grid(tensor: torch.Tensor, layout: TokenLayout | None) -> torch.Tensor:
+    """``tensor`` unchanged for a feature map, laid out as a patch grid for tokens."""
+    return tensor if layout is None else to_grid(tensor, layout)
 
 
 def check_feature_maps(names: Sequence[str], activations: Sequence[torch.Tensor]) -> None:
@@ -414,7 +451,8 @@ def check_feature_maps(names: Sequence[str], activations: Sequence[torch.Tensor]
         if activation.dim() != 4:
             raise LayerError(
                 f"layer {name!r} outputs shape {tuple(activation.shape)}; CAMs need a "
-                "(N, C, H, W) feature map. Choose a convolutional layer (see `convlens layers`)"
+                "(N, C, H, W) feature map or (N, T, D) tokens. Choose a convolutional layer "
+                "or a transformer block (see `convlens layers`)"
             )
 
 

@@ -173,3 +173,86 @@ def _check_range(indices: Sequence[int], classes: int) -> None:
 def target_scores(logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """The target class's logit for each sample, shape ``(N,)``."""
     return logits.gather(1, indices.view(-1, 1)).squeeze(1)
+
+
+class mask_score:  # noqa: N801 - used like a function: target=mask_score(3, mask)
+    """Score function for segmentation: the class's logits summed over a mask.
+
+    ``score(out) = sum_ij mask_ij * out[:, class_index, i, j]`` for a segmentation output
+    ``(N, classes, H, W)``: Seg-Grad-CAM's score (Vinogradova et al. 2020, Towards
+    Interpretable Semantic Segmentation via Gradient-weighted Class Activation Mapping),
+    so every method that explains a score explains "why these pixels are this class".
+
+    Args:
+        class_index: The class channel of the output.
+        mask: ``(H, W)`` for the whole batch or ``(N, H, W)`` per sample; bool or float
+            weights (e.g. the predicted mask ``out.argmax(1) == class_index``, or one object).
+
+    Example:
+        >>> attribute(seg_net, x, "gradcam", target=mask_score(3, mask))  # doctest: +SKIP
+    """
+
+    def __init__(self, class_index: int, mask: torch.Tensor) -> None:
+        if isinstance(class_index, bool) or not isinstance(class_index, int):
+            raise TargetError(f"mask_score: class_index must be an int, got {class_index!r}")
+        if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
+            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise TargetError(f"mask_score: mask must be a tensor (H, W) or (N, H, W), got {got}")
+        self.class_index, self.mask = class_index, mask
+        self.__name__ = f"class {class_index} over a mask"
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        if out.dim() != 4 or not 0 <= self.class_index < out.shape[1]:
+            raise TargetError(
+                f"mask_score({self.class_index}) needs a segmentation output (N, classes, H, W) "
+                f"with class {self.class_index}, got {tuple(out.shape)}; choose the output "
+                "with output= (e.g. output='out' for torchvision's segmentation models)")
+        if self.mask.shape[-2:] != out.shape[-2:] or (
+                self.mask.dim() == 3 and self.mask.shape[0] != out.shape[0]):
+            raise TargetError(
+                f"mask_score: mask of shape {tuple(self.mask.shape)} does not fit the output "
+                f"{tuple(out.shape)}; give (H, W) = {tuple(out.shape[-2:])}, or one per sample")
+        mask = self.mask.to(device=out.device, dtype=out.dtype)
+        return (out[:, self.class_index] * mask).sum(dim=(1, 2))
+
+
+class box_score:  # noqa: N801 - used like a function: target=box_score(0, class_index=2)
+    """Score function for detection: one box's score, or one class's logit for that box.
+
+    Works on a detector output with a fixed number of boxes per image, batched: the
+    ``(N, boxes)`` scores (``class_index=None``: ``out[:, index]``) or the ``(N, boxes,
+    classes)`` class logits (``out[:, index, class_index]``). Select that tensor among the
+    detector's outputs with ``output=`` (``attribute(..., output="logits")`` or
+    ``Classifier(module, output="logits")``); by default the first tensor is explained,
+    often the box coordinates ``(N, boxes, 4)``, which a shape check cannot tell from
+    logits. Prefer logits to post-softmax scores: a
+    probability saturates and its gradient vanishes (the reason convlens explains logits).
+
+    Detectors that return a variable number of boxes per image (torchvision's, a list of
+    dicts) need a wrapper returning fixed-size batched tensors; explain one image at a time.
+
+    Args:
+        index: The box (its position in the detector's output, e.g. from non-maximum
+            suppression on a first forward pass).
+        class_index: The class whose logit to explain; ``None`` for a per-box score.
+    """
+
+    def __init__(self, index: int, class_index: int | None = None) -> None:
+        for value, what in ((index, "index"), (class_index, "class_index")):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TargetError(f"box_score: {what} must be an int, got {value!r}")
+        self.index, self.class_index = index, class_index
+        self.__name__ = (f"box {index}" if class_index is None
+                         else f"box {index}, class {class_index}")
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        want = 2 if self.class_index is None else 3
+        shape = "(N, boxes) scores" if want == 2 else "(N, boxes, classes) logits"
+        fits = out.dim() == want and 0 <= self.index < out.shape[1] and (
+            want == 2 or 0 <= self.class_index < out.shape[2])
+        if not fits:
+            raise TargetError(
+                f"{self.__name__}: needs the detector's {shape} with box {self.index}"
+                f"{'' if want == 2 else f' and class {self.class_index}'}, got "
+                f"{tuple(out.shape)}; select that output with output= (an index or a key)")
+        return out[:, self.index] if want == 2 else out[:, self.index, self.class_index]

@@ -365,7 +365,8 @@ def _load_exported(path: Path, trust_model: bool) -> nn.Module:
 
 def model_source(spec: str | Path | nn.Module) -> str:
     """Which kind of model ``spec`` names: ``"module"``, ``"bundled"``, ``"torchvision"``,
-    ``"file"`` (TorchScript, .pt2 or a pickled module), ``"factory"`` or ``"unknown"``."""
+    ``"timm"``, ``"file"`` (TorchScript, .pt2, .onnx or a pickled module), ``"factory"`` or
+    ``"unknown"``."""
     if isinstance(spec, nn.Module):
         return "module"
     text = str(spec)
@@ -373,6 +374,8 @@ def model_source(spec: str | Path | nn.Module) -> str:
         return "bundled"
     if text.startswith("torchvision:"):
         return "torchvision"
+    if text.startswith("timm:"):
+        return "timm"
     if Path(text).is_file():
         return "file"
     if ":" in text and not text.endswith(":"):
@@ -391,9 +394,10 @@ def check_model_options(spec: str | Path | nn.Module, *, weights: str | Path | N
     =================  =========================  ==========================================
     bundled name       refused (ships its own)    refused (nothing to trust)
     nn.Module          refused (load it yourself) refused (nothing is loaded)
-    model file         refused (holds weights)    required for TorchScript, .pt2, pickles
+    model file         refused (holds weights)    required (TorchScript, pt2, onnx, pickle)
     factory            optional                   only with a .pt/.pth weights file
     torchvision:NAME   required                   only with a .pt/.pth weights file
+    timm:NAME          required                   only with a .pt/.pth weights file
     =================  =========================  ==========================================
 
     Preprocessing overrides (input size, resize, mean, std, labels) apply to every source:
@@ -415,7 +419,7 @@ def check_model_options(spec: str | Path | nn.Module, *, weights: str | Path | N
         if trust_model:
             raise ModelLoadError(f"trust_model (CLI: --trust-model) cannot apply: {what} and "
                                  "no file is unpickled or run; drop the flag")
-    if source in ("factory", "torchvision") and trust_model:
+    if source in ("factory", "torchvision", "timm") and trust_model:
         if weights is None:
             raise ModelLoadError(
                 f"trust_model (CLI: --trust-model) cannot apply: {spec!r} is Python code you "
@@ -439,9 +443,10 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
     """Load a classifier by name, file or factory.
 
     Args:
-        spec: ``"efficientnet_lite0"`` (bundled, ImageNet); a TorchScript or ``.pt2`` file;
-            ``"package.module:factory"`` or ``"path/to/file.py:factory"`` (a callable that
-            returns an ``nn.Module``); ``"torchvision:resnet50"``; or an ``nn.Module``.
+        spec: ``"efficientnet_lite0"`` (bundled, ImageNet); a TorchScript, ``.pt2`` or
+            ``.onnx`` file; ``"package.module:factory"`` or ``"path/to/file.py:factory"`` (a
+            callable that returns an ``nn.Module``); ``"torchvision:resnet50"``;
+            ``"timm:NAME"`` (its own preprocessing); or an ``nn.Module``.
         weights: State dict for a factory or torchvision model (``.safetensors``, or a
             ``torch.save``-d dict, read with ``weights_only=True``).
         labels: Text file (one name per line), JSON file, or a list of names. Default:
@@ -470,6 +475,17 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
                     "interpolation": getattr(zoo, "INTERPOLATION", "bilinear")}
         options = {**defaults, **options}
         labels = imagenet_labels() if labels is None else labels
+    elif model_source(spec) == "timm":  # docs/architecture.md, "Models"
+        from convlens.models.timm_models import load_timm
+
+        name = str(spec).split(":", 1)[1]
+        module, defaults = load_timm(name, weights, trust_model=trust_model)
+        options = {**defaults, **options}
+    elif model_source(spec) == "file" and str(spec).lower().endswith(".onnx"):
+        from convlens.models.onnx_models import load_onnx
+
+        module, defaults = load_onnx(spec, weights=weights, trust_model=trust_model)
+        name, options = Path(spec).stem, {**defaults, **options}
     elif isinstance(spec, (str, Path)):
         module, name = _load_module(str(spec), weights, trust_model)
     else:
