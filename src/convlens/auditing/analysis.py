@@ -76,8 +76,19 @@ class MapReader:
             return None
         return np.asarray(self._array(image.shard, "truemaps")[image.true_row])
 
-    def stack(self, images: Sequence[StoredImage]) -> np.ndarray:
-        return np.stack([self.predicted(i) for i in images]) if images else np.zeros((0, 1, 1))
+    def stack(self, images: Sequence[StoredImage], dtype: Any = np.float16) -> np.ndarray:
+        """The predicted-class maps of ``images`` as one ``(N, H, W)`` array of ``dtype``.
+
+        Filled row by row from the memory-mapped shards into one preallocated array: no list
+        of per-image copies and no second full-size array when converting to float32.
+        """
+        if not images:
+            return np.zeros((0, 1, 1), dtype)
+        first = self.predicted(images[0])
+        out = np.empty((len(images), *first.shape), dtype)
+        for k, image in enumerate(images):
+            out[k] = self._array(image.shard, "maps")[image.row]
+        return out
 
 
 def class_metrics(images: Sequence[StoredImage], names: Sequence[str]
@@ -152,7 +163,7 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
     emit(progress, "cluster", 0, len(groups))
     for done, name in enumerate(sorted(groups), start=1):
         members = groups[name]
-        maps = reader.stack([images[p] for p in members]).astype(np.float32)
+        maps = reader.stack([images[p] for p in members], np.float32)
         result = spray(maps, **options)
         for p, c in zip(members, result.labels):
             cluster_of[p] = int(c)

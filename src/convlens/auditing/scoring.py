@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from convlens.metrics.core import Metric, MetricError, metrics
-from convlens.metrics.evaluate import bootstrap_interval, parse_metric, presentation_maps
+from convlens.metrics.evaluate import bootstrap_interval, parse_metric, two_d_maps
 
 BOOTSTRAP = 1000
 
@@ -94,7 +94,7 @@ def score_batch(module: nn.Module, x: torch.Tensor, raw: torch.Tensor, method: s
     """Per image ``{key: score or None}`` for the predicted class's full-resolution maps."""
     if not chosen:
         return [{} for _ in range(x.shape[0])]
-    two_d = presentation_maps(method, raw)
+    two_d = two_d_maps(method, raw)
     target = predicted.to(x.device)
     rows: list[dict[str, float | None]] = [{} for _ in range(x.shape[0])]
     for m in chosen:

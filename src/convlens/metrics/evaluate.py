@@ -183,7 +183,7 @@ def bootstrap_interval(values: np.ndarray, resamples: int, seed: int
     return mean, float(low), float(high)
 
 
-def presentation_maps(method: str, a: torch.Tensor) -> torch.Tensor:
+def two_d_maps(method: str, a: torch.Tensor) -> torch.Tensor:
     """The map as presentation reads it: ``(N, 1, h, w)``, channels reduced, offset removed.
 
     Public so that the audit (:mod:`convlens.auditing.scoring`) scores exactly the maps
@@ -198,7 +198,7 @@ def presentation_maps(method: str, a: torch.Tensor) -> torch.Tensor:
     return maps
 
 
-_two_d = presentation_maps
+_two_d = two_d_maps
 
 
 def _settings_id(card: Mapping[str, Any]) -> str:
