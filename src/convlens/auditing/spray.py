@@ -161,19 +161,12 @@ def reduce_dimensions(rows: np.ndarray, *, n_components: int = 64, seed: int = 0
     return pca.fit_transform(rows).astype(np.float32, copy=False)
 
 
-KNN_WORKING_MEMORY_MIB = 16
-
-
 def knn_affinity(rows: np.ndarray, *, n_neighbors: int = 10) -> sparse.csr_matrix:
     """Sparse symmetric k-NN graph: ``(A + A.T) / 2`` with A[i, j] = 1 for j among i's k nearest.
 
     Self-loops are excluded; ``n_neighbors`` is capped at ``N - 1``. The result has at most
-    ``2 * N * k`` stored entries, never N^2. The exact (brute-force) search computes
-    distances in row chunks of at most :data:`KNN_WORKING_MEMORY_MIB` (scikit-learn's
-    ``working_memory``, 1 GiB by default, would hold a whole N x N block for N up to ~11,000:
-    memory that grew with the dataset); the neighbours found are the same.
+    ``2 * N * k`` stored entries, never N^2.
     """
-    from sklearn import config_context
     from sklearn.neighbors import NearestNeighbors
 
     n = rows.shape[0]
@@ -181,8 +174,7 @@ def knn_affinity(rows: np.ndarray, *, n_neighbors: int = 10) -> sparse.csr_matri
     if k < 1:
         return sparse.csr_matrix((n, n), dtype=np.float64)
     index = NearestNeighbors(n_neighbors=k, algorithm="auto").fit(rows)
-    with config_context(working_memory=KNN_WORKING_MEMORY_MIB):
-        directed = index.kneighbors_graph(mode="connectivity")  # X=None: excludes each point
+    directed = index.kneighbors_graph(mode="connectivity")  # X=None: excludes each point itself
     affinity = (directed + directed.T) * 0.5
     return sparse.csr_matrix(affinity, dtype=np.float64)
 
