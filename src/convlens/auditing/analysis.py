@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from convlens.auditing.scoring import mean_of, summary
 from convlens.auditing.spray import spray
 from convlens.auditing.suspicion import ClusterScore, mean_map, rank_clusters, score_group
 from convlens.jobs.progress import ProgressCallback, emit
@@ -75,8 +76,19 @@ class MapReader:
             return None
         return np.asarray(self._array(image.shard, "truemaps")[image.true_row])
 
-    def stack(self, images: Sequence[StoredImage]) -> np.ndarray:
-        return np.stack([self.predicted(i) for i in images]) if images else np.zeros((0, 1, 1))
+    def stack(self, images: Sequence[StoredImage], dtype: Any = np.float16) -> np.ndarray:
+        """The predicted-class maps of ``images`` as one ``(N, H, W)`` array of ``dtype``.
+
+        Filled row by row from the memory-mapped shards into one preallocated array: no list
+        of per-image copies and no second full-size array when converting to float32.
+        """
+        if not images:
+            return np.zeros((0, 1, 1), dtype)
+        first = self.predicted(images[0])
+        out = np.empty((len(images), *first.shape), dtype)
+        for k, image in enumerate(images):
+            out[k] = self._array(image.shard, "maps")[image.row]
+        return out
 
 
 def class_metrics(images: Sequence[StoredImage], names: Sequence[str]
@@ -107,7 +119,8 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
                 errors: Sequence[dict[str, str]], group_by: str = "predicted",
                 causal: CausalRunner | None = None, checks: int = 3,
                 spray_options: dict[str, Any] | None = None, seed: int = 0,
-                progress: ProgressCallback | None = None) -> dict[str, Any]:
+                progress: ProgressCallback | None = None,
+                metric_cards: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Assemble the ``audit.json`` content.
 
     Schema: ``{"model", "method", "layer", "group_by", "images": [{"path", "label",
@@ -116,7 +129,10 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
     "size", "members", "error_rate", "suspicion", "flip_rate", ...}], ...}], "suspicious":
     [{"class", "cluster", "suspicion", "why", ...}]}`` (most suspicious first). Added fields:
     ``accuracy``, ``confusion`` ``{"classes", "matrix"}``, per image ``top5``, per cluster the
-    suspicion's parts and the causal figures, per class the SpRAy steps.
+    suspicion's parts and the causal figures, per class the SpRAy steps. With metrics
+    (``metric_cards``): top-level ``metrics`` ``{key: {"card", "mean", "ci": [low, high],
+    "count", "undefined"}}`` (bootstrap 95 %), and ``metrics`` ``{key: mean}`` per image (the
+    score), per class, per cluster and per suspicious entry.
 
     Args:
         images: From :func:`stored_images`.
@@ -127,8 +143,11 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
         causal: ``causal(members, mean_map, seed) -> CausalResult`` for the top clusters.
         checks: How many of the most suspicious clusters get the causal check.
         spray_options: Passed to :func:`~convlens.auditing.spray.spray`.
+        metric_cards: ``{key: card}`` of the metrics scored in the pass
+            (:func:`convlens.auditing.scoring.card`); None: no metric fields.
     """
     field = "predicted" if group_by == "predicted" else "label"
+    keys = list(metric_cards or {})
     groups: dict[str, list[int]] = defaultdict(list)
     for position, image in enumerate(images):
         name = image.record[field]
@@ -144,7 +163,7 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
     emit(progress, "cluster", 0, len(groups))
     for done, name in enumerate(sorted(groups), start=1):
         members = groups[name]
-        maps = reader.stack([images[p] for p in members]).astype(np.float32)
+        maps = reader.stack([images[p] for p in members], np.float32)
         result = spray(maps, **options)
         for p, c in zip(members, result.labels):
             cluster_of[p] = int(c)
@@ -165,9 +184,13 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
                 "support_weight": _r(score.support), "half_mass_area": _r(score.area),
                 "mean_map": [[_r(v) for v in row] for row in mean_map(maps[result.labels == cid])],
             })
+            if keys:
+                clusters[-1]["metrics"] = {k: mean_of([images[p].record for p in inside], k)
+                                           for k in keys}
         per_class[name] = {"eigenvalues": [_r(v) for v in result.eigenvalues],
                            "n_clusters": result.n_clusters, "clusters": clusters,
                            "spray": [s.to_dict() | {"seconds": None} for s in result.steps]}
+        del maps, result  # one group's maps at a time: freed before the next is read
         emit(progress, "cluster", done, len(groups), name)
     ranked = rank_clusters(scores)
     suspicious = []
@@ -187,6 +210,8 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
         cluster = per_class[score.group]["clusters"][score.cluster]
         entry = {"class": score.group, "cluster": score.cluster, "suspicion": _r(score.suspicion),
                  "why": score.why(), "size": score.size}
+        if keys:
+            entry["metrics"] = cluster["metrics"]
         if cluster.get("causal"):
             entry["causal"] = cluster["causal"]
             entry["flip_rate"] = cluster["flip_rate"]
@@ -198,6 +223,9 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
         entry = {"name": name, **metrics[name], "eigenvalues": [], "n_clusters": 0,
                  "clusters": []}
         entry.update(per_class.get(name, {}))
+        if keys:
+            inside = [images[p].record for p in groups.get(name, [])]
+            entry["metrics"] = {k: mean_of(inside, k) for k in keys}
         classes.append(entry)
     image_rows = []
     for position, image in enumerate(images):
@@ -205,7 +233,9 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
         image_rows.append({"path": r["path"], "label": r["label"], "predicted": r["predicted"],
                            "probability": r["probability"], "correct": r["correct"],
                            "cluster": cluster_of.get(position), "top5": r["top5"]})
-    return {
+        if keys:
+            image_rows[-1]["metrics"] = {k: (r.get("metrics") or {}).get(k) for k in keys}
+    content = {
         **header, "group_by": group_by,
         "accuracy": _r(sum(bool(r["correct"]) for r in labelled) / len(labelled))
         if labelled else None,
@@ -216,3 +246,8 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
         "confusion": {"classes": names, "matrix": matrix},
         "suspicious": suspicious,
     }
+    if keys:
+        records = [i.record for i in images]
+        content["metrics"] = {k: {"card": metric_cards[k], **summary(records, k, seed)}
+                              for k in keys}
+    return content

@@ -3,10 +3,12 @@
 Per batch: decode (DataLoader workers, :func:`convlens.io.datasets.batches`), one forward and
 one backward for the attribution of the predicted class (the logits are taken from that same
 forward, so predictions cost nothing extra), a second attribution for the true class of the
-mistakes only, then one append to the :class:`~convlens.jobs.store.ResultStore`: a JSON-lines
-shard of records and the maps as float16 side arrays, downsized to ``map_size`` (32x32 by
-default: 2 KiB per map). Nothing accumulates in memory; finished images (keyed by their
-content and the configuration) are skipped on a rerun, so a killed run resumes.
+mistakes only, the requested maps-based metrics on the full-resolution maps of the
+predicted class (:mod:`convlens.auditing.scoring`), then one append to the
+:class:`~convlens.jobs.store.ResultStore`: a JSON-lines shard of records and the maps as
+float16 side arrays, downsized to ``map_size`` (32x32 by default: 2 KiB per map). Nothing
+accumulates in memory; finished images (keyed by their content and the configuration) are
+skipped on a rerun, so a killed run resumes.
 
 See docs/architecture.md, "Layers and the direction data flows": audit uses io, models,
 attribution and jobs, never present.
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.attribution.core import Method, attribute, get_method
+from convlens.auditing.scoring import score_batch
 from convlens.io.datasets import Batch, Dataset, batches
 from convlens.io.images import InputProblem
 from convlens.jobs.progress import ProgressCallback, emit
@@ -99,6 +102,7 @@ class PassSettings:
     map_size: int = 32
     batch_size: int = 32
     workers: int = 0
+    metrics: list[Any] = field(default_factory=list)  # AuditMetric, see auditing/scoring.py
 
 
 @dataclass
@@ -159,6 +163,7 @@ def _attribute_batch(batch: Batch, recorder: _Recorder, spec: Method,
     recorder.last = None
     probabilities = logits.float().softmax(dim=1).cpu()
     predicted = probabilities.argmax(dim=1)
+    scores = score_batch(classifier.module, x, raw, spec.name, predicted, settings.metrics)
     maps = downsize(raw, spec, settings.map_size)
     truth = [index_of.get(item.label) if item.label is not None else None
              for item in batch.items]
@@ -188,4 +193,6 @@ def _attribute_batch(batch: Batch, recorder: _Recorder, spec: Method,
             "row": row,
             "true_row": wrong.index(row) if row in wrong else None,
         })
+        if settings.metrics:
+            records[-1]["metrics"] = scores[row]
     store.append(records, {"maps": maps, "truemaps": true_maps})

@@ -58,6 +58,8 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
           out: str | os.PathLike[str] = "convlens-audit", batch_size: int = 32, workers: int = 0,
           overwrite: bool = False, map_size: int = 32, checks: int = 3, seed: int = 0,
           layout: str = "auto", progress: ProgressCallback | bool | None = None,
+          metrics: Sequence[str] | str | None = None,
+          metric_options: dict[str, dict[str, Any]] | None = None,
           **options: Any) -> Audit:
     """Audit ``classifier`` on the images of ``data``.
 
@@ -77,6 +79,14 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         layout: ``auto``, ``imagefolder``, ``csv`` or ``plain``.
         progress: A callback, ``True`` (plain lines, or bars in a notebook), ``False``/None
             for silence (in a notebook, ``None`` shows bars).
+        metrics: Maps-based metrics scored per image on the full-resolution map of the
+            predicted class, in the same pass: names or ``name:preset`` as in
+            :func:`convlens.evaluate` (``["deletion", "insertion:xplique"]`` or
+            ``"deletion,insertion"``). Method-based metrics (max_sensitivity,
+            model_randomisation, random_logit) are refused: too costly per image. Their
+            means with bootstrap 95 % intervals go to ``audit.json`` (top-level ``metrics``,
+            per class and per cluster ``metrics``) and the report.
+        metric_options: ``{metric key: {option: value}}``.
         **options: Options of the method.
 
     Returns:
@@ -84,6 +94,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
 
     Raises:
         LabelMismatchError: Labels in ``data`` that the model does not know.
+        MetricError: An unknown or method-based metric, preset or option.
         StoreMismatchError: ``out`` holds results of another configuration (no overwrite).
     """
     from convlens.io.datasets import read_dataset, unknown_labels
@@ -103,9 +114,11 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
     elif progress is False:
         progress = None
     from convlens.attribution.core import get_method
+    from convlens.auditing.scoring import config_entry, parse_audit_metrics
 
     spec = get_method(method)
     spec.bind(options)
+    chosen = parse_audit_metrics(metrics, metric_options)
     out = Path(out)
     dataset = read_dataset(data, layout=layout, exclude=[out])
     if dataset.layout != "plain":
@@ -127,12 +140,15 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
     else:
         layer_name = None
     settings = PassSettings(method=method, layer=layer_name, options=dict(options),
-                            map_size=map_size, batch_size=batch_size, workers=workers)
+                            map_size=map_size, batch_size=batch_size, workers=workers,
+                            metrics=chosen)
     config = {"model": classifier.name,
               "model_fingerprint": model_fingerprint(classifier.module, classifier.labels,
                                                      classifier.preprocessing),
               "method": method, "layer": layer_name, "options": dict(options),
               "map_size": map_size, "group_by": group_by, "checks": checks, "seed": seed}
+    if chosen:  # only when asked, so stores written without metrics keep their fingerprint
+        config["metrics"] = config_entry(chosen)
     store_folder = out / STORE_FOLDER
     if overwrite and out.is_dir():
         for name in ("audit.json", "report.html"):
@@ -176,8 +192,15 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
 
     header = {"model": classifier.name, "method": method, "layer": layer_name,
               "data": str(data), "layout": dataset.layout, "map_size": map_size}
+    cards = None
+    if chosen:
+        from convlens.auditing.scoring import card
+
+        cards = {m.key: card(m, method=method, layer=layer_name, model=classifier.name,
+                             images=len(images)) for m in chosen}
     content = build_audit(images, reader, header=header, errors=errors, group_by=group_by,
-                          causal=causal, checks=checks, seed=seed, progress=progress)
+                          causal=causal, checks=checks, seed=seed, progress=progress,
+                          metric_cards=cards)
     write_json_atomic(out / "audit.json", content)
     emit(progress, "done", 1, 1, f"wrote {out / 'audit.json'}")
     return Audit(content, out, classifier=classifier, dataset=dataset, settings=settings,

@@ -30,6 +30,11 @@ def audit(
     workers: int = typer.Option(0, "--workers", min=0, help="Decoding processes."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace results of a different configuration in OUT."),
+    metrics: str | None = typer.Option(
+        None, "--metrics", help="Comma-separated maps-based metrics, NAME or NAME:PRESET (see "
+                                "`metrics`), scored per image on the predicted class's map."),
+    metric_option: list[str] = typer.Option([], "--metric-option",
+                                            help="Metric option METRIC.NAME=VALUE (repeatable)."),
     *, model_options: ModelOptions,
 ) -> None:
     """Audit a dataset: OUT/audit.json and OUT/report.html; resumes an interrupted run."""
@@ -44,17 +49,33 @@ def audit(
     from convlens.attribution.core import get_method
 
     get_method(method)
+    from convlens.auditing.scoring import parse_audit_metrics
+    from convlens.cli.evaluate import parse_options
+
+    metric_keys = [k.strip() for k in (metrics or "").split(",") if k.strip()]
+    if metrics is not None and not metric_keys:
+        fail("--metrics needs at least one metric name (see `convlens metrics`)")
+    metric_options = parse_options(metric_option, "--metric-option")
+    parse_audit_metrics(metric_keys, metric_options)  # refuse bad names before loading
     classifier = model_options.load()
     with cli_progress() as progress:
         result = run_audit(classifier, data, method=method, layer=layer, group_by=group_by,
                            out=out, batch_size=batch_size, workers=workers,
-                           overwrite=overwrite, progress=progress)
+                           overwrite=overwrite, progress=progress, metrics=metric_keys,
+                           metric_options=metric_options)
         report = result.report(progress=progress)
     top = result.suspicious[0] if result.suspicious else None
     console.print(f"audited {len(result.images)} image(s): {out / 'audit.json'}, {report}")
     if top is not None:
         console.print(f"most suspicious: {top['class']} cluster {top['cluster']}: {top['why']}",
                       markup=False, highlight=False)
+    for key, entry in result.data.get("metrics", {}).items():
+        if entry["mean"] is None:
+            console.print(f"{key}: undefined on every image", markup=False, highlight=False)
+        else:
+            low, high = entry["ci"]
+            console.print(f"{key}: mean {entry['mean']:.3f} [95% {low:.3f}, {high:.3f}] over "
+                          f"{entry['count']} image(s)", markup=False, highlight=False)
     report_problems([{"path": e["path"], "error": e["reason"]} for e in result.errors])
 
 

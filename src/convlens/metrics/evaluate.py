@@ -183,8 +183,11 @@ def bootstrap_interval(values: np.ndarray, resamples: int, seed: int
     return mean, float(low), float(high)
 
 
-def _two_d(method: str, a: torch.Tensor) -> torch.Tensor:
-    """The map as presentation reads it: ``(N, 1, h, w)``, channels reduced, offset removed."""
+def two_d_maps(method: str, a: torch.Tensor) -> torch.Tensor:
+    """The map as presentation reads it: ``(N, 1, h, w)``, channels reduced, offset removed.
+
+    Public so that the audit (:mod:`convlens.auditing.scoring`) scores exactly the maps
+    ``evaluate`` scores."""
     from convlens.attribution.core import get_method
 
     spec = get_method(method)
@@ -193,6 +196,9 @@ def _two_d(method: str, a: torch.Tensor) -> torch.Tensor:
     if spec.offset:
         maps = maps - maps.flatten(1).amin(1).view(-1, 1, 1, 1)
     return maps
+
+
+_two_d = two_d_maps
 
 
 def _settings_id(card: Mapping[str, Any]) -> str:
