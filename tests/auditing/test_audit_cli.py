@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 EVIL = "<img src=x onerror=alert(1)>.png"
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/, where planted_bias.py lives
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import convlens as cl
 from convlens.auditing.scoring import accepted_metrics, parse_audit_metrics
 from convlens.metrics import MetricError, get_metric
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/, where planted_bias.py lives
 METRICS = "deletion:xplique,insertion:xplique"
 
 
