@@ -147,3 +147,30 @@ def planted_case(seed: int = 0) -> PlantedCase:
     """The trained model and its audit set."""
     images, labels, tagged = make_set(audit_counts(), seed=seed + 1)
     return PlantedCase(trained_model(seed), images, labels, tagged)
+
+
+def write_planted_folder(root, case: PlantedCase, *, every: int = 1) -> dict:
+    """Write ``case`` as an ImageFolder under ``root/data`` (tagged files end in ``-tag``), its
+    weights and labels beside it; returns the paths and the CLI model options that load it.
+
+    ``every``: keep every k-th image (a smaller, quicker folder with the same strategies).
+    """
+    from pathlib import Path
+
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    data = root / "data"
+    for k in range(0, len(case.images), every):
+        folder = data / CLASSES[case.labels[k]]
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = "-tag" if case.tagged[k] else ""
+        Image.fromarray(case.images[k]).save(folder / f"{k:04d}{suffix}.png")
+    save_file(case.model.state_dict(), root / "w.safetensors")
+    (root / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    model = ["--model", f"{Path(__file__).resolve()}:build", "--weights",
+             str(root / "w.safetensors"), "--labels", str(root / "labels.txt"),
+             "--input-size", "32", "--mean", "0,0,0", "--std", "1,1,1", "--resize", "squash",
+             "--device", "cpu"]
+    return {"root": root, "data": data, "model": model, "case": case}

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from planted_bias import CLASSES, TAG_CLASS, planted_case
-from safetensors.torch import save_file
+from planted_bias import TAG_CLASS, planted_case, write_planted_folder
 from typer.testing import CliRunner
 
 EVIL = "<img src=x onerror=alert(1)>.png"
@@ -26,26 +25,15 @@ HERE = Path(__file__).parents[1]  # tests/, where planted_bias.py lives
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("planted")
-    case = planted_case()
-    data = root / "data"
-    for k, (image, label, tag) in enumerate(zip(case.images, case.labels, case.tagged)):
-        folder = data / CLASSES[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{k:04d}{'-tag' if tag else ''}.png")
+    planted = write_planted_folder(tmp_path_factory.mktemp("planted"), planted_case())
+    data, case = planted["data"], planted["case"]
     Image.fromarray(case.images[0]).save(data / "circle" / EVIL)
     (data / "square" / EVIL).write_text("not an image either")
     (data / "circle" / "notimage.png").write_text("this is not a picture")
     (data / "square" / "empty.png").write_bytes(b"")
     good = (data / "triangle" / f"{len(case.images) - 1:04d}-tag.png").read_bytes()
     (data / "triangle" / "truncated.png").write_bytes(good[: len(good) // 2])
-    save_file(case.model.state_dict(), root / "w.safetensors")
-    (root / "labels.txt").write_text("\n".join(CLASSES) + "\n")
-    model = ["--model", f"{HERE / 'planted_bias.py'}:build", "--weights",
-             str(root / "w.safetensors"), "--labels", str(root / "labels.txt"),
-             "--input-size", "32", "--mean", "0,0,0", "--std", "1,1,1", "--resize", "squash",
-             "--device", "cpu"]
-    return {"root": root, "data": data, "model": model, "case": case}
+    return planted
 
 
 def cli(*args: str):

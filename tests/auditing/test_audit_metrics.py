@@ -9,36 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from planted_bias import CLASSES, planted_case
-from safetensors.torch import save_file
+from planted_bias import CLASSES, planted_case, write_planted_folder
 from typer.testing import CliRunner
 
 import convlens as cl
 from convlens.auditing.scoring import accepted_metrics, parse_audit_metrics
 from convlens.metrics import MetricError, get_metric
 
-HERE = Path(__file__).parents[1]  # tests/, where planted_bias.py lives
 METRICS = "deletion:xplique,insertion:xplique"
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("planted-metrics")
-    case = planted_case()
-    data = root / "data"
-    for k in range(0, len(case.images), 3):  # a third of the case: enough clusters, quick
-        folder = data / CLASSES[case.labels[k]]
-        folder.mkdir(parents=True, exist_ok=True)
-        suffix = "-tag" if case.tagged[k] else ""
-        Image.fromarray(case.images[k]).save(folder / f"{k:04d}{suffix}.png")
-    save_file(case.model.state_dict(), root / "w.safetensors")
-    (root / "labels.txt").write_text("\n".join(CLASSES) + "\n")
-    model = ["--model", f"{HERE / 'planted_bias.py'}:build", "--weights",
-             str(root / "w.safetensors"), "--labels", str(root / "labels.txt"),
-             "--input-size", "32", "--mean", "0,0,0", "--std", "1,1,1", "--resize", "squash",
-             "--device", "cpu"]
-    return {"root": root, "data": data, "model": model, "case": case}
+    # a third of the case: enough clusters, quick
+    return write_planted_folder(tmp_path_factory.mktemp("planted-metrics"), planted_case(),
+                                every=3)
 
 
 def cli(*args: str):
