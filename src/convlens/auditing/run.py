@@ -100,7 +100,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
     from convlens.io.datasets import read_dataset, unknown_labels
     from convlens.jobs.progress import text_progress
     from convlens.models.classifier import Classifier
-    from convlens.models.layers import default_layer_name, resolve_layer
+    from convlens.models.layers import resolve_layer
 
     if not isinstance(classifier, Classifier):
         raise ConvlensError(f"audit needs a convlens.Classifier (cl.load_model() or "
@@ -136,7 +136,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
     shape = (classifier.preprocessing.channels, height, width)
     if spec.needs_layer:
         layer_name = (resolve_layer(classifier.module, layer)[0] if layer is not None
-                      else default_layer_name(classifier.module, shape, classifier.device))
+                      else classifier.default_layer(shape))
     else:
         layer_name = None
     settings = PassSettings(method=method, layer=layer_name, options=dict(options),

@@ -59,13 +59,9 @@ def layers(*, model_options: ModelOptions) -> None:
     from rich.table import Table
 
     import convlens
-    from convlens.models.layers import default_layer_name
 
     classifier = model_options.load()
-    height, width = classifier.preprocessing.input_size
-    default = default_layer_name(classifier.module,
-                                 (classifier.preprocessing.channels, height, width),
-                                 classifier.device)
+    default = classifier.default_layer()
     table = Table("layer", "type", "output shape", "parameters")
     for info in convlens.layers(classifier):
         shape = "x".join(map(str, info.output_shape)) if info.output_shape else "-"

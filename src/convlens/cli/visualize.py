@@ -234,7 +234,6 @@ def activations(
     --std change what the layer sees.
     """
     from convlens.io.images import safe_output_name
-    from convlens.models.layers import default_layer_name
     from convlens.visualization.inspection import activation_maps, filter_grid, maps_grid
 
     if normalize not in ("layer", "channel"):
@@ -244,10 +243,7 @@ def activations(
     prepare_out(out)
     classifier = model_options.load()
     if layer is None:
-        height, width = classifier.preprocessing.input_size
-        layer = default_layer_name(classifier.module,
-                                   (classifier.preprocessing.channels, height, width),
-                                   classifier.device)
+        layer = classifier.default_layer()
     stem = safe_output_name(image, set())
     maps, order = activation_maps(classifier, model_input(classifier, photo), layer)
     path = out / f"{stem}.{layer}.activations.png"
