@@ -28,7 +28,8 @@ from torch import nn
 
 from convlens.attribution.core import Method, attribute, get_method
 from convlens.auditing.scoring import score_batch
-from convlens.io.datasets import Batch, Dataset, batches
+from convlens.engines import Engine, get_engine
+from convlens.io.datasets import Batch, Dataset
 from convlens.io.images import InputProblem
 from convlens.jobs.progress import ProgressCallback, emit
 from convlens.jobs.store import ResultStore
@@ -115,7 +116,8 @@ class PassOutcome:
 
 
 def run_pass(classifier: Any, dataset: Dataset, store: ResultStore, settings: PassSettings, *,
-             progress: ProgressCallback | None = None) -> PassOutcome:
+             progress: ProgressCallback | None = None, engine: Engine | None = None
+             ) -> PassOutcome:
     """Predict and attribute every image of ``dataset`` not yet in ``store``.
 
     Args:
@@ -124,75 +126,105 @@ def run_pass(classifier: Any, dataset: Dataset, store: ResultStore, settings: Pa
         store: Opened with the audit's configuration; finished keys are skipped.
         settings: Method, layer (a resolved dotted name), options, map size, batching.
         progress: Called with ``stage="audit"`` after each batch.
+        engine: Where the batches are computed (:mod:`convlens.engines`); default the
+            local engine with ``settings.workers`` decoding processes. Whatever the engine,
+            this process writes every result to ``store`` as it arrives.
     """
-    spec = get_method(settings.method)
-    module = classifier.module
-    recorder = _Recorder(module)
-    layer_module = dict(module.named_modules())[settings.layer] if settings.layer else None
-    labels = classifier.labels
-    index_of = {name: i for i, name in enumerate(labels)} if labels else {}
-    done = store.done_keys()
+    engine = engine or get_engine("local", workers=settings.workers)
     keys: list[str] = []
     problems: list[InputProblem] = list(dataset.problems)
     total, seen, computed = len(dataset.entries), 0, 0
     emit(progress, "audit", 0, total)
-    for batch in batches(dataset.entries, classifier.preprocessing,
-                         batch_size=settings.batch_size, workers=settings.workers,
-                         salt=store.fingerprint or "", skip=done, keep_images=False):
+    for done in engine.map_units(dataset.entries, classifier.preprocessing,
+                                 AuditWorkerFactory(classifier, settings),
+                                 batch_size=settings.batch_size, salt=store.fingerprint or "",
+                                 skip=store.done_keys()):
+        batch = done.batch
         keys.extend(item.key for item in batch.items)
         keys.extend(item.key for item in batch.skipped)
         problems.extend(batch.problems)
-        if batch.x is not None:
-            _attribute_batch(batch, recorder, spec, layer_module, settings, classifier, index_of,
-                             store)
-            computed += len(batch.items)
+        if done.result is not None:
+            records, arrays = done.result
+            store.append(records, arrays)
+            computed += len(records)
         seen += batch.size
         emit(progress, "audit", seen, total, f"{computed} computed, {len(problems)} unreadable")
     return PassOutcome(keys, problems, computed)
 
 
-def _attribute_batch(batch: Batch, recorder: _Recorder, spec: Method,
-                     layer_module: nn.Module | None, settings: PassSettings, classifier: Any,
-                     index_of: dict[str, int], store: ResultStore) -> None:
-    x = batch.x.to(classifier.device)
-    layer = layer_module if spec.needs_layer else None
-    raw = attribute(recorder, x, spec.name, target=None, layer=layer, **settings.options)
-    logits = recorder.last
-    if logits is None:  # a method that never ran the plain batch: one extra forward
-        logits = classifier.logits(x)
-    recorder.last = None
-    probabilities = logits.float().softmax(dim=1).cpu()
-    predicted = probabilities.argmax(dim=1)
-    scores = score_batch(classifier.module, x, raw, spec.name, predicted, settings.metrics)
-    maps = downsize(raw, spec, settings.map_size)
-    truth = [index_of.get(item.label) if item.label is not None else None
-             for item in batch.items]
-    wrong = [i for i, t in enumerate(truth) if t is not None and t != int(predicted[i])]
-    true_maps = np.zeros((0, settings.map_size, settings.map_size), np.float16)
-    if wrong:
-        targets = torch.tensor([truth[i] for i in wrong])
-        raw_true = attribute(recorder, x[wrong], spec.name, target=targets, layer=layer,
-                             **settings.options)
+@dataclass
+class AuditWorkerFactory:
+    """Builds the pass's per-batch worker; picklable, so every engine worker builds its own.
+
+    See :class:`convlens.engines.WorkerFactory`.
+    """
+
+    classifier: Any
+    settings: PassSettings
+
+    def build(self, device: str | None = None) -> AuditWorker:
+        if device is not None:
+            self.classifier.to(device)
+        return AuditWorker(self.classifier, self.settings)
+
+
+class AuditWorker:
+    """One batch in, its records and float16 maps out (nothing written here)."""
+
+    def __init__(self, classifier: Any, settings: PassSettings) -> None:
+        self.classifier = classifier
+        self.settings = settings
+        self.spec = get_method(settings.method)
+        self.recorder = _Recorder(classifier.module)
+        modules = dict(classifier.module.named_modules())
+        self.layer = modules[settings.layer] if settings.layer and self.spec.needs_layer \
+            else None
+        labels = classifier.labels
+        self.index_of = {name: i for i, name in enumerate(labels)} if labels else {}
+
+    def __call__(self, batch: Batch) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+        """Records (one per decoded item) and ``{"maps", "truemaps"}`` for the store."""
+        classifier, settings, spec, recorder = (self.classifier, self.settings, self.spec,
+                                                self.recorder)
+        x = batch.x.to(classifier.device)
+        raw = attribute(recorder, x, spec.name, target=None, layer=self.layer,
+                        **settings.options)
+        logits = recorder.last
+        if logits is None:  # a method that never ran the plain batch: one extra forward
+            logits = classifier.logits(x)
         recorder.last = None
-        true_maps = downsize(raw_true, spec, settings.map_size)
-    top = min(TOP, probabilities.shape[1])
-    values, indices = probabilities.topk(top, dim=1)
-    records = []
-    for row, item in enumerate(batch.items):
-        p = int(predicted[row])
-        records.append({
-            "key": item.key,
-            "path": item.relpath,
-            "label": item.label,
-            "predicted": classifier.label(p),
-            "predicted_index": p,
-            "probability": round(float(probabilities[row, p]), 6),
-            "top5": [[classifier.label(int(i)), round(float(v), 6)]
-                     for v, i in zip(values[row], indices[row])],
-            "correct": None if truth[row] is None else truth[row] == p,
-            "row": row,
-            "true_row": wrong.index(row) if row in wrong else None,
-        })
-        if settings.metrics:
-            records[-1]["metrics"] = scores[row]
-    store.append(records, {"maps": maps, "truemaps": true_maps})
+        probabilities = logits.float().softmax(dim=1).cpu()
+        predicted = probabilities.argmax(dim=1)
+        scores = score_batch(classifier.module, x, raw, spec.name, predicted, settings.metrics)
+        maps = downsize(raw, spec, settings.map_size)
+        truth = [self.index_of.get(item.label) if item.label is not None else None
+                 for item in batch.items]
+        wrong = [i for i, t in enumerate(truth) if t is not None and t != int(predicted[i])]
+        true_maps = np.zeros((0, settings.map_size, settings.map_size), np.float16)
+        if wrong:
+            targets = torch.tensor([truth[i] for i in wrong])
+            raw_true = attribute(recorder, x[wrong], spec.name, target=targets,
+                                 layer=self.layer, **settings.options)
+            recorder.last = None
+            true_maps = downsize(raw_true, spec, settings.map_size)
+        top = min(TOP, probabilities.shape[1])
+        values, indices = probabilities.topk(top, dim=1)
+        records = []
+        for row, item in enumerate(batch.items):
+            p = int(predicted[row])
+            records.append({
+                "key": item.key,
+                "path": item.relpath,
+                "label": item.label,
+                "predicted": classifier.label(p),
+                "predicted_index": p,
+                "probability": round(float(probabilities[row, p]), 6),
+                "top5": [[classifier.label(int(i)), round(float(v), 6)]
+                         for v, i in zip(values[row], indices[row])],
+                "correct": None if truth[row] is None else truth[row] == p,
+                "row": row,
+                "true_row": wrong.index(row) if row in wrong else None,
+            })
+            if settings.metrics:
+                records[-1]["metrics"] = scores[row]
+        return records, {"maps": maps, "truemaps": true_maps}

@@ -60,6 +60,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
           layout: str = "auto", progress: ProgressCallback | bool | None = None,
           metrics: Sequence[str] | str | None = None,
           metric_options: dict[str, dict[str, Any]] | None = None,
+          engine: Any = "local", engine_options: dict[str, Any] | None = None,
           **options: Any) -> Audit:
     """Audit ``classifier`` on the images of ``data``.
 
@@ -87,6 +88,14 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
             means with bootstrap 95 % intervals go to ``audit.json`` (top-level ``metrics``,
             per class and per cluster ``metrics``) and the report.
         metric_options: ``{metric key: {option: value}}``.
+        engine: Where the pass runs: ``"local"`` (this process, ``workers`` decoding
+            processes), ``"ray"`` (Ray Data: parallel decoding, an actor pool with one
+            model copy per actor, GPUs per actor when present; ``pip install
+            'convlens[ray]'``) or an engine object (:mod:`convlens.engines`). Every engine
+            writes the same store and the same ``audit.json``; a run started on one engine
+            resumes on another.
+        engine_options: For ``engine="ray"``: ``address``, ``actors``, ``cpus_per_actor``,
+            ``gpus_per_actor``, ``init_options`` (see :class:`convlens.engines.ray.RayEngine`).
         **options: Options of the method.
 
     Returns:
@@ -96,6 +105,8 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         LabelMismatchError: Labels in ``data`` that the model does not know.
         MetricError: An unknown or method-based metric, preset or option.
         StoreMismatchError: ``out`` holds results of another configuration (no overwrite).
+        EngineError: The engine cannot start (Ray not installed, no cluster at the
+            address) or one of its workers failed.
     """
     from convlens.io.datasets import read_dataset, unknown_labels
     from convlens.jobs.progress import text_progress
@@ -115,10 +126,15 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         progress = None
     from convlens.attribution.core import get_method
     from convlens.auditing.scoring import config_entry, parse_audit_metrics
+    from convlens.engines import get_engine
 
     spec = get_method(method)
     spec.bind(options)
     chosen = parse_audit_metrics(metrics, metric_options)
+    engine_options = dict(engine_options or {})
+    if engine in (None, "local"):
+        engine_options.setdefault("workers", workers)
+    runner = get_engine(engine, **engine_options)
     out = Path(out)
     dataset = read_dataset(data, layout=layout, exclude=[out])
     if dataset.layout != "plain":
@@ -155,7 +171,8 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
             (out / name).unlink(missing_ok=True)
     store = ResultStore(store_folder, config, overwrite=overwrite)
     mark_output_folder(out)
-    outcome = run_pass(classifier, dataset, store, settings, progress=progress)
+    outcome = run_pass(classifier, dataset, store, settings, progress=progress,
+                       engine=runner)
     images = stored_images(store, outcome.keys)
     reader = MapReader(store)
     relative = {str(e.path): e.relpath for e in dataset.entries}

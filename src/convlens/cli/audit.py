@@ -14,6 +14,13 @@ from convlens.cli._common import (
     report_problems,
     with_model_options,
 )
+from convlens.cli._engine import (
+    actors_option,
+    engine_option,
+    engine_settings,
+    gpus_per_actor_option,
+    ray_address_option,
+)
 
 
 @friendly_errors
@@ -35,6 +42,10 @@ def audit(
                                 "`metrics`), scored per image on the predicted class's map."),
     metric_option: list[str] = typer.Option([], "--metric-option",
                                             help="Metric option METRIC.NAME=VALUE (repeatable)."),
+    engine: str = engine_option(),
+    ray_address: str | None = ray_address_option(),
+    actors: int | None = actors_option(),
+    gpus_per_actor: float | None = gpus_per_actor_option(),
     *, model_options: ModelOptions,
 ) -> None:
     """Audit a dataset: OUT/audit.json and OUT/report.html; resumes an interrupted run."""
@@ -42,6 +53,10 @@ def audit(
     from convlens.auditing.run import audit as run_audit
     from convlens.cli._progress import cli_progress
 
+    engine, engine_options = engine_settings(engine, ray_address, actors, gpus_per_actor)
+    if engine != "local" and workers:
+        fail("--workers sets the local engine's decoding processes; with --engine ray, Ray "
+             "decodes in its own tasks")
     if group_by not in GROUP_BY:
         fail(f"--group-by must be one of {', '.join(GROUP_BY)}; got {group_by!r}")
     if "," in method:
@@ -62,7 +77,8 @@ def audit(
         result = run_audit(classifier, data, method=method, layer=layer, group_by=group_by,
                            out=out, batch_size=batch_size, workers=workers,
                            overwrite=overwrite, progress=progress, metrics=metric_keys,
-                           metric_options=metric_options)
+                           metric_options=metric_options, engine=engine,
+                           engine_options=engine_options)
         report = result.report(progress=progress)
     top = result.suspicious[0] if result.suspicious else None
     console.print(f"audited {len(result.images)} image(s): {out / 'audit.json'}, {report}")

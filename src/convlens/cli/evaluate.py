@@ -15,9 +15,15 @@ from convlens.cli._common import (
     friendly_errors,
     parse_method_options,
     parse_methods,
-    problem_record,
     report_problems,
     with_model_options,
+)
+from convlens.cli._engine import (
+    actors_option,
+    engine_option,
+    engine_settings,
+    gpus_per_actor_option,
+    ray_address_option,
 )
 
 
@@ -79,13 +85,15 @@ def evaluate(
                                     help="Images attributed and scored at a time."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0,
                                   help="Bootstrap resamples for the 95% intervals."),
+    engine: str = engine_option(),
+    ray_address: str | None = ray_address_option(),
+    actors: int | None = actors_option(),
+    gpus_per_actor: float | None = gpus_per_actor_option(),
     *, model_options: ModelOptions,
 ) -> None:
     """Score methods with metrics on these images; print a ranking per metric."""
     from rich.table import Table
 
-    from convlens.errors import ConvlensError
-    from convlens.io.images import expand_inputs, load_image
     from convlens.metrics.evaluate import evaluate as run
 
     method_names = parse_methods(method)
@@ -95,22 +103,13 @@ def evaluate(
                       parse_method_options(method_option, method_names).items() if opts}
     target_value: Any = None if target == "pred" else (
         int(target) if target.strip().lstrip("-").isdigit() else target)
-    files, problems = expand_inputs(images)
-    loaded, names = [], []
-    for path in files:
-        try:
-            loaded.append(load_image(path))
-            names.append(str(path))
-        except ConvlensError as error:
-            problems.append(problem_record(path, error))
-    if not loaded:
-        report_problems(problems)
-        fail("no readable image among the inputs")
+    engine, engine_options = engine_settings(engine, ray_address, actors, gpus_per_actor)
     classifier = model_options.load()
-    result = run(classifier, loaded, method_names, metric_keys, target_value, layer=layer,
-                 method_options=method_options, metric_options=metric_options,
-                 image_batch=image_batch, bootstrap=bootstrap, names=names,
-                 progress=lambda line: console.print(f"[dim]{line}[/]", highlight=False))
+    result = run(classifier, [str(path) for path in images], method_names, metric_keys,
+                 target_value, layer=layer, method_options=method_options,
+                 metric_options=metric_options, image_batch=image_batch, bootstrap=bootstrap,
+                 progress=lambda line: console.print(f"[dim]{line}[/]", highlight=False),
+                 engine=engine, engine_options=engine_options)
     for key in metric_keys:
         card = result.cards[key]
         direction = "higher is better" if card["higher_is_better"] else "lower is better"
@@ -132,7 +131,7 @@ def evaluate(
         written = result.save(out)
         console.print(f"wrote {len(written)} file(s) to {out}/ (evaluation.json, "
                       "evaluation.html)")
-    report_problems(problems)
+    report_problems([{"path": e["path"], "error": e["reason"]} for e in result.errors])
 
 
 def list_metrics() -> None:

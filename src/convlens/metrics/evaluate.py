@@ -74,6 +74,8 @@ class Evaluation:
         scores: ``(method, metric) -> Scores`` over all images.
         cards: ``metric -> card``: every parameter used.
         summaries: One :class:`Summary` per method and metric.
+        errors: Image files that could not be read (``{"path", "reason"}``), when an engine
+            read the files; they were skipped.
     """
 
     methods: list[str]
@@ -84,6 +86,7 @@ class Evaluation:
     scores: dict[tuple[str, str], Scores]
     cards: dict[str, dict[str, Any]]
     summaries: list[Summary] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
 
     def summary(self, method: str, metric: str) -> Summary:
         for row in self.summaries:
@@ -116,7 +119,7 @@ class Evaluation:
         return {"methods": self.methods, "metrics": self.metrics, "images": self.images,
                 "targets": self.targets, "target_labels": self.target_labels,
                 "summary": [r.as_dict() for r in self.summaries], "cards": self.cards,
-                "results": results}
+                "results": results, "errors": self.errors}
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=1, default=_jsonable)
@@ -216,101 +219,151 @@ def _concat(parts: list[Scores]) -> Scores:
                   options=first.options)
 
 
+@dataclass
+class Request:
+    """What :func:`evaluate` was asked, validated: methods, metrics with bound options."""
+
+    methods: list[str]
+    metrics: list[str]
+    parsed: dict[str, tuple[Metric, str | None]]
+    bound: dict[str, dict[str, Any]]
+    method_options: dict[str, dict[str, Any]]
+    layer: Any
+    target: TargetLike
+
+
+def score_images(module: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor,
+                 request: Request) -> dict[tuple[str, str], Scores]:
+    """Every method's maps of ``x`` for ``classes``, scored by every metric: one batch."""
+    from convlens.attribution.core import attribute
+
+    out: dict[tuple[str, str], Scores] = {}
+    for method in request.methods:
+        options = request.method_options.get(method, {})
+        raw = attribute(module, x, method, target=classes, layer=request.layer, **options)
+        two_d = _two_d(method, raw)
+        for key, (metric, _preset) in request.parsed.items():
+            opts = request.bound[key]
+            if metric.needs == "method":
+                out[(method, key)] = metric.compute(module, x, method, classes,
+                                                    layer=request.layer,
+                                                    method_options=options, maps=raw, **opts)
+            else:
+                out[(method, key)] = metric.compute(module, x, raw if metric.raw_maps else two_d,
+                                                    classes, **opts)
+    return out
+
+
+@dataclass
+class EvaluateWorkerFactory:
+    """Builds the per-batch worker of :func:`evaluate` on an engine (picklable).
+
+    See :class:`convlens.engines.WorkerFactory`.
+    """
+
+    classifier: Any
+    request: Request
+
+    def build(self, device: str | None = None) -> Callable[[Any], dict[str, Any]]:
+        if device is not None:
+            self.classifier.to(device)
+        module, labels = unwrap(self.classifier)
+        request = self.request
+
+        def work(batch: Any) -> dict[str, Any]:
+            x = batch.x.to(getattr(self.classifier, "device", "cpu"))
+            _, classes = resolve(module, x, request.target, labels)
+            return {"classes": classes.cpu(), "scores": score_images(module, x, classes, request),
+                    "device": str(x.device)}
+
+        return work
+
+
 def evaluate(classifier: Any, images: Any, methods: Sequence[str] = ("gradcam", "saliency"),
              metrics: Sequence[str] = DEFAULT_METRICS, target: TargetLike = None, *,
              layer: Any = None, method_options: Mapping[str, Mapping[str, Any]] | None = None,
              metric_options: Mapping[str, Mapping[str, Any]] | None = None,
              image_batch: int = 16, bootstrap: int = 1000, seed: int = 0,
              names: Sequence[str] | None = None,
-             progress: Callable[[str], None] | None = None) -> Evaluation:
+             progress: Callable[[str], None] | None = None,
+             engine: Any = None, engine_options: Mapping[str, Any] | None = None
+             ) -> Evaluation:
     """Score attribution methods with metrics on a model and images, and rank them.
 
     Args:
         classifier: A :class:`convlens.Classifier` (or an ``nn.Module`` with ``images`` a
             preprocessed tensor).
         images: Paths, PIL images or arrays (preprocessed by the classifier), or a
-            preprocessed tensor ``(N, C, H, W)``.
+            preprocessed tensor ``(N, C, H, W)``. With an ``engine``: image files and
+            folders (walked recursively), streamed ``image_batch`` at a time.
         methods: Attribution method names (see :func:`convlens.methods`).
         metrics: Metric names, optionally with a preset: ``"deletion:xplique"`` (see
             :func:`convlens.metrics.metrics`).
         target: ``None`` (each image's prediction), an index, one per image, or a class name.
+            With an engine: ``None``, an index or a class name.
         layer: Layer for layer-space methods.
         method_options: ``{method: {option: value}}``.
         metric_options: ``{metric key: {option: value}}`` (key as given in ``metrics``).
         image_batch: Images attributed and scored at a time.
         bootstrap: Bootstrap resamples for the 95 % intervals (0: none).
         seed: Seed of the bootstrap.
-        names: One name per image (default: file names, or ``image 0``...).
-        progress: Called with a line of text after each method and metric.
+        names: One name per image (default: file names, or ``image 0``...); not with an
+            engine (names are the paths).
+        progress: Called with a line of text after each batch, method and metric.
+        engine: None (everything in memory, in this process), ``"local"`` (files decoded
+            in batches, unreadable files recorded in ``errors``), ``"ray"`` (the same on
+            Ray Data: parallel decoding, an actor pool with one model copy each; ``pip
+            install 'convlens[ray]'``) or an engine object (:mod:`convlens.engines`). The
+            local and Ray engines give identical results.
+        engine_options: Options of the engine (``workers`` for local; ``address``,
+            ``actors``, ``cpus_per_actor``, ``gpus_per_actor`` for Ray).
 
     Returns:
         An :class:`Evaluation` (``.summaries``, ``.ranking(metric)``, ``.save(dir)``, HTML
         display in notebooks).
     """
-    from convlens.attribution.core import attribute, get_method
-
-    if isinstance(methods, str):
-        methods = [methods]
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    methods, metrics = list(methods), list(metrics)
-    if not methods or not metrics:
-        raise MetricError("evaluate needs at least one method and one metric; see "
-                          "convlens.methods() and convlens.metrics.metrics()")
-    for method in methods:
-        get_method(method)
-    method_options = {k: dict(v) for k, v in (method_options or {}).items()}
-    for method, opts in method_options.items():
-        get_method(method).bind(opts)
-    parsed = {key: parse_metric(key) for key in metrics}
-    metric_options = dict(metric_options or {})
-    unknown = [k for k in metric_options if k not in parsed]
-    if unknown:
-        raise MetricError(f"options given for metric {unknown[0]!r}, which is not among the "
-                          f"requested metrics {metrics}")
-    bound = {key: m.bind(metric_options.get(key), preset) for key, (m, preset) in
-             parsed.items()}
+    request = _request(methods, metrics, target, layer, method_options, metric_options)
     if not isinstance(image_batch, int) or image_batch < 1:
         raise MetricError(f"image_batch must be a positive integer, got {image_batch!r}")
-
-    x, image_names = _inputs(classifier, images, names)
-    module, labels = unwrap(classifier)
-    _, classes = resolve(module, x, target, labels) if x.shape[0] else (None, None)
-    parts: dict[tuple[str, str], list[Scores]] = {}
     say = progress or (lambda _line: None)
-    for first in range(0, x.shape[0], image_batch):
-        xb = x[first:first + image_batch]
-        cb = classes[first:first + image_batch]
-        for method in methods:
-            options = method_options.get(method, {})
-            raw = attribute(module, xb, method, target=cb, layer=layer, **options)
-            two_d = _two_d(method, raw)
-            for key, (metric, _preset) in parsed.items():
-                opts = bound[key]
-                if metric.needs == "method":
-                    scores = metric.compute(module, xb, method, cb, layer=layer,
-                                            method_options=options, maps=raw, **opts)
-                else:
-                    scores = metric.compute(module, xb, raw if metric.raw_maps else two_d, cb,
-                                            **opts)
-                parts.setdefault((method, key), []).append(scores)
-                say(f"images {first + 1}-{first + xb.shape[0]}: {method} / {key}: mean "
+    if engine is None:
+        x, image_names = _inputs(classifier, images, names)
+        module, labels = unwrap(classifier)
+        _, classes = resolve(module, x, target, labels) if x.shape[0] else (None, None)
+        parts: dict[tuple[str, str], list[Scores]] = {}
+        for first in range(0, x.shape[0], image_batch):
+            xb = x[first:first + image_batch]
+            cb = classes[first:first + image_batch]
+            for k, scores in score_images(module, xb, cb, request).items():
+                parts.setdefault(k, []).append(scores)
+                say(f"images {first + 1}-{first + xb.shape[0]}: {k[0]} / {k[1]}: mean "
                     f"{_fmt(scores.mean)}")
-    scores = {k: _concat(v) for k, v in parts.items()}
-    cards = {key: _card(classifier, module, x, key, parsed[key], bound[key], methods,
-                        method_options, layer, target, bootstrap) for key in metrics}
+        scores = {k: _concat(v) for k, v in parts.items()}
+        shape, device, errors = list(x.shape[1:]), str(x.device), []
+        class_list = [int(c) for c in classes] if classes is not None else []
+    else:
+        if names is not None:
+            raise MetricError("names are the image paths when an engine runs the evaluation; "
+                              "leave names out")
+        scores, class_list, image_names, errors, device = _run_on_engine(
+            classifier, images, request, image_batch, engine, engine_options, say)
+        module, labels = unwrap(classifier)
+        shape = list(classifier.sample_shape)
+    cards = {key: _card(classifier, module, shape, len(image_names), device, key,
+                        request.parsed[key], request.bound[key], request.methods,
+                        request.method_options, layer, target, bootstrap)
+             for key in request.metrics}
 
     def label(i: int) -> str:
         return labels[i] if labels is not None and 0 <= i < len(labels) else f"class {i}"
 
-    result = Evaluation(methods=methods, metrics=metrics, images=image_names,
-                        targets=[int(c) for c in classes],
-                        target_labels=[label(int(c)) for c in classes], scores=scores,
-                        cards=cards)
-    for key in metrics:
-        metric = parsed[key][0]
+    result = Evaluation(methods=request.methods, metrics=request.metrics, images=image_names,
+                        targets=class_list, target_labels=[label(c) for c in class_list],
+                        scores=scores, cards=cards, errors=errors)
+    for key in request.metrics:
+        metric = request.parsed[key][0]
         rows = []
-        for method in methods:
+        for method in request.methods:
             s = scores[(method, key)]
             mean, low, high = bootstrap_interval(s.values, bootstrap, seed)
             reasons: dict[str, int] = {}
@@ -327,6 +380,82 @@ def evaluate(classifier: Any, images: Any, methods: Sequence[str] = ("gradcam", 
             row.rank = position
         result.summaries += rows
     return result
+
+
+def _request(methods: Sequence[str] | str, metrics: Sequence[str] | str, target: TargetLike,
+             layer: Any, method_options: Mapping[str, Mapping[str, Any]] | None,
+             metric_options: Mapping[str, Mapping[str, Any]] | None) -> Request:
+    """Validate names and bind options before any image is read."""
+    from convlens.attribution.core import get_method
+
+    if isinstance(methods, str):
+        methods = [methods]
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    methods, metrics = list(methods), list(metrics)
+    if not methods or not metrics:
+        raise MetricError("evaluate needs at least one method and one metric; see "
+                          "convlens.methods() and convlens.metrics.metrics()")
+    for method in methods:
+        get_method(method)
+    options = {k: dict(v) for k, v in (method_options or {}).items()}
+    for method, opts in options.items():
+        get_method(method).bind(opts)
+    parsed = {key: parse_metric(key) for key in metrics}
+    metric_options = dict(metric_options or {})
+    unknown = [k for k in metric_options if k not in parsed]
+    if unknown:
+        raise MetricError(f"options given for metric {unknown[0]!r}, which is not among the "
+                          f"requested metrics {metrics}")
+    bound = {key: m.bind(metric_options.get(key), preset) for key, (m, preset) in
+             parsed.items()}
+    return Request(methods, metrics, parsed, bound, options, layer, target)
+
+
+def _run_on_engine(classifier: Any, images: Any, request: Request, image_batch: int,
+                   engine: Any, engine_options: Mapping[str, Any] | None,
+                   say: Callable[[str], None]
+                   ) -> tuple[dict[tuple[str, str], Scores], list[int], list[str],
+                              list[dict[str, str]], str]:
+    """Stream image files through an engine; per-unit results put back in file order."""
+    from convlens.engines import get_engine
+    from convlens.io.datasets import scan_inputs
+
+    if not hasattr(classifier, "preprocessing"):
+        raise MetricError("an engine decodes image files with the classifier's "
+                          "preprocessing: pass a convlens.Classifier")
+    if isinstance(request.target, (list, tuple, torch.Tensor, np.ndarray)) or callable(
+            request.target):
+        raise MetricError("with an engine, target is None (each image's prediction), one "
+                          "class index or one class name")
+    paths = [images] if isinstance(images, (str, Path)) else list(images)
+    if not all(isinstance(p, (str, Path)) for p in paths):
+        raise MetricError("with an engine, images are image files or folders (paths); pass "
+                          "tensors or pictures without an engine")
+    dataset = scan_inputs(paths)
+    runner = get_engine(engine, **dict(engine_options or {}))
+    units: dict[int, Any] = {}
+    errors = [{"path": str(p.path), "reason": p.reason} for p in dataset.problems]
+    for done in runner.map_units(dataset.entries, classifier.preprocessing,
+                                 EvaluateWorkerFactory(classifier, request),
+                                 batch_size=image_batch):
+        errors += [{"path": p.path.as_posix() if isinstance(p.path, Path) else str(p.path),
+                    "reason": p.reason} for p in done.batch.problems]
+        if done.result is not None:
+            units[done.unit] = (done.batch, done.result)
+            say(f"images of batch {done.unit + 1}: " + ", ".join(
+                f"{m} / {k}: mean {_fmt(s.mean)}" for (m, k), s in
+                done.result["scores"].items()))
+    if not units:
+        raise MetricError("no readable image among the inputs"
+                          + (f": {errors[0]['path']}: {errors[0]['reason']}" if errors else ""))
+    ordered = [units[u] for u in sorted(units)]
+    scores = {k: _concat([result["scores"][k] for _, result in ordered])
+              for k in ordered[0][1]["scores"]}
+    classes = [int(c) for _, result in ordered for c in result["classes"]]
+    names = [item.relpath for batch, _ in ordered for item in batch.items]
+    return scores, classes, names, sorted(errors, key=lambda e: e["path"]), ordered[0][1][
+        "device"]
 
 
 def _fmt(value: float | None) -> str:
@@ -355,7 +484,8 @@ def _inputs(classifier: Any, images: Any, names: Sequence[str] | None
     return x, default
 
 
-def _card(classifier: Any, module: torch.nn.Module, x: torch.Tensor, key: str,
+def _card(classifier: Any, module: torch.nn.Module, input_shape: list[int], count: int,
+          device: str, key: str,
           parsed: tuple[Metric, str | None], options: dict[str, Any], methods: list[str],
           method_options: dict[str, dict[str, Any]], layer: Any, target: TargetLike,
           bootstrap: int) -> dict[str, Any]:
@@ -370,10 +500,10 @@ def _card(classifier: Any, module: torch.nn.Module, x: torch.Tensor, key: str,
         "methods": {m: {**get_method(m).options, **method_options.get(m, {})} for m in methods},
         "layer": None if layer is None else str(layer),
         "model": getattr(classifier, "name", None) or type(module).__name__,
-        "input_shape": list(x.shape[1:]), "images": int(x.shape[0]),
+        "input_shape": [int(v) for v in input_shape], "images": int(count),
         "target": "prediction" if target is None else str(target),
         "bootstrap": {"resamples": bootstrap, "interval": "percentile 95%"},
-        "convlens": __version__, "torch": torch.__version__, "device": str(x.device),
+        "convlens": __version__, "torch": torch.__version__, "device": device,
     }
     card["methods"] = json.loads(json.dumps(card["methods"], default=_jsonable))
     return card

@@ -1,0 +1,302 @@
+"""The Ray engine: units decoded by Ray Data tasks, workers in a fixed actor pool.
+
+Pipeline (one Ray Data dataset, streamed)::
+
+    from_items(units)  ->  map_batches(decode_units)       parallel tasks: hash, skip, decode
+                       ->  map_batches(UnitActor, pool)    one model load per actor
+                       ->  iter_rows() in this process     the caller writes the results
+
+A *unit* is ``batch_size`` consecutive entries, the same slices the local engine batches,
+so a worker sees exactly the batches it would see locally and the results are identical.
+Decoded tensors travel through Ray's object store as float32 arrays; the worker's result
+comes back pickled. Where Ray's resources allow it, Ray fuses the decoding into the actors'
+processes (CPU-only clusters); with GPUs requested per actor, decoding stays in CPU tasks.
+
+Connecting: an already initialised Ray is used as it is; otherwise ``address`` (or the
+``RAY_ADDRESS`` environment variable) names a cluster to join, and without either a local
+Ray instance is started with this machine's CPUs and GPUs. Ray is left running after a run
+(``ray.shutdown()`` stops it), so a notebook pays its start-up once.
+
+Errors: a :class:`~convlens.errors.ConvlensError` raised in a worker reaches the caller as
+itself; anything else becomes one :class:`~convlens.engines.EngineError` naming the unit's
+files. A killed run loses only the units not yet written by the caller (the audit resumes).
+See docs/architecture.md, "Engines".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import site
+import sys
+import sysconfig
+import warnings
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from convlens.engines import EngineError, UnitResult, WorkerFactory
+from convlens.errors import ConvlensError
+from convlens.io.datasets import Entry, ImageDataset, collate
+from convlens.models.preprocessing import Preprocessing
+
+INSTALL_HINT = "install it with: pip install 'convlens[ray]'"
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as error:
+        raise EngineError(f"the ray engine needs Ray Data, which is not installed ({error}); "
+                          f"{INSTALL_HINT}, or use --engine local") from None
+    return ray
+
+
+def ray_available() -> bool:
+    """Whether Ray Data can be imported (for callers that offer the engine conditionally)."""
+    try:
+        _import_ray()
+    except EngineError:
+        return False
+    return True
+
+
+class RayEngine:
+    """Run units on a Ray cluster (or a local Ray instance).
+
+    Args:
+        address: A cluster to join (``"ray://head:10001"``, ``"auto"``); default the
+            ``RAY_ADDRESS`` environment variable, else a new local instance.
+        actors: Worker actors (model copies); default one per GPU of the cluster, or one
+            per ``cpus_per_actor`` CPUs when it has none.
+        cpus_per_actor: CPUs reserved per actor; also its torch thread count.
+        gpus_per_actor: GPUs per actor; default 1 when the cluster has GPUs, else 0.
+        init_options: Extra keyword arguments for ``ray.init`` when this engine starts Ray
+            (``object_store_memory``, ``num_cpus``...).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, actors: int | None = None,
+                 cpus_per_actor: float = 1, gpus_per_actor: float | None = None,
+                 init_options: dict[str, Any] | None = None) -> None:
+        if actors is not None and (not isinstance(actors, int) or actors < 1):
+            raise EngineError(f"actors must be a positive integer, got {actors!r}")
+        if cpus_per_actor <= 0:
+            raise EngineError(f"cpus_per_actor must be positive, got {cpus_per_actor!r}")
+        if gpus_per_actor is not None and gpus_per_actor < 0:
+            raise EngineError(f"gpus_per_actor must be 0 or more, got {gpus_per_actor!r}")
+        self.address = address
+        self.actors = actors
+        self.cpus_per_actor = cpus_per_actor
+        self.gpus_per_actor = gpus_per_actor
+        self.init_options = dict(init_options or {})
+
+    def __repr__(self) -> str:
+        return (f"RayEngine(address={self.address!r}, actors={self.actors}, "
+                f"cpus_per_actor={self.cpus_per_actor}, gpus_per_actor={self.gpus_per_actor})")
+
+    # -- cluster
+
+    def connect(self) -> Any:
+        """Initialise Ray if needed (quietly); returns the ``ray`` module."""
+        ray = _import_ray()
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # no C++ log lines
+            address = self.address or os.environ.get("RAY_ADDRESS") or None
+            options = {"include_dashboard": False, "log_to_driver": False,
+                       "logging_level": logging.WARNING, **self.init_options}
+            try:
+                ray.init(address=address, **options)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                raise EngineError(f"could not start or join {where}: {error}") from None
+        _quiet_ray_data(ray)
+        return ray
+
+    def plan(self, ray: Any) -> tuple[int, float, float]:
+        """``(actors, cpus_per_actor, gpus_per_actor)`` for this cluster."""
+        resources = ray.cluster_resources()
+        gpus = float(resources.get("GPU", 0))
+        cpus = float(resources.get("CPU", 1))
+        per_gpu = self.gpus_per_actor if self.gpus_per_actor is not None else (
+            1.0 if gpus >= 1 else 0.0)
+        if self.actors is not None:
+            actors = self.actors
+        elif per_gpu > 0:
+            actors = max(1, int(gpus // per_gpu))
+        else:
+            actors = max(1, int(cpus // self.cpus_per_actor))
+        if per_gpu > 0 and actors * per_gpu > gpus:
+            raise EngineError(f"{actors} actor(s) x {per_gpu} GPU need {actors * per_gpu:g} "
+                              f"GPUs; the cluster has {gpus:g}")
+        return actors, self.cpus_per_actor, per_gpu
+
+    # -- the run
+
+    def map_units(self, entries: Sequence[Entry], preprocessing: Preprocessing,
+                  factory: WorkerFactory, *, batch_size: int, salt: str = "",
+                  skip: Collection[str] = frozenset(), max_pixels: int | None = None
+                  ) -> Iterator[UnitResult]:
+        if batch_size < 1:
+            raise ConvlensError(f"batch_size must be at least 1, got {batch_size}")
+        entries = list(entries)
+        if not entries:
+            return
+        ray = self.connect()
+        actors, cpus, gpus = self.plan(ray)
+        ship_code_by_value(ray, factory)
+        units = [{"unit": u, "start": start,
+                  "entries": pickle.dumps(entries[start:start + batch_size])}
+                 for u, start in enumerate(range(0, len(entries), batch_size))]
+        dataset = ray.data.from_items(units, override_num_blocks=len(units))
+        decoded = dataset.map_batches(
+            decode_units, batch_size=1, batch_format="numpy", num_cpus=1,
+            fn_kwargs={"preprocessing": preprocessing, "salt": salt,
+                       "skip": frozenset(skip), "max_pixels": max_pixels})
+        results = decoded.map_batches(
+            UnitActor, batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=gpus,
+            fn_constructor_kwargs={"factory": factory, "threads": max(1, int(cpus))})
+        try:
+            for row in results.iter_rows():
+                batch = pickle.loads(row["meta"])
+                yield UnitResult(int(row["unit"]), batch, pickle.loads(row["result"]))
+        except Exception as error:  # Ray wraps worker errors in its own types
+            raise _worker_error(error) from None
+
+
+def _local_code(module_name: str) -> bool:
+    """Whether ``module_name`` is code a Ray worker may not be able to import: a file of the
+    user's (next to a script, in a notebook's folder, loaded from ``--model file.py``) rather
+    than an installed package, the standard library or convlens itself."""
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if module is None or module_name == "__main__" or file is None:
+        return False  # __main__ and built-ins: cloudpickle handles them already
+    if module_name.split(".")[0] == "convlens":
+        return False
+    installed = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib",
+                                                    "platlib")}
+    installed |= set(site.getsitepackages()) | {site.getusersitepackages()}
+    path = os.path.realpath(file)
+    return not any(path.startswith(os.path.realpath(p) + os.sep) for p in installed if p)
+
+
+def ship_code_by_value(ray: Any, factory: Any) -> list[str]:
+    """Let the model's own code travel with it: register the modules defining the classes
+    of every ``nn.Module`` the factory holds, when they are the user's local files, to be
+    pickled by value (``cloudpickle.register_pickle_by_value``), so that workers need not
+    import them. Installed packages (torchvision, timm) are imported on the workers as
+    usual. Returns the module names registered."""
+    from torch import nn
+
+    found: set[str] = set()
+    for value in vars(factory).values():
+        module = getattr(value, "module", value)
+        if isinstance(module, nn.Module):
+            found |= {type(m).__module__ for m in module.modules()}
+    registered = sorted(name for name in found if _local_code(name))
+    for name in registered:
+        ray.cloudpickle.register_pickle_by_value(sys.modules[name])
+    return registered
+
+
+def _quiet_ray_data(ray: Any) -> None:
+    """No progress bars or per-run log banners from Ray Data: convlens reports progress."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def _worker_error(error: BaseException) -> BaseException:
+    """The ConvlensError inside Ray's wrappers, or one EngineError with the cause in words."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ConvlensError):
+            return seen
+        cause = getattr(seen, "cause", None)
+        seen = cause if isinstance(cause, BaseException) else seen.__cause__
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return EngineError(f"a Ray worker failed: {lines[-1] if lines else type(error).__name__}")
+
+
+# ------------------------------------------------------------ what runs on the cluster
+
+
+def decode_units(rows: dict[str, np.ndarray], *, preprocessing: Preprocessing, salt: str,
+                 skip: frozenset[str], max_pixels: int | None) -> dict[str, Any]:
+    """Ray Data task: hash, skip and decode the entries of each unit in ``rows``.
+
+    Returns, per unit, the preprocessed tensor (``(n, C, H, W)`` float32, ``n`` may be 0) and
+    the batch's metadata (items with their global positions, bad files, skipped items)
+    pickled.
+    """
+    out: dict[str, list[Any]] = {"unit": [], "x": [], "meta": []}
+    for unit, start, blob in zip(rows["unit"], rows["start"], rows["entries"]):
+        dataset = ImageDataset(pickle.loads(blob), preprocessing, salt=salt, skip=skip,
+                               keep_images=False, max_pixels=max_pixels)
+        batch = collate([dataset[i] for i in range(len(dataset))])
+        for item in (*batch.items, *batch.skipped):
+            item.index += int(start)
+        channels, (height, width) = preprocessing.channels, preprocessing.input_size
+        x = (batch.x.numpy() if batch.x is not None
+             else np.zeros((0, channels, height, width), np.float32))
+        out["unit"].append(int(unit))
+        out["x"].append(x)
+        out["meta"].append(pickle.dumps(replace(batch, x=None)))
+    return {"unit": np.array(out["unit"]), "x": _ragged(out["x"]),
+            "meta": np.array(out["meta"], dtype=object)}
+
+
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    if len({a.shape for a in arrays}) == 1:
+        return np.stack(arrays)
+    holder = np.empty(len(arrays), dtype=object)
+    holder[:] = arrays
+    return holder
+
+
+class UnitActor:
+    """Ray Data actor: builds the worker once (model on its GPU, if it was given one) and
+    runs it on each decoded unit."""
+
+    def __init__(self, factory: WorkerFactory, threads: int = 1) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        device = None
+        try:
+            import ray
+
+            if ray.get_gpu_ids() and torch.cuda.is_available():
+                device = "cuda"
+        except Exception:  # not inside Ray (tests call the actor directly)
+            device = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.worker = factory.build(device)
+
+    def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        out: dict[str, list[Any]] = {"unit": [], "meta": [], "result": []}
+        for unit, x, meta in zip(rows["unit"], rows["x"], rows["meta"]):
+            batch = pickle.loads(meta)
+            result = None
+            if len(batch.items):
+                batch.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                result = self.worker(batch)
+                batch.x = None
+            out["unit"].append(int(unit))
+            out["meta"].append(meta)
+            out["result"].append(pickle.dumps(result))
+        return {"unit": np.array(out["unit"]), "meta": np.array(out["meta"], dtype=object),
+                "result": np.array(out["result"], dtype=object)}
