@@ -35,11 +35,14 @@ demo: $(VENV)/.stamp-install
 # The browser tests (tests/app/test_browser.py) drive the system's Chromium through Playwright
 # (Playwright's own browser download is not used); without /usr/bin/chromium they skip, unless
 # CONVLENS_REQUIRE_BROWSER=1 (CI) makes that a failure. The example notebooks run too.
+# The Ray engine's tests (tests/engines/test_ray.py) start one local Ray instance in one test
+# process (--dist loadgroup keeps them together); without Ray they skip, unless
+# CONVLENS_REQUIRE_RAY=1 (CI).
 test: $(VENV)/.stamp-dev
 	$(BIN)/ruff check src tests benchmarks examples/render.py examples/screenshot_app.py
 	@test -x /usr/bin/chromium || test -n "$$CONVLENS_CHROMIUM" || \
 	  echo "note: browser tests will skip: apt-get install chromium (or set CONVLENS_CHROMIUM)"
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 bench: $(VENV)/.stamp-dev
 	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 \

@@ -1,0 +1,123 @@
+"""The audit's pass on the local engine against the Ray engine, on the same photos, one run.
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 \\
+        python benchmarks/bench_engines.py --photos 2000 --actors 2 --rounds 1
+
+Photos are made from the bundled samples (seeded crops, flips, sizes, JPEG; the same maker as
+bench_audit.py); the model is the bundled EfficientNet-Lite0 at 224 px, Grad-CAM, batch 32.
+Per round, in alternating order (local first in odd rounds, Ray first in even ones), each
+engine audits the photos into a fresh folder:
+
+* ``local``: this process, torch with all of the machine's threads, decoding in-process
+  (``--workers 0``), the default of ``convlens audit``;
+* ``ray``: a local Ray instance with ``--actors`` actors of one CPU (one torch thread) each;
+  Ray fuses the decoding into the actors on a CPU-only machine.
+
+Reported per engine: the pass (first to last progress event of the ``audit`` stage: decoding,
+forward, backward, store writes; Ray's actor start-up and model load included), the whole
+``cl.audit`` (pass + SpRAy + causal checks), and once, Ray's own start (``ray.init``).
+The overhead is ``ray pass / local pass - 1``; the two ``audit.json`` files are compared.
+Raw rows go to benchmarks/results/engines.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_audit import make_photos  # noqa: E402
+
+
+def _timed_audit(clf, data: Path, out: Path, **kwargs) -> dict:
+    import convlens as cl
+
+    events: list[tuple[float, object]] = []
+    start = time.perf_counter()
+    cpu = time.process_time()
+    cl.audit(clf, data, out=out, batch_size=32, progress=lambda e: events.append(
+        (time.perf_counter(), e)), **kwargs)
+    total = time.perf_counter() - start
+    stamps = [t for t, e in events if e.stage == "audit"]
+    return {"pass_s": stamps[-1] - start, "total_s": total,
+            "driver_cpu_s": time.process_time() - cpu,
+            "audit_json": (out / "audit.json").read_text(encoding="utf-8")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=2000)
+    parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="Make the photos here and keep them (reused when present).")
+    args = parser.parse_args()
+
+    import ray
+    import torch
+
+    import convlens as cl
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    work = Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    photos = args.keep or work / "photos"
+    if not (photos.is_dir() and len(list(photos.glob("*.jpg"))) == args.photos):
+        make_photos(photos, args.photos)
+    clf = cl.load_model(device="cpu")
+    started = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level="warning")
+    ray_start = time.perf_counter() - started
+    load = os.getloadavg()[0]
+    rows = {"local": [], "ray": []}
+    try:
+        for round_ in range(args.rounds):
+            order = ("local", "ray") if round_ % 2 == 0 else ("ray", "local")
+            for engine in order:
+                out = work / f"{engine}-{round_}"
+                options = {"actors": args.actors} if engine == "ray" else None
+                row = _timed_audit(clf, photos, out, engine=engine, engine_options=options)
+                rows[engine].append(row)
+                shutil.rmtree(out)
+                print(f"round {round_ + 1} {engine:5s}: pass {row['pass_s']:7.1f} s, whole "
+                      f"audit {row['total_s']:7.1f} s", flush=True)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    same = all(r["audit_json"] == rows["local"][0]["audit_json"]
+               for r in rows["local"] + rows["ray"])
+    local = statistics.median(r["pass_s"] for r in rows["local"])
+    remote = statistics.median(r["pass_s"] for r in rows["ray"])
+    summary = {
+        "bench": "engines", "photos": args.photos, "actors": args.actors,
+        "rounds": args.rounds, "cpu_count": os.cpu_count(), "load_average_1m": load,
+        "malloc": {k: os.environ.get(k) for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")},
+        "ray": ray.__version__, "torch": torch.__version__, "ray_init_s": round(ray_start, 2),
+        "local_pass_s": round(local, 2), "ray_pass_s": round(remote, 2),
+        "local_photos_per_s": round(args.photos / local, 2),
+        "ray_photos_per_s": round(args.photos / remote, 2),
+        "ray_over_local": round(remote / local, 3),
+        "local_total_s": round(statistics.median(r["total_s"] for r in rows["local"]), 2),
+        "ray_total_s": round(statistics.median(r["total_s"] for r in rows["ray"]), 2),
+        "ray_driver_cpu_s": round(statistics.median(r["driver_cpu_s"] for r in rows["ray"]), 2),
+        "audit_json_identical": same,
+    }
+    print(json.dumps(summary, indent=1))
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(exist_ok=True)
+    with open(results / "engines.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(summary) + "\n")
+
+
+if __name__ == "__main__":
+    main()

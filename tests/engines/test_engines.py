@@ -1,0 +1,142 @@
+"""Engines without a Ray cluster: choosing one, the local engine, the Ray engine's pieces
+called directly (decoding, the actor, the plan), and the message when Ray is missing."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+
+import numpy as np
+import pytest
+from planted_bias import CLASSES, planted_case, write_planted_folder
+
+import convlens as cl
+from convlens.auditing.passes import AuditWorkerFactory, PassSettings
+from convlens.engines import EngineError, get_engine
+from convlens.engines.local import LocalEngine
+from convlens.engines.ray import RayEngine, UnitActor, decode_units, ship_code_by_value
+from convlens.io.datasets import batches, read_dataset
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    planted = write_planted_folder(tmp_path_factory.mktemp("engines"), planted_case(), every=10)
+    (planted["data"] / "circle" / "broken.png").write_bytes(b"not a picture")
+    return planted
+
+
+@pytest.fixture(scope="module")
+def classifier(folder):
+    return cl.Classifier(folder["case"].model, labels=CLASSES, input_size=32, mean=(0, 0, 0),
+                         std=(1, 1, 1), resize="squash", device="cpu")
+
+
+def test_get_engine_names_objects_and_refusals():
+    assert isinstance(get_engine(None), LocalEngine)
+    assert get_engine("local", workers=2).workers == 2
+    engine = RayEngine(actors=3)
+    assert get_engine(engine) is engine
+    with pytest.raises(EngineError, match="unknown engine 'spark'.*local, ray"):
+        get_engine("spark")
+    with pytest.raises(EngineError, match="LocalEngine.*actors"):
+        get_engine("local", actors=2)
+    with pytest.raises(EngineError, match="actors must be a positive integer"):
+        RayEngine(actors=0)
+
+
+def test_missing_ray_names_the_extra(monkeypatch, folder, classifier):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(EngineError, match=r"pip install 'convlens\[ray\]'.*--engine local"):
+        cl.audit(classifier, folder["data"], out=folder["root"] / "no-ray", engine="ray")
+
+
+class _Cluster:
+    def __init__(self, **resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+def test_plan_uses_gpus_when_the_cluster_has_them():
+    assert RayEngine().plan(_Cluster(CPU=16.0, GPU=4.0)) == (4, 1, 1.0)
+    assert RayEngine().plan(_Cluster(CPU=8.0)) == (8, 1, 0.0)
+    assert RayEngine(cpus_per_actor=2).plan(_Cluster(CPU=8.0)) == (4, 2, 0.0)
+    assert RayEngine(gpus_per_actor=0.5).plan(_Cluster(CPU=8.0, GPU=2.0)) == (4, 1, 0.5)
+    with pytest.raises(EngineError, match="need 3 GPUs; the cluster has 2"):
+        RayEngine(actors=3).plan(_Cluster(CPU=8.0, GPU=2.0))
+
+
+def test_decoding_and_the_actor_give_the_local_batches_and_results(folder, classifier):
+    """The Ray pipeline's two functions, called here without Ray, reproduce the local
+    engine's batches and the worker's output exactly (same items, same bytes)."""
+    dataset = read_dataset(folder["data"])
+    settings = PassSettings(method="gradcam", layer=classifier.default_layer(), batch_size=4)
+    factory = AuditWorkerFactory(classifier, settings)
+    local = list(LocalEngine().map_units(dataset.entries, classifier.preprocessing, factory,
+                                         batch_size=4, salt="s"))
+    entries = dataset.entries
+    rows = {"unit": np.arange(len(local)), "start": np.arange(0, len(entries), 4),
+            "entries": np.array([pickle.dumps(entries[s:s + 4])
+                                 for s in range(0, len(entries), 4)], dtype=object)}
+    decoded = decode_units(rows, preprocessing=classifier.preprocessing, salt="s",
+                           skip=frozenset(), max_pixels=None)
+    out = UnitActor(pickle.loads(pickle.dumps(factory)))(decoded)
+    assert len(out["unit"]) == len(local)
+    for unit, meta, blob, expected in zip(out["unit"], out["meta"], out["result"], local):
+        batch = pickle.loads(meta)
+        assert unit == expected.unit
+        assert [(i.index, i.key) for i in batch.items] == [
+            (i.index, i.key) for i in expected.batch.items]
+        assert [p.reason for p in batch.problems] == [p.reason for p in expected.batch.problems]
+        result = pickle.loads(blob)
+        if expected.result is None:
+            assert result is None
+            continue
+        assert result[0] == expected.result[0]
+        for name in ("maps", "truemaps"):
+            np.testing.assert_array_equal(result[1][name], expected.result[1][name])
+    assert sum(len(pickle.loads(m).problems) for m in out["meta"]) == 1  # broken.png
+
+
+def test_local_engine_is_the_batches_of_io(folder, classifier):
+    entries = read_dataset(folder["data"]).entries
+    seen = []
+
+    class Factory:
+        def build(self, device=None):
+            return lambda batch: seen.append(batch.x.shape[0]) or batch.x.shape[0]
+
+    units = list(LocalEngine().map_units(entries, classifier.preprocessing, Factory(),
+                                         batch_size=7))
+    expected = [b.x.shape[0] for b in batches(entries, classifier.preprocessing, batch_size=7)
+                if b.x is not None]
+    assert seen == expected and [u.result for u in units if u.result] == expected
+    assert all(u.batch.x is None for u in units)
+
+
+def test_model_code_from_local_files_travels_by_value(classifier):
+    registered = []
+
+    class FakeCloudpickle:
+        def register_pickle_by_value(self, module):
+            registered.append(module.__name__)
+
+    class FakeRay:
+        cloudpickle = FakeCloudpickle()
+
+    factory = AuditWorkerFactory(classifier, PassSettings())
+    names = ship_code_by_value(FakeRay(), factory)
+    assert names == ["planted_bias"] == registered  # tests/planted_bias.py, not torch.nn
+
+
+def test_a_foreign_error_in_a_worker_becomes_one_line_naming_it():
+    from convlens.engines.ray import _worker_error
+
+    text = ("ray::MapWorker.submit() (pid=1)\n  File \"x.py\", line 3, in f\n"
+            "ray.exceptions.UserCodeException: UDF failed\n"
+            "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    error = _worker_error(Exception(text))
+    assert isinstance(error, EngineError)
+    assert str(error) == ("a Ray worker failed: RuntimeError: CUDA out of memory. Tried to "
+                          "allocate 2.00 GiB")

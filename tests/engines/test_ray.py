@@ -1,0 +1,128 @@
+"""The Ray engine on a local Ray instance (2 CPUs): the same audit.json and evaluation as
+the local engine, resuming across engines, errors from workers, and the CLI.
+
+Skipped with a message when Ray is not installed; CI installs it (``convlens[ray]`` is in the
+dev extras) and sets CONVLENS_REQUIRE_RAY=1, which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from planted_bias import CLASSES, planted_case, write_planted_folder
+from typer.testing import CliRunner
+
+import convlens as cl
+
+if os.environ.get("CONVLENS_REQUIRE_RAY") != "1":
+    pytest.importorskip("ray.data", reason="Ray is not installed: pip install 'convlens[ray]'")
+
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance per test process
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=120 * 1024 * 1024, logging_level="warning")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    planted = write_planted_folder(tmp_path_factory.mktemp("ray"), planted_case(), every=3)
+    (planted["data"] / "circle" / "broken.png").write_bytes(b"not a picture")
+    return planted
+
+
+@pytest.fixture(scope="module")
+def classifier(planted):
+    return cl.Classifier(planted["case"].model, labels=CLASSES, input_size=32, mean=(0, 0, 0),
+                         std=(1, 1, 1), resize="squash", device="cpu")
+
+
+def _text(out):
+    return (out / "audit.json").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def both(planted, classifier, ray_session):
+    root = planted["root"]
+    local = cl.audit(classifier, planted["data"], out=root / "local", batch_size=8,
+                     metrics="deletion")
+    events = []
+    ray_run = cl.audit(classifier, planted["data"], out=root / "ray", batch_size=8,
+                       metrics="deletion", engine="ray", engine_options={"actors": 2},
+                       progress=events.append)
+    return local, ray_run, events
+
+
+def test_ray_audit_json_equals_the_local_one(both):
+    local, ray_run, events = both
+    assert _text(ray_run.out) == _text(local.out)
+    assert len(ray_run.images) == len(local.images) > 50
+    assert [e["path"] for e in ray_run.errors] == ["circle/broken.png"]
+    assert ray_run.suspicious[0]["class"] == "square"       # the planted tag still ranks first
+    audit_events = [e for e in events if e.stage == "audit"]
+    assert audit_events[-1].done == audit_events[-1].total == len(local.images) + 1
+    store_files = sorted(p.name for p in (ray_run.out / "store").iterdir())
+    assert store_files == sorted(p.name for p in (local.out / "store").iterdir())
+
+
+def test_ray_resumes_a_local_run_and_computes_only_new_images(both, planted, classifier):
+    local, _, _ = both
+    out = planted["root"] / "resumed"
+    shutil.copytree(local.out, out)
+    extra = planted["data"] / "square" / "9999-copy.png"
+    shutil.copy(next((planted["data"] / "square").glob("*.png")), extra)
+    try:
+        events = []
+        cl.audit(classifier, planted["data"], out=out, batch_size=8, metrics="deletion",
+                 engine="ray", engine_options={"actors": 1}, progress=events.append)
+        last = [e for e in events if e.stage == "audit"][-1]
+        assert last.message.startswith("1 computed")
+        reference = cl.audit(classifier, planted["data"], out=planted["root"] / "fresh",
+                             batch_size=8, metrics="deletion")
+        assert _text(out) == _text(reference.out)
+    finally:
+        extra.unlink()
+
+
+def test_ray_evaluate_equals_local(planted, classifier, ray_session):
+    files = [str(planted["data"] / "square"), str(planted["data"] / "circle")]
+    kwargs = dict(methods=["gradcam", "saliency"], metrics=["deletion", "sparseness"],
+                  image_batch=6, bootstrap=200)
+    local = cl.evaluate(classifier, files, engine="local", **kwargs)
+    ray_run = cl.evaluate(classifier, files, engine="ray", engine_options={"actors": 2},
+                          **kwargs)
+    assert ray_run.to_json() == local.to_json()
+    assert len(local.images) > 20 and [e["reason"] for e in local.errors] == [
+        "not a recognised image format; expected a JPEG, PNG, BMP, GIF, TIFF or WebP file"]
+
+
+def test_an_error_in_a_worker_reaches_the_caller_as_itself(planted, classifier, ray_session):
+    with pytest.raises(cl.ConvlensError, match="dog"):
+        cl.evaluate(classifier, [str(planted["data"] / "square")], ["saliency"], ["deletion"],
+                    target="dog", engine="ray", engine_options={"actors": 1})
+
+
+def test_cli_audit_on_ray_matches_the_local_cli(planted, ray_session):
+    from convlens.cli.app import app
+
+    runner = CliRunner()
+    outs = {}
+    for engine in ("local", "ray"):
+        out = planted["root"] / f"cli-{engine}"
+        result = runner.invoke(app, ["audit", str(planted["data"]), *planted["model"], "--out",
+                                     str(out), "--batch-size", "8", "--engine", engine,
+                                     *(["--actors", "2"] if engine == "ray" else [])],
+                               catch_exceptions=False)
+        assert result.exit_code == 1, result.output  # broken.png recorded, the rest done
+        assert "broken.png" in result.output
+        outs[engine] = json.loads(_text(out))
+    assert outs["ray"] == outs["local"]
