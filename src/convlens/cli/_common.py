@@ -17,7 +17,6 @@ import inspect
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from functools import wraps
@@ -255,17 +254,19 @@ def model_input(classifier: Any, photo: Any) -> Any:
 
 
 def prepare_out(out: Path, option: str = "--out") -> Path:
-    """Make sure ``out`` is (or can become) a writable folder, before any work is done."""
-    if out.exists() and not out.is_dir():
-        fail(f"{option} {out} is an existing file; give a folder (it is created if missing)")
+    """Make sure ``out`` is (or can become) a writable folder, before any work is done.
+
+    A thin wrapper of :func:`convlens.jobs.store.ensure_folder` (``writable=True``), the
+    one folder check of the library and the CLI: its OutputError becomes the one-line
+    error ``OPTION: cannot write OUT: REASON`` (exit 2).
+    """
+    from convlens.errors import OutputError
+    from convlens.jobs.store import ensure_folder
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".convlens-probe-", dir=out)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        fail(f"{option} {out}: cannot write there ({reason}); choose a folder you can write to")
+        return ensure_folder(out, writable=True)
+    except OutputError as error:
+        fail(f"{option}: {error}")
     return out
 
 
