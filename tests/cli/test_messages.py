@@ -180,25 +180,54 @@ def test_visualize_unknown_class_gets_did_you_mean(files) -> None:
 @pytest.mark.parametrize("command", ["visualize", "activations"])
 def test_out_must_be_a_writable_folder(files, command: str) -> None:
     args = VIS if command == "visualize" else ["activations", str(files["photo"]), *TINY]
-    assert_one_error(run(*args, "--out", str(files["out_file"])), 2, "is an existing file",
-                     "give a folder")
+    line = assert_one_error(run(*args, "--out", str(files["out_file"])), 2,
+                            f"--out: cannot write {files['out_file']}", "is a file, not a folder")
+    assert "choose another output folder" in line
     assert files["out_file"].read_text() == "my notes about the model\n"  # untouched
-    assert_one_error(run(*args, "--out", str(files["out_file"] / "sub")), 2, "cannot write there")
+    assert_one_error(run(*args, "--out", str(files["out_file"] / "sub")), 2, "--out: ",
+                     "a part of the path is a file, not a folder")
 
 
-def test_out_in_a_read_only_folder(files) -> None:
+@pytest.mark.parametrize("command", ["visualize", "activations"])
+def test_out_in_a_read_only_folder(files, monkeypatch, command: str) -> None:
+    """An existing folder nobody may write into is refused before the model loads.
+
+    chmod 500 is what a user meets, but root ignores it (the tests may run as root), so
+    creating a file in the folder is refused here the way the kernel would refuse it.
+    In-process (CliRunner), so that the patch reaches the command."""
+    import errno
     import os
+
+    from typer.testing import CliRunner
+
+    from convlens.cli.app import app
 
     locked = files["tmp"] / "locked"
     locked.mkdir()
     locked.chmod(0o500)
+    real_open = os.open
+
+    def kernel_open(path, flags, *args, **kwargs):
+        if Path(path).parent == locked and flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def no_model(self):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(os, "open", kernel_open)
+    monkeypatch.setattr("convlens.cli._common.ModelOptions.load", no_model)
+    args = VIS if command == "visualize" else ["activations", str(files["photo"]), *TINY]
     try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as root: permissions are not enforced")
-        assert_one_error(run(*VIS, "--out", str(locked)), 2, "cannot write there",
-                         "Permission denied")
+        result = CliRunner().invoke(app, [*args, "--out", str(locked)])
     finally:
         locked.chmod(0o700)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output + result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.output + result.stderr, result.stderr
+    assert lines[0] == (f"error: --out: cannot write {locked}: permission denied; choose a "
+                        "folder you can write to"), lines[0]
+    assert list(locked.iterdir()) == []  # no probe left behind
 
 
 def test_activations_missing_image_is_an_error(files) -> None:

@@ -58,6 +58,20 @@ def test_bad_options_name_the_valid_ones(value: str, needles: list[str]) -> None
         assert needle in str(info.value), (needle, str(info.value))
 
 
+def test_types_come_from_the_method_signature_not_the_default() -> None:
+    # occlusion's window is ``int | tuple[int, int]`` with default 16: a pair is valid
+    assert parse_method_options(["occlusion.window=(16, 8)"], ["occlusion"]) == {
+        "occlusion": {"window": (16, 8)}}
+    with pytest.raises(MethodError, match=r"takes an int or a tuple \(int, int\) \(default 16\)"):
+        parse_method_options(["occlusion.window=(16, 8, 2)"], ["occlusion"])
+    # n_segments is ``int | None`` with default None: None no longer means "anything"
+    with pytest.raises(MethodError, match="n_segments takes an int or None"):
+        parse_method_options(["n_segments=lots"], ["shapley_sampling"])
+    # untyped for us (``object``, the project's RulesOption, CAM layers): anything goes
+    assert parse_method_options(["lrp.rules='x'", "gradcam.layer=conv1"], ["lrp", "gradcam"]
+                                ) == {"lrp": {"rules": "x"}, "gradcam": {"layer": "conv1"}}
+
+
 def test_methods_table_lists_options_and_says_how_to_pass_them() -> None:
     result = run("methods")
     assert result.returncode == 0, result.stderr

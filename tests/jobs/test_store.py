@@ -84,6 +84,35 @@ def test_folder_errors_name_the_path(tmp_path: Path) -> None:
     assert str(file / "sub") in str(caught.value)
 
 
+def test_writable_probe_refuses_an_existing_folder_that_cannot_be_written(
+        tmp_path: Path, monkeypatch) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_open = os.open
+
+    def kernel_open(path, flags, *args, **kwargs):  # as chmod 500 would, but root ignores it
+        if Path(path).parent == locked and flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.os, "open", kernel_open)
+    assert ensure_folder(locked) == locked  # without the probe: it exists, that is all
+    with pytest.raises(OutputError) as caught:
+        ensure_folder(locked, writable=True)
+    assert caught.value.path == locked
+    assert str(caught.value) == (f"cannot write {locked}: permission denied; choose a folder "
+                                 "you can write to")
+
+
+def test_writable_probe_leaves_nothing_and_creates_missing_folders(tmp_path: Path) -> None:
+    folder = tmp_path / "a" / "b"
+    assert ensure_folder(folder, writable=True) == folder
+    assert list(folder.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        ensure_folder(tmp_path / "file", writable=True)
+
+
 def test_arrays_roundtrip(tmp_path: Path) -> None:
     array = np.arange(6, dtype=np.float16).reshape(2, 3)
     write_array_atomic(tmp_path / "a.npy", array)

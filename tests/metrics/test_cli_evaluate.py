@@ -35,7 +35,7 @@ def test_bad_metric_and_option_exit_2(tmp_path: Path) -> None:
     result = run("evaluate", photo, "--option", "deletion.nope=3", *TINY)
     assert result.returncode == 2 and "has no option 'nope'" in result.stderr
     result = run("evaluate", photo, "--option", "deletion", *TINY)
-    assert result.returncode == 2 and "NAME.OPTION=VALUE" in result.stderr
+    assert result.returncode == 2 and "METRIC.NAME=VALUE" in result.stderr
 
 
 def test_metrics_lists_the_registry() -> None:

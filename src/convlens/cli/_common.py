@@ -17,8 +17,7 @@ import inspect
 import os
 import re
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import wraps
 from pathlib import Path
@@ -255,17 +254,19 @@ def model_input(classifier: Any, photo: Any) -> Any:
 
 
 def prepare_out(out: Path, option: str = "--out") -> Path:
-    """Make sure ``out`` is (or can become) a writable folder, before any work is done."""
-    if out.exists() and not out.is_dir():
-        fail(f"{option} {out} is an existing file; give a folder (it is created if missing)")
+    """Make sure ``out`` is (or can become) a writable folder, before any work is done.
+
+    A thin wrapper of :func:`convlens.jobs.store.ensure_folder` (``writable=True``), the
+    one folder check of the library and the CLI: its OutputError becomes the one-line
+    error ``OPTION: cannot write OUT: REASON`` (exit 2).
+    """
+    from convlens.errors import OutputError
+    from convlens.jobs.store import ensure_folder
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".convlens-probe-", dir=out)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        fail(f"{option} {out}: cannot write there ({reason}); choose a folder you can write to")
+        return ensure_folder(out, writable=True)
+    except OutputError as error:
+        fail(f"{option}: {error}")
     return out
 
 
@@ -289,11 +290,116 @@ def write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
-# ----------------------------------------------------------------------- method options
+# ------------------------------------------------------- method and metric options
 
 
-def _accepts(default: Any, value: Any) -> bool:
-    """Whether ``value`` has a type the option's ``default`` suggests (None: anything)."""
+@dataclass(frozen=True)
+class Settable:
+    """One option that ``--option``-like flags may set on a registry entry (method, metric).
+
+    Attributes:
+        default: Its default (shown in messages; judges the value's type when there is no
+            annotation).
+        annotation: Its declared type as written in the registered function's signature
+            (``"int | None"``), or None when there is none.
+    """
+
+    default: Any
+    annotation: str | None = None
+
+
+def settables(function: Callable | None, defaults: Mapping[str, Any]) -> dict[str, Settable]:
+    """``defaults`` (option -> default) with the annotations ``function`` declares for them.
+
+    Both registries take their options from the keyword-only parameters of the registered
+    function (``convlens.attribution.core.register``, ``convlens.metrics.core.register_metric``),
+    so its signature also says which types each option takes: ``deletion``'s ``step`` is
+    ``int | None`` although its default is 224, ``occlusion``'s ``window`` ``int |
+    tuple[int, int]``.
+    """
+    parameters = inspect.signature(function).parameters if function is not None else {}
+    found: dict[str, Settable] = {}
+    for name, default in defaults.items():
+        parameter = parameters.get(name)
+        annotation = None if parameter is None else parameter.annotation
+        if annotation is inspect.Parameter.empty:
+            annotation = None
+        elif annotation is not None and not isinstance(annotation, str):
+            annotation = getattr(annotation, "__name__", None) if isinstance(
+                annotation, type) else str(annotation).replace("typing.", "")
+        found[name] = Settable(default, annotation)
+    return found
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """Split ``text`` at ``separator`` outside brackets: ``"int | tuple[int, int]"``."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char == "[") - (char == "]")
+        if char == separator and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return [part for part in parts if part]
+
+
+_SEQUENCES = ("list", "Sequence", "Iterable", "Collection", "MutableSequence")
+
+
+def _fits(annotation: str, value: Any) -> bool | None:
+    """Whether ``value`` has the type ``annotation`` names; None where we cannot judge it
+    (``object``, ``Any``, a project type alias...): such an option takes anything here and
+    the registered function checks it."""
+    verdicts: list[bool | None] = []
+    for alternative in _split(annotation, "|"):
+        base, bracket, inner = alternative.partition("[")
+        base = base.strip().rsplit(".", 1)[-1]
+        inner = inner[:-1] if bracket and inner.endswith("]") else ""
+        if base in ("Optional", "Union"):
+            verdicts.append(_fits(" | ".join(_split(inner, ",") + (["None"] * (
+                base == "Optional"))), value))
+        elif base in ("None", "NoneType"):
+            verdicts.append(value is None)
+        elif base == "bool":
+            verdicts.append(isinstance(value, bool))
+        elif base == "int":
+            verdicts.append(isinstance(value, int) and not isinstance(value, bool))
+        elif base == "float":
+            verdicts.append(isinstance(value, (int, float)) and not isinstance(value, bool))
+        elif base == "str":
+            verdicts.append(isinstance(value, str))
+        elif base == "tuple" or base in _SEQUENCES:
+            verdicts.append(_fits_items(base, _split(inner, ","), value))
+        else:
+            verdicts.append(None)
+    if True in verdicts:
+        return True
+    return None if None in verdicts else False
+
+
+def _fits_items(base: str, items: list[str], value: Any) -> bool | None:
+    """A tuple or list whose items fit ``items`` (``tuple[int, int]``, ``tuple[int, ...]``,
+    ``Sequence[float]``); no items given: any tuple or list."""
+    if not isinstance(value, (tuple, list)):
+        return False
+    if base == "tuple" and items and items[-1] != "...":
+        if len(value) != len(items):
+            return False
+        pairs = list(zip(items, value, strict=True))
+    else:
+        pairs = [(items[0], item) for item in value] if items else []
+    verdicts = [_fits(kind, item) for kind, item in pairs]
+    if False in verdicts:
+        return False
+    return None if None in verdicts else True
+
+
+def _accepts(option: Settable, value: Any) -> bool:
+    """Whether ``value`` has a type the option takes: its annotation, else its default's type
+    (a default of None: anything)."""
+    if option.annotation is not None:
+        return _fits(option.annotation, value) is not False
+    default = option.default
     if default is None:
         return True
     if isinstance(default, bool):
@@ -307,26 +413,145 @@ def _accepts(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def _settable(method: Any) -> dict[str, Any]:
-    """The options ``--option`` may set on ``method``: its own, plus ``layer`` for CAM-like ones."""
-    return {**method.options, "layer": None} if method.needs_layer else dict(method.options)
+def _kind_of(option: Settable) -> str:
+    """``"an int"``, ``"an int or None"``, ``"a tuple (int, int) or an int"``: for messages."""
+    if option.annotation is None:
+        kind = type(option.default).__name__
+        return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+    words = []
+    for alternative in _split(option.annotation, "|"):
+        base, _, inner = alternative.partition("[")
+        base = base.strip().rsplit(".", 1)[-1]
+        inner = inner[:-1].strip() if inner.endswith("]") else ""
+        if base in ("None", "NoneType"):
+            words.append("None")
+        elif base == "tuple":
+            words.append(f"a tuple ({inner})" if inner else "a tuple")
+        elif base in _SEQUENCES:
+            words.append(f"a list of {inner}" if inner else "a list")
+        else:
+            words.append(f"{'an' if base[:1] in 'aeiou' else 'a'} {base}")
+    return " or ".join(words)
 
 
-def _options_of(method: Any) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in _settable(method).items()) or "none"
+def _listing(options: Mapping[str, Settable]) -> str:
+    return ", ".join(f"{k}={v.default!r}" for k, v in options.items()) or "none"
 
 
-def parse_method_options(values: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+def literal_value(text: str) -> Any:
+    """A Python literal (``64``, ``0.5``, ``True``, ``(1, 2)``, ``'x'``) or, failing that, the
+    plain string (``composite=epsilon_plus_flat``)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def parse_registry_options(
+    values: Sequence[str], run: Mapping[str, Mapping[str, Settable]] | None, *, kind: str,
+    flag: str, listed_by: str, example: str, lookup: Callable[[str], object],
+    error: type[Exception], read_value: Callable[[str], Any] = literal_value,
+    bare: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """``KEY.NAME=VALUE`` strings -> options per registry entry of the run, validated.
+
+    The one parser behind ``--option`` (methods) and ``--option`` / ``--metric-option``
+    (metrics): the same form, the same checks and the same messages for both registries.
+    ``KEY`` is split off at the last dot before ``=`` (metric keys may carry a preset:
+    ``deletion:xplique.step=112``). With ``bare``, ``NAME=VALUE`` applies to every entry of
+    the run that has option ``NAME``. A later value for the same option wins.
+
+    Args:
+        values: The raw flag values.
+        run: Entry key of this run (``--method`` / ``--metric``) -> what it lets one set;
+            None: check the form only.
+        kind: ``"method"`` or ``"metric"``, for messages.
+        flag: The flag the values came from (``--option``), for messages.
+        listed_by: The flag that lists the run's entries (``--method``), for messages.
+        example: A valid value, for the message on a bad form.
+        lookup: Called with a key not in the run: raises the registry's own error when the
+            key is unknown to the registry.
+        error: The exception to raise (a ConvlensError).
+        read_value: Text -> value.
+        bare: Accept ``NAME=VALUE`` without a key.
+
+    Returns:
+        ``{key: {name: value}}``, with an entry (maybe empty) for every key of ``run``.
+
+    Raises:
+        error: A bad form, a key unknown to the registry or not in the run, an option the
+            entry lacks (with did-you-mean), or a value of the wrong type; the message
+            lists the entry's options with their defaults.
+    """
+    from convlens.errors import ConvlensError, did_you_mean
+
+    keys = list(run or {})
+    parsed: dict[str, dict[str, Any]] = {key: {} for key in keys}
+    upper = kind.upper()
+    form = f"{flag} takes {upper}.NAME=VALUE{' or NAME=VALUE' if bare else ''}, e.g. {example}"
+    for raw in values:
+        prefix, sep, text = str(raw).partition("=")
+        prefix, text = prefix.strip(), text.strip()
+        key, dot, name = prefix.rpartition(".")
+        if not sep or not name or not text or (dot and not key) or (not dot and not bare):
+            raise error(f"{form}; got {raw!r}")
+        value = read_value(text)
+        if run is None:
+            parsed.setdefault(key, {})[name] = value
+            continue
+        if dot:
+            if key not in run:
+                try:
+                    lookup(key)
+                except ConvlensError as unknown:
+                    raise error(f"{flag} {raw!r}: {unknown}{did_you_mean(key, keys)}") from None
+                raise error(f"{flag} {raw!r}: {kind} {key!r} is not among the {kind}s of this "
+                            f"run ({', '.join(keys) or 'none'}){did_you_mean(key, keys)}; add "
+                            f"it to {listed_by} or drop the option")
+            targets = [key]
+        else:
+            targets = [k for k in keys if name in run[k]]
+            if not targets:
+                listed = "; ".join(f"{k}: {_listing(run[k])}" for k in keys)
+                choices = [option for k in keys for option in run[k]]
+                raise error(f"{flag} {raw!r}: no {kind} of this run has an option {name!r}"
+                            f"{did_you_mean(name, choices)}; options: "
+                            f"{listed or f'none (no {kind}s)'}")
+        for target in targets:
+            options = run[target]
+            if name not in options:
+                raise error(f"{flag} {raw!r}: {kind} {target!r} has no option {name!r}"
+                            f"{did_you_mean(name, options)}; its options are: "
+                            f"{_listing(options)}")
+            if not _accepts(options[name], value):
+                raise error(f"{flag} {raw!r}: {target}.{name} takes {_kind_of(options[name])} "
+                            f"(default {options[name].default!r}), got {value!r}; its options "
+                            f"are: {_listing(options)}")
+            parsed[target][name] = value
+    return parsed
+
+
+def method_settables(method: Any) -> dict[str, Settable]:
+    """What ``--option`` may set on ``method``: its own options, plus ``layer`` for CAM-like
+    ones."""
+    defaults = {**method.options, "layer": None} if method.needs_layer else dict(method.options)
+    return settables(method.compute or method.combine, defaults)
+
+
+def parse_method_options(values: list[str], methods: list[str], *, flag: str = "--option"
+                         ) -> dict[str, dict[str, Any]]:
     """``--option METHOD.NAME=VALUE`` (repeatable) -> options per method.
 
-    ``VALUE`` is read with :func:`ast.literal_eval` (``64``, ``0.5``, ``True``, ``(1, 2)``,
-    ``'x'``), falling back to the plain string (``composite=epsilon_plus_flat``). Without a
-    method prefix, ``NAME=VALUE`` applies to every listed method that has option ``NAME``.
-    A later value for the same option wins.
+    ``VALUE`` is read with :func:`literal_value` (``64``, ``0.5``, ``True``, ``(1, 2)``,
+    ``'x'``, else the plain string: ``composite=epsilon_plus_flat``). Without a method
+    prefix, ``NAME=VALUE`` applies to every listed method that has option ``NAME``. A later
+    value for the same option wins. Types are judged by the annotations of the method's
+    function (:func:`settables`).
 
     Args:
         values: The raw ``--option`` strings.
         methods: The method names of the run (``--method``).
+        flag: The flag's name in messages (``evaluate`` calls it ``--method-option``).
 
     Returns:
         ``{method: {name: value}}`` for every method in ``methods`` (empty when none given).
@@ -341,53 +566,10 @@ def parse_method_options(values: list[str], methods: list[str]) -> dict[str, dic
         {'integrated_gradients': {'steps': 16}}
     """
     from convlens.attribution.core import get_method
-    from convlens.errors import MethodError, did_you_mean
+    from convlens.errors import MethodError
 
-    registered = {name: get_method(name) for name in methods}
-    parsed: dict[str, dict[str, Any]] = {name: {} for name in methods}
-    form = ("--option takes METHOD.NAME=VALUE or NAME=VALUE, e.g. "
-            "integrated_gradients.steps=64 or samples=16")
-    for raw in values:
-        key, sep, text = str(raw).partition("=")
-        key, text = key.strip(), text.strip()
-        method_name, dot, name = key.rpartition(".")
-        if not sep or not name or not text or (dot and not method_name):
-            raise MethodError(f"{form}; got {raw!r}")
-        try:
-            value: Any = ast.literal_eval(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            value = text
-        if dot:
-            if method_name not in registered:
-                try:
-                    get_method(method_name)
-                except MethodError as error:
-                    raise MethodError(f"--option {raw!r}: {error}"
-                                      f"{did_you_mean(method_name, methods)}") from None
-                raise MethodError(f"--option {raw!r}: method {method_name!r} is not among the "
-                                  f"methods of this run ({', '.join(methods) or 'none'}); "
-                                  "add it to --method or drop the option")
-            targets = [method_name]
-        else:
-            targets = [m for m in methods if name in _settable(registered[m])]
-            if not targets:
-                listed = "; ".join(f"{m}: {_options_of(registered[m])}" for m in methods)
-                choices = [o for m in methods for o in _settable(registered[m])]
-                raise MethodError(f"--option {raw!r}: no method of this run has an option "
-                                  f"{name!r}{did_you_mean(name, choices)}; options: "
-                                  f"{listed or 'none (no methods)'}")
-        for target in targets:
-            method = registered[target]
-            if name not in _settable(method):
-                raise MethodError(f"--option {raw!r}: method {target!r} has no option {name!r}"
-                                  f"{did_you_mean(name, _settable(method))}; its options are: "
-                                  f"{_options_of(method)}")
-            default = _settable(method)[name]
-            if not _accepts(default, value):
-                kind = type(default).__name__
-                article = "an" if kind[0] in "aeiou" else "a"
-                raise MethodError(f"--option {raw!r}: {target}.{name} takes {article} "
-                                  f"{kind} (default {default!r}), got "
-                                  f"{value!r}; its options are: {_options_of(method)}")
-            parsed[target][name] = value
-    return parsed
+    run = {name: method_settables(get_method(name)) for name in methods}
+    return parse_registry_options(
+        values, run, kind="method", flag=flag, listed_by="--method",
+        example="integrated_gradients.steps=64 or samples=16", lookup=get_method,
+        error=MethodError)

@@ -70,7 +70,8 @@ def audit(
     metric_keys = [k.strip() for k in (metrics or "").split(",") if k.strip()]
     if metrics is not None and not metric_keys:
         fail("--metrics needs at least one metric name (see `convlens metrics`)")
-    metric_options = parse_options(metric_option, "--metric-option")
+    metric_options = parse_options(metric_option, "--metric-option", metric_keys,
+                                   listed_by="--metrics")
     parse_audit_metrics(metric_keys, metric_options)  # refuse bad names before loading
     classifier = model_options.load()
     with cli_progress() as progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ from convlens.cli._common import (
     friendly_errors,
     parse_method_options,
     parse_methods,
+    parse_registry_options,
     report_problems,
+    settables,
     with_model_options,
 )
 from convlens.cli._engine import (
@@ -37,16 +40,39 @@ def _value(text: str) -> Any:
         return text
 
 
-def parse_options(items: list[str], flag: str) -> dict[str, dict[str, Any]]:
-    """``["deletion.step=112", ...]`` -> ``{"deletion": {"step": 112}}``."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        name, dot, rest = item.partition(".")
-        key, equals, value = rest.partition("=")
-        if not dot or not equals or not name or not key:
-            fail(f"{flag} takes NAME.OPTION=VALUE (e.g. deletion.step=112), got {item!r}")
-        out.setdefault(name, {})[key] = _value(value)
-    return out
+def parse_options(items: list[str], flag: str, metrics: Sequence[str] | None = None, *,
+                  listed_by: str = "--metric") -> dict[str, dict[str, Any]]:
+    """``["deletion.step=112", ...]`` -> ``{"deletion": {"step": 112}}``, checked against the
+    metric registry like ``--option`` is against the method registry
+    (:func:`convlens.cli._common.parse_registry_options`).
+
+    Args:
+        items: The raw ``METRIC.NAME=VALUE`` strings; ``METRIC`` is a key as given to
+            ``--metric`` (``deletion:xplique.step=112``), ``VALUE`` is read by :func:`_value`.
+        flag: The flag's name in messages (``--option``, ``--metric-option``).
+        metrics: The metric keys of the run; None: check the form only.
+        listed_by: The flag that lists the metrics, in messages (``--metric``).
+
+    Raises:
+        MetricError: A bad form, an unknown metric or one not in ``metrics``, an option the
+            metric lacks (with did-you-mean), or a value of the wrong type (by the
+            annotations of the metric's function); the message lists the metric's options
+            with their defaults (the preset's, for ``NAME:PRESET``).
+    """
+    from convlens.metrics.core import MetricError
+    from convlens.metrics.evaluate import parse_metric
+
+    run = None
+    if metrics is not None:
+        run = {}
+        for key in metrics:
+            metric, preset = parse_metric(key)
+            run[key] = settables(metric.compute, metric.bind(preset=preset))
+    parsed = parse_registry_options(
+        items, run, kind="metric", flag=flag, listed_by=listed_by,
+        example="deletion.step=112", lookup=parse_metric, error=MetricError,
+        read_value=_value, bare=False)
+    return {key: options for key, options in parsed.items() if options}
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -98,9 +124,9 @@ def evaluate(
 
     method_names = parse_methods(method)
     metric_keys = parse_metrics(metric)
-    metric_options = parse_options(option, "--option")
-    method_options = {name: opts for name, opts in
-                      parse_method_options(method_option, method_names).items() if opts}
+    metric_options = parse_options(option, "--option", metric_keys)
+    method_options = {name: opts for name, opts in parse_method_options(
+        method_option, method_names, flag="--method-option").items() if opts}
     target_value: Any = None if target == "pred" else (
         int(target) if target.strip().lstrip("-").isdigit() else target)
     engine, engine_options = engine_settings(engine, ray_address, actors, gpus_per_actor)

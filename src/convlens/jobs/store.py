@@ -85,6 +85,9 @@ def _reason(error: OSError, path: Path) -> str:
     return f"{error.strerror or type(error).__name__}"
 
 
+_NOT_A_FOLDER = "is a file, not a folder; remove it or choose another output folder"
+
+
 def _output_error(error: OSError, path: Path) -> OutputError:
     return OutputError(path, _reason(error, path))
 
@@ -92,24 +95,41 @@ def _output_error(error: OSError, path: Path) -> OutputError:
 # --------------------------------------------------------------- atomic writes
 
 
-def ensure_folder(folder: str | os.PathLike[str]) -> Path:
+def ensure_folder(folder: str | os.PathLike[str], *, writable: bool = False) -> Path:
     """Create ``folder`` (and its parents) if needed; an OutputError if it cannot exist.
 
+    The one check of output folders: jobs call it, and the CLI's ``prepare_out`` wraps it
+    to name the option in its one-line error.
+
+    Args:
+        folder: The output folder.
+        writable: Also create and delete a probe file in it, so that an existing folder
+            that cannot be written (no permission, read-only file system) is refused
+            before any work rather than at the first result. The probe is named like a
+            temporary of :func:`atomic_output`, so :func:`remove_stale_temporaries`
+            deletes one a killed process left behind.
+
     Raises:
-        OutputError: ``folder`` is an existing file, a parent is a file, or the folder
-            cannot be created (permissions, read-only or full file system).
+        OutputError: ``folder`` is an existing file, a parent is a file, the folder
+            cannot be created (permissions, read-only or full file system), or, with
+            ``writable``, a file cannot be created in it.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise OutputError(folder, "is a file, not a folder; remove it or choose another output "
-                                  "folder")
+        raise OutputError(folder, _NOT_A_FOLDER)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise OutputError(folder, "is a file, not a folder; remove it or choose another output "
-                                  "folder") from None
+        raise OutputError(folder, _NOT_A_FOLDER) from None
     except OSError as error:
         raise _output_error(error, folder) from None
+    if writable:
+        probe = folder / f".convlens-probe.{secrets.token_hex(4)}{_TEMP_TAG}"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as error:
+            raise _output_error(error, folder) from None
+        _discard(probe)
     return folder
 
 
@@ -301,8 +321,7 @@ class ResultStore:
 
     def _clear(self) -> None:
         if not self.folder.is_dir():
-            raise OutputError(self.folder, "is a file, not a folder; remove it or choose "
-                                           "another output folder")
+            raise OutputError(self.folder, _NOT_A_FOLDER)
         try:
             shutil.rmtree(self.folder)
         except OSError as error:
