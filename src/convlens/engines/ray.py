@@ -28,12 +28,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import site
 import sys
 import sysconfig
 import warnings
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,7 @@ class RayEngine:
             raise EngineError(f"cpus_per_actor must be positive, got {cpus_per_actor!r}")
         if gpus_per_actor is not None and gpus_per_actor < 0:
             raise EngineError(f"gpus_per_actor must be 0 or more, got {gpus_per_actor!r}")
+        _import_ray()  # fail before any work is done when Ray is missing
         self.address = address
         self.actors = actors
         self.cpus_per_actor = cpus_per_actor
@@ -165,7 +167,12 @@ class RayEngine:
         try:
             for row in results.iter_rows():
                 batch = pickle.loads(row["meta"])
-                yield UnitResult(int(row["unit"]), batch, pickle.loads(row["result"]))
+                outcome = pickle.loads(row["result"])
+                if isinstance(outcome, _Failure):
+                    raise outcome.error
+                yield UnitResult(int(row["unit"]), batch, outcome)
+        except ConvlensError:
+            raise
         except Exception as error:  # Ray wraps worker errors in its own types
             raise _worker_error(error) from None
 
@@ -214,18 +221,26 @@ def _quiet_ray_data(ray: Any) -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
-def _worker_error(error: BaseException) -> BaseException:
-    """The ConvlensError inside Ray's wrappers, or one EngineError with the cause in words."""
-    seen: BaseException | None = error
-    for _ in range(8):
-        if seen is None:
-            break
-        if isinstance(seen, ConvlensError):
-            return seen
-        cause = getattr(seen, "cause", None)
-        seen = cause if isinstance(cause, BaseException) else seen.__cause__
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return EngineError(f"a Ray worker failed: {lines[-1] if lines else type(error).__name__}")
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+
+
+def _worker_error(error: BaseException) -> EngineError:
+    """One EngineError naming what went wrong in a worker, from the traceback text Ray
+    forwards (the first exception line that is not one of Ray's own)."""
+    for line in str(error).splitlines():
+        found = _RAISED.match(line.strip())
+        if found and not found.group(1).startswith("ray."):
+            return EngineError(f"a Ray worker failed: {found.group(1)}: {found.group(2)}")
+    return EngineError(f"a Ray worker failed: {type(error).__name__}: "
+                       f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+
+
+@dataclass
+class _Failure:
+    """A ConvlensError raised by the worker, sent back as a result so that the caller gets
+    the same exception (type and message) as on the local engine."""
+
+    error: ConvlensError
 
 
 # ------------------------------------------------------------ what runs on the cluster
@@ -293,7 +308,10 @@ class UnitActor:
             result = None
             if len(batch.items):
                 batch.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-                result = self.worker(batch)
+                try:
+                    result = self.worker(batch)
+                except ConvlensError as error:
+                    result = _Failure(error)
                 batch.x = None
             out["unit"].append(int(unit))
             out["meta"].append(meta)
