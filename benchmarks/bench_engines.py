@@ -13,6 +13,11 @@ engine audits the photos into a fresh folder:
 * ``ray``: a local Ray instance with ``--actors`` actors of one CPU (one torch thread) each;
   Ray fuses the decoding into the actors on a CPU-only machine.
 
+The engines give byte-identical ``audit.json`` files when their workers use the same torch
+thread count (tests/engines); here they do not (all threads locally, one per actor), so the
+script also reports whether paths, predictions, clusters and the suspicion ranking agree and
+the largest difference of a (6-digit) probability.
+
 Reported per engine: the pass (first to last progress event of the ``audit`` stage: decoding,
 forward, backward, store writes; Ray's actor start-up and model load included), the whole
 ``cl.audit`` (pass + SpRAy + causal checks), and once, Ray's own start (``ray.init``).
@@ -52,6 +57,21 @@ def _timed_audit(clf, data: Path, out: Path, **kwargs) -> dict:
     return {"pass_s": stamps[-1] - start, "total_s": total,
             "driver_cpu_s": time.process_time() - cpu,
             "audit_json": (out / "audit.json").read_text(encoding="utf-8")}
+
+
+def _agreement(local: dict, remote: dict) -> dict:
+    """How far two audit.json contents differ when they are not byte-identical (the local
+    engine's torch threads and an actor's differ, and oneDNN's sums depend on them)."""
+    pairs = list(zip(local["images"], remote["images"]))
+    return {
+        "same_paths": [a["path"] for a, _ in pairs] == [b["path"] for _, b in pairs],
+        "same_predictions": all(a["predicted"] == b["predicted"] for a, b in pairs),
+        "same_clusters": all(a["cluster"] == b["cluster"] for a, b in pairs),
+        "max_probability_difference": max((abs(a["probability"] - b["probability"])
+                                           for a, b in pairs), default=0.0),
+        "same_ranking": [(s["class"], s["cluster"]) for s in local["suspicious"]]
+        == [(s["class"], s["cluster"]) for s in remote["suspicious"]],
+    }
 
 
 def main() -> None:
@@ -96,6 +116,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     same = all(r["audit_json"] == rows["local"][0]["audit_json"]
                for r in rows["local"] + rows["ray"])
+    agreement = _agreement(json.loads(rows["local"][0]["audit_json"]),
+                           json.loads(rows["ray"][0]["audit_json"]))
     local = statistics.median(r["pass_s"] for r in rows["local"])
     remote = statistics.median(r["pass_s"] for r in rows["ray"])
     summary = {
@@ -110,7 +132,8 @@ def main() -> None:
         "local_total_s": round(statistics.median(r["total_s"] for r in rows["local"]), 2),
         "ray_total_s": round(statistics.median(r["total_s"] for r in rows["ray"]), 2),
         "ray_driver_cpu_s": round(statistics.median(r["driver_cpu_s"] for r in rows["ray"]), 2),
-        "audit_json_identical": same,
+        "audit_json_identical": same, **agreement,
+        "threads": {"local": torch.get_num_threads(), "ray_actor": 1},
     }
     print(json.dumps(summary, indent=1))
     results = ROOT / "benchmarks" / "results"

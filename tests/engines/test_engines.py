@@ -140,3 +140,20 @@ def test_a_foreign_error_in_a_worker_becomes_one_line_naming_it():
     assert isinstance(error, EngineError)
     assert str(error) == ("a Ray worker failed: RuntimeError: CUDA out of memory. Tried to "
                           "allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize("command", ["audit", "evaluate"])
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--engine", "spark"], "--engine must be one of local, ray; got 'spark'"),
+    (["--actors", "2"], "--actors only apply with --engine ray"),
+    (["--ray-address", "auto", "--gpus-per-actor", "1"],
+     "--ray-address, --gpus-per-actor only apply with --engine ray"),
+])
+def test_cli_engine_options_are_checked_before_anything_runs(tmp_path, command, flags, message):
+    from typer.testing import CliRunner
+
+    from convlens.cli.app import app
+
+    result = CliRunner().invoke(app, [command, str(tmp_path), *flags])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output

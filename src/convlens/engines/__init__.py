@@ -14,8 +14,11 @@ shape; it knows nothing about audits or metrics.
   this process, which writes them.
 
 Units are the same consecutive slices of the entries list on every engine, and a worker
-sees the same batch whichever engine runs it, so the results are identical, not merely
-close (tests/engines check ``audit.json`` and the evaluation byte for byte).
+sees the same batch whichever engine runs it, so with the same kernels and torch thread count
+the results are identical, not merely close (tests/engines compare ``audit.json`` and the
+evaluation as strings). CPU kernels sum in an order that depends on the thread count, so a
+worker with fewer threads than this process may differ in the last rounded digit of a
+probability (1e-6 on the bundled model, 2 threads against 1; BENCHMARKS.md).
 
 See docs/architecture.md, "Engines": engines sit between jobs and metrics; they import io
 only, and the audit and ``evaluate`` pass them a :class:`WorkerFactory`.
