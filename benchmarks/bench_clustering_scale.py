@@ -397,8 +397,10 @@ def _row(result: dict[str, Any]) -> str:
                  f"{MODE_TEXT[item['mode']]}: clusters {item['clusters']}, ARI(exact) "
                  f"{item['ari_vs_exact']:.4f}")
     if result["kind"] == "approx":
+        ari = result.get("ari_vs_exact")
+        ari_text = "n/a (no exact row of this N in the run)" if ari is None else f"{ari:.4f}"
         line += (f"\n{'':16}recall@10 {result['recall_at_10']:.4f}  ARI(exact) "
-                 f"{result.get('ari_vs_exact', float('nan')):.4f}  jit warm-up "
+                 f"{ari_text}  jit warm-up "
                  f"{result['jit_warmup_s']} s  exact k-NN estimated from the sample "
                  f"{result['exact_knn_estimate_s']} s")
     return line
