@@ -71,3 +71,17 @@ def test_suspicion_ranks_the_tag_cluster_first_and_covering_it_flips(audited):
     assert check.flip_rate >= 0.8 * mistakes    # uncovering the shape restores the truth
     assert check.random_flip_rate <= 0.15
     assert check.flip_rate >= check.random_flip_rate + 0.4
+
+
+def test_a_subsample_of_the_tag_class_still_separates_the_tag(audited):
+    """SpRAy on a capped sample (what the audit does above ``max_cluster_maps``) still puts
+    the tagged images, sampled or assigned, in a cluster of their own."""
+    case, predicted, maps, _, results = audited
+    index, whole = results[TAG_CLASS]
+    assert len(index) > 100
+    part = spray(maps[index], tsne=False, max_maps=60)
+    assert part.labels.shape == whole.labels.shape and part.n_clusters >= 2
+    tagged = case.tagged[index]
+    majority = np.bincount(part.labels[tagged]).argmax()
+    assert (part.labels[tagged] == majority).mean() >= 0.9       # the tag is one cluster...
+    assert tagged[part.labels == majority].mean() >= 0.9          # ...of tagged images

@@ -117,7 +117,7 @@ def test_spray_recovers_planted_groups_and_records_its_steps():
     names = [s.name for s in result.steps]
     assert names == ["normalise", "reduce_dimensions", "knn_affinity", "spectral_embedding",
                      "eigengap", "kmeans", "merge_similar", "tsne"]
-    assert result.steps[2].params == {"n_neighbors": 10}
+    assert result.steps[2].params == {"n_neighbors": 10, "neighbours": "exact", "seed": 0}
     assert result.coords.shape == (250, 2)
     summary = result.to_dict()
     assert summary["sizes"] == sizes and len(summary["eigenvalues"]) == 32
@@ -143,3 +143,47 @@ def test_tsne_subsample_places_every_point():
     embedding = rng.random((300, 4))
     coords = sp.embed_2d(embedding, max_points=100, seed=0)
     assert coords.shape == (300, 2) and np.isfinite(coords).all()
+
+
+def test_knn_graph_is_the_brute_force_one():
+    rows = np.random.default_rng(3).random((60, 5)).astype(np.float32)
+    graph = sp.knn_affinity(rows, n_neighbors=4).toarray()
+    distances = ((rows[:, None] - rows[None]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)
+    directed = np.zeros((60, 60))
+    for i, row in enumerate(np.argsort(distances, axis=1)[:, :4]):
+        directed[i, row] = 1.0
+    np.testing.assert_array_equal(graph, (directed + directed.T) / 2)
+    with pytest.raises(ConvlensError, match="unknown neighbour search 'annoy'.*exact, nndescent"):
+        sp.knn_affinity(rows, neighbours="annoy")
+
+
+def test_a_subsample_clusters_like_the_whole_group_and_assigns_every_map():
+    maps, truth = _blobs((1200, 800, 500), [(4, 4), (11, 11), (4, 12)])
+    whole = sp.spray(maps, tsne=False, seed=0, n_clusters=3)  # 2,500 blobs touch: forced
+    part = sp.spray(maps, tsne=True, seed=0, max_maps=400)
+    from sklearn.metrics import adjusted_rand_score
+
+    assert part.n_clusters == 3
+    assert part.labels.shape == (2500,) and part.embedding.shape[0] == 2500
+    assert adjusted_rand_score(whole.labels, part.labels) > 0.97
+    assert adjusted_rand_score(truth, part.labels) > 0.97
+    names = [s.name for s in part.steps]
+    assert names[0] == "subsample" and "assign_to_sample" in names
+    assert part.steps[0].params == {"max_maps": 400, "of": 2500, "seed": 0}
+    np.testing.assert_array_equal(sp.spray(maps, tsne=False, seed=0, max_maps=400).labels,
+                                  part.labels)                          # seeded
+    small = sp.spray(maps[:300], tsne=False, seed=0, max_maps=400)     # under the cap: no-op
+    assert "subsample" not in [s.name for s in small.steps]
+
+
+def test_nndescent_finds_the_exact_graph_on_separated_maps():
+    pytest.importorskip("pynndescent", reason="pip install 'convlens[scale]'")
+    maps, _ = _blobs((300, 200, 100), [(4, 4), (11, 11), (4, 12)])
+    reduced = sp.reduce_dimensions(sp.normalise_maps(maps))
+    exact = sp.nearest_neighbours(reduced, 10)
+    approximate = sp.nearest_neighbours(reduced, 10, neighbours="nndescent")
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approximate)])
+    assert recall > 0.95
+    labels = sp.spray(maps, tsne=False, neighbours="nndescent").labels
+    np.testing.assert_array_equal(labels, sp.spray(maps, tsne=False).labels)

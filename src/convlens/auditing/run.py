@@ -36,6 +36,8 @@ from convlens.jobs.store import (
 
 STORE_FOLDER = "store"
 CHECK_MEMBERS = 128
+MAX_CLUSTER_MAPS = 50_000
+"""Default cap on the maps SpRAy clusters per group (docs/capacity.md, "Clustering")."""
 
 
 class LabelMismatchError(ConvlensError, ValueError):
@@ -61,6 +63,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
           metrics: Sequence[str] | str | None = None,
           metric_options: dict[str, dict[str, Any]] | None = None,
           engine: Any = "local", engine_options: dict[str, Any] | None = None,
+          neighbours: str = "exact", max_cluster_maps: int | None = MAX_CLUSTER_MAPS,
           **options: Any) -> Audit:
     """Audit ``classifier`` on the images of ``data``.
 
@@ -96,6 +99,12 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
             resumes on another.
         engine_options: For ``engine="ray"``: ``address``, ``actors``, ``cpus_per_actor``,
             ``gpus_per_actor``, ``init_options`` (see :class:`convlens.engines.ray.RayEngine`).
+        neighbours: SpRAy's neighbour search: ``"exact"`` or ``"nndescent"`` (approximate,
+            for groups of more than ~50,000 maps; ``pip install 'convlens[scale]'``).
+        max_cluster_maps: SpRAy clusters at most this many maps per group (a seeded
+            subsample; the others join the majority cluster of their nearest sampled maps),
+            so a group of a million costs minutes, not hours (docs/capacity.md). ``None``:
+            every map. Groups below the cap are clustered whole, as before.
         **options: Options of the method.
 
     Returns:
@@ -118,6 +127,14 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
                             f"cl.Classifier(module, labels=...)), got {type(classifier).__name__}")
     if group_by not in GROUP_BY:
         raise ConvlensError(unknown_choice("group-by value", group_by, GROUP_BY))
+    from convlens.auditing.spray import NEIGHBOURS
+
+    if neighbours not in NEIGHBOURS:
+        raise ConvlensError(unknown_choice("neighbour search", neighbours, NEIGHBOURS))
+    if max_cluster_maps is not None and (not isinstance(max_cluster_maps, int)
+                                         or max_cluster_maps < 100):
+        raise ConvlensError(f"max_cluster_maps must be an integer of at least 100 (or None for "
+                            f"no cap), got {max_cluster_maps!r}")
     if progress is None:
         progress = notebook_progress() if _in_notebook() else None
     elif progress is True:
@@ -208,7 +225,8 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         return result
 
     header = {"model": classifier.name, "method": method, "layer": layer_name,
-              "data": str(data), "layout": dataset.layout, "map_size": map_size}
+              "data": str(data), "layout": dataset.layout, "map_size": map_size,
+              "clustering": {"neighbours": neighbours, "max_maps": max_cluster_maps}}
     cards = None
     if chosen:
         from convlens.auditing.scoring import card
@@ -217,7 +235,8 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
                              images=len(images)) for m in chosen}
     content = build_audit(images, reader, header=header, errors=errors, group_by=group_by,
                           causal=causal, checks=checks, seed=seed, progress=progress,
-                          metric_cards=cards)
+                          metric_cards=cards,
+                          spray_options={"neighbours": neighbours, "max_maps": max_cluster_maps})
     write_json_atomic(out / "audit.json", content)
     emit(progress, "done", 1, 1, f"wrote {out / 'audit.json'}")
     return Audit(content, out, classifier=classifier, dataset=dataset, settings=settings,

@@ -152,29 +152,74 @@ def reduce_dimensions(rows: np.ndarray, *, n_components: int = 64, seed: int = 0
     cheaper. Rows are returned unchanged when they already have few dimensions or there are
     few of them.
     """
+    return fit_projection(rows, n_components=n_components, seed=seed)(rows)
+
+
+def fit_projection(rows: np.ndarray, *, n_components: int = 64, seed: int = 0
+                   ) -> Callable[[np.ndarray], np.ndarray]:
+    """The projection :func:`reduce_dimensions` applies, fitted on ``rows``, as a function
+    that also projects other rows (the maps left out of a subsample)."""
     n, d = rows.shape
     if d <= n_components or n <= n_components:
-        return rows
+        return lambda other: other
     from sklearn.decomposition import PCA
 
-    pca = PCA(n_components=n_components, svd_solver="randomized", random_state=seed)
-    return pca.fit_transform(rows).astype(np.float32, copy=False)
+    pca = PCA(n_components=n_components, svd_solver="randomized", random_state=seed).fit(rows)
+    return lambda other: pca.transform(other).astype(np.float32, copy=False)
 
 
-def knn_affinity(rows: np.ndarray, *, n_neighbors: int = 10) -> sparse.csr_matrix:
+NEIGHBOURS = ("exact", "nndescent")
+"""Neighbour searches for the k-NN graph: brute force (scikit-learn) or NN-descent."""
+
+
+def nearest_neighbours(rows: np.ndarray, k: int, *, neighbours: str = "exact", seed: int = 0
+                       ) -> np.ndarray:
+    """Indices ``(N, k)`` of each row's ``k`` nearest other rows (Euclidean), nearest first.
+
+    ``"exact"``: scikit-learn's brute-force search, N^2 d work (docs/capacity.md: 85 s at
+    100,000 rows, about 3 h at 1,000,000, one core). ``"nndescent"``: NN-descent (Dong,
+    Moses & Li 2011) from pynndescent (``pip install 'convlens[scale]'``), about N^1.2;
+    recall 1.000 on the synthetic maps of docs/capacity.md, an approximation in general.
+    """
+    if neighbours == "exact":
+        from sklearn.neighbors import NearestNeighbors
+
+        index = NearestNeighbors(n_neighbors=k).fit(rows)
+        return index.kneighbors(return_distance=False)  # X=None: excludes each point itself
+    if neighbours != "nndescent":
+        raise ConvlensError(f"unknown neighbour search {neighbours!r}; valid: "
+                            f"{', '.join(NEIGHBOURS)}")
+    try:
+        from pynndescent import NNDescent
+    except ImportError:
+        raise ConvlensError("neighbours='nndescent' needs pynndescent: pip install "
+                            "'convlens[scale]' (or use neighbours='exact')") from None
+    graph, _ = NNDescent(rows, n_neighbors=k + 1, random_state=seed, n_jobs=1,
+                         low_memory=True).neighbor_graph
+    out = np.empty((rows.shape[0], k), dtype=np.int64)
+    for i, row in enumerate(graph):
+        others = row[(row != i) & (row >= 0)]
+        out[i] = others[:k] if len(others) >= k else np.resize(others, k)
+    return out
+
+
+def knn_affinity(rows: np.ndarray, *, n_neighbors: int = 10, neighbours: str = "exact",
+                 seed: int = 0) -> sparse.csr_matrix:
     """Sparse symmetric k-NN graph: ``(A + A.T) / 2`` with A[i, j] = 1 for j among i's k nearest.
 
     Self-loops are excluded; ``n_neighbors`` is capped at ``N - 1``. The result has at most
-    ``2 * N * k`` stored entries, never N^2.
+    ``2 * N * k`` stored entries, never N^2. ``neighbours`` chooses the search
+    (:func:`nearest_neighbours`).
     """
-    from sklearn.neighbors import NearestNeighbors
-
     n = rows.shape[0]
     k = min(int(n_neighbors), n - 1)
     if k < 1:
         return sparse.csr_matrix((n, n), dtype=np.float64)
-    index = NearestNeighbors(n_neighbors=k, algorithm="auto").fit(rows)
-    directed = index.kneighbors_graph(mode="connectivity")  # X=None: excludes each point itself
+    found = nearest_neighbours(rows, k, neighbours=neighbours, seed=seed)
+    directed = sparse.csr_matrix((np.ones(n * k), found.ravel(), np.arange(0, n * k + 1, k)),
+                                 shape=(n, n))
+    directed.sum_duplicates()
+    directed.data[:] = 1.0  # a repeated neighbour (padding) is one edge
     affinity = (directed + directed.T) * 0.5
     return sparse.csr_matrix(affinity, dtype=np.float64)
 
@@ -334,7 +379,8 @@ def embed_2d(embedding: np.ndarray, *, max_points: int = 1000, perplexity: float
 def spray(maps: np.ndarray, *, n_neighbors: int = 10, n_eigval: int = 32, max_clusters: int = 8,
           min_jump: float = 3.0, n_clusters: int | None = None, clip_negative: bool = True,
           tsne: bool = True, tsne_max_points: int = 1000,
-          pca_components: int = 64, merge_cosine: float | None = 0.9, seed: int = 0) -> SpRAyResult:
+          pca_components: int = 64, merge_cosine: float | None = 0.9, seed: int = 0,
+          neighbours: str = "exact", max_maps: int | None = None) -> SpRAyResult:
     """Run the SpRAy pipeline on one group of maps (e.g. all images predicted as one class).
 
     Args:
@@ -351,6 +397,11 @@ def spray(maps: np.ndarray, *, n_neighbors: int = 10, n_eigval: int = 32, max_cl
         pca_components: Dimensions kept before the neighbour search (see
             :func:`reduce_dimensions`).
         seed: Seeds ARPACK's start vector, k-means and t-SNE: same input, same result.
+        neighbours: ``"exact"`` or ``"nndescent"`` (:func:`nearest_neighbours`).
+        max_maps: Cluster at most this many maps (a seeded subsample) and give every other
+            map the majority cluster of its ``n_neighbors`` nearest sampled maps in the PCA
+            space (:func:`assign_to_sample`): the spectral steps then cost the same for any
+            group size, the rest is linear in N (docs/capacity.md). ``None``: all maps.
 
     Returns:
         A :class:`SpRAyResult` with every step's parameters and timing.
@@ -363,10 +414,22 @@ def spray(maps: np.ndarray, *, n_neighbors: int = 10, n_eigval: int = 32, max_cl
         steps.append(Step(name, params, time.perf_counter() - start))
         return out
 
-    rows = run("normalise", normalise_maps, maps, clip_negative=clip_negative)
-    reduced = run("reduce_dimensions", reduce_dimensions, rows, n_components=pca_components,
-                  seed=seed)
-    affinity = run("knn_affinity", knn_affinity, reduced, n_neighbors=n_neighbors)
+    total = _as_maps(maps).shape[0]
+    sample = None
+    if max_maps is not None and total > int(max_maps):
+        start = time.perf_counter()
+        sample = np.sort(np.random.default_rng(seed).choice(total, int(max_maps), replace=False))
+        steps.append(Step("subsample", {"max_maps": int(max_maps), "of": int(total),
+                                        "seed": seed}, time.perf_counter() - start))
+    chosen = np.asarray(maps)[sample] if sample is not None else maps
+    rows = run("normalise", normalise_maps, chosen, clip_negative=clip_negative)
+    start = time.perf_counter()
+    project = fit_projection(rows, n_components=pca_components, seed=seed)
+    reduced = project(rows)
+    steps.append(Step("reduce_dimensions", {"n_components": pca_components, "seed": seed},
+                      time.perf_counter() - start))
+    affinity = run("knn_affinity", knn_affinity, reduced, n_neighbors=n_neighbors,
+                   neighbours=neighbours, seed=seed)
     eigenvalues, embedding = run("spectral_embedding", lambda a, **p: spectral_embedding(a, **p),
                                  affinity, n_eigval=n_eigval, seed=seed)
     if n_clusters is None:
@@ -380,9 +443,54 @@ def spray(maps: np.ndarray, *, n_neighbors: int = 10, n_eigval: int = 32, max_cl
     if merge_cosine is not None:
         labels = run("merge_similar", lambda v, **p: merge_similar(v, rows, **p), labels,
                      min_cosine=merge_cosine)
+    if sample is not None:
+        start = time.perf_counter()
+        labels, nearest = assign_to_sample(maps, sample, labels, reduced, project,
+                                           n_neighbors=n_neighbors, clip_negative=clip_negative)
+        embedding = embedding[nearest]
+        steps.append(Step("assign_to_sample", {"n_neighbors": n_neighbors,
+                                               "assigned": int(total - len(sample))},
+                          time.perf_counter() - start))
     count = int(labels.max()) + 1
     coords = None
     if tsne:
         coords = run("tsne", embed_2d, embedding, max_points=tsne_max_points, seed=seed)
     return SpRAyResult(labels=labels, n_clusters=count, eigenvalues=eigenvalues,
                        embedding=embedding, coords=coords, steps=steps)
+
+
+def assign_to_sample(maps: np.ndarray, sample: np.ndarray, sample_labels: np.ndarray,
+                     sample_reduced: np.ndarray, project: Callable[[np.ndarray], np.ndarray],
+                     *, n_neighbors: int = 10, clip_negative: bool = True, chunk: int = 8192
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters for every map from a clustered subsample: the majority cluster among each
+    map's ``n_neighbors`` nearest sampled maps (ties: the nearest one's), in the sample's PCA
+    space; sampled maps keep their own.
+
+    Maps are normalised and projected ``chunk`` at a time, so memory is the sample plus one
+    chunk, whatever N. Returns ``(labels (N,), nearest sampled position (N,))``; the second
+    gives every map its nearest sampled map's embedding row.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    total = np.asarray(maps).shape[0]
+    k = max(1, min(int(n_neighbors), len(sample)))
+    index = NearestNeighbors(n_neighbors=k).fit(sample_reduced)
+    labels = np.empty(total, dtype=np.int64)
+    nearest = np.empty(total, dtype=np.int64)
+    positions = np.arange(len(sample))
+    labels[sample], nearest[sample] = sample_labels, positions
+    others = np.setdiff1d(np.arange(total), sample, assume_unique=True)
+    n_labels = int(sample_labels.max()) + 1
+    for first in range(0, len(others), chunk):
+        which = others[first:first + chunk]
+        rows = normalise_maps(np.asarray(maps)[which], clip_negative=clip_negative)
+        found = index.kneighbors(project(rows), return_distance=False)
+        votes = np.zeros((len(which), n_labels), dtype=np.int64)
+        np.add.at(votes, (np.repeat(np.arange(len(which)), k), sample_labels[found].ravel()), 1)
+        best = votes.max(axis=1, keepdims=True)
+        first_label = sample_labels[found[:, 0]]
+        tied = votes[np.arange(len(which)), first_label] == best[:, 0]
+        labels[which] = np.where(tied, first_label, votes.argmax(axis=1))
+        nearest[which] = found[:, 0]
+    return _renumber(labels), nearest

@@ -42,6 +42,13 @@ def audit(
                                 "`metrics`), scored per image on the predicted class's map."),
     metric_option: list[str] = typer.Option([], "--metric-option",
                                             help="Metric option METRIC.NAME=VALUE (repeatable)."),
+    neighbours: str = typer.Option("exact", "--neighbours",
+                                   help="SpRAy's neighbour search: exact, or nndescent "
+                                        "(approximate; pip install 'convlens[scale]')."),
+    max_cluster_maps: int = typer.Option(
+        50_000, "--max-cluster-maps", min=0,
+        help="Cluster at most this many maps per group (a seeded sample; the rest join their "
+             "nearest sampled maps' cluster); 0: every map."),
     engine: str = engine_option(),
     ray_address: str | None = ray_address_option(),
     actors: int | None = actors_option(),
@@ -79,7 +86,8 @@ def audit(
                            out=out, batch_size=batch_size, workers=workers,
                            overwrite=overwrite, progress=progress, metrics=metric_keys,
                            metric_options=metric_options, engine=engine,
-                           engine_options=engine_options)
+                           engine_options=engine_options, neighbours=neighbours,
+                           max_cluster_maps=max_cluster_maps or None)
         report = result.report(progress=progress)
     top = result.suspicious[0] if result.suspicious else None
     console.print(f"audited {len(result.images)} image(s): {out / 'audit.json'}, {report}")
