@@ -43,7 +43,7 @@ memory baseline). Three kinds of rows, one JSON line each (appended) in
   The same estimate is made inside each ``approx`` row from its recall sample, next to the
   k-NN step measured whole in the ``exact`` row, to check the scaling.
 
-pynndescent is a benchmark-only dependency (``pip install convlens[bench]``), not one of
+pynndescent is an optional dependency (``pip install convlens[scale]``), not one of
 convlens's core dependencies: without it the ``approx`` rows are skipped.
 """
 

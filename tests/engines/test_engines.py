@@ -65,6 +65,12 @@ def test_plan_uses_gpus_when_the_cluster_has_them():
     assert RayEngine(gpus_per_actor=0.5).plan(_Cluster(CPU=8.0, GPU=2.0)) == (4, 1, 0.5)
     with pytest.raises(EngineError, match="need 3 GPUs; the cluster has 2"):
         RayEngine(actors=3).plan(_Cluster(CPU=8.0, GPU=2.0))
+    # Ray would wait forever for CPUs it does not have: refused with the numbers
+    with pytest.raises(EngineError, match="4 actor.* need 4 CPUs; the cluster has 2"):
+        RayEngine(actors=4).plan(_Cluster(CPU=2.0))
+    with pytest.raises(EngineError, match="x 2 CPU plus 1 to decode need 5 CPUs"):
+        RayEngine(actors=2, cpus_per_actor=2).plan(_Cluster(CPU=4.0, GPU=2.0))
+    assert RayEngine().plan(_Cluster(CPU=4.0, GPU=8.0)) == (3, 1, 1.0)  # a CPU left to decode
 
 
 def test_decoding_and_the_actor_give_the_local_batches_and_results(folder, classifier):
