@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=2000)
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda: the local engine's device; with cuda, Ray gives "
+                             "each actor a GPU (--actors GPUs are needed).")
     parser.add_argument("--keep", type=Path, default=None,
                         help="Make the photos here and keep them (reused when present).")
     args = parser.parse_args()
@@ -127,7 +130,7 @@ def main() -> None:
     photos = args.keep or work / "photos"
     if not (photos.is_dir() and len(list(photos.glob("*.jpg"))) == args.photos):
         make_photos(photos, args.photos)
-    clf = cl.load_model(device="cpu")
+    clf = cl.load_model(device=args.device)
     started = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              logging_level="warning")
@@ -158,6 +161,8 @@ def main() -> None:
         "bench": "engines", "photos": args.photos, "actors": args.actors,
         "rounds": args.rounds, "cpu_count": os.cpu_count(), "load_average_1m": load,
         "malloc": {k: os.environ.get(k) for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")},
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
         "ray": ray.__version__, "torch": torch.__version__, "ray_init_s": round(ray_start, 2),
         "local_pass_s": round(local, 2), "ray_pass_s": round(remote, 2),
         "local_photos_per_s": round(args.photos / local, 2),
