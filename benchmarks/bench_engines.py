@@ -48,13 +48,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_audit import make_photos  # noqa: E402
 
 
-def _process_cpu() -> dict[str, float]:
-    """CPU seconds (user + system) so far of Ray's processes on this machine, by kind:
+def _process_cpu() -> dict[int, tuple[str, float]]:
+    """``pid -> (kind, CPU seconds so far)`` of Ray's processes on this machine; kinds are
     ``actors`` (the pool's MapWorker processes) and ``ray_other`` (raylet, GCS, Ray's own
-    actors and agents). Processes that ended are not counted (the pool lives to the end of a
-    pass, so the difference over a pass holds)."""
+    actors and agents)."""
     tick = os.sysconf("SC_CLK_TCK")
-    totals = {"actors": 0.0, "ray_other": 0.0}
+    found: dict[int, tuple[str, float]] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
@@ -63,10 +62,19 @@ def _process_cpu() -> dict[str, float]:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if "ray" not in command:
-            continue
-        seconds = (int(fields[11]) + int(fields[12])) / tick
-        totals["actors" if "MapWorker" in command else "ray_other"] += seconds
+        if "ray" in command:
+            kind = "actors" if "MapWorker" in command else "ray_other"
+            found[int(pid)] = (kind, (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+def _cpu_growth(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+                ) -> dict[str, float]:
+    """CPU seconds spent between the snapshots by the processes alive at the second one
+    (the actor pool lives to the end of a pass), by kind."""
+    totals = {"actors": 0.0, "ray_other": 0.0}
+    for pid, (kind, seconds) in after.items():
+        totals[kind] += seconds - before.get(pid, (kind, 0.0))[1]
     return totals
 
 
@@ -77,7 +85,7 @@ def _timed_audit(clf, data: Path, out: Path, **kwargs) -> dict:
     before = _process_cpu()
     start = time.perf_counter()
     cpu = time.process_time()
-    after: dict[str, float] = {}
+    after: dict[int, tuple[str, float]] = {}
 
     def progress(event) -> None:
         events.append((time.perf_counter(), time.process_time(), event))
@@ -88,8 +96,7 @@ def _timed_audit(clf, data: Path, out: Path, **kwargs) -> dict:
     total = time.perf_counter() - start
     last = [(t, c) for t, c, e in events if e.stage == "audit"][-1]
     return {"pass_s": last[0] - start, "total_s": total,
-            "pass_cpu_s": {"driver": last[1] - cpu,
-                           **{k: after.get(k, v) - v for k, v in before.items()}},
+            "pass_cpu_s": {"driver": last[1] - cpu, **_cpu_growth(before, after)},
             "audit_json": (out / "audit.json").read_text(encoding="utf-8")}
 
 
