@@ -88,6 +88,8 @@ def test_decoding_and_the_actor_give_the_local_batches_and_results(folder, class
     decoded = decode_units(rows, preprocessing=classifier.preprocessing, salt="s",
                            skip=frozenset(), max_pixels=None)
     out = UnitActor(pickle.loads(pickle.dumps(factory)))(decoded)
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()  # the actor never starts Ray by itself
     assert len(out["unit"]) == len(local)
     for unit, meta, blob, expected in zip(out["unit"], out["meta"], out["result"], local):
         batch = pickle.loads(meta)

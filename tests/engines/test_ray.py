@@ -27,6 +27,8 @@ pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance per test process
 def ray_session():
     import ray
 
+    if ray.is_initialized():  # started by something else in this test process
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=120 * 1024 * 1024, logging_level="warning")
     yield ray

@@ -299,13 +299,11 @@ class UnitActor:
         self.threads = threads
         torch.set_num_threads(threads)
         device = None
-        try:
-            import ray
+        import ray
 
-            if ray.get_gpu_ids() and torch.cuda.is_available():
-                device = "cuda"
-        except Exception:  # not inside Ray (tests call the actor directly)
-            device = None
+        # Only inside a Ray worker: ray.get_gpu_ids() would start Ray in a plain process.
+        if ray.is_initialized() and ray.get_gpu_ids() and torch.cuda.is_available():
+            device = "cuda"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.worker = factory.build(device)
