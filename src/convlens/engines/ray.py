@@ -108,10 +108,13 @@ class RayEngine:
         """Initialise Ray if needed (quietly); returns the ``ray`` module."""
         ray = _import_ray()
         if not ray.is_initialized():
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # no C++ log lines
+            # Ray's C++ core logs a warning-like "E" line per actor pool (constructor arguments
+            # in the object store); failures still surface as Python exceptions. Set
+            # RAY_BACKEND_LOG_LEVEL=info to see everything when debugging a cluster.
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
             address = self.address or os.environ.get("RAY_ADDRESS") or None
             options = {"include_dashboard": False, "log_to_driver": False,
-                       "logging_level": logging.WARNING, **self.init_options}
+                       "logging_level": logging.ERROR, **self.init_options}
             try:
                 ray.init(address=address, **options)
             except (ConnectionError, RuntimeError, ValueError) as error:
