@@ -174,3 +174,20 @@ def write_planted_folder(root, case: PlantedCase, *, every: int = 1) -> dict:
              "--input-size", "32", "--mean", "0,0,0", "--std", "1,1,1", "--resize", "squash",
              "--device", "cpu"]
     return {"root": root, "data": data, "model": model, "case": case}
+
+
+def planted_folder_with_a_broken_file(root, *, every: int) -> dict:
+    """:func:`write_planted_folder` of :func:`planted_case` (every ``every``-th image) plus an
+    unreadable ``circle/broken.png``: what the engine tests audit."""
+    planted = write_planted_folder(root, planted_case(), every=every)
+    (planted["data"] / "circle" / "broken.png").write_bytes(b"not a picture")
+    return planted
+
+
+def planted_classifier(planted: dict):
+    """The Classifier for a planted folder (32 px, no normalisation), as the CLI options in
+    :func:`write_planted_folder` build it."""
+    import convlens as cl
+
+    return cl.Classifier(planted["case"].model, labels=CLASSES, input_size=32, mean=(0, 0, 0),
+                         std=(1, 1, 1), resize="squash", device="cpu")

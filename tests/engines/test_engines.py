@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from planted_bias import CLASSES, planted_case, write_planted_folder
+from planted_bias import planted_classifier, planted_folder_with_a_broken_file
 
 import convlens as cl
 from convlens.auditing.passes import AuditWorkerFactory, PassSettings
@@ -20,15 +20,12 @@ from convlens.io.datasets import batches, read_dataset
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    planted = write_planted_folder(tmp_path_factory.mktemp("engines"), planted_case(), every=10)
-    (planted["data"] / "circle" / "broken.png").write_bytes(b"not a picture")
-    return planted
+    return planted_folder_with_a_broken_file(tmp_path_factory.mktemp("engines"), every=10)
 
 
 @pytest.fixture(scope="module")
 def classifier(folder):
-    return cl.Classifier(folder["case"].model, labels=CLASSES, input_size=32, mean=(0, 0, 0),
-                         std=(1, 1, 1), resize="squash", device="cpu")
+    return planted_classifier(folder)
 
 
 def test_get_engine_names_objects_and_refusals():

@@ -12,7 +12,7 @@ import os
 import shutil
 
 import pytest
-from planted_bias import CLASSES, planted_case, write_planted_folder
+from planted_bias import planted_classifier, planted_folder_with_a_broken_file
 from typer.testing import CliRunner
 
 import convlens as cl
@@ -37,15 +37,12 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    planted = write_planted_folder(tmp_path_factory.mktemp("ray"), planted_case(), every=3)
-    (planted["data"] / "circle" / "broken.png").write_bytes(b"not a picture")
-    return planted
+    return planted_folder_with_a_broken_file(tmp_path_factory.mktemp("ray"), every=3)
 
 
 @pytest.fixture(scope="module")
 def classifier(planted):
-    return cl.Classifier(planted["case"].model, labels=CLASSES, input_size=32, mean=(0, 0, 0),
-                         std=(1, 1, 1), resize="squash", device="cpu")
+    return planted_classifier(planted)
 
 
 def _text(out):
