@@ -25,7 +25,6 @@ import gc
 import os
 import platform
 import random
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from _proc import reset_peak, status_kib
 
 ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX",
                   "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTORCH_CUDA_ALLOC_CONF")
@@ -203,15 +203,6 @@ def paired_difference(a: Timed, b: Timed, scale: float = 1.0) -> float | None:
 
 # ---- CPU peak memory (child process side) ---------------------------------------------------
 
-def _status_kib(field_name: str) -> int:
-    with open("/proc/self/status") as handle:
-        text = handle.read()
-    match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"{field_name} not in /proc/self/status")
-    return int(match.group(1))
-
-
 def peak_rss_growth(fn: Callable[[], Any]) -> dict[str, Any]:
     """Peak resident-memory growth (bytes) during ``fn()`` in this process.
 
@@ -221,11 +212,9 @@ def peak_rss_growth(fn: Callable[[], Any]) -> dict[str, Any]:
     """
     gc.collect()
     try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        before = _status_kib("VmRSS")
+        before = reset_peak()
         fn()
-        peak = _status_kib("VmHWM")
+        peak = status_kib("VmHWM")
         return {"peak_growth_bytes": (peak - before) * 1024, "measure": "VmHWM-VmRSS",
                 "exact": True}
     except OSError:

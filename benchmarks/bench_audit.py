@@ -43,6 +43,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _proc import reset_peak, status_kib  # noqa: E402
 
 
 def _threads() -> None:
@@ -203,13 +206,11 @@ def _memory_child(count: int) -> None:
         from convlens.auditing.spray import spray
 
         spray(synthetic_maps(64), tsne=False)
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        base = _status_kib("VmRSS")
+        base = reset_peak()
         start = time.perf_counter()
         cl.audit(clf, work / "data", out=work / "out", batch_size=64)
         seconds = time.perf_counter() - start
-        peak = _status_kib("VmHWM")
+        peak = status_kib("VmHWM")
         print(json.dumps({"images": count, "baseline_mib": base / 1024,
                           "peak_mib": peak / 1024, "growth_mib": (peak - base) / 1024,
                           "seconds": seconds}))
@@ -239,26 +240,16 @@ def _cluster_child(count: int) -> None:
                                                                        np.float16)})
         del maps
         spray(synthetic_maps(64), tsne=False)  # one-off imports before the baseline
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        base = _status_kib("VmRSS")
+        base = reset_peak()
         start = time.perf_counter()
         images = stored_images(store, [f"k{i}" for i in range(count)])
         build_audit(images, MapReader(store), header={}, errors=[])
         seconds = time.perf_counter() - start
-        peak = _status_kib("VmHWM")
+        peak = status_kib("VmHWM")
         print(json.dumps({"maps": count, "baseline_mib": base / 1024, "peak_mib": peak / 1024,
                           "growth_mib": (peak - base) / 1024, "seconds": seconds}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def bench_memory(counts: list[int], cluster_only: bool = False) -> list[dict]:

@@ -60,6 +60,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _proc import reset_peak, status_kib  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "clustering_scale.jsonl"
 ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "1000000000000"}
 MODE_TEXT = {"near_miss": "near misses", "random": "random points"}
@@ -68,21 +72,6 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 
 
 # ---- child side ---------------------------------------------------------------------------
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
-def _reset_peak() -> int:
-    """Reset the kernel's resident high-water mark; return the resident KiB now."""
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-    return _status_kib("VmRSS")
-
 
 def _limit_threads() -> None:
     from threadpoolctl import threadpool_limits
@@ -226,11 +215,11 @@ def child_exact(data: str, seed: int, degrade: list[float] | None = None) -> dic
     maps, truth = _load_maps(data)
     count = len(maps)
     load = os.getloadavg()
-    base = _reset_peak()
+    base = reset_peak()
     start, cpu = time.perf_counter(), time.process_time()
     result = spray(maps, tsne=False)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     np.save(os.path.join(data, "exact_labels.npy"), result.labels)
     extra = {}
     if degrade:  # off the clock and after the memory reading
@@ -286,7 +275,7 @@ def _approx_one(data: str, seed: int, build_neighbors: int, recall_queries: int,
     maps, truth = _load_maps(data)
     count = len(maps)
     load = os.getloadavg()
-    base = _reset_peak()
+    base = reset_peak()
     steps: dict[str, float] = {}
     wall0, cpu0 = time.perf_counter(), time.process_time()
 
@@ -310,7 +299,7 @@ def _approx_one(data: str, seed: int, build_neighbors: int, recall_queries: int,
     labels = timed("kmeans", sp.kmeans, embedding, n_clusters=n_clusters, seed=seed)
     labels = timed("merge_similar", sp.merge_similar, labels, rows, min_cosine=0.9)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     # Off the clock: recall on a sample of queries, agreement with the exact pipeline.
     rng = np.random.default_rng(seed + 7)
     queries = np.sort(rng.choice(count, size=min(recall_queries, count), replace=False))
@@ -343,11 +332,11 @@ def child_probe(count: int, queries: int, seed: int) -> dict[str, Any]:
     index = NearestNeighbors(n_neighbors=11, algorithm="brute").fit(rows)
     index.kneighbors(rows[:64])  # warm-up
     load = os.getloadavg()
-    base = _reset_peak()
+    base = reset_peak()
     start, cpu = time.perf_counter(), time.process_time()
     index.kneighbors(rows[:queries])
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return {"kind": "probe", "maps": count, "queries": queries,
             "loadavg": [round(v, 2) for v in load], "wall_s": round(wall, 3),
             "cpu_s": round(cpu, 3), "per_query_ms": round(1000 * wall / queries, 3),

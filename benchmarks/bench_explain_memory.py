@@ -25,15 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _proc import reset_peak, status_kib  # noqa: E402
+
 WIDTH, HEIGHT = 2000, 1500
-
-
-def _status(field: str) -> int:
-    """A ``/proc/self/status`` field in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) // 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def make_photos(directory: Path, count: int) -> list[Path]:
@@ -66,14 +62,13 @@ def child(directory: Path, count: int, top: int | None, batch_size: int) -> None
     classifier = cl.load_model(device="cpu")
     paths = sorted(directory.glob("photo-*.jpg"))[:count]
     cl.explain(classifier, paths[:1], ["gradcam"])  # warm up: allocator, default layer
-    before = _status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
+    before = reset_peak() // 1024  # MiB
     begun = time.perf_counter()
     target = f"top:{top}" if top else None
     explanations = cl.explain(classifier, paths, ["gradcam"], target=target,
                               batch_size=batch_size)
     seconds = time.perf_counter() - begun
-    peak = _status("VmHWM")
+    peak = status_kib("VmHWM") // 1024
     noted = sum(bool(exp.notes) for exp in explanations)
     print(f"{count}\t{top or '-'}\t{len(explanations)}\t{before}\t{peak}\t{peak - before}\t"
           f"{seconds:.1f}\t{noted}", flush=True)
