@@ -162,3 +162,17 @@ def test_cli_engine_options_are_checked_before_anything_runs(tmp_path, command, 
     result = CliRunner().invoke(app, [command, str(tmp_path), *flags])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_the_cli_mirrors_the_library_defaults():
+    """The CLI spells these out to keep --help free of torch; they must not drift."""
+    import inspect
+
+    from convlens.auditing.run import MAX_CLUSTER_MAPS
+    from convlens.cli import _engine
+    from convlens.cli.audit import audit
+    from convlens.engines import ENGINES
+
+    assert _engine.ENGINES == ENGINES
+    assert inspect.signature(audit).parameters["max_cluster_maps"].default.default == \
+        MAX_CLUSTER_MAPS

@@ -473,7 +473,8 @@ def assign_to_sample(maps: np.ndarray, sample: np.ndarray, sample_labels: np.nda
     """
     from sklearn.neighbors import NearestNeighbors
 
-    total = np.asarray(maps).shape[0]
+    maps = np.asarray(maps)
+    total = maps.shape[0]
     k = max(1, min(int(n_neighbors), len(sample)))
     index = NearestNeighbors(n_neighbors=k).fit(sample_reduced)
     labels = np.empty(total, dtype=np.int64)
@@ -484,7 +485,7 @@ def assign_to_sample(maps: np.ndarray, sample: np.ndarray, sample_labels: np.nda
     n_labels = int(sample_labels.max()) + 1
     for first in range(0, len(others), chunk):
         which = others[first:first + chunk]
-        rows = normalise_maps(np.asarray(maps)[which], clip_negative=clip_negative)
+        rows = normalise_maps(maps[which], clip_negative=clip_negative)
         found = index.kneighbors(project(rows), return_distance=False)
         votes = np.zeros((len(which), n_labels), dtype=np.int64)
         np.add.at(votes, (np.repeat(np.arange(len(which)), k), sample_labels[found].ravel()), 1)

@@ -194,12 +194,18 @@ def problem_record(path: Path, error: BaseException) -> dict[str, str]:
 
 
 def report_problems(problems: Sequence[Any]) -> None:
-    """One ``error: PATH: REASON`` line per bad input, then exit 1 (the rest was done)."""
+    """One ``error: PATH: REASON`` line per bad input, then exit 1 (the rest was done).
+
+    A problem is an :class:`~convlens.io.images.InputProblem`, a results-file record
+    (``{"path", "error"}``, :func:`problem_record`) or an ``errors`` entry of an audit or an
+    evaluation (``{"path", "reason"}``).
+    """
     if not problems:
         return
     for problem in problems:
         path = problem["path"] if isinstance(problem, dict) else problem.path
-        reason = problem["error"] if isinstance(problem, dict) else problem.reason
+        reason = (problem.get("error", problem.get("reason")) if isinstance(problem, dict)
+                  else problem.reason)
         error_line(f"{path}: {reason}")
     raise typer.Exit(EXIT_PARTIAL)
 

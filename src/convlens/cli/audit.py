@@ -46,7 +46,7 @@ def audit(
                                    help="SpRAy's neighbour search: exact, or nndescent "
                                         "(approximate; pip install 'convlens[scale]')."),
     max_cluster_maps: int = typer.Option(
-        50_000, "--max-cluster-maps", min=0,
+        50_000, "--max-cluster-maps", min=0,  # = auditing.run.MAX_CLUSTER_MAPS (tested)
         help="Cluster at most this many maps per group (a seeded sample; the rest join their "
              "nearest sampled maps' cluster); 0: every map."),
     engine: str = engine_option(),
@@ -101,7 +101,7 @@ def audit(
             low, high = entry["ci"]
             console.print(f"{key}: mean {entry['mean']:.3f} [95% {low:.3f}, {high:.3f}] over "
                           f"{entry['count']} image(s)", markup=False, highlight=False)
-    report_problems([{"path": e["path"], "error": e["reason"]} for e in result.errors])
+    report_problems(result.errors)
 
 
 def register(app: typer.Typer) -> None:

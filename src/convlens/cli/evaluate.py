@@ -157,7 +157,7 @@ def evaluate(
         written = result.save(out)
         console.print(f"wrote {len(written)} file(s) to {out}/ (evaluation.json, "
                       "evaluation.html)")
-    report_problems([{"path": e["path"], "error": e["reason"]} for e in result.errors])
+    report_problems(result.errors)
 
 
 def list_metrics() -> None:

@@ -190,21 +190,24 @@ class RayEngine:
             raise _worker_error(error) from None
 
 
-def _local_code(module_name: str) -> bool:
+def _installed_roots() -> tuple[str, ...]:
+    """Folders of installed code: the standard library and the site-packages folders."""
+    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths |= set(site.getsitepackages()) | {site.getusersitepackages()}
+    return tuple(os.path.realpath(p) + os.sep for p in paths if p)
+
+
+def _local_code(module_name: str, installed: tuple[str, ...]) -> bool:
     """Whether ``module_name`` is code a Ray worker may not be able to import: a file of the
     user's (next to a script, in a notebook's folder, loaded from ``--model file.py``) rather
-    than an installed package, the standard library or convlens itself."""
+    than an installed package (under ``installed``), the standard library or convlens."""
     module = sys.modules.get(module_name)
     file = getattr(module, "__file__", None)
     if module is None or module_name == "__main__" or file is None:
         return False  # __main__ and built-ins: cloudpickle handles them already
     if module_name.split(".")[0] == "convlens":
         return False
-    installed = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib",
-                                                    "platlib")}
-    installed |= set(site.getsitepackages()) | {site.getusersitepackages()}
-    path = os.path.realpath(file)
-    return not any(path.startswith(os.path.realpath(p) + os.sep) for p in installed if p)
+    return not os.path.realpath(file).startswith(installed)
 
 
 def ship_code_by_value(ray: Any, factory: Any) -> list[str]:
@@ -220,7 +223,8 @@ def ship_code_by_value(ray: Any, factory: Any) -> list[str]:
         module = getattr(value, "module", value)
         if isinstance(module, nn.Module):
             found |= {type(m).__module__ for m in module.modules()}
-    registered = sorted(name for name in found if _local_code(name))
+    installed = _installed_roots()
+    registered = sorted(name for name in found if _local_code(name, installed))
     for name in registered:
         ray.cloudpickle.register_pickle_by_value(sys.modules[name])
     return registered

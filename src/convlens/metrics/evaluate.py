@@ -435,12 +435,15 @@ def _run_on_engine(classifier: Any, images: Any, request: Request, image_batch: 
     dataset = scan_inputs(paths)
     runner = get_engine(engine, **dict(engine_options or {}))
     units: dict[int, Any] = {}
-    errors = [{"path": str(p.path), "reason": p.reason} for p in dataset.problems]
+
+    def record(problem: Any) -> dict[str, str]:
+        return {"path": str(problem.path), "reason": problem.reason}
+
+    errors = [record(p) for p in dataset.problems]
     for done in runner.map_units(dataset.entries, classifier.preprocessing,
                                  EvaluateWorkerFactory(classifier, request),
                                  batch_size=image_batch):
-        errors += [{"path": p.path.as_posix() if isinstance(p.path, Path) else str(p.path),
-                    "reason": p.reason} for p in done.batch.problems]
+        errors += [record(p) for p in done.batch.problems]
         if done.result is not None:
             units[done.unit] = (done.batch, done.result)
             say(f"images of batch {done.unit + 1}: " + ", ".join(
