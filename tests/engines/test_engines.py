@@ -176,3 +176,15 @@ def test_the_cli_mirrors_the_library_defaults():
     assert _engine.ENGINES == ENGINES
     assert inspect.signature(audit).parameters["max_cluster_maps"].default.default == \
         MAX_CLUSTER_MAPS
+
+
+def test_an_address_that_does_not_answer_fails_in_one_line(monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr("ray.is_initialized", lambda: False)
+    with pytest.raises(EngineError, match=rf"could not reach the Ray cluster at 127.0.0.1:{port} "
+                                          r"\(Connection refused\); check --ray-address"):
+        RayEngine(address=f"127.0.0.1:{port}").connect()

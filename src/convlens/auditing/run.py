@@ -127,10 +127,9 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
                             f"cl.Classifier(module, labels=...)), got {type(classifier).__name__}")
     if group_by not in GROUP_BY:
         raise ConvlensError(unknown_choice("group-by value", group_by, GROUP_BY))
-    from convlens.auditing.spray import NEIGHBOURS
+    from convlens.auditing.spray import check_neighbours
 
-    if neighbours not in NEIGHBOURS:
-        raise ConvlensError(unknown_choice("neighbour search", neighbours, NEIGHBOURS))
+    check_neighbours(neighbours)
     if max_cluster_maps is not None and (not isinstance(max_cluster_maps, int)
                                          or max_cluster_maps < 100):
         raise ConvlensError(f"max_cluster_maps must be an integer of at least 100 (or None for "

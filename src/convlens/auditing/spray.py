@@ -172,6 +172,13 @@ NEIGHBOURS = ("exact", "nndescent")
 """Neighbour searches for the k-NN graph: brute force (scikit-learn) or NN-descent."""
 
 
+def check_neighbours(neighbours: str) -> None:
+    """Refuse an unknown neighbour search (callers check before any work is done)."""
+    if neighbours not in NEIGHBOURS:
+        raise ConvlensError(f"unknown neighbour search {neighbours!r}; valid: "
+                            f"{', '.join(NEIGHBOURS)}")
+
+
 def nearest_neighbours(rows: np.ndarray, k: int, *, neighbours: str = "exact", seed: int = 0
                        ) -> np.ndarray:
     """Indices ``(N, k)`` of each row's ``k`` nearest other rows (Euclidean), nearest first.
@@ -186,9 +193,7 @@ def nearest_neighbours(rows: np.ndarray, k: int, *, neighbours: str = "exact", s
 
         index = NearestNeighbors(n_neighbors=k).fit(rows)
         return index.kneighbors(return_distance=False)  # X=None: excludes each point itself
-    if neighbours != "nndescent":
-        raise ConvlensError(f"unknown neighbour search {neighbours!r}; valid: "
-                            f"{', '.join(NEIGHBOURS)}")
+    check_neighbours(neighbours)
     try:
         from pynndescent import NNDescent
     except ImportError:

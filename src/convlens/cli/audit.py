@@ -61,6 +61,9 @@ def audit(
     from convlens.cli._progress import cli_progress
 
     engine, engine_options = engine_settings(engine, ray_address, actors, gpus_per_actor)
+    if 0 < max_cluster_maps < 100:
+        fail(f"--max-cluster-maps must be 0 (cluster every map) or at least 100; got "
+             f"{max_cluster_maps}")
     if engine != "local" and workers:
         fail("--workers sets the local engine's decoding processes; with --engine ray, Ray "
              "decodes in its own tasks")

@@ -30,6 +30,7 @@ import os
 import pickle
 import re
 import site
+import socket
 import sys
 import sysconfig
 import warnings
@@ -113,6 +114,8 @@ class RayEngine:
             # RAY_BACKEND_LOG_LEVEL=info to see everything when debugging a cluster.
             os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
             address = self.address or os.environ.get("RAY_ADDRESS") or None
+            if address:
+                _check_reachable(address)
             options = {"include_dashboard": False, "log_to_driver": False,
                        "logging_level": logging.ERROR, **self.init_options}
             try:
@@ -228,6 +231,21 @@ def ship_code_by_value(ray: Any, factory: Any) -> list[str]:
     for name in registered:
         ray.cloudpickle.register_pickle_by_value(sys.modules[name])
     return registered
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, when ``host:port`` (or ``ray://host:port``) does not
+    answer: ``ray.init`` would otherwise retry for minutes, printing its C++ warnings.
+    ``"auto"``, ``"local"`` and addresses without a port are left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise EngineError(f"could not reach the Ray cluster at {address} "
+                          f"({error.strerror or error}); check --ray-address (or RAY_ADDRESS), "
+                          "or leave it out to start a local Ray instance") from None
 
 
 def _quiet_ray_data(ray: Any) -> None:
