@@ -112,6 +112,30 @@ class OutputError(ConvlensError, OSError):
         return (type(self), (self.path, self.reason))
 
 
+class OutputBusyError(ConvlensError, OSError):
+    """Another process is writing into the same output folder (it holds the folder's lock).
+
+    Attributes:
+        path: The output folder.
+        holder: What the lock file says of the holder (its PID and command), or ``""``.
+    """
+
+    def __init__(self, path: object, holder: str = "") -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        pid, _, command = self.holder.partition(" ")
+        who = (f"another run ({command or 'convlens'}, PID {pid})" if pid.isdigit()
+               else "another convlens run")
+        return (f"{who} is writing into {self.path}; wait for it to finish or choose another "
+                "output folder")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.path, self.holder))
+
+
 class StoreMismatchError(ConvlensError, ValueError):
     """A results folder holds results of a different configuration than the one asked for."""
 

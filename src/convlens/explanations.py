@@ -213,17 +213,13 @@ class Explanation:
 
     def save(self, directory: str | Path, *, prefix: str | None = None) -> list[Path]:
         """Write one overlay PNG per method and the grid into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        from convlens.files import ensure_folder, save_image_atomic
+
+        directory = ensure_folder(directory)
         stem = prefix or self.name
-        written = []
-        for name in self.methods:
-            path = directory / f"{stem}.{name}.png"
-            self.overlay(name).save(path)
-            written.append(path)
-        grid_path = directory / f"{stem}.grid.png"
-        self.grid().save(grid_path)
-        written.append(grid_path)
+        written = [save_image_atomic(self.overlay(name), directory / f"{stem}.{name}.png")
+                   for name in self.methods]
+        written.append(save_image_atomic(self.grid(), directory / f"{stem}.grid.png"))
         return written
 
     def _repr_png_(self) -> bytes:

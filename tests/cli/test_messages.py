@@ -235,17 +235,23 @@ def test_activations_missing_image_is_an_error(files) -> None:
 
 
 def _only_finished_files(folder: Path) -> list[str]:
-    names = sorted(path.name for path in folder.iterdir())
+    """The folder's files, after checking that no temporary is left (convlens's own marker,
+    manifest and lock file aside)."""
+    names = sorted(path.name for path in folder.iterdir() if path.name not in _FOLDER_FILES)
     assert not [name for name in names if name.startswith(".") or name.endswith(".tmp")], names
     return names
 
 
+_FOLDER_FILES = (".convlens-output", ".convlens-manifest", ".convlens-lock")
+
+
 def test_visualize_writes_atomically_and_replaces_old_files(files) -> None:
     out = files["tmp"] / "vis"
-    out.mkdir()
-    (out / "results.json").write_text("old")
-    result = run(*VIS, "--out", str(out))
+    assert run(*VIS, "--out", str(out)).returncode == 0
+    first = (out / "results.json").read_text()
+    result = run(*VIS, "--out", str(out), "--seed", "1")
     assert result.returncode == 0, result.stderr
+    assert (out / "results.json").read_text() != first
     names = _only_finished_files(out)
     assert "grid.png" in names and "results.json" in names
     record = json.loads((out / "results.json").read_text())

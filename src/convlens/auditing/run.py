@@ -26,13 +26,9 @@ from convlens.auditing.analysis import GROUP_BY, MapReader, StoredImage, build_a
 from convlens.auditing.passes import PassSettings, model_fingerprint, run_pass
 from convlens.auditing.suspicion import CausalResult, causal_check, hot_region
 from convlens.errors import ConvlensError, unknown_choice
+from convlens.files import check_output, claim_output, write_json_atomic
 from convlens.jobs.progress import ProgressCallback, emit, notebook_progress
-from convlens.jobs.store import (
-    ResultStore,
-    config_fingerprint,
-    mark_output_folder,
-    write_json_atomic,
-)
+from convlens.jobs.store import ResultStore, config_fingerprint
 
 STORE_FOLDER = "store"
 CHECK_MEMBERS = 128
@@ -152,6 +148,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         engine_options.setdefault("workers", workers)
     runner = get_engine(engine, **engine_options)
     out = Path(out)
+    check_output(out, inputs=[data])
     dataset = read_dataset(data, layout=layout, exclude=[out])
     if dataset.layout != "plain":
         unknown = unknown_labels(dataset, classifier.labels or [])
@@ -178,68 +175,69 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
               "model_fingerprint": model_fingerprint(classifier.module, classifier.labels,
                                                      classifier.preprocessing),
               "method": method, "layer": layer_name, "options": dict(options),
-              "map_size": map_size, "group_by": group_by, "checks": checks, "seed": seed}
+              "map_size": map_size, "group_by": group_by, "checks": checks, "seed": seed,
+              # CPU kernels sum in an order that depends on the batch: probabilities differ
+              # in the 6th digit between batch sizes, so a resume must keep the stored one.
+              "batch_size": batch_size}
     if chosen:  # only when asked, so stores written without metrics keep their fingerprint
         config["metrics"] = config_entry(chosen)
-    store_folder = out / STORE_FOLDER
-    if overwrite and out.is_dir():
-        for name in ("audit.json", "report.html"):
-            (out / name).unlink(missing_ok=True)
-    store = ResultStore(store_folder, config, overwrite=overwrite)
-    mark_output_folder(out)
-    outcome = run_pass(classifier, dataset, store, settings, progress=progress,
-                       engine=runner)
-    images = stored_images(store, outcome.keys)
-    reader = MapReader(store)
-    relative = {str(e.path): e.relpath for e in dataset.entries}
-    errors = [{"path": _relative_path(p.path, dataset.root, relative), "reason": p.reason}
-              for p in outcome.problems]
-    errors = list({e["path"]: e for e in errors}.values())
-    entries = {e.relpath: e for e in dataset.entries}
+    with claim_output(out, overwrite=overwrite, inputs=[data], what="convlens audit"):
+        store_folder = out / STORE_FOLDER
+        store = ResultStore(store_folder, config, overwrite=overwrite)
+        outcome = run_pass(classifier, dataset, store, settings, progress=progress,
+                           engine=runner)
+        images = stored_images(store, outcome.keys)
+        reader = MapReader(store)
+        relative = {str(e.path): e.relpath for e in dataset.entries}
+        errors = [{"path": _relative_path(p.path, dataset.root, relative), "reason": p.reason}
+                  for p in outcome.problems]
+        errors = list({e["path"]: e for e in errors}.values())
+        entries = {e.relpath: e for e in dataset.entries}
 
-    checked = {r["key"]: r for r in store.records() if r.get("kind") == "check"}
+        checked = {r["key"]: r for r in store.records() if r.get("kind") == "check"}
 
-    def causal(members: list[StoredImage], heat: np.ndarray, check_seed: int) -> CausalResult:
-        """The causal check of one cluster, or its stored result (a rerun does no forwards)."""
-        key = "check-" + config_fingerprint({"members": [m.record["key"] for m in members],
-                                             "seed": check_seed})
-        if key in checked:
-            r = checked[key]
-            return CausalResult(r["flip_rate"], r["random_flip_rate"], r["members"],
-                                r["region_fraction"])
-        chosen = members
-        if len(members) > CHECK_MEMBERS:
-            rng = np.random.default_rng(check_seed)
-            chosen = [members[i] for i in np.sort(rng.choice(len(members), CHECK_MEMBERS,
-                                                             replace=False))]
-        x, predicted = _decode(classifier, [entries[m.record["path"]] for m in chosen],
-                               [m.record["predicted_index"] for m in chosen], batch_size)
-        region = hot_region(heat, (height, width))
-        generator = torch.Generator().manual_seed(check_seed)
-        result = causal_check(classifier, x.to(classifier.device), region, predicted,
-                              generator=generator, batch_size=batch_size)
-        store.append([{"key": key, "kind": "check", "flip_rate": result.flip_rate,
-                       "random_flip_rate": result.random_flip_rate, "members": result.members,
-                       "region_fraction": result.region_fraction}])
-        return result
+        def causal(members: list[StoredImage], heat: np.ndarray, check_seed: int) -> CausalResult:
+            """The causal check of one cluster, or its stored result (a rerun does no forwards)."""
+            key = "check-" + config_fingerprint({"members": [m.record["key"] for m in members],
+                                                 "seed": check_seed})
+            if key in checked:
+                r = checked[key]
+                return CausalResult(r["flip_rate"], r["random_flip_rate"], r["members"],
+                                    r["region_fraction"])
+            chosen = members
+            if len(members) > CHECK_MEMBERS:
+                rng = np.random.default_rng(check_seed)
+                chosen = [members[i] for i in np.sort(rng.choice(len(members), CHECK_MEMBERS,
+                                                                 replace=False))]
+            x, predicted = _decode(classifier, [entries[m.record["path"]] for m in chosen],
+                                   [m.record["predicted_index"] for m in chosen], batch_size)
+            region = hot_region(heat, (height, width))
+            generator = torch.Generator().manual_seed(check_seed)
+            result = causal_check(classifier, x.to(classifier.device), region, predicted,
+                                  generator=generator, batch_size=batch_size)
+            store.append([{"key": key, "kind": "check", "flip_rate": result.flip_rate,
+                           "random_flip_rate": result.random_flip_rate, "members": result.members,
+                           "region_fraction": result.region_fraction}])
+            return result
 
-    header = {"model": classifier.name, "method": method, "layer": layer_name,
-              "data": str(data), "layout": dataset.layout, "map_size": map_size,
-              "clustering": {"neighbours": neighbours, "max_maps": max_cluster_maps}}
-    cards = None
-    if chosen:
-        from convlens.auditing.scoring import card
+        header = {"model": classifier.name, "method": method, "layer": layer_name,
+                  "data": str(data), "layout": dataset.layout, "map_size": map_size,
+                  "clustering": {"neighbours": neighbours, "max_maps": max_cluster_maps}}
+        cards = None
+        if chosen:
+            from convlens.auditing.scoring import card
 
-        cards = {m.key: card(m, method=method, layer=layer_name, model=classifier.name,
-                             images=len(images)) for m in chosen}
-    content = build_audit(images, reader, header=header, errors=errors, group_by=group_by,
-                          causal=causal, checks=checks, seed=seed, progress=progress,
-                          metric_cards=cards,
-                          spray_options={"neighbours": neighbours, "max_maps": max_cluster_maps})
-    write_json_atomic(out / "audit.json", content)
-    emit(progress, "done", 1, 1, f"wrote {out / 'audit.json'}")
-    return Audit(content, out, classifier=classifier, dataset=dataset, settings=settings,
-                 store=store)
+            cards = {m.key: card(m, method=method, layer=layer_name, model=classifier.name,
+                                 images=len(images)) for m in chosen}
+        content = build_audit(images, reader, header=header, errors=errors, group_by=group_by,
+                              causal=causal, checks=checks, seed=seed, progress=progress,
+                              metric_cards=cards,
+                              spray_options={"neighbours": neighbours,
+                                             "max_maps": max_cluster_maps})
+        write_json_atomic(out / "audit.json", content)
+        emit(progress, "done", 1, 1, f"wrote {out / 'audit.json'}")
+        return Audit(content, out, classifier=classifier, dataset=dataset, settings=settings,
+                     store=store)
 
 
 def _relative_path(path: Path, root: Path, known: dict[str, str]) -> str:
@@ -310,7 +308,10 @@ class Audit:
         from convlens.auditing.report import write_report
 
         target = Path(path) if path is not None else self.out / "report.html"
-        return write_report(self, target, progress=progress)
+        if target.parent.resolve() != self.out.resolve():
+            return write_report(self, target, progress=progress)
+        with claim_output(self.out, what="convlens audit"):
+            return write_report(self, target, progress=progress)
 
     def _repr_html_(self) -> str:
         from convlens.auditing.report import notebook_html

@@ -260,17 +260,17 @@ def model_input(classifier: Any, photo: Any) -> Any:
 
 
 def prepare_out(out: Path, option: str = "--out") -> Path:
-    """Make sure ``out`` is (or can become) a writable folder, before any work is done.
+    """Make sure ``out`` can be an output folder, before any work is done.
 
-    A thin wrapper of :func:`convlens.jobs.store.ensure_folder` (``writable=True``), the
-    one folder check of the library and the CLI: its OutputError becomes the one-line
-    error ``OPTION: cannot write OUT: REASON`` (exit 2).
+    A thin wrapper of :func:`convlens.files.check_output`, the one folder check of the
+    library and the CLI (writable; new, empty or convlens's): its OutputError becomes the
+    one-line error ``OPTION: cannot write OUT: REASON`` (exit 2).
     """
     from convlens.errors import OutputError
-    from convlens.jobs.store import ensure_folder
+    from convlens.files import check_output
 
     try:
-        return ensure_folder(out, writable=True)
+        return check_output(out, option=option)
     except OutputError as error:
         fail(f"{option}: {error}")
     return out
@@ -278,8 +278,8 @@ def prepare_out(out: Path, option: str = "--out") -> Path:
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(temporary)`` next to ``path``, then move it into place (see
-    :func:`convlens.jobs.store.atomic_output`): a reader or a crash never sees half a file."""
-    from convlens.jobs.store import atomic_output
+    :func:`convlens.files.atomic_output`): a reader or a crash never sees half a file."""
+    from convlens.files import atomic_output
 
     with atomic_output(path) as temporary:
         write(temporary)
@@ -293,7 +293,9 @@ def save_png(image: Any, path: Path) -> Path:
 
 def write_text(path: Path, text: str) -> Path:
     """Write a UTF-8 text file atomically."""
-    return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    from convlens.files import write_text_atomic
+
+    return write_text_atomic(path, text)
 
 
 # ------------------------------------------------------- method and metric options

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +119,7 @@ def evaluate(
     *, model_options: ModelOptions,
 ) -> None:
     """Score methods with metrics on these images; print a ranking per metric."""
-    from rich.table import Table
-
-    from convlens.metrics.evaluate import evaluate as run
+    from convlens.files import check_output, claim_output
 
     method_names = parse_methods(method)
     metric_keys = parse_metrics(metric)
@@ -130,6 +129,24 @@ def evaluate(
     target_value: Any = None if target == "pred" else (
         int(target) if target.strip().lstrip("-").isdigit() else target)
     engine, engine_options = engine_settings(engine, ray_address, actors, gpus_per_actor)
+    if out is not None:  # a file, a read-only or a user's folder fails before any work
+        check_output(out, inputs=images)
+    with claim_output(out, inputs=images, what="convlens evaluate") if out else nullcontext():
+        _evaluate(images, method_names, metric_keys, target_value, layer, method_options,
+                  metric_options, image_batch, bootstrap, engine, engine_options, out,
+                  model_options)
+
+
+def _evaluate(images: list[Path], method_names: list[str], metric_keys: list[str],
+              target_value: Any, layer: str | None, method_options: dict[str, Any],
+              metric_options: dict[str, Any], image_batch: int, bootstrap: int, engine: str,
+              engine_options: dict[str, Any], out: Path | None, model_options: ModelOptions
+              ) -> None:
+    """The run of ``convlens evaluate`` once its options are checked (and --out claimed)."""
+    from rich.table import Table
+
+    from convlens.metrics.evaluate import evaluate as run
+
     classifier = model_options.load()
     result = run(classifier, [str(path) for path in images], method_names, metric_keys,
                  target_value, layer=layer, method_options=method_options,

@@ -67,8 +67,8 @@ def explain(
 ) -> None:
     """Write heatmaps (one PNG per method), a grid per image, results.json and index.html."""
     from convlens.cli._progress import cli_progress
+    from convlens.files import check_output
     from convlens.jobs.explain_job import ExplainJob
-    from convlens.jobs.store import ensure_folder
 
     if normalize not in ("image", "batch"):
         fail(f"--normalize must be 'image' or 'batch', got {normalize!r}")
@@ -76,7 +76,7 @@ def explain(
     method_names = parse_methods(method)
     options = parse_method_options(option, method_names)
     target_value = _parse_target(target)
-    ensure_folder(out)  # a file in the way fails before the model loads
+    check_output(out, inputs=images)  # a file in the way fails before the model loads
     classifier = model_options.load()
     job = ExplainJob(classifier, method_names, out, target=target_value, layer=layer,
                      normalize=normalize, batch_size=batch_size, workers=workers,

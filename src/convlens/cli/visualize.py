@@ -14,7 +14,6 @@ Examples::
 from __future__ import annotations
 
 import json
-import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -36,6 +35,7 @@ from convlens.cli._common import (
     write_text,
 )
 from convlens.errors import ObjectiveError
+from convlens.files import claim_output
 
 MAX_DEFAULT_CHANNELS = 16
 
@@ -143,7 +143,6 @@ def visualize(
     starts as the model sees it: at --input-size, cropped, squashed or padded); without
     --deepdream there is no photo and they are refused.
     """
-    import tempfile
 
     from convlens.visualization.optimize import check_arguments
     from convlens.visualization.optimize import visualize as render
@@ -171,14 +170,18 @@ def visualize(
     with cli_progress(terminal=True) if on_terminal else nullcontext(False) as progress:
         res = render(classifier, goals, size=size, steps=steps, seed=seed, lr=lr, param=param,
                      transforms=transforms, init=init, progress=progress)
-    # Render into a private folder inside --out, then move each finished file into place.
-    with tempfile.TemporaryDirectory(prefix=".convlens-", dir=out) as staging:
-        staged = res.save(staging)
-        paths = []
-        for path in staged:
-            final = out / path.name
-            os.replace(path, final)
-            paths.append(final)
+    with claim_output(out, what="convlens visualize"):  # every file atomic and listed
+        paths = res.save(out)
+        _write_record(classifier, res, goals, paths, seed, param, transforms, deepdream,
+                      model_options, out)
+    console.print(f"wrote {len(goals)} visualization(s) and grid.png to {out}/ "
+                  f"({res.seconds:.0f} s)", markup=False, highlight=False)
+
+
+def _write_record(classifier: Any, res: Any, goals: list[Any], paths: list[Path], seed: int,
+                  param: str, transforms: str, deepdream: Path | None,
+                  model_options: ModelOptions, out: Path) -> None:
+    """``OUT/results.json`` of a visualize run."""
     final_values = res.trace[-1].tolist() if len(res.trace) else [None] * len(goals)
     record = {
         "model": classifier.name, "steps": len(res.trace), "size": list(res.images.shape[-2:]),
@@ -190,8 +193,6 @@ def visualize(
         "grid": "grid.png",
     }
     write_text(out / "results.json", json.dumps(record, indent=2))
-    console.print(f"wrote {len(goals)} visualization(s) and grid.png to {out}/ "
-                  f"({res.seconds:.0f} s)", markup=False, highlight=False)
 
 
 def _start_size(photo: Any, size: int | None, input_size: tuple[int, int]) -> Any:
@@ -247,15 +248,17 @@ def activations(
     stem = safe_output_name(image, set())
     maps, order = activation_maps(classifier, model_input(classifier, photo), layer)
     path = out / f"{stem}.{layer}.activations.png"
-    save_png(maps_grid(maps, order, top=top, normalize=normalize), path)
+    with claim_output(out, what="convlens activations"):
+        save_png(maps_grid(maps, order, top=top, normalize=normalize), path)
+        if filters:
+            save_png(filter_grid(classifier), out / "filters.png")
     means = maps.mean(dim=(1, 2))
     best = ", ".join(f"#{int(c)} ({float(means[c]):.3g})" for c in order[:5])
     console.print(f"{layer}: {maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}; "
                   f"most active: {best}", markup=False, highlight=False)
     console.print(f"wrote {path}", markup=False, highlight=False)
     if filters:
-        filter_path = save_png(filter_grid(classifier), out / "filters.png")
-        console.print(f"wrote {filter_path}", markup=False, highlight=False)
+        console.print(f"wrote {out / 'filters.png'}", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -86,11 +86,8 @@ def sample_paths(directory: Path) -> list[Path]:
         ImageError: The sample data could not be read.
         OSError: The directory or a file could not be written.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    for name, image in sample_images().items():
-        path = directory / f"{name}.png"
-        image.save(path, format="PNG")
-        paths.append(path)
-    return paths
+    from convlens.files import ensure_folder, save_image_atomic
+
+    directory = ensure_folder(directory)
+    return [save_image_atomic(image, directory / f"{name}.png", format="PNG")
+            for name, image in sample_images().items()]

@@ -15,11 +15,12 @@ same one ``convlens explain`` writes; every image on it says how it was made.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from convlens.errors import ConvlensError
+from convlens.files import check_output, claim_output, save_image_atomic, write_text_atomic
 
 DEFAULT_SAMPLES = ("chelsea", "coffee")
 
@@ -79,12 +80,12 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
     """
     from convlens.attribution.core import get_method
     from convlens.attribution.core import methods as registered
-    from convlens.io.samples import SAMPLE_NAMES, sample_images
+    from convlens.io.samples import SAMPLE_NAMES
     from convlens.models.loading import load_model
 
     started, cpu_started = time.perf_counter(), time.process_time()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, option="--out")
     if methods:
         names = list(methods)
     else:
@@ -98,13 +99,20 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
         raise ConvlensError(f"unknown sample(s) {unknown}; valid: {', '.join(SAMPLE_NAMES)}")
     options = FULL_OPTIONS if full else LIGHT_OPTIONS
     classifier = load_model(device=device)
+    with claim_output(out, what="convlens demo"):
+        return _write_demo(out, classifier, chosen, names, options, full, features,
+                           started, cpu_started)
+
+
+def _write_demo(out: Path, classifier: Any, chosen: list[str], names: list[str],
+                options: Mapping[str, Mapping[str, Any]], full: bool, features: bool,
+                started: float, cpu_started: float) -> Path:
+    """The demo's files, written into the claimed folder ``out``."""
+    from convlens.io.samples import sample_images
+
     photos = sample_images()
-    paths = []
-    for sample in chosen:
-        path = out / "samples" / f"{sample}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        photos[sample].save(path)
-        paths.append(path)
+    paths = [save_image_atomic(photos[sample], out / "samples" / f"{sample}.png")
+             for sample in chosen]
     per_method, timings = _explain_each(classifier, paths, names, options)
     sample_sections = [_sample_section(out, path, index, names, per_method, timings, options)
                        for index, path in enumerate(paths)]
@@ -126,10 +134,10 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
     from convlens.present.pages import render
 
     page = out / "index.html"
-    page.write_text(render({
+    write_text_atomic(page, render({
         "title": "convlens demo", "header": header, "samples": sample_sections,
         "features": feature_groups,
-    }), encoding="utf-8")
+    }))
     return page
 
 
@@ -175,7 +183,7 @@ def _sample_section(out: Path, path: Path, index: int, names: list[str],
             map_src = data_uri(map_image(heat, seen=seen), 400)
         else:
             overlay = explanation.overlay(name)
-        overlay.save(out / f"{path.stem}.{name}.png")
+        save_image_atomic(overlay, out / f"{path.stem}.{name}.png")
         used = dict(method_info(name)["options"])
         used.update(options.get(name, {}))
         wall, cpu = timings[name]

@@ -49,16 +49,11 @@ import torch
 from PIL import Image
 
 from convlens.errors import ConvlensError, ConvlensWarning, OutputError
+from convlens.files import atomic_output, claim_output, write_json_atomic
 from convlens.io.datasets import Batch, Entry, batches, scan_inputs
 from convlens.io.images import InputProblem, load_image, safe_output_name
 from convlens.jobs.progress import ProgressCallback, emit
-from convlens.jobs.store import (
-    ResultStore,
-    atomic_output,
-    mark_output_folder,
-    remove_stale_temporaries,
-    write_json_atomic,
-)
+from convlens.jobs.store import ResultStore
 from convlens.models.classifier import Classifier
 from convlens.models.preprocessing import Geometry, coverage_mask, map_to_original
 from convlens.present.views import is_pixel_level
@@ -254,12 +249,15 @@ class ExplainJob:
                 permission, full disk); finished batches stay stored.
             StoreMismatchError: ``out`` holds results of another configuration.
         """
-        mark_output_folder(self.out)
-        remove_stale_temporaries(self.out)
-        if self.overwrite:
-            self._delete_previous_files()
+        inputs = list(inputs)
+        with claim_output(self.out, overwrite=self.overwrite, inputs=inputs,
+                          what="convlens explain"):
+            return self._run(inputs, progress)
+
+    def _run(self, inputs: list[str | os.PathLike[str]], progress: ProgressCallback | None
+             ) -> JobOutcome:
         store = ResultStore(self.store_path, self.config(), overwrite=self.overwrite)
-        dataset = scan_inputs(list(inputs), exclude=[self.out])
+        dataset = scan_inputs(inputs, exclude=[self.out])
         problems: list[dict[str, str]] = [_problem(p) for p in dataset.problems]
         names = self._names(dataset.entries)
         done = store.done_keys()
@@ -298,19 +296,6 @@ class ExplainJob:
         """Output stems for every entry, assigned in input order (stable across reruns)."""
         used: set[str] = set()
         return {e.relpath: safe_output_name(e.path, used) for e in entries}
-
-    def _delete_previous_files(self) -> None:
-        """Remove the PNGs an earlier run listed in its records (only inside ``out``)."""
-        if not (self.store_path / "config.json").is_file():
-            return
-        root = self.out.resolve()
-        for record in ResultStore.open(self.store_path).records():
-            names = list((record.get("files") or {}).values())
-            names += [n for pair in (record.get("views") or {}).values() for n in pair.values()]
-            for name in names:
-                path = self.out / name
-                if path.resolve().parent == root:
-                    path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ one batch
 

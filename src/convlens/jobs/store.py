@@ -1,46 +1,51 @@
-"""Results on disk: atomic file writes and an append-only, sharded record store.
+"""Results on disk: an append-only, sharded record store (files written by :mod:`convlens.files`).
 
 Batch jobs over thousands of images must survive a full disk, a Ctrl-C or a ``kill -9`` at
 any moment without losing finished work or leaving a half-written file that looks valid.
 Two rules give that:
 
-* **Every file is written atomically**: into a temporary file in the same folder, then
-  renamed over the target with :func:`os.replace` (atomic on POSIX and Windows). A reader,
+* **Every file is written atomically** (:mod:`convlens.files`, re-exported here): a reader,
   or a rerun after a crash, sees the old file or the new one, never a truncated one.
-  Temporaries are created with the permissions of a normal file (``0o666`` minus the
-  umask; :func:`tempfile.mkstemp` would give ``0o600``). We do not ``fsync``: this protects
-  against the process dying, not against the machine losing power.
 * **Results are appended, never rewritten**: :class:`ResultStore` writes each batch's
   records as one new JSON-lines shard (``000001.jsonl``, ``000002.jsonl``...) plus
   optional numpy side arrays next to it (``000001.NAME.npy``). Bookkeeping per batch is
   O(batch), whatever the number of images done so far. A shard is written after its side
-  arrays, so a shard on disk means its arrays are complete.
+  arrays, so a shard on disk means its arrays are complete. Each append holds the
+  folder's lock and takes the first shard number not on disk, so two writers into one
+  store (which the commands' folder lock already prevents) cannot replace each other's
+  shards.
 
 Every :class:`OSError` while writing (``ENOSPC``, ``EACCES``, a file where a folder should
 be...) becomes one :class:`~convlens.errors.OutputError` naming the path and the cause.
-
-Folders convlens creates for output carry a marker file, :data:`OUTPUT_MARKER`, so input
-walkers (``convlens.io.datasets``) never read a job's own output as input.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import io
 import json
 import os
 import re
-import secrets
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from convlens.errors import OutputError, StoreMismatchError
+from convlens.files import (
+    NOT_A_FOLDER,
+    OUTPUT_MARKER,
+    atomic_output,
+    ensure_folder,
+    folder_lock,
+    mark_output_folder,
+    output_error,
+    remove_stale_temporaries,
+    write_array_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 __all__ = [
     "OUTPUT_MARKER",
@@ -56,193 +61,8 @@ __all__ = [
     "write_text_atomic",
 ]
 
-OUTPUT_MARKER = ".convlens-output"
-"""Name of the empty marker file in every output folder convlens creates."""
-
-_TEMP_TAG = ".convlens-tmp"
 _SHARD = re.compile(r"^(\d{6,})\.jsonl$")
-
-
-# ------------------------------------------------------------------------- errors
-
-
-def _reason(error: OSError, path: Path) -> str:
-    """The OS's reason for a failed write, in words, with what to do about it."""
-    code = error.errno
-    if code == errno.ENOSPC:
-        return "no space left on the device; free some space or choose another output folder"
-    if code == errno.EDQUOT:
-        return "disk quota exceeded; free some space or choose another output folder"
-    if code in (errno.EACCES, errno.EPERM):
-        return "permission denied; choose a folder you can write to"
-    if code == errno.EROFS:
-        return "the file system is read-only; choose another output folder"
-    if code == errno.ENOTDIR:
-        return "a part of the path is a file, not a folder; choose another output folder"
-    if code == errno.EEXIST or (code == errno.EISDIR and path.is_dir()):
-        kind = "a folder" if path.is_dir() else "a file"
-        return f"{kind} with that name is in the way; remove it or choose another output path"
-    return f"{error.strerror or type(error).__name__}"
-
-
-_NOT_A_FOLDER = "is a file, not a folder; remove it or choose another output folder"
-
-
-def _output_error(error: OSError, path: Path) -> OutputError:
-    return OutputError(path, _reason(error, path))
-
-
-# --------------------------------------------------------------- atomic writes
-
-
-def ensure_folder(folder: str | os.PathLike[str], *, writable: bool = False) -> Path:
-    """Create ``folder`` (and its parents) if needed; an OutputError if it cannot exist.
-
-    The one check of output folders: jobs call it, and the CLI's ``prepare_out`` wraps it
-    to name the option in its one-line error.
-
-    Args:
-        folder: The output folder.
-        writable: Also create and delete a probe file in it, so that an existing folder
-            that cannot be written (no permission, read-only file system) is refused
-            before any work rather than at the first result. The probe is named like a
-            temporary of :func:`atomic_output`, so :func:`remove_stale_temporaries`
-            deletes one a killed process left behind.
-
-    Raises:
-        OutputError: ``folder`` is an existing file, a parent is a file, the folder
-            cannot be created (permissions, read-only or full file system), or, with
-            ``writable``, a file cannot be created in it.
-    """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(folder, _NOT_A_FOLDER)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutputError(folder, _NOT_A_FOLDER) from None
-    except OSError as error:
-        raise _output_error(error, folder) from None
-    if writable:
-        probe = folder / f".convlens-probe.{secrets.token_hex(4)}{_TEMP_TAG}"
-        try:
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except OSError as error:
-            raise _output_error(error, folder) from None
-        _discard(probe)
-    return folder
-
-
-def _temporary(path: Path) -> Path:
-    """A fresh temporary name next to ``path`` that keeps its extension (for PIL's save)."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{_TEMP_TAG}{path.suffix}")
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path to write ``path``'s content to; rename it over ``path`` on success.
-
-    The temporary lies in the same folder and ends with the same extension, so writers
-    that choose a format by extension (``PIL.Image.save``) work. If the block raises, the
-    temporary is removed and ``path`` is left as it was.
-
-    Example:
-        >>> with atomic_output(out / "cat.png") as temporary:  # doctest: +SKIP
-        ...     image.save(temporary)
-
-    Raises:
-        OutputError: On any OSError from the block or the rename (full disk, permissions...).
-    """
-    path = Path(path)
-    ensure_folder(path.parent)
-    temporary = _temporary(path)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except OSError as error:
-        _discard(temporary)
-        raise _output_error(error, path) from None
-    except BaseException:
-        _discard(temporary)
-        raise
-
-
-def _discard(temporary: Path) -> None:
-    with suppress(OSError):
-        temporary.unlink(missing_ok=True)
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (normal permissions); returns ``path``.
-
-    Raises:
-        OutputError: The file could not be written; ``path`` is unchanged.
-    """
-    path = Path(path)
-    with atomic_output(path) as temporary:
-        # O_EXCL: never follow a planted link; 0o666 & ~umask like any new file.
-        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically; returns ``path``."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2
-                      ) -> Path:
-    """Write ``data`` as UTF-8 JSON (non-ASCII kept readable) atomically; returns ``path``."""
-    text = json.dumps(data, indent=indent, ensure_ascii=False)
-    return write_text_atomic(path, text + "\n")
-
-
-def write_array_atomic(path: str | os.PathLike[str], array: np.ndarray | Mapping[str, np.ndarray]
-                       ) -> Path:
-    """Save one array (``.npy``) or a mapping of named arrays (``.npz``) atomically.
-
-    No pickling: object arrays are refused by numpy (``allow_pickle=False``).
-    """
-    buffer = io.BytesIO()
-    if isinstance(array, Mapping):
-        np.savez(buffer, **{k: np.asarray(v) for k, v in array.items()})
-    else:
-        np.save(buffer, np.asarray(array), allow_pickle=False)
-    return write_bytes_atomic(path, buffer.getvalue())
-
-
-def mark_output_folder(folder: str | os.PathLike[str]) -> Path:
-    """Create ``folder`` as a convlens output folder: with the :data:`OUTPUT_MARKER` file.
-
-    Dataset walkers skip marked folders, so a job never reads its own output. Returns the
-    folder. Raises OutputError when it cannot be created.
-    """
-    folder = ensure_folder(folder)
-    marker = folder / OUTPUT_MARKER
-    if not marker.exists():
-        write_bytes_atomic(marker, b"written by convlens; folders with this file are not read "
-                                   b"as input\n")
-    return folder
-
-
-def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
-    """Delete temporaries a killed process left in ``folder`` (not recursive); returns a count.
-
-    Only files named by :func:`atomic_output` (``.NAME.XXXXXXXX.convlens-tmp.EXT``) are
-    touched. Call it only when no other process writes into ``folder``.
-    """
-    removed = 0
-    try:
-        entries = list(Path(folder).iterdir())
-    except OSError:
-        return 0
-    for entry in entries:
-        if entry.name.startswith(".") and _TEMP_TAG in entry.name:
-            _discard(entry)
-            removed += 1
-    return removed
+_STORE_FILE = re.compile(r"^(\d{6,}\.(jsonl|[A-Za-z0-9_-]+\.np[yz])|config\.json|summary\.json)$")
 
 
 # ------------------------------------------------------------------- the store
@@ -320,12 +140,18 @@ class ResultStore:
     # -- configuration
 
     def _clear(self) -> None:
+        """Delete the store's own files (shards, arrays, config, summary), nothing else.
+
+        A file a user put into the folder (``store/thesis.tex``) survives; the folder stays.
+        """
         if not self.folder.is_dir():
-            raise OutputError(self.folder, _NOT_A_FOLDER)
+            raise OutputError(self.folder, NOT_A_FOLDER)
         try:
-            shutil.rmtree(self.folder)
+            for entry in list(self.folder.iterdir()):
+                if entry.is_file() and _STORE_FILE.match(entry.name):
+                    entry.unlink()
         except OSError as error:
-            raise _output_error(error, self.folder) from None
+            raise output_error(error, self.folder) from None
 
     def _check_config(self) -> None:
         path = self.folder / "config.json"
@@ -340,6 +166,13 @@ class ResultStore:
             return
         differences = _differences(stored.get("config") or {}, self.config or {})
         listed = "; ".join(differences) or "the stored configuration is unreadable"
+        if [line.split(":")[0] for line in differences] == ["batch_size"]:
+            stored_size = (stored.get("config") or {}).get("batch_size")
+            raise StoreMismatchError(
+                f"{self.folder.parent} holds results computed with batch size {stored_size}; "
+                "results differ in the last digits between batch sizes, so a resume keeps "
+                f"the stored one: rerun with --batch-size {stored_size} (batch_size="
+                f"{stored_size}), or pass --overwrite (overwrite=True) to start again")
         raise StoreMismatchError(
             f"{self.folder.parent} holds results of a different configuration ({listed}); "
             "pass --overwrite (overwrite=True) to replace them, or choose another output folder"
@@ -379,14 +212,18 @@ class ResultStore:
         either the complete shard or no shard (orphan arrays are overwritten by the next
         append). A mapping value is saved as ``.npz`` with its keys, an array as ``.npy``.
         """
-        shard = self.next_shard()
-        for name, value in (arrays or {}).items():
-            path = self.array_path(shard, name)
-            if isinstance(value, Mapping):
-                path = path.with_suffix(".npz")
-            write_array_atomic(path, value)
-        lines = [json.dumps(dict(r), ensure_ascii=False, separators=(",", ":")) for r in records]
-        write_text_atomic(shard, "".join(line + "\n" for line in lines))
+        with folder_lock(self.folder, wait=True, what="convlens store"):
+            while self.next_shard().exists():  # another writer took this number
+                self._next += 1
+            shard = self.next_shard()
+            for name, value in (arrays or {}).items():
+                path = self.array_path(shard, name)
+                if isinstance(value, Mapping):
+                    path = path.with_suffix(".npz")
+                write_array_atomic(path, value)
+            lines = [json.dumps(dict(r), ensure_ascii=False, separators=(",", ":"))
+                     for r in records]
+            write_text_atomic(shard, "".join(line + "\n" for line in lines))
         self._next += 1
         if self._keys is not None:
             self._keys.update(r["key"] for r in records if "key" in r)

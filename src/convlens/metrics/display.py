@@ -163,15 +163,14 @@ def notebook_html(evaluation: Evaluation) -> str:
 
 def save_evaluation(evaluation: Evaluation, directory: Path) -> list[Path]:
     """``evaluation.json``, ``evaluation.html`` and one PNG per figure under ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
+    from convlens.files import write_bytes_atomic, write_text_atomic
+
     figures = _figures(evaluation)
     written = [directory / "evaluation.json"]
     evaluation.to_json(written[0])
     for stem, _caption, png in figures:
-        path = directory / f"{stem}.png"
-        path.write_bytes(png)
-        written.append(path)
+        written.append(write_bytes_atomic(directory / f"{stem}.png", png))
     page = directory / "evaluation.html"
-    page.write_text(evaluation_page(evaluation, figures))
+    write_text_atomic(page, evaluation_page(evaluation, figures))
     written.append(page)
     return written

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from convlens.attribution.targets import TargetLike
+from convlens.files import claim_output, finite_json, write_text_atomic
 from convlens.metrics.core import Metric, MetricError, Scores, get_metric, resolve, unwrap
 
 DEFAULT_METRICS = ("deletion", "insertion")
@@ -122,16 +123,24 @@ class Evaluation:
                 "results": results, "errors": self.errors}
 
     def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1, default=_jsonable)
+        """The JSON text of :meth:`to_dict` (non-finite numbers as ``null``); written
+        atomically to ``path`` when given."""
+        text = json.dumps(finite_json(self.to_dict()), indent=1, default=_jsonable,
+                          allow_nan=False)
         if path is not None:
-            Path(path).write_text(text)
+            write_text_atomic(path, text)
         return text
 
     def save(self, directory: str | Path) -> list[Path]:
-        """Write ``evaluation.json``, ``evaluation.html`` and the curve / stage figures."""
+        """Write ``evaluation.json``, ``evaluation.html`` and the curve / stage figures.
+
+        ``directory`` is claimed as an output folder (docs/architecture.md, "Output
+        folders"): new, empty or convlens's; every file written atomically.
+        """
         from convlens.metrics.display import save_evaluation
 
-        return save_evaluation(self, Path(directory))
+        with claim_output(directory, what="convlens evaluate"):
+            return save_evaluation(self, Path(directory))
 
     def html(self) -> str:
         """The self-contained evaluation page."""

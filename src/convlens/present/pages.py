@@ -20,14 +20,13 @@ URIs, and inline styles; no scripts, no network.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
 from convlens.errors import ConvlensError
+from convlens.files import ensure_folder, remove_written, write_text_atomic
 from convlens.present.figures import DEFAULT_CMAP
 from convlens.present.html import render_page
 from convlens.present.views import PIXEL_CMAP, colorbar, is_pixel_level
@@ -219,11 +218,7 @@ def write_explain_page(out_dir: Path, header: dict[str, Any], records: list[dict
     if per_page < 1:
         raise ConvlensError(f"per_page must be a positive number of records, got {per_page}")
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConvlensError(f"cannot create the page's folder {out_dir}: {error}; choose a "
-                            "writable --out") from None
+    ensure_folder(out_dir)
     header = dict(header)
     errors = list(header.get("errors") or [])
     count = max(1, -(-len(records) // per_page))
@@ -245,20 +240,9 @@ def write_explain_page(out_dir: Path, header: dict[str, Any], records: list[dict
             "notes": [str(n) for n in header.get("notes") or []] if index == 1 else [],
             "samples": [_explain_sample(record, header) for record in chunk],
         })
-        _write_text_atomic(out_dir / _page_name(index), html)
+        write_text_atomic(out_dir / _page_name(index), html)
     for stale in out_dir.glob("index-*.html"):  # pages of an earlier, longer run
         suffix = stale.stem.split("-", 1)[1]
         if suffix.isdigit() and int(suffix) > count:
-            stale.unlink(missing_ok=True)
+            remove_written(stale)
     return out_dir / "index.html"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".page-", suffix=".html")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise ConvlensError(f"cannot write {path}: {error}") from None

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from convlens.errors import InputShapeError
+from convlens.files import ensure_folder, save_image_atomic
 from convlens.present.figures import DEFAULT_CMAP, colorize
 
 PIXEL_CMAP = "inferno"
@@ -100,8 +101,7 @@ def save_readable_maps(explanation: Any, directory: str | Path, *, prefix: str |
     """
     from convlens.models.preprocessing import coverage_mask
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = ensure_folder(directory)
     stem = prefix or explanation.name
     seen = coverage_mask(explanation.geometry)
     views: dict[str, dict[str, str]] = {}
@@ -110,8 +110,9 @@ def save_readable_maps(explanation: Any, directory: str | Path, *, prefix: str |
             continue
         heat = explanation.heatmap(method)
         names = {"map": f"{stem}.{method}.map.png", "overlay": f"{stem}.{method}.dim.png"}
-        map_image(heat, seen=seen).save(directory / names["map"])
-        dimmed_overlay(explanation.image, heat, seen=seen).save(directory / names["overlay"])
+        save_image_atomic(map_image(heat, seen=seen), directory / names["map"])
+        save_image_atomic(dimmed_overlay(explanation.image, heat, seen=seen),
+                          directory / names["overlay"])
         views[method] = names
     return views
 

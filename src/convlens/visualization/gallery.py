@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from convlens.errors import ConvlensError
+from convlens.files import ensure_folder, save_image_atomic
 from convlens.visualization import objectives as obj
 from convlens.visualization.inspection import file_stem
 from convlens.visualization.optimize import visualize
@@ -157,8 +158,7 @@ def demo_gallery(classifier: Any, out_dir: str | Path, *, budget_seconds: float 
         ``stopped_early`` and ``items``, one record per image with ``title``, ``caption``,
         ``path`` and ``how`` (objective, steps reached, settings, final objective value).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(out_dir)
     began = time.perf_counter()
     groups = _groups()
     records: list[dict[str, Any]] = []
@@ -176,8 +176,7 @@ def demo_gallery(classifier: Any, out_dir: str | Path, *, budget_seconds: float 
                     "lr": None, "optimizer": "Adam", "batched_with": len(goals)}
         items = []
         for column, (image, goal, caption) in enumerate(zip(res.pil(), goals, captions)):
-            path = out / f"{file_stem(goal.name, used)}.png"
-            image.save(path)
+            path = save_image_atomic(image, out / f"{file_stem(goal.name, used)}.png")
             how = {"objective": goal.name, "steps_requested": steps, "steps_reached": done,
                    "settings": settings, "seconds": round(res.seconds, 2),
                    "objective_final": float(res.trace[-1, column]) if done else None,
@@ -185,7 +184,7 @@ def demo_gallery(classifier: Any, out_dir: str | Path, *, budget_seconds: float 
             items.append({"title": goal.name, "caption": caption, "path": str(path),
                           "how": how})
         grid_path = out / f"{file_stem(key + '_grid', used)}.png"
-        res.grid(captions=False).save(grid_path)
+        save_image_atomic(res.grid(captions=False), grid_path)
         caption = f"{done} steps at {size} px in {res.seconds:.0f} s"
         if done < steps:
             caption += f" (stopped by the time budget after {done} of {steps} steps)"

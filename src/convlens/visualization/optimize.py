@@ -34,6 +34,7 @@ from convlens.errors import (
     ObjectiveError,
     UnsupportedModelError,
 )
+from convlens.files import ensure_folder, save_image_atomic
 from convlens.jobs.progress import ProgressCallback, emit, notebook_progress, text_progress
 from convlens.models.layers import resolve_layer
 from convlens.visualization import transforms as transforms_module
@@ -82,20 +83,15 @@ class Visualization:
         """Write one PNG per image (named after its objective) and ``grid.png``."""
         from convlens.visualization.inspection import file_stem
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = ensure_folder(directory)
         paths, used = [], set()
         for index, image in enumerate(self.pil()):
             name = self.names[index] if len(self.names) == len(self.images) else (
                 f"{self.names[0]}_{index}")
             stem = file_stem(name, used)
-            path = directory / f"{stem}.png"
-            image.save(path)
-            paths.append(path)
+            paths.append(save_image_atomic(image, directory / f"{stem}.png"))
         if grid:
-            path = directory / "grid.png"
-            self.grid().save(path)
-            paths.append(path)
+            paths.append(save_image_atomic(self.grid(), directory / "grid.png"))
         return paths
 
     def _repr_png_(self) -> bytes:  # notebooks show the grid
