@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from cli_support import TINY, assert_one_error, photo, run
+
 from convlens.files import LOCK_FILE, MANIFEST, OUTPUT_MARKER, folder_lock
 
 
@@ -22,6 +22,10 @@ def _labelled_folder(root: Path, per_class: int = 3) -> Path:
         for k in range(per_class):
             photo(root / label / f"{label}{k}.png", size=(40 + 3 * k + index, 32))
     return root
+
+
+EXTRA = {"explain": ["--method", "saliency"], "evaluate": ["--metric", "deletion"]}
+"""What each command needs beyond the data and --out to be quick on the tiny model."""
 
 
 @pytest.fixture
@@ -34,11 +38,12 @@ def data(tmp_path: Path) -> Path:
 
 def test_explain_overwrite_keeps_a_users_file_in_records(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "out"
-    assert run("explain", str(data), "--out", str(out), "--method", "saliency", *TINY).returncode == 0
+    assert run("explain", str(data), "--out", str(out), *EXTRA["explain"], *TINY).returncode == 0
     ledger = out / "records" / "ledger.csv"
     ledger.write_text("mine\n")
     (out / "notes.md").write_text("mine too\n")
-    result = run("explain", str(data), "--out", str(out), "--method", "gradcam", "--overwrite", *TINY)
+    result = run("explain", str(data), "--out", str(out), "--method", "gradcam", "--overwrite",
+                 *TINY)
     assert result.returncode == 0, result.stderr
     assert ledger.read_text() == "mine\n" and (out / "notes.md").read_text() == "mine too\n"
     assert not list(out.glob("*.saliency.png"))  # the earlier run's files are gone
@@ -63,7 +68,7 @@ def test_a_users_non_empty_folder_is_refused_naming_what_is_there(
     (mine / "store").mkdir(parents=True)
     (mine / "store" / "thesis.tex").write_text("x")
     (mine / "audit.json").write_text('{"mine": true}')
-    extra = {"explain": ["--method", "saliency"], "evaluate": ["--metric", "deletion"]}.get(command, [])
+    extra = EXTRA.get(command, [])
     result = run(command, str(data), "--out", str(mine), "--overwrite" if command != "evaluate"
                  else "--bootstrap=0", *extra, *TINY)
     assert_one_error(result, 2, str(mine), "not empty", "audit.json", "store/")
@@ -97,7 +102,7 @@ def test_a_second_run_into_a_busy_folder_exits_2_naming_the_holder(
         tmp_path: Path, data: Path, command: str) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    extra = {"explain": ["--method", "saliency"], "evaluate": ["--metric", "deletion"]}.get(command, [])
+    extra = EXTRA.get(command, [])
     with folder_lock(out, what="convlens audit"):
         result = run(command, str(data), "--out", str(out), *extra, *TINY)
     assert_one_error(result, 2, f"PID {os.getpid()}", "convlens audit", str(out))
@@ -149,7 +154,7 @@ def test_a_file_name_that_is_not_utf8_is_recorded_and_the_run_completes(
     raw = os.fsencode(data / "ant") + b"/bad\xff\xfe.png"
     os.rename(data / "ant" / "ant0.png", raw)
     out = tmp_path / "out"
-    extra = {"explain": ["--method", "saliency"], "evaluate": ["--metric", "deletion"]}.get(command, [])
+    extra = EXTRA.get(command, [])
     result = run(command, str(data), "--out", str(out), *extra, *TINY)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -188,7 +193,7 @@ def test_reading_from_the_output_folder_is_refused(tmp_path: Path, data: Path,
     out = tmp_path / "out"
     assert run("audit", str(data), "--out", str(out), *TINY).returncode == 0
     before = (out / "audit.json").read_bytes()
-    extra = {"explain": ["--method", "saliency"], "evaluate": ["--metric", "deletion"]}.get(command, [])
+    extra = EXTRA.get(command, [])
     result = run(command, str(out), "--out", str(out), *extra, *TINY)
     assert_one_error(result, 2, "is the input", "--out")
     assert (out / "audit.json").read_bytes() == before
@@ -243,3 +248,17 @@ def test_a_resume_with_another_batch_size_is_refused_with_the_fix(tmp_path: Path
     assert_one_error(result, 2, "batch size 1", "--batch-size 1", "--overwrite")
     stored = json.loads((out / "store" / "config.json").read_text())
     assert stored["config"]["batch_size"] == 1
+
+
+@pytest.mark.parametrize("command", ["evaluate", "visualize", "activations"])
+def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path: Path, data: Path,
+                                                             command: str) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    args = {"evaluate": ["evaluate", str(data), "--metric", "deletion"],
+            "visualize": ["visualize", "--class", "1", "--steps", "1", "--size", "8"],
+            "activations": ["activations", str(data / "ant" / "ant0.png")]}[command]
+    result = run(*args, "--out", str(notes), *TINY, "--model", "no_such_module:build")
+    # the model is never loaded: the folder is checked first
+    assert_one_error(result, 2, str(notes), "is a file, not a folder")
+    assert notes.read_text() == "mine\n"
