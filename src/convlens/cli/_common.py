@@ -444,6 +444,18 @@ def _listing(options: Mapping[str, Settable]) -> str:
     return ", ".join(f"{k}={v.default!r}" for k, v in options.items()) or "none"
 
 
+def _number_in(value: Any) -> Any:
+    """The float a plain string spells (``"inf"``, ``"nan"``, ``"-Infinity"``), else None:
+    an option that takes no such string (``max_sensitivity.norm=inf`` does) is told the
+    number is not finite, rather than that a string is the wrong type."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
 def literal_value(text: str) -> Any:
     """A Python literal (``64``, ``0.5``, ``True``, ``(1, 2)``, ``'x'``) or, failing that, the
     plain string (``composite=epsilon_plus_flat``)."""
@@ -486,10 +498,12 @@ def parse_registry_options(
 
     Raises:
         error: A bad form, a key unknown to the registry or not in the run, an option the
-            entry lacks (with did-you-mean), or a value of the wrong type; the message
-            lists the entry's options with their defaults.
+            entry lacks (with did-you-mean), an infinite or NaN number (``1e999``, ``nan``;
+            the wording of :func:`convlens.errors.finite_message`, as ``bind`` refuses
+            them in the library), or a value of the wrong type; the message lists the
+            entry's options with their defaults.
     """
-    from convlens.errors import ConvlensError, did_you_mean
+    from convlens.errors import ConvlensError, did_you_mean, finite_message, non_finite
 
     keys = list(run or {})
     parsed: dict[str, dict[str, Any]] = {key: {} for key in keys}
@@ -529,7 +543,12 @@ def parse_registry_options(
                 raise error(f"{flag} {raw!r}: {kind} {target!r} has no option {name!r}"
                             f"{did_you_mean(name, options)}; its options are: "
                             f"{_listing(options)}")
-            if not _accepts(options[name], value):
+            accepted = _accepts(options[name], value)
+            number = value if accepted or isinstance(value, float) else _number_in(value)
+            if non_finite(number):
+                raise error(f"{flag} {raw!r}: "
+                            f"{finite_message(f'{target}.{name}', value, options[name].default)}")
+            if not accepted:
                 raise error(f"{flag} {raw!r}: {target}.{name} takes {_kind_of(options[name])} "
                             f"(default {options[name].default!r}), got {value!r}; its options "
                             f"are: {_listing(options)}")
