@@ -83,6 +83,10 @@ FACTORY_ONLY = ["--model", FACTORY, "--input-size", "32", "--device", "cpu"]
     ([*TINY, "--std", "0,1,1"], ["std > 0"]),
     ([*TINY, "--resize", "sideways"], ["unknown resize mode 'sideways'", "center_crop"]),
     ([*TINY[:-2], "--input-size", "1"], ["fails on a 3x1x1 input"]),  # the last value wins
+    # an input above the photo pixel cap: refused before the model is built, not an
+    # allocation traceback
+    ([*TINY[:-2], "--input-size", "60000"], ["input_size 60000x60000", "above the limit of "
+                                             "64,000,000", "(CLI: --input-size)"]),
     # devices
     ([*TINY[:-2], "--device", "gpu9"], ["unknown device 'gpu9'"]),
 ])
@@ -187,6 +191,9 @@ def test_the_cli_and_library_caps_agree() -> None:
     from convlens.io.images import DEFAULT_MAX_PIXELS
 
     assert cli_default == DEFAULT_MAX_PIXELS
+    from convlens.models.preprocessing import MAX_INPUT_PIXELS  # the input size's cap
+
+    assert MAX_INPUT_PIXELS == DEFAULT_MAX_PIXELS
     help_text = run("predict", "--help", FORCE_COLOR=None).stdout
     assert f"{DEFAULT_MAX_PIXELS:,}" in " ".join(help_text.split())
 

@@ -272,3 +272,15 @@ def test_a_factory_file_may_define_dataclasses(tmp_path) -> None:
 
     clf = load_model(f"{factory}:build", input_size=16, device="cpu")
     assert clf.predict([__import__("numpy").zeros((16, 16, 3), "uint8")], top=1)
+
+
+@pytest.mark.parametrize("size,needle", [
+    (60000, "above the limit of 64,000,000"), ((8001, 8000), "above the limit"),
+    (True, "positive int"), ("12", "positive int"), ((2.5, 3), "positive int"),
+    (float("inf"), "positive int"),
+])
+def test_input_sizes_are_bounded_by_the_photo_pixel_cap(size: object, needle: str) -> None:
+    with pytest.raises(ModelLoadError, match=needle):
+        cl.load_model(FACTORY, input_size=size, device="cpu")
+    with pytest.raises(ModelLoadError, match=needle):
+        cl.Classifier(_reference(), input_size=size)

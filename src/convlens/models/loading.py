@@ -34,6 +34,7 @@ from torch import nn
 
 from convlens.errors import ModelLoadError, UnsafeCheckpointError
 from convlens.models.classifier import Classifier
+from convlens.models.preprocessing import check_input_size
 
 BUNDLED = ("efficientnet_lite0",)
 _SAVE_STATE_DICT_HINT = (
@@ -484,6 +485,8 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
         >>> clf.predict("cat.jpg", top=3)                        # doctest: +SKIP
     """
     check_model_options(spec, weights=weights, trust_model=trust_model)
+    if input_size is not None:
+        check_input_size(input_size)  # before a model is built or a file read
     options: dict[str, Any] = {"input_size": input_size, "resize": resize,
                                "resize_size": resize_size, "mean": mean, "std": std,
                                "interpolation": interpolation}
@@ -536,8 +539,14 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
 
 def _count_outputs(classifier: Classifier) -> int | None:
     height, width = classifier.preprocessing.input_size
-    x = torch.zeros(1, classifier.preprocessing.channels, height, width,
-                    device=classifier.device)
+    try:
+        x = torch.zeros(1, classifier.preprocessing.channels, height, width,
+                        device=classifier.device)
+    except RuntimeError as error:  # out of memory: an input size below the cap, still too big
+        raise ModelLoadError(
+            f"cannot allocate one {classifier.preprocessing.channels}x{height}x{width} input "
+            f"on {classifier.device} ({_plain(error)}); give a smaller input size (CLI: "
+            "--input-size)") from None
     first_conv = next((m for m in classifier.module.modules() if isinstance(m, nn.Conv2d)), None)
     channels = classifier.preprocessing.channels
     if first_conv is not None and first_conv.in_channels != channels:
