@@ -135,7 +135,8 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
         help="Class names, one per model output: text (one per line) or JSON. Any model.")),
     "input_size": (int | None, typer.Option(
         None, "--input-size", min=1,
-        help="Model input size in pixels (any model; overrides the bundled model's 224).")),
+        help="Model input size in pixels (any model; overrides the bundled model's 224; at most "
+             "8000x8000, the photo pixel cap).")),
     "mean": (str | None, typer.Option(
         None, "--mean",
         help="Normalisation mean, e.g. 0.485,0.456,0.406 (any model; overrides the "
