@@ -30,6 +30,10 @@ from PIL import Image
     (["visualize", "--class", "1", "--seed", "-1"], ["'--seed'"]),
     (["visualize", "--class", "1", "--seed", "x"], ["'--seed'"]),
     (["methods", "extra"], ["unexpected extra argument"]),
+    # inf passes a min= bound: float options refuse it (and nan) themselves
+    (["serve", "--max-upload-mb", "inf"], ["'--max-upload-mb'", "finite number"]),
+    (["audit", "x", "--engine", "ray", "--gpus-per-actor", "inf"],
+     ["'--gpus-per-actor'", "finite number"]),
 ])
 def test_usage_errors_are_one_line_with_exit_2(args: list[str], needles: list[str]) -> None:
     assert_one_error(run(*args), 2, *needles)
@@ -78,9 +82,11 @@ FACTORY_ONLY = ["--model", FACTORY, "--input-size", "32", "--device", "cpu"]
     ([*TINY, "--labels", "{folder}"], ["is a folder"]),
     ([*TINY, "--labels", "{photo}"], ["not UTF-8 text"]),
     # preprocessing values
-    ([*TINY, "--mean", "abc"], ["--mean takes comma-separated numbers"]),
+    ([*TINY, "--mean", "abc"], ["--mean takes comma-separated finite numbers"]),
     ([*TINY, "--mean", "0.5", "--std", "0.5"], ["first convolution takes 3 channels"]),
     ([*TINY, "--std", "0,1,1"], ["std > 0"]),
+    ([*TINY, "--std", "nan,1,1"], ["--std takes comma-separated finite numbers"]),
+    ([*TINY, "--mean", "1e999,0,0"], ["--mean takes comma-separated finite numbers"]),
     ([*TINY, "--resize", "sideways"], ["unknown resize mode 'sideways'", "center_crop"]),
     ([*TINY[:-2], "--input-size", "1"], ["fails on a 3x1x1 input"]),  # the last value wins
     # an input above the photo pixel cap: refused before the model is built, not an

@@ -284,3 +284,11 @@ def test_input_sizes_are_bounded_by_the_photo_pixel_cap(size: object, needle: st
         cl.load_model(FACTORY, input_size=size, device="cpu")
     with pytest.raises(ModelLoadError, match=needle):
         cl.Classifier(_reference(), input_size=size)
+
+
+@pytest.mark.parametrize("mean,std", [((0.5,) * 3, (float("nan"), 1, 1)),
+                                      ((float("inf"), 0, 0), (1, 1, 1))])
+def test_non_finite_normalisation_is_refused(mean, std) -> None:
+    # a NaN std turned every probability into nan, silently
+    with pytest.raises(ModelLoadError, match="one finite value per channel"):
+        cl.Classifier(_reference(), mean=mean, std=std)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 import os
 import re
 import sys
@@ -178,14 +179,27 @@ def with_model_options(command: Callable) -> Callable:
 
 
 def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
-    """``"0.485,0.456,0.406"`` -> a tuple of floats; a bad value fails with the option's name."""
+    """``"0.485,0.456,0.406"`` -> a tuple of floats; a bad value fails with the option's name
+    (inf and nan too: a NaN std turned every probability into nan)."""
     if text is None:
         return None
     try:
-        return tuple(float(part) for part in text.split(","))
+        values = tuple(float(part) for part in text.split(","))
     except ValueError:
-        fail(f"{option} takes comma-separated numbers like 0.485,0.456,0.406; got {text!r}")
-    return None
+        values = None
+    if values is None or not all(math.isfinite(v) for v in values):
+        fail(f"{option} takes comma-separated finite numbers like 0.485,0.456,0.406; got "
+             f"{text!r}")
+    return values
+
+
+def finite(value: float | None) -> float | None:
+    """Typer callback of a float option: inf and nan are a usage error (exit 2), like a
+    value below the option's ``min`` (which ``inf`` passes and ``nan`` fails obscurely)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number (inf and nan are refused), got "
+                                 f"{value}")
+    return value
 
 
 def problem_record(path: Path, error: BaseException) -> dict[str, str]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from convlens.errors import ModelLoadError
+from convlens.errors import ModelLoadError, non_finite
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,8 +107,10 @@ class Preprocessing:
             raise ModelLoadError(
                 f"unknown interpolation {self.interpolation!r}; valid: {', '.join(_INTERPOLATIONS)}"
             )
-        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
-            raise ModelLoadError("mean and std need one value per channel, std > 0")
+        if (len(self.mean) != len(self.std) or any(s <= 0 for s in self.std)
+                or non_finite(tuple(self.mean)) or non_finite(tuple(self.std))):
+            raise ModelLoadError(f"mean and std need one finite value per channel, std > 0; "
+                                 f"got mean={tuple(self.mean)}, std={tuple(self.std)}")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
 
