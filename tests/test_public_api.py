@@ -15,7 +15,7 @@ def test_no_submodule_shadows_a_public_function() -> None:
     # named like a public function (explain, audit...) would replace the function.
     submodules = {info.name for info in pkgutil.iter_modules(convlens.__path__)}
     clashes = sorted(name for name in convlens.__all__
-                     if name in submodules and name != "objectives")
+                     if name in submodules and name not in ("objectives", "metrics"))
     assert clashes == []
 
 
@@ -34,3 +34,13 @@ def test_importing_convlens_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_submodules_named_in_the_api_work_right_after_import() -> None:
+    # cl.metrics raised AttributeError until something imported convlens.metrics
+    code = ("import sys, convlens as cl; print('torch' in sys.modules); "
+            "print(callable(cl.metrics.deletion), callable(cl.objectives.channel)); "
+            "print(cl.metrics is sys.modules['convlens.metrics'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "True", "True", "True"]

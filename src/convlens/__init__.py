@@ -6,6 +6,7 @@ The public face::
     clf = cl.load_model()                                   # bundled EfficientNet-Lite0
     a = cl.attribute(clf, clf.preprocess("cat.jpg"), "gradcam")
     exps = cl.explain(clf, ["cat.jpg"], methods=["gradcam", "saliency"])
+    cl.metrics.deletion(clf, x, maps)                       # a module, imported on first use
 
 Names are imported on first use (PEP 562), so ``import convlens`` and the command line's
 ``--help`` do not pay for importing torch.
@@ -39,9 +40,13 @@ _EXPORTS: dict[str, str] = {
     "layers": "convlens.models.layers",
     "load_model": "convlens.models.loading",
     "methods": "convlens.attribution.core",
+    "metrics": "convlens.metrics",
     "objectives": "convlens.objectives",
     "visualize": "convlens.visualization.optimize",
 }
+
+# public names that are modules themselves: cl.metrics.deletion(...), cl.objectives.channel(...)
+_MODULES = frozenset({"metrics", "objectives"})
 
 __all__ = sorted(_EXPORTS)
 
@@ -51,7 +56,7 @@ def __getattr__(name: str) -> Any:
     if module_name is None:
         raise AttributeError(f"module 'convlens' has no attribute {name!r}")
     module = importlib.import_module(module_name)
-    value = module if name == "objectives" else getattr(module, name)
+    value = module if name in _MODULES else getattr(module, name)
     globals()[name] = value  # later look-ups skip this function
     return value
 

@@ -8,7 +8,10 @@ catch for the same mistake (``ValueError``, ``KeyError``, ``FileNotFoundError``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class ConvlensError(Exception):
@@ -170,3 +173,40 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     quoted = [repr(choice) for choice in close]
     listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
     return f"; did you mean {listed}?"
+
+
+def non_finite(value: object) -> bool:
+    """Whether ``value`` is an infinite or NaN number, or a tuple/list holding one.
+
+    ``1e999`` parses to ``inf``; an option set to it runs (SmoothGrad's noise swamps the
+    image and the maps come out all zero) and then poisons every JSON file it is written to
+    (``Infinity`` is not JSON). Tensors are not looked into: a baseline tensor is data.
+    """
+    if isinstance(value, (tuple, list)):
+        return any(non_finite(item) for item in value)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return not math.isfinite(float(value))
+    return False
+
+
+def finite_message(option: str, value: object, default: object = None) -> str:
+    """The one wording of a refused ``inf``/``nan`` option, shared by the CLI's ``--option``
+    parsing and the registries' ``bind`` (``Method.bind``, ``Metric.bind``)."""
+    shown = "" if default is None else f" (default {default!r})"
+    return (f"{option} takes a finite number{shown}, got {value!r}: inf, nan and numbers "
+            "beyond +-1.8e308 (such as 1e999) are refused")
+
+
+def check_finite_options(owner: str, options: Mapping[str, Any],
+                         defaults: Mapping[str, Any], error: type[ConvlensError]) -> None:
+    """Refuse the first option of ``options`` that is (or holds) an infinite or NaN number.
+
+    Args:
+        owner: The registry entry, for the message (``"smoothgrad"``).
+        options: The options given.
+        defaults: The entry's defaults (shown in the message).
+        error: The exception to raise (``MethodError``, ``MetricError``).
+    """
+    for name, value in options.items():
+        if non_finite(value):
+            raise error(finite_message(f"{owner}.{name}", value, defaults.get(name)))

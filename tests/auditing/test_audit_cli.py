@@ -202,3 +202,61 @@ def test_killed_run_resumes_to_the_same_audit(first_run, planted, tmp_path):
                  "--batch-size", "16")
     assert result.exit_code == 1
     assert _audit(out) == _audit(reference)
+
+
+# ------------------------------------------------------------ data that cannot be audited
+
+
+@pytest.mark.parametrize("make,extra,needles", [
+    # an empty folder or CSV is an error, as `convlens explain` says, not "audited 0 images"
+    ("empty_folder", [], ["no images found in folder or its sub-folders"]),
+    ("empty_csv", [], ["no images found in the CSV"]),
+    ("nul_csv", [], ["data.csv: line 3 holds a NUL byte", "UTF-8"]),
+    ("twice_csv", [], ["lines 2 and 3 list a.png with different labels ('ant' and 'bee')"]),
+    ("plain_folder", ["--group-by", "label"], ["--group-by label", "plain folder",
+                                               "group by 'predicted'"]),
+    ("unlabelled_csv", ["--group-by", "label"], ["--group-by label", "rows have no label"]),
+])
+def test_data_that_cannot_be_audited_is_one_line_with_exit_2(tmp_path, make: str,
+                                                             extra: list[str],
+                                                             needles: list[str]) -> None:
+    from cli_support import TINY, assert_one_error, photo, run
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = {"empty_csv": b"path,label\n", "nul_csv": b"path,label\na.png,ant\na\x00.png,ant\n",
+            "twice_csv": b"path,label\na.png,ant\na.png,bee\n", "unlabelled_csv": b"path\na.png\n"}
+    if make in rows:
+        photo(tmp_path / "a.png")
+        data = tmp_path / "data.csv"
+        data.write_bytes(rows[make])
+    elif make == "plain_folder":
+        photo(data / "a.png")
+    result = run("audit", str(data), *TINY, "--out", str(tmp_path / "out"), *extra)
+    assert_one_error(result, 2, *needles)
+    assert not (tmp_path / "out" / "audit.json").exists()
+
+
+def test_group_by_label_on_a_plain_folder_is_refused_before_the_model_loads(tmp_path) -> None:
+    from cli_support import assert_one_error, photo, run
+
+    (tmp_path / "plain").mkdir()
+    photo(tmp_path / "plain" / "a.png")
+    (tmp_path / "boom.py").write_text("def build():\n    raise RuntimeError('model loaded')\n")
+    result = run("audit", str(tmp_path / "plain"), "--model", f"{tmp_path / 'boom.py'}:build",
+                 "--group-by", "label", "--out", str(tmp_path / "out"))
+    assert_one_error(result, 2, "plain folder")
+
+
+def test_the_library_refuses_an_empty_dataset(tmp_path) -> None:
+    from models import TinyVGG
+
+    import convlens as cl
+    from convlens.errors import ConvlensError
+
+    (tmp_path / "empty").mkdir()
+    classifier = cl.Classifier(TinyVGG(classes=4).eval(), labels=["a", "b", "c", "d"],
+                               input_size=16)
+    with pytest.raises(ConvlensError, match="no images found in folder"):
+        cl.audit(classifier, tmp_path / "empty", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -30,6 +30,10 @@ from PIL import Image
     (["visualize", "--class", "1", "--seed", "-1"], ["'--seed'"]),
     (["visualize", "--class", "1", "--seed", "x"], ["'--seed'"]),
     (["methods", "extra"], ["unexpected extra argument"]),
+    # inf passes a min= bound: float options refuse it (and nan) themselves
+    (["serve", "--max-upload-mb", "inf"], ["'--max-upload-mb'", "finite number"]),
+    (["audit", "x", "--engine", "ray", "--gpus-per-actor", "inf"],
+     ["'--gpus-per-actor'", "finite number"]),
 ])
 def test_usage_errors_are_one_line_with_exit_2(args: list[str], needles: list[str]) -> None:
     assert_one_error(run(*args), 2, *needles)
@@ -62,7 +66,7 @@ FACTORY_ONLY = ["--model", FACTORY, "--input-size", "32", "--device", "cpu"]
     (["--trust-model"], ["--trust-model", "cannot apply", "drop the flag"]),
     # a factory: weights are sniffed, not guessed from the name
     ([*FACTORY_ONLY, "--weights", "{text}"],
-     ["is a text file (first line: 'my notes about the model')", ".safetensors"]),
+     ["notes.txt is a text file, not weights", ".safetensors"]),
     ([*FACTORY_ONLY, "--weights", "{folder}"], ["is a folder", ".safetensors"]),
     ([*FACTORY_ONLY, "--weights", "{photo}"], ["is an image"]),
     ([*FACTORY_ONLY, "--weights", "{tmp}/missing.safetensors"], ["weights file not found"]),
@@ -78,11 +82,17 @@ FACTORY_ONLY = ["--model", FACTORY, "--input-size", "32", "--device", "cpu"]
     ([*TINY, "--labels", "{folder}"], ["is a folder"]),
     ([*TINY, "--labels", "{photo}"], ["not UTF-8 text"]),
     # preprocessing values
-    ([*TINY, "--mean", "abc"], ["--mean takes comma-separated numbers"]),
+    ([*TINY, "--mean", "abc"], ["--mean takes comma-separated finite numbers"]),
     ([*TINY, "--mean", "0.5", "--std", "0.5"], ["first convolution takes 3 channels"]),
     ([*TINY, "--std", "0,1,1"], ["std > 0"]),
+    ([*TINY, "--std", "nan,1,1"], ["--std takes comma-separated finite numbers"]),
+    ([*TINY, "--mean", "1e999,0,0"], ["--mean takes comma-separated finite numbers"]),
     ([*TINY, "--resize", "sideways"], ["unknown resize mode 'sideways'", "center_crop"]),
     ([*TINY[:-2], "--input-size", "1"], ["fails on a 3x1x1 input"]),  # the last value wins
+    # an input above the photo pixel cap: refused before the model is built, not an
+    # allocation traceback
+    ([*TINY[:-2], "--input-size", "60000"], ["input_size 60000x60000", "above the limit of "
+                                             "64,000,000", "(CLI: --input-size)"]),
     # devices
     ([*TINY[:-2], "--device", "gpu9"], ["unknown device 'gpu9'"]),
 ])
@@ -90,6 +100,31 @@ def test_bad_model_options_are_one_line_with_exit_2(files, args: list[str],
                                                     needles: list[str]) -> None:
     args = [a.format(**files) for a in args]
     assert_one_error(run("predict", str(files["photo"]), *args), 2, *needles)
+
+
+@pytest.mark.parametrize("option,name,content,kind", [
+    ("--weights", ".env", b"SECRET=hunter2\n", "is a text file"),
+    ("--weights", "id_ed25519", b"-----BEGIN hunter2 PRIVATE KEY-----\n", "text file"),
+    ("--weights", "w.pt", b"SECRET=hunter2\x01\x02", "not a recognised weights format"),
+    ("--weights", "w.safetensors", b'\x16\0\0\0\0\0\0\0{"hunter2": "hunter2"', "safetensors"),
+    ("--weights", "w.zip", None, "is a ZIP archive"),
+    ("--model", ".env", b"SECRET=hunter2\n", "is a text file"),
+])
+def test_a_file_given_as_weights_or_model_is_named_never_quoted(
+        files, option: str, name: str, content: bytes | None, kind: str) -> None:
+    # a .env or a key file passed by mistake: its content must never reach a CI log
+    path = files["tmp"] / name
+    if content is None:
+        import zipfile
+
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("hunter2.txt", "SECRET=hunter2")
+    else:
+        path.write_bytes(content)
+    model = [] if option == "--model" else FACTORY_ONLY
+    result = run("predict", str(files["photo"]), *model, option, str(path), "--device", "cpu")
+    assert_one_error(result, 2, str(path), kind)
+    assert "hunter2" not in result.stdout + result.stderr
 
 
 def test_the_weights_only_refusal_carries_no_escape_codes(files) -> None:
@@ -103,6 +138,25 @@ def test_control_characters_in_a_path_are_shown_not_sent(tmp_path: Path) -> None
     line = assert_one_error(run("layers", "--model", f"{tmp_path}/\x1b[31mred.pt"), 2,
                             "cannot find model")
     assert "\\x1b[31mred.pt" in line
+
+
+@pytest.mark.parametrize("source,needles", [
+    # a factory that raises: the spec, the exception's type and message; never a traceback
+    ("json:JSONDecodeError", ["'json:JSONDecodeError' raised TypeError",
+                              "missing 3 required positional arguments"]),
+    # exit() in a factory used to end the command with exit code 0, silently
+    ("builtins:exit", ["'builtins:exit' raised SystemExit", "must return an nn.Module"]),
+    ("builtins:dict", ["returned dict, not an nn.Module"]),
+    ("{tmp}/exits.py:build", ["importing", "exits.py", "SystemExit", "exit(3)"]),
+    ("{tmp}/raises.py:build", ["importing", "raises.py", "RuntimeError: boom"]),
+])
+def test_a_failing_model_factory_is_one_line_with_exit_2(files, source: str,
+                                                        needles: list[str]) -> None:
+    (files["tmp"] / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    (files["tmp"] / "raises.py").write_text("raise RuntimeError('boom')\n")
+    result = run("predict", str(files["photo"]), "--model", source.format(**files),
+                 "--device", "cpu")
+    assert_one_error(result, 2, *needles)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -143,6 +197,9 @@ def test_the_cli_and_library_caps_agree() -> None:
     from convlens.io.images import DEFAULT_MAX_PIXELS
 
     assert cli_default == DEFAULT_MAX_PIXELS
+    from convlens.models.preprocessing import MAX_INPUT_PIXELS  # the input size's cap
+
+    assert MAX_INPUT_PIXELS == DEFAULT_MAX_PIXELS
     help_text = run("predict", "--help", FORCE_COLOR=None).stdout
     assert f"{DEFAULT_MAX_PIXELS:,}" in " ".join(help_text.split())
 

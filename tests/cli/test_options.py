@@ -107,3 +107,45 @@ def test_help_answers_without_loading_torch() -> None:
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False 0"
+
+
+# ------------------------------------------------------------- infinite and NaN numbers
+
+
+@pytest.mark.parametrize("command,value,needles", [
+    # 1e999 parses to inf: it used to run, give all-zero maps and write Infinity (not JSON)
+    ("explain", "smoothgrad.sigma=1e999", ["smoothgrad.sigma", "finite number", "got inf"]),
+    ("explain", "smoothgrad.sigma=nan", ["smoothgrad.sigma", "finite number"]),
+    ("explain", "sigma=-inf", ["smoothgrad.sigma", "finite number"]),
+    ("evaluate", "max_sensitivity.radius=NaN", ["max_sensitivity.radius", "finite number"]),
+])
+def test_non_finite_option_values_are_one_line_errors(tmp_path, command: str, value: str,
+                                                      needles: list[str]) -> None:
+    from cli_support import TINY, assert_one_error, photo
+
+    image = photo(tmp_path / "p.png")
+    extra = (["--method", SG, "--out", str(tmp_path / "out")] if command == "explain"
+             else ["--method", "saliency", "--metric", "max_sensitivity"])
+    assert_one_error(run(command, str(image), *TINY, *extra, "--option", value), 2, *needles)
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 1e999])
+def test_the_library_refuses_non_finite_options_too(value: float) -> None:
+    import torch
+    from models import TinyVGG
+
+    import convlens as cl
+    from convlens.metrics.core import MetricError, get_metric
+
+    with pytest.raises(MethodError, match=r"smoothgrad\.sigma takes a finite number"):
+        cl.attribute(TinyVGG().eval(), torch.rand(1, 3, 8, 8), SG, sigma=value, samples=2)
+    with pytest.raises(MetricError, match=r"max_sensitivity\.radius takes a finite number"):
+        get_metric("max_sensitivity").bind({"radius": value})
+
+
+def test_a_string_option_may_still_be_called_inf() -> None:
+    from convlens.cli.evaluate import parse_options
+
+    parsed = parse_options(["max_sensitivity.norm=inf"], "--option", ["max_sensitivity"])
+    assert parsed == {"max_sensitivity": {"norm": "inf"}}

@@ -119,3 +119,22 @@ def test_keys_follow_content_and_skip_avoids_decoding(tmp_path: Path) -> None:
     assert other.items[0].key != key
     _photo(path, seed=5)
     assert next(batches(dataset.entries, PRE, salt="cfg")).items[0].key != key
+
+
+def test_csv_rows_that_cannot_be_meant_are_refused_naming_the_lines(tmp_path: Path) -> None:
+    _photo(tmp_path / "a.png")
+    _photo(tmp_path / "b.png")
+    nul = tmp_path / "nul.csv"
+    nul.write_bytes(b"path,label\nb.png,cat\na\x00.png,cat\n")  # Python's csv reads NULs
+    with pytest.raises(ConvlensError, match=r"nul\.csv: line 3 holds a NUL byte"):
+        read_dataset(nul)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("path,label\na.png,cat\nb.png,dog\n./a.png,dog\n")
+    with pytest.raises(ConvlensError, match=r"lines 2 and 4 list \./a\.png with different "
+                                            r"labels \('cat' and 'dog'\)"):
+        read_dataset(twice)
+    # the same row again loses nothing: it is read once, not counted twice
+    again = tmp_path / "again.csv"
+    again.write_text("path,label\na.png,cat\n\"b.png\",dog\na.png,cat\n")
+    assert [(e.relpath, e.label) for e in read_dataset(again).entries] == [
+        ("a.png", "cat"), ("b.png", "dog")]

@@ -200,7 +200,8 @@ def test_a_text_file_as_weights_is_called_text_not_a_pickle(tmp_path: Path) -> N
         cl.load_model(FACTORY, weights=notes, device="cpu")
     message = str(info.value)
     assert not isinstance(info.value, UnsafeCheckpointError)
-    assert "is a text file (first line: 'these are my notes')" in message
+    assert "is a text file, not weights" in message
+    assert "my notes" not in message  # its content is never quoted
     assert ".safetensors" in message and "state_dict" in message
     assert "trust" not in message and "unpickle" not in message
 
@@ -239,7 +240,7 @@ def test_safetensors_content_is_recognised_whatever_the_name(tmp_path: Path) -> 
 def test_a_text_file_as_model_is_called_text(tmp_path: Path) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text("ant\nbee\n")
-    with pytest.raises(ModelLoadError, match=r"is a text file .*TorchScript \.pt") as info:
+    with pytest.raises(ModelLoadError, match=r"is a text file; .*TorchScript \.pt") as info:
         cl.load_model(labels, device="cpu")
     assert not isinstance(info.value, UnsafeCheckpointError)
     with pytest.raises(ModelLoadError, match="is a folder"):
@@ -271,3 +272,23 @@ def test_a_factory_file_may_define_dataclasses(tmp_path) -> None:
 
     clf = load_model(f"{factory}:build", input_size=16, device="cpu")
     assert clf.predict([__import__("numpy").zeros((16, 16, 3), "uint8")], top=1)
+
+
+@pytest.mark.parametrize("size,needle", [
+    (60000, "above the limit of 64,000,000"), ((8001, 8000), "above the limit"),
+    (True, "positive int"), ("12", "positive int"), ((2.5, 3), "positive int"),
+    (float("inf"), "positive int"),
+])
+def test_input_sizes_are_bounded_by_the_photo_pixel_cap(size: object, needle: str) -> None:
+    with pytest.raises(ModelLoadError, match=needle):
+        cl.load_model(FACTORY, input_size=size, device="cpu")
+    with pytest.raises(ModelLoadError, match=needle):
+        cl.Classifier(_reference(), input_size=size)
+
+
+@pytest.mark.parametrize("mean,std", [((0.5,) * 3, (float("nan"), 1, 1)),
+                                      ((float("inf"), 0, 0), (1, 1, 1))])
+def test_non_finite_normalisation_is_refused(mean, std) -> None:
+    # a NaN std turned every probability into nan, silently
+    with pytest.raises(ModelLoadError, match="one finite value per channel"):
+        cl.Classifier(_reference(), mean=mean, std=std)

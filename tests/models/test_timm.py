@@ -97,3 +97,18 @@ def test_timm_refuses_downloads_and_unknown_names(tmp_path):
     safetensors_torch.save_file({"x": torch.zeros(1)}, str(weights))
     with pytest.raises(ModelLoadError, match="unknown timm model 'resnet10tt'.*resnet10t"):
         cl.load_model("timm:resnet10tt", weights=weights)
+
+
+def test_lrp_on_a_timm_vit_says_there_is_no_rule_for_attention():
+    import convlens as cl
+    from convlens.errors import UnsupportedModelError
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
+                              depth=2, num_classes=3).eval()
+    with pytest.raises(UnsupportedModelError, match="LRP has no rule for attention") as info:
+        cl.attribute(model, torch.rand(1, 3, 32, 32), "lrp")
+    message = str(info.value)
+    assert "'blocks.1.attn' (Attention) and 1 more" in message
+    assert "layer='blocks.1.norm1'" in message
+    assert "Tensor.expand" not in message and "nn.ReLU" not in message

@@ -110,9 +110,24 @@ def test_methods_without_meaning_on_attention_are_refused_with_a_reason():
     for method in ("guided_backprop", "deconvnet"):
         with pytest.raises(UnsupportedModelError, match="no ReLU-family activation"):
             cl.attribute(model, x, method)
-    # LRP has no rule for the attention's products and token bookkeeping.
-    with pytest.raises(UnsupportedModelError, match="no LRP rule"):
-        cl.attribute(model, x, "lrp_epsilon")
+    # LRP has no rule for the attention's products and token bookkeeping: said in those
+    # terms, with what works instead (not "Tensor.expand ... nn.ReLU instead of F.relu")
+    for method in ("lrp_epsilon", "lrp"):
+        with pytest.raises(UnsupportedModelError, match="LRP has no rule for attention") as info:
+            cl.attribute(model, x, method)
+        message = str(info.value)
+        assert "'blocks.1.attn' (MultiheadAttention)" in message
+        assert "products of activations" in message and "token reshapes" in message
+        assert "gradcam" in message and "layer='blocks.1.norm1'" in message
+        assert "integrated_gradients" in message and "occlusion" in message
+        assert "Tensor.expand" not in message and "F.relu" not in message
+
+
+def test_the_methods_the_lrp_refusal_suggests_exist():
+    from convlens.attribution.relevance.methods import _MODEL_AGNOSTIC, _TOKEN_CAMS
+
+    for name in (*_TOKEN_CAMS, *_MODEL_AGNOSTIC):
+        assert cl.get_method(name).family != "relevance"
 
 
 def test_score_cam_and_eigencam_run_on_tokens(snapshot):

@@ -35,6 +35,7 @@ from convlens.errors import (
     LayerError,
     MethodError,
     TargetError,
+    check_finite_options,
     unknown_choice,
 )
 from convlens.models.layers import resolve_layer
@@ -84,13 +85,15 @@ class Method:
         return self.space == "layer"
 
     def bind(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The full option set: defaults overridden by ``options``; unknown names refused."""
+        """The full option set: defaults overridden by ``options``; unknown names and
+        infinite or NaN numbers refused."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             valid = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
             raise MethodError(
                 f"method {self.name!r} has no option {unknown[0]!r}; its options are: {valid}"
             )
+        check_finite_options(self.name, options, self.options, MethodError)
         return {**self.options, **options}
 
 

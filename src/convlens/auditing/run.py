@@ -26,7 +26,7 @@ from convlens.auditing.analysis import GROUP_BY, MapReader, StoredImage, build_a
 from convlens.auditing.passes import PassSettings, model_fingerprint, run_pass
 from convlens.auditing.suspicion import CausalResult, causal_check, hot_region
 from convlens.errors import ConvlensError, unknown_choice
-from convlens.files import check_output, claim_output, write_json_atomic
+from convlens.files import check_not_input, check_output, claim_output, write_json_atomic
 from convlens.jobs.progress import ProgressCallback, emit, notebook_progress
 from convlens.jobs.store import ResultStore, config_fingerprint
 
@@ -107,13 +107,16 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         An :class:`Audit`; ``audit.errors`` lists unreadable files (they were skipped).
 
     Raises:
+        ConvlensError: ``data`` does not exist, holds no images ("no images found in ...",
+            as ``convlens explain`` says), or has no labels while ``group_by="label"``;
+            a CSV with a NUL byte, or listing one file twice with different labels.
         LabelMismatchError: Labels in ``data`` that the model does not know.
         MetricError: An unknown or method-based metric, preset or option.
         StoreMismatchError: ``out`` holds results of another configuration (no overwrite).
         EngineError: The engine cannot start (Ray not installed, no cluster at the
             address) or one of its workers failed.
     """
-    from convlens.io.datasets import read_dataset, unknown_labels
+    from convlens.io.datasets import detect_layout, read_dataset, unknown_labels
     from convlens.jobs.progress import text_progress
     from convlens.models.classifier import Classifier
     from convlens.models.layers import resolve_layer
@@ -143,13 +146,14 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
     spec = get_method(method)
     spec.bind(options)
     chosen = parse_audit_metrics(metrics, metric_options)
-    engine_options = dict(engine_options or {})
-    if engine in (None, "local"):
-        engine_options.setdefault("workers", workers)
-    runner = get_engine(engine, **engine_options)
     out = Path(out)
-    check_output(out, inputs=[data])
+    check_not_input(out, [data])
+    check_grouping(data, group_by, detect_layout(data, layout))
     dataset = read_dataset(data, layout=layout, exclude=[out])
+    if not dataset.entries:
+        raise ConvlensError(_no_images(data, dataset))
+    check_output(out)  # before the model's work: a file in the way, no permission, a user's
+    check_grouping(data, group_by, dataset.layout, dataset.entries)
     if dataset.layout != "plain":
         unknown = unknown_labels(dataset, classifier.labels or [])
         if unknown:
@@ -161,6 +165,10 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
                 f"{', '.join(unknown)}; valid labels: {shown or '(the model has no labels)'}. "
                 "Rename the folders (or CSV labels) to the model's class names, or pass "
                 "--labels")
+    engine_options = dict(engine_options or {})
+    if engine in (None, "local"):
+        engine_options.setdefault("workers", workers)
+    runner = get_engine(engine, **engine_options)
     height, width = classifier.preprocessing.input_size
     shape = (classifier.preprocessing.channels, height, width)
     if spec.needs_layer:
@@ -238,6 +246,38 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         emit(progress, "done", 1, 1, f"wrote {out / 'audit.json'}")
         return Audit(content, out, classifier=classifier, dataset=dataset, settings=settings,
                      store=store)
+
+
+def check_grouping(data: str | os.PathLike[str], group_by: str, layout: str,
+                   entries: Sequence[Any] | None = None) -> None:
+    """Refuse ``group_by="label"`` on data without labels, instead of an audit of nothing.
+
+    From the layout alone (a plain folder has no labels; the CLI calls this before it
+    loads the model) or, given the entries read, when none of them has a label (a CSV
+    without a ``label`` column). Entries without a label among labelled ones are left out
+    of the label groups, as they are of the accuracy.
+    """
+    if group_by != "label":
+        return
+    if layout == "plain" or (entries is not None and all(e.label is None for e in entries)):
+        what = ("a plain folder of images, without labels" if layout == "plain"
+                else "a CSV whose rows have no label")
+        raise ConvlensError(
+            f"group_by='label' (CLI: --group-by label) needs labelled data, but {data} is "
+            f"{what}; give an ImageFolder tree (ROOT/CLASS/image files) or a CSV with "
+            "path,label columns, or group by 'predicted'")
+
+
+def _no_images(data: str | os.PathLike[str], dataset: Any) -> str:
+    """The empty-dataset error, worded as ``convlens explain`` words an empty folder."""
+    if dataset.layout == "csv":
+        where = "the CSV (no row with an image path under its header 'path,label')"
+    else:
+        where = "folder or its sub-folders (hidden files and convlens output folders skipped)"
+    first = dataset.problems[0] if dataset.problems else None
+    known = (f"; {len(dataset.problems)} problem(s), the first: {first.path}: {first.reason}"
+             if first is not None else "")
+    return f"{data}: no images found in {where}{known}"
 
 
 def _relative_path(path: Path, root: Path, known: dict[str, str]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 import os
 import re
 import sys
@@ -135,7 +136,8 @@ _MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
         help="Class names, one per model output: text (one per line) or JSON. Any model.")),
     "input_size": (int | None, typer.Option(
         None, "--input-size", min=1,
-        help="Model input size in pixels (any model; overrides the bundled model's 224).")),
+        help="Model input size in pixels (any model; overrides the bundled model's 224; at most "
+             "8000x8000, the photo pixel cap).")),
     "mean": (str | None, typer.Option(
         None, "--mean",
         help="Normalisation mean, e.g. 0.485,0.456,0.406 (any model; overrides the "
@@ -177,14 +179,27 @@ def with_model_options(command: Callable) -> Callable:
 
 
 def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
-    """``"0.485,0.456,0.406"`` -> a tuple of floats; a bad value fails with the option's name."""
+    """``"0.485,0.456,0.406"`` -> a tuple of floats; a bad value fails with the option's name
+    (inf and nan too: a NaN std turned every probability into nan)."""
     if text is None:
         return None
     try:
-        return tuple(float(part) for part in text.split(","))
+        values = tuple(float(part) for part in text.split(","))
     except ValueError:
-        fail(f"{option} takes comma-separated numbers like 0.485,0.456,0.406; got {text!r}")
-    return None
+        values = None
+    if values is None or not all(math.isfinite(v) for v in values):
+        fail(f"{option} takes comma-separated finite numbers like 0.485,0.456,0.406; got "
+             f"{text!r}")
+    return values
+
+
+def finite(value: float | None) -> float | None:
+    """Typer callback of a float option: inf and nan are a usage error (exit 2), like a
+    value below the option's ``min`` (which ``inf`` passes and ``nan`` fails obscurely)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number (inf and nan are refused), got "
+                                 f"{value}")
+    return value
 
 
 def problem_record(path: Path, error: BaseException) -> dict[str, str]:
@@ -446,6 +461,18 @@ def _listing(options: Mapping[str, Settable]) -> str:
     return ", ".join(f"{k}={v.default!r}" for k, v in options.items()) or "none"
 
 
+def _number_in(value: Any) -> Any:
+    """The float a plain string spells (``"inf"``, ``"nan"``, ``"-Infinity"``), else None:
+    an option that takes no such string (``max_sensitivity.norm=inf`` does) is told the
+    number is not finite, rather than that a string is the wrong type."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
 def literal_value(text: str) -> Any:
     """A Python literal (``64``, ``0.5``, ``True``, ``(1, 2)``, ``'x'``) or, failing that, the
     plain string (``composite=epsilon_plus_flat``)."""
@@ -488,10 +515,12 @@ def parse_registry_options(
 
     Raises:
         error: A bad form, a key unknown to the registry or not in the run, an option the
-            entry lacks (with did-you-mean), or a value of the wrong type; the message
-            lists the entry's options with their defaults.
+            entry lacks (with did-you-mean), an infinite or NaN number (``1e999``, ``nan``;
+            the wording of :func:`convlens.errors.finite_message`, as ``bind`` refuses
+            them in the library), or a value of the wrong type; the message lists the
+            entry's options with their defaults.
     """
-    from convlens.errors import ConvlensError, did_you_mean
+    from convlens.errors import ConvlensError, did_you_mean, finite_message, non_finite
 
     keys = list(run or {})
     parsed: dict[str, dict[str, Any]] = {key: {} for key in keys}
@@ -531,7 +560,12 @@ def parse_registry_options(
                 raise error(f"{flag} {raw!r}: {kind} {target!r} has no option {name!r}"
                             f"{did_you_mean(name, options)}; its options are: "
                             f"{_listing(options)}")
-            if not _accepts(options[name], value):
+            accepted = _accepts(options[name], value)
+            number = value if accepted or isinstance(value, float) else _number_in(value)
+            if non_finite(number):
+                raise error(f"{flag} {raw!r}: "
+                            f"{finite_message(f'{target}.{name}', value, options[name].default)}")
+            if not accepted:
                 raise error(f"{flag} {raw!r}: {target}.{name} takes {_kind_of(options[name])} "
                             f"(default {options[name].default!r}), got {value!r}; its options "
                             f"are: {_listing(options)}")

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from convlens.cli._common import fail
+from convlens.cli._common import fail, finite
 
 ENGINES = ("local", "ray")  # = convlens.engines.ENGINES (tested), not imported for --help
 
@@ -34,7 +34,7 @@ def actors_option() -> Any:
 
 def gpus_per_actor_option() -> Any:
     return typer.Option(
-        None, "--gpus-per-actor", min=0.0,
+        None, "--gpus-per-actor", min=0.0, callback=finite,
         help="With --engine ray: GPUs per actor (default 1 when the cluster has GPUs).")
 
 

@@ -83,6 +83,10 @@ def audit(
     metric_options = parse_options(metric_option, "--metric-option", metric_keys,
                                    listed_by="--metrics")
     parse_audit_metrics(metric_keys, metric_options)  # refuse bad names before loading
+    from convlens.auditing.run import check_grouping
+    from convlens.io.datasets import detect_layout
+
+    check_grouping(data, group_by, detect_layout(data))  # a missing DATA, too
     classifier = model_options.load()
     with cli_progress() as progress:
         result = run_audit(classifier, data, method=method, layer=layer, group_by=group_by,

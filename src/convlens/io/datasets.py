@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import stat
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -51,6 +52,7 @@ __all__ = [
     "ImageDataset",
     "batches",
     "content_key",
+    "detect_layout",
     "read_dataset",
     "scan_inputs",
     "unknown_labels",
@@ -135,8 +137,9 @@ class _Walker:
         self.exclude = {_identity(Path(p)) for p in exclude}
         self.problems: list[InputProblem] = []
 
-    def excluded(self, path: Path) -> bool:
-        identity = _identity(path)
+    def excluded(self, path: Path, identity: Path | None = None) -> bool:
+        """Whether ``path`` (resolved: ``identity``, when known) is or lies in an excluded one."""
+        identity = _identity(path) if identity is None else identity
         return identity in self.exclude or any(e in identity.parents for e in self.exclude)
 
     def walk(self, folder: Path) -> list[Path]:
@@ -256,13 +259,7 @@ def read_dataset(source: str | os.PathLike[str], *, layout: str = "auto",
             no ``path`` column.
     """
     root = Path(os.fsdecode(os.fspath(source)))
-    if layout not in LAYOUTS:
-        raise ConvlensError(f"unknown dataset layout {layout!r}; valid: {', '.join(LAYOUTS)}")
-    if not root.exists():
-        raise ConvlensError(f"{root}: not found; expected a folder of images or a CSV file "
-                            "with path,label columns")
-    if layout == "auto":
-        layout = _detect_layout(root)
+    layout = detect_layout(root, layout)
     if layout == "csv":
         return _read_csv(root, exclude)
     if not root.is_dir():
@@ -286,6 +283,22 @@ def read_dataset(source: str | os.PathLike[str], *, layout: str = "auto",
     return Dataset(root, layout, entries, walker.problems)
 
 
+def detect_layout(source: str | os.PathLike[str], layout: str = "auto") -> str:
+    """The layout :func:`read_dataset` will read ``source`` with (``auto`` resolved), from
+    the source's top level only: cheap enough to check options against before a model loads.
+
+    Raises:
+        ConvlensError: ``source`` does not exist, or the layout is unknown.
+    """
+    root = Path(os.fsdecode(os.fspath(source)))
+    if layout not in LAYOUTS:
+        raise ConvlensError(f"unknown dataset layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    if not root.exists():
+        raise ConvlensError(f"{root}: not found; expected a folder of images or a CSV file "
+                            "with path,label columns")
+    return _detect_layout(root) if layout == "auto" else layout
+
+
 def _detect_layout(root: Path) -> str:
     if root.is_file():
         return "csv" if root.suffix.lower() == ".csv" else "plain"
@@ -296,27 +309,53 @@ def _detect_layout(root: Path) -> str:
 
 
 def _read_csv(path: Path, exclude: Iterable[str | os.PathLike[str]]) -> Dataset:
+    """A ``path,label`` CSV (module docstring), refused whole when it cannot be meant.
+
+    Refused with one line: a NUL byte (a binary or UTF-16 file; Python's csv module would
+    read it into a path or a label), and a file listed twice with different labels (which
+    one is true?), naming both lines. A row repeating an earlier one exactly (same file,
+    same label) is read once: nothing is lost, and the image is not counted twice.
+    """
     walker = _Walker(exclude)
+    accepted = "expected UTF-8 text with a header line 'path,label'"
     try:
-        with open(path, newline="", encoding="utf-8-sig") as stream:
-            rows = list(csv.DictReader(stream))
-            fields = rows[0].keys() if rows else []
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise ConvlensError(f"{path}: cannot read the CSV ({error}); expected UTF-8 text with "
-                            "a header line 'path,label'") from None
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConvlensError(f"{path}: cannot read the CSV ({error}); {accepted}") from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise ConvlensError(f"{path}: line {line} holds a NUL byte (\\x00); {accepted} (a "
+                            "binary file, or one saved as UTF-16? save it as UTF-8 CSV)")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as error:
+        raise ConvlensError(f"{path}: cannot read the CSV ({error}); {accepted}") from None
+    fields = reader.fieldnames or []
     if rows and "path" not in fields:
         raise ConvlensError(f"{path}: the CSV has no 'path' column (columns: "
                             f"{', '.join(map(str, fields))}); expected a header 'path,label'")
     entries = []
-    for number, row in enumerate(rows, start=2):
+    seen: dict[Path, tuple[int, str | None]] = {}
+    for number, row in rows:
         written = (row.get("path") or "").strip()
         if not written:
             walker.problems.append(InputProblem(path, f"line {number}: empty path"))
             continue
         file = Path(written) if Path(written).is_absolute() else path.parent / written
-        if walker.excluded(file):
-            continue
         label = (row.get("label") or "").strip() or None
+        identity = _identity(file)
+        if identity in seen:
+            first, first_label = seen[identity]
+            if first_label == label:
+                continue  # the same row again: read once
+            raise ConvlensError(
+                f"{path}: lines {first} and {number} list {written} with different labels "
+                f"({first_label!r} and {label!r}); give each image one label (remove one of "
+                "the lines)")
+        seen[identity] = (number, label)
+        if walker.excluded(file, identity):
+            continue
         entries.append(Entry(file, written.replace("\\", "/"), label))
     entries.sort(key=lambda e: e.relpath)
     return Dataset(path, "csv", entries, walker.problems)

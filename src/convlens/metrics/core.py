@@ -33,7 +33,7 @@ from torch import nn
 from convlens._hooks import evaluation_mode
 from convlens.attribution.core import check_input
 from convlens.attribution.targets import TargetLike, resolve_targets
-from convlens.errors import ConvlensError, InputShapeError, unknown_choice
+from convlens.errors import ConvlensError, InputShapeError, check_finite_options, unknown_choice
 
 FAMILIES = ("faithfulness", "robustness", "randomisation", "complexity")
 OUTPUTS = ("probability", "logit")
@@ -75,7 +75,8 @@ class Metric:
 
     def bind(self, options: Mapping[str, Any] | None = None, preset: str | None = None
              ) -> dict[str, Any]:
-        """Defaults, overridden by the preset's options, overridden by ``options``."""
+        """Defaults, overridden by the preset's options, overridden by ``options``; unknown
+        names and infinite or NaN numbers refused."""
         options = dict(options or {})
         if preset is not None and preset not in self.presets:
             raise MetricError(
@@ -86,6 +87,7 @@ class Metric:
             valid = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
             raise MetricError(
                 f"metric {self.name!r} has no option {unknown[0]!r}; its options are: {valid}")
+        check_finite_options(self.name, options, self.options, MetricError)
         return {**self.options, **(self.presets[preset] if preset else {}), **options}
 
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from convlens.errors import ModelLoadError, UnsafeCheckpointError
 from convlens.models.classifier import Classifier
+from convlens.models.preprocessing import check_input_size
 
 BUNDLED = ("efficientnet_lite0",)
 _SAVE_STATE_DICT_HINT = (
@@ -97,6 +98,9 @@ _ACCEPTED_WEIGHTS = ("expected a state dict: .safetensors, or a torch.save-d "
 def sniff_file(path: Path) -> str:
     """What a file really is, from its first bytes (its name is not trusted).
 
+    Messages name the file and this kind, never its content: a ``.env`` or a key file
+    given by mistake must not end up in a terminal or a CI log.
+
     Returns one of ``"folder"``, ``"missing"``, ``"empty"``, ``"safetensors"`` (an 8-byte
     little-endian header length followed by a JSON header), ``"torchscript"`` and ``"zip"``
     (``torch.save``'s archive format; TorchScript archives hold a ``code/`` folder),
@@ -147,15 +151,6 @@ _FOUND = {
 }
 
 
-def _first_line(path: Path) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            line = handle.readline().strip()
-    except OSError:
-        return ""
-    return f" (first line: {line[:60]!r})" if line else ""
-
-
 def read_state_dict(path: str | Path, *, trust_model: bool = False) -> dict[str, torch.Tensor]:
     """Weights from ``.safetensors`` or a ``torch.save``-d state dict (read safely)."""
     path = Path(path)
@@ -165,9 +160,8 @@ def read_state_dict(path: str | Path, *, trust_model: bool = False) -> dict[str,
     if kind == "torchscript":
         raise ModelLoadError(f"{path} {_FOUND[kind]}: give it as the model (CLI: --model "
                              f"{path} --trust-model), without weights")
-    if kind in _FOUND:
-        extra = _first_line(path) if kind == "text" else ""
-        raise ModelLoadError(f"{path} {_FOUND[kind]}{extra}, not weights; {_ACCEPTED_WEIGHTS}")
+    if kind in _FOUND:  # named by kind only: never a byte of it (a .env, a key file) in a log
+        raise ModelLoadError(f"{path} {_FOUND[kind]}, not weights; {_ACCEPTED_WEIGHTS}")
     if kind == "safetensors" or path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
@@ -175,7 +169,8 @@ def read_state_dict(path: str | Path, *, trust_model: bool = False) -> dict[str,
             return load_file(str(path))
         except Exception as error:  # safetensors raises its own error types
             raise ModelLoadError(
-                f"{path}: not a valid safetensors file ({_plain(error)})") from None
+                f"{path}: not a valid safetensors file (safetensors cannot read its header, "
+                f"{type(error).__name__}); {_ACCEPTED_WEIGHTS}") from None
     state = _torch_load(path, trust_model=trust_model)
     if isinstance(state, nn.Module):
         return state.state_dict()
@@ -199,9 +194,13 @@ def _torch_load(path: Path, *, trust_model: bool) -> Any:
                 f"{path} is not a plain state dict: loading it would unpickle arbitrary Python "
                 f"objects ({_plain(error)}). {_SAVE_STATE_DICT_HINT}"
             ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
-        raise ModelLoadError(f"{path}: not a readable PyTorch file ({_plain(error)}); "
-                             f"{_ACCEPTED_WEIGHTS}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile):
+        # torch's text here quotes the file (names inside a ZIP, a pickle's bytes): the
+        # kind is named instead (see sniff_file)
+        kind = {"zip": "a ZIP archive", "pickle": "a Python pickle"}.get(
+            sniff_file(path), "not a recognised weights format")
+        raise ModelLoadError(f"{path} is {kind} that torch.load cannot read (not a torch.save "
+                             f"file, or a damaged one); {_ACCEPTED_WEIGHTS}") from None
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
@@ -245,6 +244,14 @@ def load_weights(module: nn.Module, path: str | Path, *, trust_model: bool = Fal
 
 
 def _call_factory(spec: str) -> nn.Module:
+    """Import ``module:factory`` (or ``file.py:factory``) and call it with no arguments.
+
+    The factory is the user's code: whatever it raises while importing or running, an
+    exit() (``SystemExit``) included, becomes one ModelLoadError naming the spec and the
+    original exception's type and first line; only Ctrl-C passes through. Without this, a
+    factory calling exit() ended the command with its exit code (0: success) and anything
+    else with a traceback.
+    """
     target, _, attr = spec.rpartition(":")
     try:
         if target.endswith(".py"):
@@ -266,13 +273,32 @@ def _call_factory(spec: str) -> nn.Module:
             module = importlib.import_module(target)
     except ImportError as error:
         raise ModelLoadError(f"cannot import {target!r} for model {spec!r}: {error}") from None
+    except (Exception, SystemExit) as error:
+        if isinstance(error, ModelLoadError):
+            raise
+        raise ModelLoadError(f"importing {target!r} for model {spec!r} failed: "
+                             f"{_raised(error)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelLoadError(f"{target!r} has no callable {attr!r} (model spec {spec!r})")
-    model = factory()
+    try:
+        model = factory()
+    except (Exception, SystemExit) as error:
+        raise ModelLoadError(
+            f"the model factory {spec!r} raised {_raised(error)}; a factory is called with "
+            "no arguments and must return an nn.Module") from None
     if not isinstance(model, nn.Module):
-        raise ModelLoadError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+        raise ModelLoadError(f"{spec} returned {type(model).__name__}, not an nn.Module; a "
+                             "factory is called with no arguments and must return an nn.Module")
     return model
+
+
+def _raised(error: BaseException) -> str:
+    """``TypeError: first line of its message``; SystemExit is named as the exit() it is."""
+    if isinstance(error, SystemExit):
+        return f"SystemExit (it called exit({error.code!r}) or sys.exit)"
+    text = _plain(error, limit=200) if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _torchvision_model(name: str) -> nn.Module:
@@ -312,8 +338,7 @@ def _load_module(spec: str, weights: str | Path | None, trust_model: bool) -> tu
         kind = sniff_file(path)
         if kind in ("text", "image", "empty", "binary", "safetensors"):
             found = ("holds weights only (safetensors), not an architecture"
-                     if kind == "safetensors" else _FOUND[kind] + _first_line(path)
-                     if kind == "text" else _FOUND[kind])
+                     if kind == "safetensors" else _FOUND[kind])
             raise ModelLoadError(
                 f"{path} {found}; a model file is a TorchScript .pt or a torch.export .pt2"
                 + (f". Give the architecture too: --model package.module:factory --weights "
@@ -460,6 +485,8 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
         >>> clf.predict("cat.jpg", top=3)                        # doctest: +SKIP
     """
     check_model_options(spec, weights=weights, trust_model=trust_model)
+    if input_size is not None:
+        check_input_size(input_size)  # before a model is built or a file read
     options: dict[str, Any] = {"input_size": input_size, "resize": resize,
                                "resize_size": resize_size, "mean": mean, "std": std,
                                "interpolation": interpolation}
@@ -512,8 +539,14 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
 
 def _count_outputs(classifier: Classifier) -> int | None:
     height, width = classifier.preprocessing.input_size
-    x = torch.zeros(1, classifier.preprocessing.channels, height, width,
-                    device=classifier.device)
+    try:
+        x = torch.zeros(1, classifier.preprocessing.channels, height, width,
+                        device=classifier.device)
+    except RuntimeError as error:  # out of memory: an input size below the cap, still too big
+        raise ModelLoadError(
+            f"cannot allocate one {classifier.preprocessing.channels}x{height}x{width} input "
+            f"on {classifier.device} ({_plain(error)}); give a smaller input size (CLI: "
+            "--input-size)") from None
     first_conv = next((m for m in classifier.module.modules() if isinstance(m, nn.Conv2d)), None)
     channels = classifier.preprocessing.channels
     if first_conv is not None and first_conv.in_channels != channels:

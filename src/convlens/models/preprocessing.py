@@ -7,6 +7,7 @@ exactly over the photo as displayed, whatever the resize mode was.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,12 +15,44 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from convlens.errors import ModelLoadError
+from convlens.errors import ModelLoadError, non_finite
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 RESIZE_MODES = ("center_crop", "squash", "pad")
+MAX_INPUT_PIXELS = 64_000_000
+"""The largest network input, height x width: the default photo pixel cap
+(``convlens.io.images.DEFAULT_MAX_PIXELS``, the same number; tests/cli/test_messages.py
+checks it), since a larger input could only be an upscaled photo. 8000x8000 is already 768
+MB per image in float32; a typing slip like 60000 used to end in an allocation traceback."""
+
+
+def check_input_size(size: object) -> tuple[int, int]:
+    """``size`` (an int or ``(height, width)``) as ``(height, width)``, or a ModelLoadError
+    naming what is accepted: positive integers with at most :data:`MAX_INPUT_PIXELS` pixels."""
+    pair = (size, size) if _whole(size) else size
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(_whole, pair))
+            and min(pair) >= 1):
+        raise ModelLoadError(f"input_size must be a positive int or (height, width), got "
+                             f"{size!r}")
+    height, width = int(pair[0]), int(pair[1])
+    if height * width > MAX_INPUT_PIXELS:
+        raise ModelLoadError(
+            f"input_size {height}x{width} = {height * width:,} pixels is above the limit of "
+            f"{MAX_INPUT_PIXELS:,} (8000x8000), the largest photo convlens decodes by "
+            "default: a larger input could only be an upscaled photo. Give the size the "
+            "model was trained at, typically 224 to 1024 (CLI: --input-size)")
+    return height, width
+
+
+def _whole(value: object) -> bool:
+    """An int (numpy's too) or a float without a fraction; not a bool."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, float) and value.is_integer()
 _INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -65,13 +98,7 @@ class Preprocessing:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
-        size = self.input_size
-        if isinstance(size, int):
-            object.__setattr__(self, "input_size", (size, size))
-        elif len(size) != 2 or min(size) < 1:
-            raise ModelLoadError(f"input_size must be an int or (height, width), got {size!r}")
-        else:
-            object.__setattr__(self, "input_size", (int(size[0]), int(size[1])))
+        object.__setattr__(self, "input_size", check_input_size(self.input_size))
         if self.resize not in RESIZE_MODES:
             raise ModelLoadError(
                 f"unknown resize mode {self.resize!r}; valid: {', '.join(RESIZE_MODES)}"
@@ -80,8 +107,10 @@ class Preprocessing:
             raise ModelLoadError(
                 f"unknown interpolation {self.interpolation!r}; valid: {', '.join(_INTERPOLATIONS)}"
             )
-        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
-            raise ModelLoadError("mean and std need one value per channel, std > 0")
+        if (len(self.mean) != len(self.std) or any(s <= 0 for s in self.std)
+                or non_finite(tuple(self.mean)) or non_finite(tuple(self.std))):
+            raise ModelLoadError(f"mean and std need one finite value per channel, std > 0; "
+                                 f"got mean={tuple(self.mean)}, std={tuple(self.std)}")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
 

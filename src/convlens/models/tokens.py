@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from convlens.errors import LayerError
 
@@ -84,3 +85,21 @@ def to_grid(tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     patches = tokens[:, layout.prefix:]
     gh, gw = layout.grid
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], gh, gw)
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules of ``model`` that compute attention, outermost first, in module order.
+
+    ``nn.MultiheadAttention`` and every module whose class is named ``*Attention`` (timm's
+    ``Attention``, Hugging Face's ``ViTSelfAttention``, Swin's ``WindowAttention``); a module
+    inside one is not listed again.
+    """
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if not (isinstance(module, nn.MultiheadAttention)
+                or type(module).__name__.endswith("Attention")):
+            continue
+        if any(name.startswith(f"{outer}.") for outer, _ in found):
+            continue
+        found.append((name, module))
+    return found

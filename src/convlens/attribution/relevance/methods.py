@@ -19,6 +19,7 @@ from convlens.attribution.relevance import rules as R
 from convlens.attribution.relevance.composites import Composite, RuleBook, named_composite
 from convlens.attribution.relevance.propagation import Propagation
 from convlens.errors import MethodError, TargetError, UnsupportedModelError
+from convlens.models.tokens import attention_modules
 
 _BACH = ("Bach et al. 2015, On Pixel-Wise Explanations for Non-Linear Classifier Decisions by "
          "Layer-Wise Relevance Propagation")
@@ -36,7 +37,13 @@ def propagate(problem: Problem, book: RuleBook) -> torch.Tensor:
     one backward pass from the target logits to the input.
     """
     x = problem.x.detach().requires_grad_(True)
-    logits = Propagation(problem.model, book).run(problem.forward, x)
+    try:
+        logits = Propagation(problem.model, book).run(problem.forward, x)
+    except UnsupportedModelError as error:
+        attention = attention_modules(problem.model)
+        if attention:  # the call that failed is a detail; the model kind is the reason
+            raise UnsupportedModelError(_attention_message(problem.model, attention)) from error
+        raise
     if logits.dim() != 2:
         raise TargetError(
             f"the model must return logits of shape (N, classes), got {tuple(logits.shape)}"
@@ -50,6 +57,31 @@ def propagate(problem: Problem, book: RuleBook) -> torch.Tensor:
         )
     (relevance,) = torch.autograd.grad(logits, x, grad_outputs=initial, allow_unused=True)
     return torch.zeros_like(x) if relevance is None else relevance
+
+
+# docs/architecture.md, "Token models": what works on attention models
+_TOKEN_CAMS = ("gradcam", "hirescam", "xgradcam", "layercam", "gradcam_plus_plus", "eigencam",
+               "scorecam")
+_MODEL_AGNOSTIC = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad",
+                   "vargrad", "gradient_shap", "occlusion", "rise", "shapley_sampling",
+                   "kernel_shap", "lime", "feature_ablation")
+
+
+def _attention_message(model: torch.nn.Module, attention: list[tuple[str, torch.nn.Module]]
+                       ) -> str:
+    """LRP's refusal of an attention model, in terms its user can act on (README, "Vision
+    transformers"): no rule for attention, and the methods that work there instead."""
+    name, module = attention[-1]
+    more = f" and {len(attention) - 1} more" if len(attention) > 1 else ""
+    block = name.rpartition(".")[0]
+    parent = model.get_submodule(block) if block else model
+    layer = f"{block}.norm1" if block and hasattr(parent, "norm1") else "the input of its block"
+    return (f"LRP has no rule for attention, and {type(model).__name__} computes attention "
+            f"('{name}' ({type(module).__name__}){more}): relevance cannot be split through "
+            "its products of activations (queries x keys, attention weights x values) and "
+            f"token reshapes. On attention models use a CAM on the tokens of the last "
+            f"attention's input ({', '.join(_TOKEN_CAMS)} with layer='{layer}', CLI: --layer) "
+            f"or a model-agnostic method ({', '.join(_MODEL_AGNOSTIC)})")
 
 
 def input_bounds(x: torch.Tensor, low: object, high: object
