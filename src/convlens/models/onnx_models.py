@@ -81,7 +81,8 @@ def _failing_node(error: BaseException) -> str:
         if frame.f_code.co_name == "convert" and "onnx2torch" in frame.f_code.co_filename:
             node = frame.f_locals.get("onnx_node", node)
         traceback = traceback.tb_next
-    name, op = getattr(node, "name", None), getattr(node, "operation_type", None)
+    op = getattr(node, "operation_type", None)
+    name = getattr(node, "name", None) or getattr(node, "unique_name", None)
     return f"node {name!r} ({op})" if name and op else ""
 
 
@@ -164,7 +165,8 @@ def load_onnx(path: str | Path, *, weights: str | Path | None = None,
         detail = (str(error).splitlines() or [""])[0][:200]
         raise ModelLoadError(
             f"{path}: onnx2torch failed on {where} with {type(error).__name__}: {detail} "
-            f"(opset {opset}). Re-export it with torch.onnx.export(model, x, path, "
-            "opset_version=17, dynamo=False) or simplify it (onnxsim), or load the "
-            "architecture in Python (package.module:factory with weights=)") from None
+            f"(opset {opset}). Re-export it at opset 17 (torch.onnx.export(..., "
+            "opset_version=17); tf2onnx --opset 17) or simplify it (python -m onnxsim IN OUT), "
+            "or load the architecture in Python (package.module:factory with weights=)"
+        ) from None
     return module, options
