@@ -4,7 +4,10 @@ Quantus's pixel flipping at the same settings, measured side by side in one run.
 Floor: the forwards the two curves cannot avoid, ``2 x N x 225`` images at 224 px, run as
 batches of ``--batch-size`` pre-built inputs under ``no_grad`` (the same batch size our
 metrics use). Ours: ``convlens.metrics.deletion`` + ``insertion`` at their defaults (the RISE
-reference code's settings), batch 64. Quantus: ``PixelFlipping(features_in_step=3 * 224,
+reference code's settings), at the library's default batch (by device:
+``convlens.metrics.core.default_batch_size``) unless ``--batch-size`` is given; with
+``--also-batch B`` our deletion is also timed at batch B (64 was the default on every device
+before). Quantus: ``PixelFlipping(features_in_step=3 * 224,
 perturb_baseline=0.0)`` with ``softmax=True`` and the map broadcast over channels: the same
 224 whole pixels per step, to zeros, on the softmax probability (Quantus has no insertion from
 a blur, so its time is compared with our deletion alone). Quantus's batch is images (all N at
@@ -17,6 +20,7 @@ DIR/evaluation.json`` turns it into ``benchmarks/results/metrics_sanity.md``.
 Usage::
 
     python benchmarks/bench_metrics.py --images 8 --rounds 1        # CPU, writes results
+    python benchmarks/bench_metrics.py --images 1 --rounds 3 --deletion-only --also-batch 64
     python benchmarks/bench_metrics.py --images 100 --device cuda --rounds 3
     python benchmarks/bench_metrics.py --sanity-from out/evaluation.json
 """
@@ -80,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default: the library's, by device")
+    parser.add_argument("--also-batch", type=int, default=None,
+                        help="also time our deletion at this batch size")
+    parser.add_argument("--deletion-only", action="store_true",
+                        help="time deletion (ours, Quantus) only: no floor, no insertion")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-quantus", action="store_true")
@@ -102,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     x = clf.preprocess([photos[i % len(photos)] for i in range(args.images)])
     x = torch.where(torch.arange(args.images, device=device).view(-1, 1, 1, 1)
                     // len(photos) % 2 == 1, x.flip(-1), x)  # flips give distinct photos
-    n, b = x.shape[0], args.batch_size
+    from convlens.metrics.core import default_batch_size
+
+    n = x.shape[0]
+    b = args.batch_size or default_batch_size(device)
     maps = convlens.attribute(clf, x, "gradcam")  # (N, 1, 7, 7)
     up = torch.nn.functional.interpolate(maps, size=x.shape[-2:], mode="bilinear",
                                          align_corners=False)
@@ -129,9 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     def ours_deletion() -> None:
         M.deletion(module, x, maps, batch_size=b)
 
-    items = {"floor: 2 curves of forwards": lambda: floor(2),
-             "ours: deletion + insertion": ours_both,
-             "ours: deletion": ours_deletion}
+    def ours_deletion_only() -> None:
+        results["deletion"] = M.deletion(module, x, maps, batch_size=b)
+
+    items = {"ours: deletion": ours_deletion_only} if args.deletion_only else {
+        "floor: 2 curves of forwards": lambda: floor(2),
+        "ours: deletion + insertion": ours_both,
+        "ours: deletion": ours_deletion}
+    if args.also_batch:
+        items[f"ours: deletion, batch {args.also_batch}"] = lambda: M.deletion(
+            module, x, maps, batch_size=args.also_batch)
     if not args.skip_quantus:
         import quantus
 
@@ -187,20 +206,32 @@ def main(argv: list[str] | None = None) -> int:
         "| item | seconds | wall seconds |", "|---|---|---|",
     ]
     lines += [f"| {k} | {v:.2f} | {walls[k]:.2f} |" for k, v in med.items()]
-    lines += ["", f"- ours (deletion + insertion) / floor: "
-              f"{med['ours: deletion + insertion'] / med['floor: 2 curves of forwards']:.3f}"]
+    lines += [""]
+    if not args.deletion_only:
+        lines += [f"- ours (deletion + insertion) / floor: "
+                  f"{med['ours: deletion + insertion'] / med['floor: 2 curves of forwards']:.3f}"]
+    if args.also_batch:
+        other = f"ours: deletion, batch {args.also_batch}"
+        lines += [f"- ours at batch {args.also_batch} / ours at batch {b} (deletion): "
+                  f"{med[other] / med['ours: deletion']:.2f} CPU time, "
+                  f"{walls[other] / walls['ours: deletion']:.2f} wall (medians)"]
     if "quantus" in results:
         q = med["quantus: PixelFlipping (deletion)"]
         ours_curve = results["deletion"].curves["deletion"][:, 1:]
         diff = float(np.abs(ours_curve - results["quantus"]).max())
-        lines += [f"- Quantus PixelFlipping / ours (deletion): {q / med['ours: deletion']:.1f}x "
-                  f"slower ({q:.1f} s vs {med['ours: deletion']:.1f} s)",
-                  f"- Quantus / ours (deletion + insertion): "
-                  f"{q / med['ours: deletion + insertion']:.1f}x",
+        qw = walls["quantus: PixelFlipping (deletion)"]
+        lines += [f"- Quantus PixelFlipping / ours (deletion): {q / med['ours: deletion']:.2f} "
+                  f"CPU time ({q:.1f} s vs {med['ours: deletion']:.1f} s), "
+                  f"{qw / walls['ours: deletion']:.2f} wall"]
+        if not args.deletion_only:
+            lines += [f"- Quantus / ours (deletion + insertion): "
+                      f"{q / med['ours: deletion + insertion']:.1f}x"]
+        lines += [
                   f"- largest difference between the two deletion curves: {diff:.2e} "
                   "(probability)"]
-    deletion, insertion = results["deletion"], results["insertion"]
-    lines += [f"- mean deletion AUC {deletion.mean:.4f}, insertion AUC {insertion.mean:.4f}",
+    deletion, insertion = results["deletion"], results.get("insertion")
+    lines += [f"- mean deletion AUC {deletion.mean:.4f}" + (
+        f", insertion AUC {insertion.mean:.4f}" if insertion is not None else ""),
               f"\nwall time {time.perf_counter() - started:.0f}s"]
     text = "\n".join(lines)
     print(text)

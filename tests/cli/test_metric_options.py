@@ -74,7 +74,7 @@ def test_audit_metric_options_get_the_same_checks(tmp_path: Path) -> None:
                      "to --metrics")
     assert_one_error(run(*args, "--metrics", "deletion", "--metric-option",
                          "deletion.batch_size=1.5"), 2,
-                     "deletion.batch_size takes an int (default 64), got 1.5")
+                     "deletion.batch_size takes an int or None (default None), got 1.5")
 
 
 def test_valid_values_keep_their_meaning() -> None:

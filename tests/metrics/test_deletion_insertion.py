@@ -206,3 +206,39 @@ def test_layer_maps_are_upsampled() -> None:
     up = torch.nn.functional.interpolate(small, size=(6, 6), mode="bilinear",
                                          align_corners=False)
     np.testing.assert_allclose(got.values, M.deletion(net, x, up, step=6).values)
+
+
+class _BatchRecorder(nn.Module):
+    """A tiny classifier that notes the batch size of every forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 3))
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return self.net(x)
+
+
+@pytest.mark.parametrize("name", ["deletion", "insertion", "faithfulness_correlation",
+                                  "mufidelity"])
+def test_default_batch_is_chosen_by_device(name: str) -> None:
+    """Issue 9.14: on a CPU a batch of 64 cost 2-3x more per image than a small one."""
+    from convlens.metrics.core import CPU_BATCH_SIZE, default_batch_size
+
+    assert M.get_metric(name).bind()["batch_size"] is None  # recorded as "by device"
+    assert default_batch_size("cpu") == CPU_BATCH_SIZE < 64
+    assert default_batch_size(torch.device("cuda", 0)) == 64  # no GPU needed to ask
+    torch.manual_seed(0)
+    net = seeded(_BatchRecorder(), 0, torch.float32).eval()
+    x, maps = torch.randn(2, 3, 16, 16), torch.rand(2, 1, 16, 16)
+    fn = M.get_metric(name).compute
+    options = {"step": 4} if name in ("deletion", "insertion") else {}
+    got = fn(net, x, maps, **options)
+    perturbed = net.sizes[1:]  # the first forward reads the predicted classes
+    assert len(perturbed) > 8 and max(perturbed) == CPU_BATCH_SIZE
+    net.sizes.clear()
+    large = fn(net, x, maps, batch_size=64, **options)
+    assert max(net.sizes) == 64
+    np.testing.assert_allclose(got.values, large.values, rtol=1e-5, atol=1e-6)

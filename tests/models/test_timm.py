@@ -6,6 +6,7 @@ import math
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +113,50 @@ def test_lrp_on_a_timm_vit_says_there_is_no_rule_for_attention():
     assert "'blocks.1.attn' (Attention) and 1 more" in message
     assert "layer='blocks.1.norm1'" in message
     assert "Tensor.expand" not in message and "nn.ReLU" not in message
+
+
+def _noise_photo(width: int, height: int, seed: int):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+# Photos of odd sizes (wide, tall, square, one pixel thin) where rounding and truncating the
+# long side, or rounding the crop offset up or to even, give different pixels.
+_PHOTO_SIZES = [(451, 300), (300, 451), (333, 333), (257, 1000), (640, 427), (1, 9), (9, 1),
+                (17, 203)]
+# (input size, crop_pct, crop_mode, interpolation) given to timm as the model's own config
+_TIMM_CONFIGS = [
+    ((3, 224, 224), 0.875, "center", "bilinear"),
+    ((3, 224, 224), 0.95, "center", "bicubic"),
+    ((3, 176, 208), 0.9, "center", "bicubic"),
+    ((3, 224, 224), 1.0, "squash", "bilinear"),
+    ((3, 192, 160), 0.9, "squash", "bicubic"),
+    ((3, 224, 224), 1.0, "border", "bilinear"),
+    ((3, 160, 192), 0.875, "border", "lanczos"),
+]
+
+
+@pytest.mark.parametrize("config", _TIMM_CONFIGS,
+                         ids=lambda c: f"{c[2]}-{c[1]}-{c[0][1]}x{c[0][2]}")
+def test_timm_inputs_equal_timms_own_eval_transform(tmp_path, monkeypatch, config):
+    """Issue 9.12: a 451x300 photo became 385 px wide under convlens and 384 under timm."""
+    input_size, crop_pct, crop_mode, interpolation = config
+    overlay = {"input_size": input_size, "crop_pct": crop_pct, "crop_mode": crop_mode,
+               "interpolation": interpolation, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.3, 0.25)}
+    create = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda *args, **kwargs: create(
+        *args, pretrained_cfg_overlay=overlay, **kwargs))
+    weights = tmp_path / "w.safetensors"
+    reference_model = timm.create_model("resnet10t", pretrained=False, num_classes=2)
+    _save(reference_model, weights)
+    clf = cl.load_model("timm:resnet10t", weights=weights, device="cpu")
+    data_config = timm.data.resolve_data_config({}, model=reference_model)
+    assert data_config["crop_mode"] == crop_mode and data_config["crop_pct"] == crop_pct
+    transform = timm.data.create_transform(**data_config)
+    photos = [_noise_photo(w, h, seed) for seed, (w, h) in enumerate(_PHOTO_SIZES)]
+    ours = clf.preprocess(photos)
+    for photo, x in zip(photos, ours):
+        torch.testing.assert_close(x, transform(photo), rtol=0, atol=1e-6,
+                                   msg=lambda m, p=photo: f"{p.size}: {m}")

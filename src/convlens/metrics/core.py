@@ -14,7 +14,10 @@ insertion, ROAD, faithfulness correlation, MuFidelity, infidelity, complexity, s
 Every forward pass made by a metric goes through :func:`class_scores`: batched across images
 and perturbation steps (at most ``batch_size`` inputs at once), under ``torch.no_grad`` with
 the model in eval mode (``convlens._hooks.evaluation_mode``), on the model's device, with one
-clear error when the model returns NaN or infinite values.
+clear error when the model returns NaN or infinite values. ``batch_size=None`` (the default
+of the metrics whose batch only groups forwards: deletion, insertion, faithfulness
+correlation, MuFidelity) takes :func:`default_batch_size` of the device: small on a CPU,
+where a large batch costs more per image, large on an accelerator.
 """
 
 from __future__ import annotations
@@ -309,9 +312,25 @@ def generator_for(seed: int, device: torch.device) -> torch.Generator:
 # ---------------------------------------------------------------------------------------------
 # Batched forwards
 
+CPU_BATCH_SIZE = 4
+ACCELERATOR_BATCH_SIZE = 64
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    """The forward batch of ``batch_size=None``: :data:`CPU_BATCH_SIZE` on a CPU, else 64.
+
+    On a CPU the activations of a large batch outgrow the caches: with one torch thread,
+    deletion (preset ``rise``, EfficientNet-Lite0, 224 px) cost 83 ms per image at batch 64
+    against 25 ms at batch 2-4 (``benchmarks/bench_metric_batch.py``; BENCHMARKS.md,
+    "Metrics"). Batch 4 is as cheap as 2 there and 1.7x cheaper than 2 when several torch
+    threads share busy cores. On a GPU large batches fill the device: 64, as before.
+    """
+    kind = torch.device(device).type
+    return CPU_BATCH_SIZE if kind == "cpu" else ACCELERATOR_BATCH_SIZE
+
 
 def class_scores(module: nn.Module, count: int, make_batch: Callable[[int, int], torch.Tensor],
-                 classes: torch.Tensor, batch_size: int, output: str = "probability"
+                 classes: torch.Tensor, batch_size: int | None, output: str = "probability"
                  ) -> torch.Tensor:
     """Score ``count`` perturbed inputs, ``batch_size`` at a time, without gradients.
 
@@ -320,13 +339,16 @@ def class_scores(module: nn.Module, count: int, make_batch: Callable[[int, int],
         count: How many inputs in all.
         make_batch: ``make_batch(start, stop)`` builds inputs ``start..stop-1``.
         classes: The class to read for each of the ``count`` inputs, ``(count,)``.
-        batch_size: The most inputs forwarded at once (bounds memory).
+        batch_size: The most inputs forwarded at once (bounds memory); ``None``:
+            :func:`default_batch_size` of the device ``classes`` are on (the model's).
         output: ``"probability"`` (softmax) or ``"logit"``.
 
     Returns:
         ``(count,)`` float64 scores on the model's device.
     """
     check_choice("output", output, OUTPUTS)
+    if batch_size is None:
+        batch_size = default_batch_size(classes.device)
     check_positive("batch_size", batch_size)
     out = torch.empty(count, dtype=torch.float64, device=classes.device)
     with evaluation_mode(module), torch.no_grad():

@@ -15,7 +15,9 @@ no order at all and is reported as such (``Scores.undefined``), not scored.
 
 Speed: each curve point is one forward of one perturbed copy. Copies of several images and
 steps are built on the fly, ``batch_size`` at a time, on the model's device, so the cost is
-the forwards themselves (benchmarks/bench_metrics.py).
+the forwards themselves (benchmarks/bench_metrics.py). The default batch depends on the
+device (:func:`convlens.metrics.core.default_batch_size`): on a CPU a small batch is cheaper
+per image than a large one (benchmarks/bench_metric_batch.py).
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def pixels_per_step(pixels: int, step: int | None, steps: int | None) -> int:
 
 def causal_curves(module: nn.Module, x: torch.Tensor, flat_map: torch.Tensor,
                   classes: torch.Tensor, start: torch.Tensor, end: torch.Tensor, step: int,
-                  batch_size: int, output: str) -> torch.Tensor:
+                  batch_size: int | None, output: str) -> torch.Tensor:
     """Scores ``(N, K)`` along the path from ``start`` to ``end``, most relevant pixels first.
 
     Point k of image i is ``start`` with its ``k * step`` most relevant pixels (all channels)
@@ -133,7 +135,7 @@ def causal_curves(module: nn.Module, x: torch.Tensor, flat_map: torch.Tensor,
 
 def _run(kind: str, model: nn.Module, x: torch.Tensor, maps: object, target: TargetLike,
          step: int | None, steps: int | None, substrate: object, blur_kernel: int,
-         blur_sigma: float, output: str, batch_size: int, options: dict) -> Scores:
+         blur_sigma: float, output: str, batch_size: int | None, options: dict) -> Scores:
     module, labels = unwrap(model)
     x = prepare_x(module, x)
     flat = pixel_maps(maps, x).flatten(1)
@@ -156,7 +158,7 @@ def _run(kind: str, model: nn.Module, x: torch.Tensor, maps: object, target: Tar
 def deletion(model: nn.Module, x: torch.Tensor, maps: object, target: TargetLike = None, *,
              step: int | None = 224, steps: int | None = None, substrate: object = "zeros",
              blur_kernel: int = 11, blur_sigma: float = 5.0, output: str = "probability",
-             batch_size: int = 64) -> Scores:
+             batch_size: int | None = None) -> Scores:
     """Deletion AUC per image (Petsiuk et al. 2018); defaults = preset ``rise``.
 
     Args:
@@ -170,7 +172,8 @@ def deletion(model: nn.Module, x: torch.Tensor, maps: object, target: TargetLike
         blur_kernel: Side of the Gaussian kernel when the substrate is ``"blur"``.
         blur_sigma: Its sigma.
         output: ``"probability"`` (softmax of the class) or ``"logit"``.
-        batch_size: Perturbed copies forwarded at once (bounds memory).
+        batch_size: Perturbed copies forwarded at once (bounds memory); ``None``: by device
+            (:func:`~convlens.metrics.core.default_batch_size`: 4 on a CPU, 64 on a GPU).
     """
     options = dict(step=step, steps=steps, substrate=substrate, blur_kernel=blur_kernel,
                    blur_sigma=blur_sigma, output=output, batch_size=batch_size)
@@ -183,7 +186,7 @@ def deletion(model: nn.Module, x: torch.Tensor, maps: object, target: TargetLike
 def insertion(model: nn.Module, x: torch.Tensor, maps: object, target: TargetLike = None, *,
               step: int | None = 224, steps: int | None = None, substrate: object = "blur",
               blur_kernel: int = 11, blur_sigma: float = 5.0, output: str = "probability",
-              batch_size: int = 64) -> Scores:
+              batch_size: int | None = None) -> Scores:
     """Insertion AUC per image (Petsiuk et al. 2018); defaults = preset ``rise``.
 
     Same arguments as :func:`deletion`; ``substrate`` is where the curve starts from

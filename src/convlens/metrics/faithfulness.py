@@ -63,7 +63,8 @@ def _correlate(a: torch.Tensor, b: torch.Tensor, similarity: str) -> torch.Tenso
 def faithfulness_correlation(model: nn.Module, x: torch.Tensor, maps: object,
                              target: TargetLike = None, *, runs: int = 100, subset: int = 224,
                              baseline: float = 0.0, output: str = "logit",
-                             similarity: str = "pearson", seed: int = 0, batch_size: int = 64
+                             similarity: str = "pearson", seed: int = 0,
+                             batch_size: int | None = None
                              ) -> Scores:
     """Faithfulness correlation per image (Bhatt et al. 2020).
 
@@ -78,7 +79,8 @@ def faithfulness_correlation(model: nn.Module, x: torch.Tensor, maps: object,
         output: ``"logit"`` (Quantus's default) or ``"probability"``.
         similarity: ``"pearson"`` (the paper) or ``"spearman"``.
         seed: Seed of the subsets.
-        batch_size: Perturbed copies forwarded at once.
+        batch_size: Perturbed copies forwarded at once; ``None``: by device
+            (:func:`~convlens.metrics.core.default_batch_size`).
     """
     check_positive("runs", runs)
     check_choice("similarity", similarity, ("pearson", "spearman"))
@@ -125,7 +127,8 @@ def _read(logits: torch.Tensor, classes: torch.Tensor, output: str) -> torch.Ten
                  "score drop when they are removed (higher is better)", higher_is_better=True)
 def mufidelity(model: nn.Module, x: torch.Tensor, maps: object, target: TargetLike = None, *,
                grid: int = 9, subset: float = 0.2, samples: int = 200, baseline: float = 0.0,
-               output: str = "logit", seed: int = 0, batch_size: int = 64) -> Scores:
+               output: str = "logit", seed: int = 0, batch_size: int | None = None
+               ) -> Scores:
     """MuFidelity per image (Bhatt et al. 2020 on a grid, Xplique's defaults).
 
     Args:
@@ -139,7 +142,8 @@ def mufidelity(model: nn.Module, x: torch.Tensor, maps: object, target: TargetLi
         baseline: Value of removed pixels.
         output: ``"logit"`` or ``"probability"``.
         seed: Seed of the masks.
-        batch_size: Perturbed copies forwarded at once.
+        batch_size: Perturbed copies forwarded at once; ``None``: by device
+            (:func:`~convlens.metrics.core.default_batch_size`).
     """
     check_positive("grid", grid)
     check_positive("samples", samples)

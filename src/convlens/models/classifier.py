@@ -68,7 +68,8 @@ class Classifier:
 
     def __init__(self, module: nn.Module, labels: Sequence[str] | None = None, *,
                  input_size: int | tuple[int, int] = 224, resize: str = "center_crop",
-                 resize_size: int | None = None, mean: Sequence[float] | None = None,
+                 resize_size: int | tuple[int, int] | None = None,
+                 mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, interpolation: str = "bilinear",
                  device: str | torch.device | None = "auto", name: str | None = None,
                  output: OutputKey = None) -> None:

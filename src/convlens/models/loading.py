@@ -461,7 +461,8 @@ def check_model_options(spec: str | Path | nn.Module, *, weights: str | Path | N
 def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | Path | None = None,
                labels: str | Path | Sequence[str] | None = None,
                input_size: int | tuple[int, int] | None = None, resize: str | None = None,
-               resize_size: int | None = None, mean: Sequence[float] | None = None,
+               resize_size: int | tuple[int, int] | None = None,
+               mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, interpolation: str | None = None,
                device: str | torch.device | None = "auto", trust_model: bool = False
                ) -> Classifier:

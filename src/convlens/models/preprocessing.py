@@ -7,6 +7,7 @@ exactly over the photo as displayed, whatever the resize mode was.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -58,7 +59,32 @@ _INTERPOLATIONS = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
 }
+DEFAULT_CROP_PCT = 0.875  # timm's and torchvision's ImageNet evaluation: 224 of 256
+
+
+def _check_resize_size(size: object) -> int | tuple[int, int]:
+    """``resize_size`` as an int or an ``(h, w)`` pair of ints >= 1, or one clear error."""
+    pair = isinstance(size, (tuple, list))
+    values = list(size) if pair else [size]
+    if len(values) != (2 if pair else 1) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+            for v in values):
+        raise ModelLoadError(
+            f"resize_size must be an int >= 1 or (height, width), got {size!r}")
+    return (int(values[0]), int(values[1])) if pair else int(values[0])
+
+
+def _crop_offset(size: int, out: int) -> int:
+    """Where a central crop of ``out`` starts in ``size`` pixels (negative: padding).
+
+    torchvision's ``center_crop`` and timm's ``center_crop_or_pad``: ``round`` (to even) of
+    the half difference, or ``(out - size) // 2`` of padding before the image."""
+    if out > size:
+        return -((out - size) // 2)
+    return int(round((size - out) / 2.0))
 
 
 @dataclass(frozen=True)
@@ -79,26 +105,41 @@ class Geometry:
 class Preprocessing:
     """How images become a network's input.
 
+    The arithmetic is timm's evaluation transform (``timm.data.create_transform`` with
+    ``is_training=False``), pixel for pixel, so a ``timm:NAME`` model sees here what it sees
+    under timm (docs/architecture.md, "Models"): resize to the *scale size*, then a central
+    crop (or pad) to ``input_size``.
+
     Attributes:
         input_size: ``(height, width)`` of the network's input.
-        resize: ``"center_crop"`` (shorter side to ``resize_size``, then a central crop, the
-            ImageNet evaluation protocol), ``"squash"`` (resize to ``input_size``, ignoring the
-            aspect ratio) or ``"pad"`` (fit inside, pad with the mean colour).
-        resize_size: Shorter side before the crop; default ``input_size / 0.875``.
+        resize: ``"center_crop"`` (keep the aspect ratio, cover the scale size, crop the
+            centre: the ImageNet evaluation protocol), ``"squash"`` (resize to the scale size
+            ignoring the aspect ratio, then crop the centre) or ``"pad"`` (keep the aspect
+            ratio, fit inside the scale size, pad with the mean colour; timm's ``"border"``).
+        resize_size: The scale size. An int ``S`` with ``center_crop`` is torchvision's
+            ``Resize(S)``: the shorter side becomes ``S`` and the longer one
+            ``int(S * long / short)`` (truncated, as torchvision does); with ``squash`` and
+            ``pad`` it means ``(S, S)``. A pair ``(h, w)`` with ``center_crop`` scales by
+            ``min(height / h, width / w)`` with rounded sides (timm's ``ResizeKeepRatio``).
+            Default: ``floor(side / 0.875)`` per side for ``center_crop``, ``input_size``
+            (no crop) for ``squash`` and ``pad``.
         mean: Per-channel mean, in [0, 1] pixel units, subtracted after scaling.
         std: Per-channel standard deviation to divide by.
-        interpolation: Resampling filter: nearest, bilinear, bicubic or lanczos.
+        interpolation: Resampling filter: nearest, bilinear, bicubic, lanczos, box, hamming
+            (PIL's, as torchvision uses them on PIL images).
     """
 
     input_size: tuple[int, int] = (224, 224)
     resize: str = "center_crop"
-    resize_size: int | None = None
+    resize_size: int | tuple[int, int] | None = None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", check_input_size(self.input_size))
+        if self.resize_size is not None:
+            object.__setattr__(self, "resize_size", _check_resize_size(self.resize_size))
         if self.resize not in RESIZE_MODES:
             raise ModelLoadError(
                 f"unknown resize mode {self.resize!r}; valid: {', '.join(RESIZE_MODES)}"
@@ -118,38 +159,52 @@ class Preprocessing:
     def channels(self) -> int:
         return len(self.mean)
 
-    def _shorter_side(self) -> int:
+    def _scale_size(self) -> tuple[int, int]:
+        """``(h, w)`` the image is resized towards before the crop (see ``resize_size``)."""
+        if isinstance(self.resize_size, int):
+            return self.resize_size, self.resize_size
         if self.resize_size is not None:
-            return int(self.resize_size)
-        return int(round(min(self.input_size) / 0.875))
+            return self.resize_size
+        out_h, out_w = self.input_size
+        if self.resize == "center_crop":
+            return math.floor(out_h / DEFAULT_CROP_PCT), math.floor(out_w / DEFAULT_CROP_PCT)
+        return out_h, out_w
+
+    def _resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """``(new_w, new_h)`` of the resize, with torchvision's and timm's own rounding."""
+        scale_h, scale_w = self._scale_size()
+        if self.resize == "squash":
+            return scale_w, scale_h
+        if self.resize == "center_crop" and scale_h == scale_w:
+            # torchvision Resize(int): the long side is truncated, not rounded
+            short, long = (width, height) if width <= height else (height, width)
+            new_long = int(scale_h * long / short)
+            return (scale_h, new_long) if width <= height else (new_long, scale_h)
+        # timm ResizeKeepRatio: cover (center_crop) or fit inside (pad), sides rounded
+        ratio_h, ratio_w = height / scale_h, width / scale_w
+        ratio = max(ratio_h, ratio_w) if self.resize == "pad" else min(ratio_h, ratio_w)
+        return max(1, round(width / ratio)), max(1, round(height / ratio))
 
     def resize_image(self, image: Image.Image) -> tuple[Image.Image, Geometry]:
         """Resize/crop/pad ``image`` to the input size; returns the result and its geometry."""
         width, height = image.size
         out_h, out_w = self.input_size
-        method = _INTERPOLATIONS[self.interpolation]
-        if self.resize == "squash":
-            return image.resize((out_w, out_h), method), Geometry((width, height),
-                                                                 (0.0, 0.0, width, height))
-        if self.resize == "center_crop":
-            scale = self._shorter_side() / min(width, height)
-            new_w, new_h = max(out_w, round(width * scale)), max(out_h, round(height * scale))
-            left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
-            resized = image.resize((new_w, new_h), method)
-            cropped = resized.crop((left, top, left + out_w, top + out_h))
-            sx, sy = width / new_w, height / new_h
-            box = (left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy)
-            return cropped, Geometry((width, height), box)
-        # pad: fit the whole image inside, centred, on the mean colour
-        scale = min(out_w / width, out_h / height)
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        fill = tuple(round(m * 255) for m in self.mean[:3])
-        canvas = Image.new("RGB", (out_w, out_h), fill)
-        left, top = (out_w - new_w) // 2, (out_h - new_h) // 2
-        canvas.paste(image.resize((new_w, new_h), method), (left, top))
+        new_w, new_h = self._resized_size(width, height)
+        resized = image.resize((new_w, new_h), _INTERPOLATIONS[self.interpolation])
+        left, top = _crop_offset(new_w, out_w), _crop_offset(new_h, out_h)
+        if left >= 0 and top >= 0:
+            result = resized.crop((left, top, left + out_w, top + out_h))
+        else:  # smaller than the input: padded, by torchvision with black, by timm's border
+            # mode (our "pad") with the mean colour; images arrive as RGB (io.images)
+            fill = tuple(round(m * 255) for m in self.mean[:3]) if self.resize == "pad" else 0
+            result = Image.new("RGB", (out_w, out_h), fill)
+            x0, y0 = max(0, left), max(0, top)
+            inside = (x0, y0, min(new_w, x0 + out_w), min(new_h, y0 + out_h))
+            result.paste(resized.crop(inside),
+                         (max(0, -left), max(0, -top)))
         sx, sy = width / new_w, height / new_h
-        box = (-left * sx, -top * sy, (out_w - left) * sx, (out_h - top) * sy)
-        return canvas, Geometry((width, height), box)
+        box = (left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy)
+        return result, Geometry((width, height), box)
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """An RGB PIL image of the input size -> normalised float tensor ``(C, H, W)``."""

@@ -8,8 +8,9 @@ is put offline (``HF_HUB_OFFLINE=1``) for the duration of the call, and names th
 at the Hub (``hf-hub:...``) are refused.
 
 The preprocessing is the model's own: ``timm.data.resolve_data_config`` gives the input
-size, mean, std, interpolation and ``crop_pct``; the resize before the central crop is
-``floor(size / crop_pct)``, timm's own evaluation transform (docs/architecture.md,
+size, mean, std, interpolation, ``crop_pct`` and ``crop_mode``, and
+:class:`~convlens.models.preprocessing.Preprocessing` repeats the arithmetic of timm's own
+evaluation transform (``timm.data.create_transform``) pixel for pixel (docs/architecture.md,
 "Models"). A state dict whose classifier has another number of classes than the named
 model (a fine-tuned checkpoint) builds the model with that many classes.
 """
@@ -27,8 +28,10 @@ from typing import Any
 from torch import nn
 
 from convlens.errors import ModelLoadError
+from convlens.models.preprocessing import DEFAULT_CROP_PCT
 
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+_CROP_MODES = {"center": "center_crop", "squash": "squash", "border": "pad"}
 
 
 @contextlib.contextmanager
@@ -72,27 +75,28 @@ def _create(timm: Any, name: str, **kwargs: Any) -> nn.Module:
 def preprocessing_options(model: nn.Module) -> dict[str, Any]:
     """The model's own evaluation preprocessing as :class:`Classifier` options.
 
-    From ``timm.data.resolve_data_config({}, model=model)``: ``input_size`` (C, H, W),
-    ``mean``, ``std``, ``interpolation``, and ``crop_pct`` -> ``resize_size = floor(min(H, W)
-    / crop_pct)`` with a central crop (``crop_mode="squash"`` -> ``resize="squash"``; timm's
-    ``"border"`` mode, a crop of a fixed border, is approximated by the central crop).
+    From ``timm.data.resolve_data_config({}, model=model)``, the arguments of timm's
+    ``transforms_imagenet_eval``: ``input_size`` (C, H, W), ``mean``, ``std``,
+    ``interpolation``, and the scale size ``floor(side / crop_pct)`` per side as
+    ``resize_size`` (an int when both sides agree: torchvision's ``Resize(int)``), with the
+    crop mode: ``"center"`` -> ``center_crop``, ``"squash"`` -> ``squash``, ``"border"`` ->
+    ``pad``. :class:`~convlens.models.preprocessing.Preprocessing` repeats timm's arithmetic,
+    so the tensors are timm's to float precision.
     """
     timm = _timm()
     config = timm.data.resolve_data_config({}, model=model)
     _, height, width = config["input_size"]
     interpolation = config.get("interpolation", "bilinear")
-    options: dict[str, Any] = {
+    crop_pct = float(config.get("crop_pct") or DEFAULT_CROP_PCT)
+    scale = (math.floor(int(height) / crop_pct), math.floor(int(width) / crop_pct))
+    return {
         "input_size": (int(height), int(width)),
         "mean": tuple(float(v) for v in config["mean"]),
         "std": tuple(float(v) for v in config["std"]),
         "interpolation": interpolation if interpolation in _INTERPOLATIONS else "bilinear",
+        "resize": _CROP_MODES.get(config.get("crop_mode") or "center", "center_crop"),
+        "resize_size": scale[0] if scale[0] == scale[1] else scale,
     }
-    if config.get("crop_mode") == "squash":
-        options["resize"] = "squash"
-    else:
-        crop_pct = float(config.get("crop_pct") or 0.875)
-        options["resize_size"] = int(math.floor(min(height, width) / crop_pct))
-    return options
 
 
 def _classes_in(state: dict[str, Any], model: nn.Module) -> int | None:
