@@ -3,7 +3,9 @@ slowly, and the security headers on every answer.
 
 * Host must name this server (DNS rebinding) and an Origin, when sent, must be this server.
 * Request bodies are capped in bytes while they arrive (Content-Length or chunked): past
-  the cap the guard answers 413 ``{"error": ...}`` itself, whatever the route was doing.
+  the cap the guard answers 413 ``{"error": ...}`` itself, whatever the route was doing
+  (a chunked body a route refused early is read on to the cap first, so an oversize one
+  is told 413 rather than "invalid multipart").
 * A body that stalls for :data:`BODY_IDLE_SECONDS` between two chunks gets 408.
 * Every response carries :data:`SECURITY_HEADERS`: a Content-Security-Policy allowing only
   this server's own scripts, styles and images (plus ``data:`` images, the maps), no
@@ -13,6 +15,7 @@ slowly, and the security headers on every answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +112,15 @@ class Guard:
         async def guarded_send(message: dict) -> None:
             if exchange.refused:
                 return  # the guard has answered; whatever the route made of it is dropped
+            if message["type"] == "http.response.start" and message["status"] >= 400 \
+                    and length is None and not exchange.body_done:
+                # a chunked body refused before its end (a parser gave up on it): read on
+                # up to the cap, so that an oversize body is told 413, not a parse error
+                with contextlib.suppress(_Refused):
+                    while not exchange.body_done:
+                        await guarded_receive()
+                if exchange.refused:
+                    return
             if message["type"] == "http.response.start":
                 exchange.started = True
                 message = {**message, "headers": _with_security_headers(message.get("headers"))}

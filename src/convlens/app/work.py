@@ -109,3 +109,4 @@ async def run_model(gate: ModelGate, request: Any, work: Callable[[], T]) -> T:
                 raise Cancelled("the request was cancelled (the client went away)")
     finally:
         cancel.set()
+        future.cancel()  # a result arriving later is dropped (a no-op when it is done)
