@@ -8,7 +8,7 @@ slow and idle connections, and a stop (SIGTERM, Ctrl-C) that cancels running com
   previous response), however it trickles them; a body that stalls between chunks is
   answered 408 by :class:`convlens.app.guard.Guard`.
 * On SIGTERM/SIGINT the model gate's stop flag is set first, so a computation in progress
-  ends at its next forward pass, its request answers 503 and uvicorn's graceful shutdown
+  ends at the next layer the model runs, its request answers 503 and uvicorn's graceful shutdown
   finishes in about a second (bounded by :data:`GRACEFUL_SECONDS` in any case).
 """
 

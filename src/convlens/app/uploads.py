@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from convlens.app.work import give_back_memory
 from convlens.errors import ImageError
 
 WORKING_SIDE = 1024
@@ -71,6 +72,7 @@ def decode_upload(name: str, data: bytes, max_pixels: int) -> tuple[Image.Image,
         original = image.size
         copy = working_copy(image)
         del image
+    give_back_memory()
     return copy, original
 
 
