@@ -2,15 +2,16 @@
 
 Routes (all JSON unless said otherwise; errors are ``{"error": "<the CLI's one line>"}``):
 
-* ``GET /`` and ``/static/...``: the page (HTML, CSS, a little JavaScript; no build step).
+* ``GET /`` and ``/static/...``: the page (HTML, CSS, a little JavaScript; no build step);
+  ``/favicon.ico``: its icon.
 * ``GET /api/info``: model, methods grouped by family with their summaries, layers, labels,
   samples, audits.
 * ``POST /api/images`` (multipart ``file``) or ``POST /api/samples/{name}``: decode a photo
   with the CLI's safe loader, keep it under an opaque id, return the prediction table.
-* ``GET /api/images/{id}``: that photo as PNG.
+* ``GET /api/images/{id}``: that photo's working copy (longer side at most 1,024 px) as PNG.
 * ``POST /api/explain``: ``{"image", "methods", "layer", "target", "sign", "normalize"}`` ->
-  per explained class, per method, the coloured map (PNG data URI at photo size) and the
-  raw value of its colour bar's ends.
+  per explained class, per method, the coloured map (PNG data URI at the working copy's
+  size) and the raw value of its colour bar's ends.
 * ``POST /api/visualize``: ``{"layer", "channel"}`` or ``{"class"}`` -> newline-delimited
   JSON: progress events while it optimises, then the image.
 * ``GET /api/audits/{a}``, ``/api/audits/{a}/images?label=&cluster=&mistakes=&offset=&limit=``,
