@@ -4,9 +4,9 @@ memory figure is read with (``VmHWM`` minus ``VmRSS`` after resetting the high-w
 from __future__ import annotations
 
 
-def status_kib(field: str) -> int:
-    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``...)."""
-    with open("/proc/self/status") as handle:
+def status_kib(field: str, pid: int | str = "self") -> int:
+    """A ``kB`` field of /proc/PID/status (``VmRSS``, ``VmHWM``...; default this process)."""
+    with open(f"/proc/{pid}/status") as handle:
         for line in handle:
             if line.startswith(field + ":"):
                 return int(line.split()[1])

@@ -63,7 +63,7 @@ def make_audit(folder: Path, per_cluster: int = 30) -> Path:
 class LiveServer:
     """The app served by uvicorn on 127.0.0.1 (a free port) in a background thread."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, **config) -> None:
         import socket
         import threading
 
@@ -74,7 +74,8 @@ class LiveServer:
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                                   **config))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
                                        daemon=True)
         self.thread.start()

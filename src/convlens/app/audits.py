@@ -2,7 +2,11 @@
 
 The client names an audit by its position in the server's ``--audit`` list and an image by
 its position in that audit's ``images`` list: opaque integers, never a path, so a request
-cannot make the server read a file the audit did not list.
+cannot make the server read a file the audit did not list. The audit.json itself is not
+trusted either: its schema is checked when the folder is opened (one AuditError line, not
+a failure on some later request), and every image path it lists is confined to the
+audit's data folder (or the audit folder): absolute paths, ``..`` and symlinks leading
+out are refused with 404, so a crafted audit.json cannot make the server read another file.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from convlens.errors import ConvlensError
@@ -23,6 +27,10 @@ _REQUIRED = ("images", "classes", "suspicious")
 
 class AuditError(ConvlensError, ValueError):
     """An audit folder is missing its ``audit.json`` or the file does not follow the schema."""
+
+
+class AuditNotFound(AuditError, LookupError):
+    """No such audit or image, or an image outside the audit's data folder (HTTP 404)."""
 
 
 @dataclass
@@ -37,6 +45,7 @@ class AuditFolder:
     folder: Path
     data: dict[str, Any]
     _by_class: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    _roots: list[Path] = field(default_factory=list, repr=False)
 
     @classmethod
     def open(cls, folder: str | Path) -> AuditFolder:
@@ -48,12 +57,14 @@ class AuditFolder:
         except FileNotFoundError:
             raise AuditError(f"{folder}: no audit.json here; give a folder written by "
                              "`convlens audit --out DIR`") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
             raise AuditError(f"{path}: cannot read it as JSON ({error}); rerun the audit") from None
-        if not isinstance(data, dict) or any(not isinstance(data.get(k), list) for k in _REQUIRED):
-            raise AuditError(f"{path}: expected an object with lists {', '.join(_REQUIRED)}; "
-                             "rerun `convlens audit` with this version of convlens")
+        problem = _schema_problem(data)
+        if problem:
+            raise AuditError(f"{path}: {problem}; rerun `convlens audit` with this version of "
+                             "convlens")
         audit = cls(folder, data)
+        audit._roots = _roots(folder, data.get("data"))
         for index, image in enumerate(data["images"]):
             audit._by_class.setdefault(str(image.get("label")), []).append(index)
         return audit
@@ -93,23 +104,69 @@ class AuditFolder:
         return {"total": len(chosen), "offset": offset, "limit": limit, "items": rows}
 
     def image_path(self, index: int) -> Path:
-        """The file of image ``index``: a relative path is taken under the audit's data root
-        (its ``"data"`` entry), then under the audit folder, then as it stands."""
+        """The file of image ``index``: its relative path taken under the audit's data
+        folder (its ``"data"`` entry), then under the audit folder; the resolved file must
+        lie inside that folder (no absolute path, no ``..``, no symlink leading out)."""
         images = self.data["images"]
         if not 0 <= index < len(images):
-            raise AuditError(f"no image {index} in this audit; it has {len(images)}")
-        path = Path(str(images[index].get("path", "")))
-        if path.is_absolute():
-            return path
-        roots = [Path(str(self.data["data"]))] if isinstance(self.data.get("data"), str) else []
-        for root in [*roots, self.folder]:
-            if (root / path).exists():
-                return root / path
-        return path
+            raise AuditNotFound(f"no image {index} in this audit; it has {len(images)}")
+        relative = PurePath(images[index]["path"])
+        if not relative.is_absolute() and relative.parts:
+            for root in self._roots:
+                candidate = (root / relative).resolve()
+                if candidate.is_relative_to(root) and candidate.is_file():
+                    return candidate
+        raise AuditNotFound(f"no image {index}: its file is not inside the audit's data "
+                            "folder or the audit folder (paths in audit.json are relative to "
+                            "them)")
 
     def thumbnail(self, index: int) -> bytes:
         """A JPEG thumbnail (longer side :data:`THUMBNAIL_SIZE`) of image ``index``."""
         return _thumbnail(str(self.image_path(index)))
+
+
+def _roots(folder: Path, data: Any) -> list[Path]:
+    """The folders image paths may lie in, resolved: the data folder the audit read (not a
+    filesystem root: that would confine nothing) and the audit folder."""
+    roots = []
+    if isinstance(data, str) and data:
+        root = Path(data).resolve()
+        if root.parent != root and root.is_dir():
+            roots.append(root)
+    roots.append(folder.resolve())
+    return roots
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _schema_problem(data: Any) -> str | None:
+    """What is wrong with a parsed audit.json, in words, or ``None``: the fields the server
+    reads, with the types it reads them as."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    for key in _REQUIRED:
+        entries = data.get(key)
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            return f"expected {key!r} to be a list of objects"
+    if not isinstance(data.get("errors", []), list):
+        return "expected 'errors' to be a list"
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image.get("path"), str):
+            return f"images[{i}].path must be a string, got {image.get('path')!r}"
+        if not _number(image.get("probability")) or not _number(image.get("cluster")):
+            return f"images[{i}]: probability and cluster must be numbers"
+    for i, entry in enumerate(data["classes"]):
+        clusters = entry.get("clusters", [])
+        if not isinstance(clusters, list) or not all(isinstance(c, dict) for c in clusters):
+            return f"classes[{i}].clusters must be a list of objects"
+        if not all(_number(c.get(k)) for c in clusters
+                   for k in ("size", "error_rate", "suspicion", "flip_rate")):
+            return f"classes[{i}].clusters: size, error_rate, suspicion, flip_rate must be numbers"
+    if not all(_number(s.get("suspicion")) for s in data["suspicious"]):
+        return "suspicious[].suspicion must be numbers"
+    return None
 
 
 @lru_cache(maxsize=2048)

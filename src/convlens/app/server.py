@@ -2,26 +2,32 @@
 
 Routes (all JSON unless said otherwise; errors are ``{"error": "<the CLI's one line>"}``):
 
-* ``GET /`` and ``/static/...``: the page (HTML, CSS, a little JavaScript; no build step).
+* ``GET /`` and ``/static/...``: the page (HTML, CSS, a little JavaScript; no build step);
+  ``/favicon.ico``: its icon.
 * ``GET /api/info``: model, methods grouped by family with their summaries, layers, labels,
   samples, audits.
 * ``POST /api/images`` (multipart ``file``) or ``POST /api/samples/{name}``: decode a photo
   with the CLI's safe loader, keep it under an opaque id, return the prediction table.
-* ``GET /api/images/{id}``: that photo as PNG.
+* ``GET /api/images/{id}``: that photo's working copy (longer side at most 1,024 px) as PNG.
 * ``POST /api/explain``: ``{"image", "methods", "layer", "target", "sign", "normalize"}`` ->
-  per explained class, per method, the coloured map (PNG data URI at photo size) and the
-  raw value of its colour bar's ends.
+  per explained class, per method, the coloured map (PNG data URI at the working copy's
+  size) and the raw value of its colour bar's ends.
 * ``POST /api/visualize``: ``{"layer", "channel"}`` or ``{"class"}`` -> newline-delimited
   JSON: progress events while it optimises, then the image.
 * ``GET /api/audits/{a}``, ``/api/audits/{a}/images?label=&cluster=&mistakes=&offset=&limit=``,
   ``/api/audits/{a}/thumbs/{i}``: an audit folder, browsed by opaque integer ids.
 
 Security (docs/architecture.md, "Layers and the direction data flows": the app only calls
-the library): the Host header must name this server (DNS rebinding) and an Origin, when
-sent, must be this server (a page on another site cannot drive it); request bodies are
-capped in bytes (413) while they arrive, photos in pixels; no client-given path is ever
-opened. The model is used by one request at a time (a lock), and every library call
-removes its hooks in ``finally``, so a request cancelled mid-flight leaves none behind.
+the library): :mod:`convlens.app.guard` checks Host (DNS rebinding) and Origin, caps request
+bodies in bytes while they arrive (413) and stalls (408), and sets the security headers;
+photos are capped in pixels; no client-given path is ever opened (:mod:`.audits`).
+
+Under load (docs/architecture.md, "convlens serve under load"): photos are kept as bounded
+PNG working copies (:mod:`.uploads`); the model is used by one computation at a time, run
+in a worker thread that stops when its client disconnects or the server stops
+(:mod:`.work`); one request may ask for at most :data:`MAX_TARGETS` classes and
+:data:`MAX_MAPS` maps (422 past that); ``/api/info`` is computed once at start, so it and
+the static files answer while a computation runs. Every error is ``{"error": "one line"}``.
 """
 
 import asyncio
@@ -29,32 +35,36 @@ import base64
 import io
 import json
 import queue
-import secrets
-import tempfile
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from PIL import Image
 
-from convlens.app.audits import AuditError, AuditFolder
+from convlens.app.audits import AuditFolder, AuditNotFound
+from convlens.app.guard import Guard, RequestTooLarge
+from convlens.app.uploads import PhotoStore, decode_upload, working_copy
+from convlens.app.work import Cancelled, ModelGate, run_model
 from convlens.errors import ConvlensError, ConvlensWarning, ImageError
 from convlens.io.images import DEFAULT_MAX_PIXELS
 
 STATIC = Path(__file__).parent / "static"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-MAX_STORED_IMAGES = 64
 MAX_VISUALIZE_STEPS = 1024
+MAX_TARGETS = 8
+MAX_MAPS = 32
 
 
-class RequestTooLarge(ConvlensError, ValueError):
-    """A request body went over the server's byte cap (HTTP 413)."""
+class BadRequest(ConvlensError, ValueError):
+    """A request body that is not the JSON object a route expects (HTTP 422)."""
+
+
+class TooMuchWork(ConvlensError, ValueError):
+    """A request asking for more classes or maps than one request may (HTTP 422)."""
 
 
 @dataclass
@@ -79,24 +89,9 @@ class _State:
     classifier: Any
     settings: ServeSettings
     audits: list[AuditFolder]
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    images: OrderedDict[str, tuple[str, Image.Image]] = field(default_factory=OrderedDict)
-    info: dict[str, Any] | None = None
-
-    def store(self, name: str, image: Image.Image) -> str:
-        token = secrets.token_urlsafe(12)
-        with self.lock:
-            self.images[token] = (name, image)
-            while len(self.images) > MAX_STORED_IMAGES:
-                self.images.popitem(last=False)
-        return token
-
-    def image(self, token: str) -> tuple[str, Image.Image]:
-        found = self.images.get(token) if isinstance(token, str) else None
-        if found is None:
-            raise ImageError(None, "unknown image id (uploads are kept for the last "
-                                   f"{MAX_STORED_IMAGES} photos); upload the photo again")
-        return found
+    gate: ModelGate
+    photos: PhotoStore = field(default_factory=PhotoStore)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def allowed_hosts_for(host: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
@@ -107,71 +102,6 @@ def allowed_hosts_for(host: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
         names.append(host)
     names.extend(h for h in extra if h not in names)
     return tuple(names)
-
-
-def _host_name(netloc: str) -> str:
-    """``"127.0.0.1:8000"`` -> ``"127.0.0.1"``; ``"[::1]:8000"`` -> ``"::1"``."""
-    try:
-        return (urlsplit(f"//{netloc}").hostname or "").lower()
-    except ValueError:
-        return ""
-
-
-class _Guard:
-    """ASGI middleware: Host and Origin checks, and the byte cap on request bodies."""
-
-    def __init__(self, app: Any, settings: ServeSettings) -> None:
-        self.app = app
-        self.settings = settings
-        self.hosts = {h.lower() for h in settings.allowed_hosts}
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
-        host = headers.get("host", "")
-        if _host_name(host) not in self.hosts:
-            await _send_json(send, 403, f"refused Host {host!r}: this server answers only to "
-                             f"{', '.join(sorted(self.hosts))} (DNS-rebinding guard); start it "
-                             "with --allow-host NAME (or --host NAME) to serve another name")
-            return
-        origin = headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
-            await _send_json(send, 403, f"refused Origin {origin!r}: only pages served by "
-                             "this server may call it")
-            return
-        limit = self.settings.max_upload_bytes
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            await _send_json(send, 413, _too_large(limit))
-            return
-        received = 0
-
-        async def counted() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise RequestTooLarge(_too_large(limit))
-            return message
-
-        await self.app(scope, counted, send)
-
-
-def _too_large(limit: int) -> str:
-    return (f"upload is larger than the limit of {limit:,} bytes; send a smaller photo or "
-            "start the server with a larger --max-upload-mb")
-
-
-async def _send_json(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _png_uri(image: Image.Image) -> str:
@@ -185,8 +115,12 @@ def _status(error: ConvlensError) -> int:
         return 413
     if isinstance(error, ImageError) and "above the limit" in error.reason:
         return 413
-    if isinstance(error, AuditError) and str(error).startswith(("no image", "no audit")):
+    if isinstance(error, AuditNotFound):
         return 404
+    if isinstance(error, (BadRequest, TooMuchWork)):
+        return 422
+    if isinstance(error, Cancelled):
+        return 503
     return 400
 
 
@@ -201,15 +135,19 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
             library's pixel cap).
 
     Returns:
-        A FastAPI application; serve it with uvicorn (``convlens serve`` does).
+        A FastAPI application; serve it with :func:`convlens.app.runner.serve` (``convlens
+        serve`` does), which also stops running computations on SIGTERM.
     """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
     from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException
 
     settings = settings or ServeSettings()
-    state = _State(classifier, settings, [AuditFolder.open(a) for a in audits])
+    state = _State(classifier, settings, [AuditFolder.open(a) for a in audits],
+                   ModelGate(classifier.module))
+    state.info = _info(state)  # once, now: later requests never wait for the model
     app = FastAPI(title="convlens", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.convlens = state
 
@@ -223,6 +161,15 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
                              for e in error.errors())
         return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+        where = f"{request.method} {request.url.path}"
+        message = {404: f"not found: {where}; the page is at / and the API under /api "
+                        "(GET /api/info lists what this server has)",
+                   405: f"method not allowed: {where}"}.get(error.status_code, str(error.detail))
+        return JSONResponse({"error": message}, status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
     @app.exception_handler(KeyError)
     async def _key_error(_request: Request, error: KeyError) -> JSONResponse:
         return JSONResponse({"error": str(error.args[0]) if error.args else "not found"},
@@ -232,13 +179,15 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    @app.get("/favicon.ico")
+    def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml",
+                            headers={"cache-control": "max-age=86400"})
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
-        with state.lock:
-            if state.info is None:
-                state.info = _info(state)
         return state.info | {"audits": [{"id": i, "name": a.folder.name}
                                         for i, a in enumerate(state.audits)]}
 
@@ -252,39 +201,42 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
         data = await upload.read()
         name = Path(upload.filename or "upload").name
         await upload.close()
-        return await asyncio.to_thread(_add_upload, state, name, data)
+        image, original = await asyncio.to_thread(decode_upload, name, data,
+                                                  settings.max_pixels)
+        del data
+        return await _register_image(state, request, name, image, original)
 
     @app.post("/api/samples/{name}")
-    def sample(name: str) -> dict[str, Any]:
+    async def sample(request: Request, name: str) -> dict[str, Any]:
         from convlens.io.samples import SAMPLE_NAMES, sample_images
 
         if name not in SAMPLE_NAMES:
             raise ImageError(None, f"unknown sample {name!r}; samples: {', '.join(SAMPLE_NAMES)}")
         image = sample_images()[name]
-        return _register_image(state, name, image)
+        return await _register_image(state, request, name, working_copy(image), image.size)
 
     @app.get("/api/images/{token}")
     def photo(token: str) -> Response:
-        _name, image = state.image(token)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return Response(buffer.getvalue(), media_type="image/png")
+        return Response(state.photos.get(token).png, media_type="image/png")
 
     @app.post("/api/explain")
-    def explain_route(body: dict[str, Any]) -> dict[str, Any]:
-        return _explain(state, body)
+    async def explain_route(request: Request) -> dict[str, Any]:
+        body = await _json_object(request)
+        job = _explain_job(state, body)
+        return await asyncio.to_thread(_draw, await run_model(state.gate, request, job),
+                                       body)
 
     @app.post("/api/visualize")
     async def visualize_route(request: Request) -> StreamingResponse:
-        body = await request.json()
+        body = await _json_object(request)
         objective, steps, size = _objective(state, body)
         return StreamingResponse(_visualize_stream(state, request, objective, steps, size),
                                  media_type="application/x-ndjson")
 
     def _audit(audit: int) -> AuditFolder:
         if not 0 <= audit < len(state.audits):
-            raise AuditError(f"no audit {audit}: this server has {len(state.audits)} "
-                             "(start it with --audit DIR)")
+            raise AuditNotFound(f"no audit {audit}: this server has {len(state.audits)} "
+                                "(start it with --audit DIR)")
         return state.audits[audit]
 
     @app.get("/api/audits/{audit}")
@@ -303,8 +255,22 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
                         headers={"cache-control": "max-age=3600"})
 
     # The guard wraps everything, error handlers included, so refusals never reach a route.
-    app.add_middleware(_Guard, settings=settings)
+    app.add_middleware(Guard, settings=settings)
     return app
+
+
+async def _json_object(request: Any) -> dict[str, Any]:
+    """The request body as a JSON object, or a BadRequest (422) saying what arrived."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise BadRequest(f"bad request: the body is not JSON ({type(error).__name__}: "
+                         f"{str(error)[:200]}); send a JSON object, e.g. "
+                         '{"image": ID, "methods": ["gradcam"]}') from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"bad request: expected a JSON object, got {type(body).__name__}")
+    return body
 
 
 def _info(state: _State) -> dict[str, Any]:
@@ -322,7 +288,8 @@ def _info(state: _State) -> dict[str, Any]:
               if info.output_shape is not None and len(info.output_shape) == 3]
     labels = classifier.labels or [classifier.label(i) for i in range(_num_outputs(classifier))]
     return {"model": classifier.name, "families": families, "layers": layers,
-            "labels": labels, "samples": list(SAMPLE_NAMES)}
+            "labels": labels, "samples": list(SAMPLE_NAMES),
+            "limits": {"targets": MAX_TARGETS, "maps": MAX_MAPS}}
 
 
 def _num_outputs(classifier: Any) -> int:
@@ -334,27 +301,14 @@ def _num_outputs(classifier: Any) -> int:
     return int(classifier.logits(x).shape[1])
 
 
-def _add_upload(state: _State, name: str, data: bytes) -> dict[str, Any]:
-    """Decode an upload with the CLI's loader (restricted decoders, pixel cap from the header)."""
-    from convlens.io.images import load_image
-
-    if not data:
-        raise ImageError(name, "the upload is empty; choose a photo file")
-    with tempfile.TemporaryDirectory(prefix="convlens-upload-") as folder:
-        path = Path(folder) / "upload"
-        path.write_bytes(data)
-        try:
-            image = load_image(path, max_pixels=state.settings.max_pixels)
-        except ImageError as error:
-            raise ImageError(name, error.reason) from None
-    return _register_image(state, name, image)
-
-
-def _register_image(state: _State, name: str, image: Image.Image) -> dict[str, Any]:
-    with state.lock:
-        predictions = state.classifier.predict([image], top=state.settings.top)[0]
-    token = state.store(name, image)
+async def _register_image(state: _State, request: Any, name: str, image: Image.Image,
+                          original: tuple[int, int]) -> dict[str, Any]:
+    """Keep the working copy, predict on it (through the model gate)."""
+    token = await asyncio.to_thread(state.photos.add, name, image, original)
+    predictions = await run_model(
+        state.gate, request, lambda: state.classifier.predict([image], top=state.settings.top)[0])
     return {"id": token, "name": name, "width": image.width, "height": image.height,
+            "original_width": original[0], "original_height": original[1],
             "predictions": [{"label": label, "probability": p} for label, p in predictions]}
 
 
@@ -367,22 +321,45 @@ def _target(value: Any) -> Any:
     return value
 
 
-def _explain(state: _State, body: dict[str, Any]) -> dict[str, Any]:
+def _explain_job(state: _State, body: dict[str, Any]) -> Any:
+    """Check an explain request (photo, methods, the work cap) and return the computation,
+    a function to run through the model gate."""
     import convlens
-    from convlens.present.figures import colorize
+    from convlens.explanations import parse_target
 
-    name, image = state.image(body.get("image"))
+    stored = state.photos.get(body.get("image"))
     methods = body.get("methods") or ["gradcam"]
-    if isinstance(methods, str) or not all(isinstance(m, str) for m in methods):
-        raise ConvlensError("methods must be a list of method names, e.g. [\"gradcam\"]")
+    if isinstance(methods, str) or not isinstance(methods, list) or \
+            not all(isinstance(m, str) for m in methods):
+        raise BadRequest("methods must be a list of method names, e.g. [\"gradcam\"]")
+    target = _target(body.get("target"))
+    _parsed, classes = parse_target(target)
+    if classes > MAX_TARGETS or len(methods) * classes > MAX_MAPS:
+        raise TooMuchWork(
+            f"too much work for one request: {len(methods)} method(s) x {classes} class(es); "
+            f"this server explains at most {MAX_TARGETS} classes and {MAX_MAPS} maps "
+            "(methods x classes) per request; ask for fewer, or run the CLI, which has no "
+            f"such limit: convlens explain PHOTO --method {','.join(methods[:MAX_MAPS])} "
+            f"--target {body.get('target')}")
     sign = body.get("sign", "positive")
     normalize = body.get("normalize", "image")
-    with state.lock, warnings.catch_warnings():  # notes travel in the response instead
-        warnings.simplefilter("ignore", ConvlensWarning)
-        explanations = convlens.explain(state.classifier, [image], methods,
-                                        target=_target(body.get("target")),
-                                        layer=body.get("layer") or None, sign=sign,
-                                        normalize=normalize, names=[name])
+    layer = body.get("layer") or None
+
+    def job() -> list[Any]:
+        image = stored.image()
+        with warnings.catch_warnings():  # notes travel in the response instead
+            warnings.simplefilter("ignore", ConvlensWarning)
+            return convlens.explain(state.classifier, [image], methods, target=target,
+                                    layer=layer, sign=sign, normalize=normalize,
+                                    names=[stored.name])
+    return job
+
+
+def _draw(explanations: list[Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The explain response: per explanation, per method, the coloured map and its scale."""
+    from convlens.present.figures import colorize
+
+    sign = body.get("sign", "positive")
     results = []
     for exp in explanations:
         maps = []
@@ -419,16 +396,13 @@ def _objective(state: _State, body: dict[str, Any]) -> tuple[Any, int, int]:
     return obj.channel(layer, channel), steps, size
 
 
-class _Cancelled(Exception):
-    """Raised from visualize's callback when the client went away."""
-
-
 async def _visualize_stream(state: _State, request: Any, objective: Any, steps: int,
                             size: int) -> Any:
     """Run :func:`convlens.visualize` in a worker thread; yield its progress as NDJSON.
 
-    When the client disconnects, the next step's callback raises, visualize's ``finally``
-    removes its hooks and the lock is released.
+    When the client disconnects (or the server stops), the model gate's cancel check
+    raises at the next forward pass, visualize's ``finally`` removes its hooks and the
+    lock is released.
     """
     import convlens
 
@@ -437,20 +411,17 @@ async def _visualize_stream(state: _State, request: Any, objective: Any, steps: 
     every = max(1, steps // 32)
 
     def callback(step: int, _images: Any, values: Any) -> None:
-        if cancel.is_set():
-            raise _Cancelled()
         if step % every == 0 or step == steps - 1:
             events.put({"step": step + 1, "steps": steps, "value": float(values.mean())})
 
     def work() -> None:
         try:
-            with state.lock:
-                result = convlens.visualize(state.classifier, objective, steps=steps,
-                                            size=size, seed=0, progress=False,
-                                            callback=callback)
+            result = state.gate.run(
+                lambda: convlens.visualize(state.classifier, objective, steps=steps, size=size,
+                                           seed=0, progress=False, callback=callback), cancel)
             events.put({"done": True, "name": result.names[0],
                         "image": _png_uri(result.pil()[0])})
-        except _Cancelled:
+        except Cancelled:
             events.put({"cancelled": True})
         except ConvlensError as error:
             events.put({"error": str(error)})
@@ -464,7 +435,7 @@ async def _visualize_stream(state: _State, request: Any, objective: Any, steps: 
             try:
                 event = events.get_nowait()
             except queue.Empty:
-                if await request.is_disconnected():
+                if state.gate.stopping.is_set() or await request.is_disconnected():
                     return
                 await asyncio.sleep(0.05)
                 continue

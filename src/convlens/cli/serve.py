@@ -1,7 +1,9 @@
 """``convlens serve``: the local web page (FastAPI app served by uvicorn).
 
 Listens on 127.0.0.1 unless ``--host`` says otherwise; the app checks Host and Origin, caps
-uploads and serves files only by opaque ids (see :mod:`convlens.app.server`). Needs the
+uploads and serves files only by opaque ids (see :mod:`convlens.app.server`); the port is
+bound before anything is printed and the server stops promptly on SIGTERM, even
+mid-computation (:mod:`convlens.app.runner`). Needs the
 ``serve`` extra: ``pip install 'convlens[serve]'``.
 """
 
@@ -40,8 +42,9 @@ def serve(
 ) -> None:
     """Serve a local page: upload a photo, compare maps, visualize features, browse audits."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here, used by convlens.app.runner
 
+        from convlens.app.runner import bind, serve_app
         from convlens.app.server import ServeSettings, allowed_hosts_for, create_app
     except ImportError as error:
         fail(f"serve needs FastAPI and uvicorn ({error.name} is missing); install them with "
@@ -55,9 +58,14 @@ def serve(
                              max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                              max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     app = create_app(classifier, audits=audit, settings=settings)
+    sock = bind(host, port)  # a busy port is one error line, before "serving on"
+    port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     console.print(f"convlens serving {classifier.name} on http://{shown}:{port}/ (Ctrl-C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    try:
+        serve_app(app, sock)
+    finally:
+        sock.close()
 
 
 def register(app: typer.Typer) -> None:
