@@ -67,7 +67,7 @@ def test_upload_two_methods_target_and_opacity(page, tmp_path):
     figures = page.locator("figure.map")
     assert [figures.nth(i).get_attribute("data-method") for i in range(figures.count())] == [
         "gradcam", "saliency"]
-    page.wait_for_function("[...document.querySelectorAll('img.heat')].every(i => i.complete "
+    _wait_for(page, "[...document.querySelectorAll('img.heat')].every(i => i.complete "
                            "&& i.naturalWidth === 64)")
     page.fill("#opacity", "100")
     page.dispatch_event("#opacity", "input")
@@ -92,11 +92,11 @@ def test_upload_two_methods_target_and_opacity(page, tmp_path):
     # change the target: the heading names the new class
     page.fill("#target", "rocket")
     page.click("#explain")
-    page.wait_for_function("document.querySelector('.explanation h3')?.textContent"
+    _wait_for(page, "document.querySelector('.explanation h3')?.textContent"
                            ".startsWith('rocket')")
     page.fill("#target", "top:2")
     page.click("#explain")
-    page.wait_for_function("document.querySelectorAll('.explanation').length === 2")
+    _wait_for(page, "document.querySelectorAll('.explanation').length === 2")
 
 
 def test_a_text_file_shows_the_error(page, tmp_path):
@@ -114,21 +114,21 @@ def test_audit_folder_pages_through_a_cluster(page):
     assert page.inner_text("#audit-view") == "tabby / cluster 1"
     assert page.inner_text("#audit-page") == "1–30 of 30"
     page.locator("a[data-cluster='espresso/0']").click()
-    page.wait_for_function("document.querySelector('#audit-view').textContent === "
+    _wait_for(page, "document.querySelector('#audit-view').textContent === "
                            "'espresso / cluster 0'")
     page.evaluate("state.pageSize = 12")
     page.locator("a[data-cluster='espresso/0']").click()
-    page.wait_for_function("document.querySelector('#audit-page').textContent === '1–12 of 30'")
+    _wait_for(page, "document.querySelector('#audit-page').textContent === '1–12 of 30'")
     first = page.locator("#audit-grid figure").first.get_attribute("data-index")
     page.click("#audit-next")
-    page.wait_for_function("document.querySelector('#audit-page').textContent === '13–24 of 30'")
+    _wait_for(page, "document.querySelector('#audit-page').textContent === '13–24 of 30'")
     assert page.locator("#audit-grid figure").first.get_attribute("data-index") != first
-    page.wait_for_function("[...document.querySelectorAll('#audit-grid img')].every(i => "
+    _wait_for(page, "[...document.querySelectorAll('#audit-grid img')].every(i => "
                            "i.complete && i.naturalWidth > 0)")
     thumb = pixels(page.locator("#audit-grid figure img").first)
     assert thumb[..., 0].mean() > 150  # cluster 0 thumbnails are red
     page.click("#audit-next")
-    page.wait_for_function("document.querySelector('#audit-page').textContent === '25–30 of 30'")
+    _wait_for(page, "document.querySelector('#audit-page').textContent === '25–30 of 30'")
     assert page.locator("#audit-next").is_disabled()
 
 
@@ -139,3 +139,9 @@ def test_feature_visualization_streams_progress(page):
     assert page.inner_text("#vis-status").endswith(":0")  # the objective's name: layer:channel
     assert page.locator("#vis-image").evaluate("i => i.naturalWidth") == 128
     assert float(page.locator("#vis-progress").evaluate("p => p.value")) == 1.0
+
+def _wait_for(page, expression: str) -> None:
+    """Wait until ``expression`` is true in the page. Passed as a function: Playwright calls a
+    function through the DevTools protocol, while a bare expression string is compiled with
+    ``eval``, which the page's Content-Security-Policy (no 'unsafe-eval') rightly refuses."""
+    page.wait_for_function(f"() => ({expression})")
