@@ -312,18 +312,22 @@ def generator_for(seed: int, device: torch.device) -> torch.Generator:
 # ---------------------------------------------------------------------------------------------
 # Batched forwards
 
-CPU_BATCH_SIZE = 4
+CPU_BATCH_SIZE = 2
 ACCELERATOR_BATCH_SIZE = 64
 
 
 def default_batch_size(device: torch.device | str) -> int:
     """The forward batch of ``batch_size=None``: :data:`CPU_BATCH_SIZE` on a CPU, else 64.
 
-    On a CPU the activations of a large batch outgrow the caches: with one torch thread,
-    deletion (preset ``rise``, EfficientNet-Lite0, 224 px) cost 83 ms per image at batch 64
-    against 25 ms at batch 2-4 (``benchmarks/bench_metric_batch.py``; BENCHMARKS.md,
-    "Metrics"). Batch 4 is as cheap as 2 there and 1.7x cheaper than 2 when several torch
-    threads share busy cores. On a GPU large batches fill the device: 64, as before.
+    On a CPU a large batch costs more per image, not less: measured on an idle 2-core box
+    (deletion, preset ``rise``, EfficientNet-Lite0, 224 px, ``benchmarks/bench_metric_batch.py``;
+    BENCHMARKS.md, "Metrics"), batch 64 took 3.5-3.6x the time per image of batch 2 with one
+    or two torch threads under glibc's default allocator (large blocks handed back to the
+    system and faulted in again per batch; the activations also outgrow the caches). With
+    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000`` every batch from 2 to 64
+    costs about the same (2 is within 12% of the best). Batch 2 is never far from the best
+    in any of these settings; 4 was up to 1.4x slower. On a GPU large batches fill the
+    device: 64, as before (not re-measured here).
     """
     kind = torch.device(device).type
     return CPU_BATCH_SIZE if kind == "cpu" else ACCELERATOR_BATCH_SIZE

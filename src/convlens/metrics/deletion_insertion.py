@@ -173,7 +173,7 @@ def deletion(model: nn.Module, x: torch.Tensor, maps: object, target: TargetLike
         blur_sigma: Its sigma.
         output: ``"probability"`` (softmax of the class) or ``"logit"``.
         batch_size: Perturbed copies forwarded at once (bounds memory); ``None``: by device
-            (:func:`~convlens.metrics.core.default_batch_size`: 4 on a CPU, 64 on a GPU).
+            (:func:`~convlens.metrics.core.default_batch_size`: 2 on a CPU, 64 on a GPU).
     """
     options = dict(step=step, steps=steps, substrate=substrate, blur_kernel=blur_kernel,
                    blur_sigma=blur_sigma, output=output, batch_size=batch_size)
