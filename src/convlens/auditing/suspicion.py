@@ -63,6 +63,8 @@ class ClusterScore:
         concentration, isolation, support: See the module docstring.
         suspicion: The combined score.
         area: Fraction of the image holding half the mean map's relevance.
+        alone: The cluster is its group's only one: ``isolation`` compares with nothing
+            (it is 0 in the score) and :meth:`why` does not speak of it.
     """
 
     group: str
@@ -74,6 +76,7 @@ class ClusterScore:
     support: float
     suspicion: float
     area: float
+    alone: bool = False
 
     def why(self) -> str:
         """The parts in words, strongest first."""
@@ -83,8 +86,9 @@ class ClusterScore:
                                            "are mistakes (label differs from prediction)"))
         parts.append((self.concentration, f"half of its relevance lies in {self.area:.1%} of "
                                           "the image"))
-        parts.append((self.isolation, f"its mean map overlaps the rest of its group by "
-                                      f"{1 - self.isolation:.0%}"))
+        if not self.alone:
+            parts.append((self.isolation, f"its mean map overlaps the rest of its group by "
+                                          f"{1 - self.isolation:.0%}"))
         parts.sort(key=lambda p: -p[0])
         return "; ".join(text for _, text in parts)
 
@@ -162,7 +166,8 @@ def score_group(group: str, maps: np.ndarray, clusters: np.ndarray,
         support = size / (size + SUPPORT_HALF)
         parts = [p for p in (error, concentration, isolation) if p is not None]
         scores.append(ClusterScore(group, cid, size, error, concentration, isolation, support,
-                                   float(support * np.mean(parts)), area))
+                                   float(support * np.mean(parts)), area,
+                                   alone=not rest.any()))
     return scores
 
 

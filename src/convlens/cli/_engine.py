@@ -15,7 +15,7 @@ def engine_option() -> Any:
     return typer.Option(
         "local", "--engine",
         help="local (this process) or ray (Ray Data: parallel decoding, one model copy per "
-             "actor, GPUs per actor when present; pip install 'convlens[ray]'). Both give "
+             "actor, GPUs per actor when present; pip install 'convlens\\[ray]'). Both give "
              "the same results.")
 
 

@@ -44,7 +44,7 @@ def audit(
                                             help="Metric option METRIC.NAME=VALUE (repeatable)."),
     neighbours: str = typer.Option("exact", "--neighbours",
                                    help="SpRAy's neighbour search: exact, or nndescent "
-                                        "(approximate; pip install 'convlens[scale]')."),
+                                        "(approximate; pip install 'convlens\\[scale]')."),
     max_cluster_maps: int = typer.Option(
         50_000, "--max-cluster-maps", min=0,  # = auditing.run.MAX_CLUSTER_MAPS (tested)
         help="Cluster at most this many maps per group (a seeded sample; the rest join their "
@@ -100,7 +100,7 @@ def audit(
     console.print(f"audited {len(result.images)} image(s): {out / 'audit.json'}, {report}")
     if top is not None:
         console.print(f"most suspicious: {top['class']} cluster {top['cluster']}: {top['why']}",
-                      markup=False, highlight=False)
+                      markup=False, highlight=False, soft_wrap=True)  # one line in any log
     for key, entry in result.data.get("metrics", {}).items():
         if entry["mean"] is None:
             console.print(f"{key}: undefined on every image", markup=False, highlight=False)

@@ -54,13 +54,43 @@ def emit(callback: ProgressCallback | None, stage: str, done: int, total: int | 
         callback(ProgressEvent(stage, done, total, message))
 
 
-def text_progress(stream: TextIO | None = None) -> ProgressCallback:
+def text_progress(stream: TextIO | None = None, *, every: float | None = None
+                  ) -> ProgressCallback:
     """A callback printing one plain line per event: ``stage: done/total message``.
 
     Suits logs and pipes (no control characters). ``stream`` defaults to stderr.
+
+    Args:
+        stream: Where to print.
+        every: Print only a stage's first event, its last (``done == total``) and the
+            first event past each further ``every`` of the total (0.1: about 12 lines a
+            stage, whatever the number of units). Events of a stage without a known
+            total print the first one only, then one per ``1 / every`` events.
+            ``None`` prints every event.
     """
+    printed: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def wanted(event: ProgressEvent) -> bool:
+        if every is None:
+            return True
+        first = event.stage not in printed
+        counts[event.stage] = counts.get(event.stage, 0) + 1
+        fraction = event.fraction
+        if fraction is None:
+            step = max(1, round(1 / every))
+            due = first or counts[event.stage] % step == 0
+            if due:
+                printed[event.stage] = 0.0
+            return due
+        if first or fraction >= 1.0 or fraction >= printed[event.stage] + every:
+            printed[event.stage] = fraction
+            return True
+        return False
 
     def callback(event: ProgressEvent) -> None:
+        if not wanted(event):
+            return
         out = stream if stream is not None else sys.stderr
         total = "?" if event.total is None else str(event.total)
         tail = f" {event.message}" if event.message else ""
