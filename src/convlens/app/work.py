@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from convlens._hooks import HookSession
 from convlens.errors import ConvlensError
 
 T = TypeVar("T")
@@ -56,12 +57,12 @@ class ModelGate:
             def check(_module: Any, _inputs: Any) -> None:
                 self._check(cancel)
 
-            handles = [m.register_forward_pre_hook(check) for m in self.module.modules()]
-            try:
+            # One scoped session (docs/architecture.md, "Hook lifecycle"): the checks are
+            # removed when the work ends, by return, exception or cancellation.
+            with HookSession() as session:
+                for module in self.module.modules():
+                    session.forward_pre_hook(module, check)
                 return work()
-            finally:
-                for handle in handles:
-                    handle.remove()
         finally:
             self.lock.release()
             give_back_memory()
