@@ -313,7 +313,8 @@ def folder_lock(folder: Path, *, wait: bool = False, what: str = "convlens") -> 
     """Hold an exclusive lock on ``folder`` (its :data:`LOCK_FILE`) for the block.
 
     Re-entrant within one process (a job may lock a folder its store locks again). Without
-    ``fcntl`` (Windows) no lock is taken.
+    ``fcntl`` (Windows), or on a file system that has no locks (some network mounts), no
+    lock is taken: runs into one folder are then the user's to keep apart.
 
     Raises:
         OutputBusyError: Another process holds the lock (and ``wait`` is false); the message
@@ -347,6 +348,9 @@ def folder_lock(folder: Path, *, wait: bool = False, what: str = "convlens") -> 
         os.close(handle)
         if error.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
             raise OutputBusyError(Path(folder), holder) from None
+        if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            yield  # a file system without locks (some network mounts): as on Windows
+            return
         raise output_error(error, path) from None
     os.ftruncate(handle, 0)
     os.pwrite(handle, f"{os.getpid()} {what}\n".encode(), 0)
