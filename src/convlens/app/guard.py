@@ -69,22 +69,33 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
+        refusal = self._admission(headers)
+        if refusal is not None:
+            await send_json(send, *refusal)
+            return
+        await self._guarded(scope, receive, send, headers.get("content-length"))
+
+    def _admission(self, headers: dict[str, str]) -> tuple[int, str] | None:
+        """Why a request is refused before it is read (status, message), or ``None``."""
         host = headers.get("host", "")
         if _host_name(host) not in self.hosts:
-            await send_json(send, 403, f"refused Host {host!r}: this server answers only to "
-                            f"{', '.join(sorted(self.hosts))} (DNS-rebinding guard); start it "
-                            "with --allow-host NAME (or --host NAME) to serve another name")
-            return
+            return 403, (f"refused Host {host!r}: this server answers only to "
+                         f"{', '.join(sorted(self.hosts))} (DNS-rebinding guard); start it "
+                         "with --allow-host NAME (or --host NAME) to serve another name")
         origin = headers.get("origin")
         if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
-            await send_json(send, 403, f"refused Origin {origin!r}: only pages served by "
-                            "this server may call it")
-            return
-        limit = self.settings.max_upload_bytes
+            return 403, (f"refused Origin {origin!r}: only pages served by this server may "
+                         "call it")
         length = headers.get("content-length")
+        limit = self.settings.max_upload_bytes
         if length is not None and length.isdigit() and int(length) > limit:
-            await send_json(send, 413, too_large(limit))
-            return
+            return 413, too_large(limit)
+        return None
+
+    async def _guarded(self, scope: dict, receive: Any, send: Any, length: str | None) -> None:
+        """Run the app with the body counted against the cap, stalls timed out and the
+        security headers added to every answer."""
+        limit = self.settings.max_upload_bytes
         exchange = _Exchange()
 
         async def refuse(status: int, message: str) -> None:
