@@ -130,12 +130,25 @@ def test_score_audit_reads_the_suspicious_list_in_order():
 
 def test_summary_counts_first_and_top3_over_all_scenarios():
     found = suite.Found
-    rows = [{"scenario": s, "found": {"audit": f, "spray": f, "mistakes": f}}
-            for s, f in zip(suite.scenarios()[:4], [found(1, 0.8, 1.0), found(3, 0.4, 0.6),
-                                                     found(5, 0.2, 0.5), found(None, 0, 0)])]
+    rows = [{"scenario": s, "shortcut_rate": rate,
+             "found": dict.fromkeys(suite.METHODS, f)}
+            for s, f, rate in zip(suite.scenarios()[:4],
+                                  [found(1, 0.8, 1.0), found(3, 0.4, 0.6),
+                                   found(5, 0.2, 0.5), found(None, 0, 0)],
+                                  [1.0, 0.9, 0.1, 0.0])]
     result = suite.summary(rows)["audit"]
     assert result["first"] == 0.25 and result["top3"] == 0.5 and result["found"] == 0.75
+    assert result["first_covering"] == 0.25
     assert result["recall"] == pytest.approx(0.35)
+    assert result["purity"] == pytest.approx(0.525)
+    # a pure but tiny first cluster counts as first, not as first with recall >= 0.25
+    rows[1]["found"] = dict.fromkeys(suite.METHODS, found(1, 0.1, 1.0))
+    result = suite.summary(rows)["audit"]
+    assert result["first"] == 0.5 and result["first_covering"] == 0.25
+    table = suite.summary_table(rows)
+    assert "All: 4 scenarios" in table
+    assert "Model learned the shortcut (shortcut rate >= 0.5): 2 scenarios" in table
+    assert "| today's `cl.audit` | 50% | 25% | 50% | 75% |" in table
 
 
 def test_plain_spectral_clustering_separates_two_strategies():
