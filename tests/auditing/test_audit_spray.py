@@ -187,3 +187,21 @@ def test_nndescent_finds_the_exact_graph_on_separated_maps():
     assert recall > 0.95
     labels = sp.spray(maps, tsne=False, neighbours="nndescent").labels
     np.testing.assert_array_equal(labels, sp.spray(maps, tsne=False).labels)
+
+
+def test_an_arpack_failure_is_retried_and_falls_back_to_a_dense_solve(monkeypatch):
+    """Degenerate spectra (cliques) can stop ARPACK ("no shifts could be applied"),
+    depending on threaded BLAS rounding; the embedding must still come out right."""
+    import scipy.sparse.linalg as linalg
+
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(kwargs.get("ncv"))
+        raise linalg.ArpackError(3)
+
+    monkeypatch.setattr(linalg, "eigsh", failing)
+    values, embedding = sp.spectral_embedding(_cliques((30, 30, 30)), n_eigval=8)
+    assert len(calls) == 2 and calls[1] is not None  # retried with a larger Krylov space
+    assert np.allclose(values[:3], 0, atol=1e-8) and sp.eigengap(values) == 3
+    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0)

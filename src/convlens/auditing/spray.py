@@ -253,18 +253,45 @@ def spectral_embedding(affinity: sparse.spmatrix, *, n_eigval: int = 32, seed: i
         values, vectors = np.linalg.eigh(adjacency.toarray())
         values, vectors = values[::-1][:m], vectors[:, ::-1][:, :m]
     else:
-        from scipy.sparse.linalg import eigsh
-
-        start = np.random.default_rng(seed).uniform(-1.0, 1.0, n)
-        # tol=0 (machine precision): with a looser tolerance ARPACK returns one vector per
-        # repeated eigenvalue and silently drops the copies (a ring's pairs, components).
-        values, vectors = eigsh(adjacency, k=m, which="LA", v0=start, tol=0)
+        values, vectors = _largest_eigenpairs(adjacency, m, seed)
         order = np.argsort(values)[::-1]
         values, vectors = values[order], vectors[:, order]
     eigenvalues = np.clip(1.0 - values, 0.0, 2.0)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     embedding = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
     return eigenvalues, embedding
+
+
+DENSE_FALLBACK = 6000
+"""Largest graph whose spectrum is computed densely when ARPACK fails (~290 MB at float64)."""
+
+
+def _largest_eigenpairs(adjacency: sparse.csr_matrix, m: int, seed: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``m`` largest eigenpairs of a symmetric sparse matrix, robust to degenerate spectra.
+
+    ARPACK (``eigsh``) first, at machine precision: with a looser tolerance it returns one
+    vector per repeated eigenvalue and silently drops the copies (a ring's pairs, components).
+    Highly repeated eigenvalues (disconnected cliques) can stop it ("no shifts could be
+    applied"), depending on rounding in threaded BLAS; then it is retried with a larger
+    Krylov space and another start, and finally solved densely when the graph is small enough.
+    """
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
+
+    n = adjacency.shape[0]
+    rng = np.random.default_rng(seed)
+    for ncv in (None, min(n - 1, max(4 * m + 20, 40))):
+        try:
+            return eigsh(adjacency, k=m, which="LA", v0=rng.uniform(-1.0, 1.0, n), tol=0,
+                         ncv=ncv)
+        except (ArpackError, ArpackNoConvergence):
+            continue
+    if n > DENSE_FALLBACK:
+        raise ConvlensError(f"the spectral step did not converge on a graph of {n} maps (ARPACK "
+                            "failed twice); try neighbours='nndescent' or a smaller "
+                            "max_cluster_maps")
+    values, vectors = np.linalg.eigh(adjacency.toarray())
+    return values[::-1][:m], vectors[:, ::-1][:, :m]
 
 
 def eigengap(eigenvalues: np.ndarray, *, max_clusters: int = 8, min_jump: float = 3.0) -> int:
