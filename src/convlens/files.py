@@ -72,7 +72,7 @@ MANIFEST = ".convlens-manifest"
 LOCK_FILE = ".convlens-lock"
 """Name of the file a running command holds an exclusive lock on; it holds the holder's PID."""
 
-_OWN_FILES = (OUTPUT_MARKER, MANIFEST, LOCK_FILE)
+_OWN_FILES = frozenset({OUTPUT_MARKER, MANIFEST, LOCK_FILE})
 _TEMP_TAG = ".convlens-tmp"
 _MARKER_TEXT = b"written by convlens; folders with this file are not read as input\n"
 
@@ -428,18 +428,22 @@ class OutputFolder:
     def record(self, path: Path) -> None:
         """List ``path`` in the manifest (once) before it is put in place."""
         name = self.relative(path)
-        if Path(name).name in _OWN_FILES:
-            return
+        if Path(name).name not in _OWN_FILES:
+            self.list_names([name])
+
+    def list_names(self, names: Iterable[str]) -> None:
+        """Append the relative ``names`` not listed yet to the manifest, one JSON string a
+        line (ASCII: surrogates and newlines escaped), in one write."""
         with self._guard:
-            if name in self.written:
+            new = sorted(set(names) - self.written)
+            if not new:
                 return
-            line = json.dumps(name) + "\n"  # ASCII: surrogates and newlines escaped
             try:
                 with open(self.manifest, "a", encoding="ascii") as stream:
-                    stream.write(line)
+                    stream.write("".join(json.dumps(name) + "\n" for name in new))
             except OSError as error:
                 raise output_error(error, self.manifest) from None
-            self.written.add(name)
+            self.written.update(new)
 
     def read_manifest(self) -> set[str]:
         """The names listed in the manifest (a torn last line, from a crash, is skipped)."""
@@ -477,12 +481,12 @@ class OutputFolder:
                 deleted += 1
                 emptied.update(p for p in target.parents if root in p.parents)
         for folder in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
-            with suppress(OSError):
+            with suppress(OSError):  # a folder still holding a user's file stays
                 leftovers = {entry.name for entry in folder.iterdir()}
-                for own in leftovers & set(_OWN_FILES):
-                    if leftovers <= set(_OWN_FILES):
+                if leftovers <= _OWN_FILES:  # nothing but a store's lock file, say
+                    for own in leftovers:
                         (folder / own).unlink()
-                folder.rmdir()  # only succeeds when empty
+                    folder.rmdir()
         self.written.clear()
         try:
             self.manifest.unlink(missing_ok=True)
@@ -601,12 +605,10 @@ def claim_output(folder: str | os.PathLike[str], *, overwrite: bool = False,
     path = check_output(folder, inputs=inputs, option=option)
     with folder_lock(path, what=what):
         owner = OutputFolder(path)
-        legacy = (path / OUTPUT_MARKER).exists() and not owner.manifest.exists()
-        owner.written = owner.read_manifest() if not legacy else _adopt(path)
-        if legacy and owner.written:
-            for name in sorted(owner.written):  # convlens 8 and earlier kept no manifest
-                with open(owner.manifest, "a", encoding="ascii") as stream:
-                    stream.write(json.dumps(name) + "\n")
+        if (path / OUTPUT_MARKER).exists() and not owner.manifest.exists():
+            owner.list_names(_adopt(path))  # convlens 8 and earlier kept no manifest
+        else:
+            owner.written = owner.read_manifest()
         mark_output_folder(path)
         remove_stale_temporaries(path)
         if overwrite:
