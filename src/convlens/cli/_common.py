@@ -291,28 +291,6 @@ def prepare_out(out: Path, option: str = "--out") -> Path:
     return out
 
 
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(temporary)`` next to ``path``, then move it into place (see
-    :func:`convlens.files.atomic_output`): a reader or a crash never sees half a file."""
-    from convlens.files import atomic_output
-
-    with atomic_output(path) as temporary:
-        write(temporary)
-    return path
-
-
-def save_png(image: Any, path: Path) -> Path:
-    """Write a PIL image as PNG atomically."""
-    return atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Write a UTF-8 text file atomically."""
-    from convlens.files import write_text_atomic
-
-    return write_text_atomic(path, text)
-
-
 # ------------------------------------------------------- method and metric options
 
 

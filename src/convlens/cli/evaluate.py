@@ -119,7 +119,7 @@ def evaluate(
     *, model_options: ModelOptions,
 ) -> None:
     """Score methods with metrics on these images; print a ranking per metric."""
-    from convlens.files import check_output, claim_output
+    from convlens.files import claim_output
 
     method_names = parse_methods(method)
     metric_keys = parse_metrics(metric)
@@ -129,30 +129,30 @@ def evaluate(
     target_value: Any = None if target == "pred" else (
         int(target) if target.strip().lstrip("-").isdigit() else target)
     engine, engine_options = engine_settings(engine, ray_address, actors, gpus_per_actor)
-    if out is not None:  # a file, a read-only or a user's folder fails before any work
-        check_output(out, inputs=images)
+    # --out is claimed before the model loads: a file, a read-only or a user's folder, or
+    # another run in it, fails before any work
     with claim_output(out, inputs=images, what="convlens evaluate") if out else nullcontext():
-        _evaluate(images, method_names, metric_keys, target_value, layer, method_options,
-                  metric_options, image_batch, bootstrap, engine, engine_options, out,
-                  model_options)
+        from convlens.metrics.evaluate import evaluate as run
+
+        classifier = model_options.load()
+        result = run(classifier, [str(path) for path in images], method_names, metric_keys,
+                     target_value, layer=layer, method_options=method_options,
+                     metric_options=metric_options, image_batch=image_batch,
+                     bootstrap=bootstrap,
+                     progress=lambda line: console.print(f"[dim]{line}[/]", highlight=False),
+                     engine=engine, engine_options=engine_options)
+        _print_rankings(result, metric_keys)
+        if out is not None:
+            written = result.save(out)
+            console.print(f"wrote {len(written)} file(s) to {out}/ (evaluation.json, "
+                          "evaluation.html)")
+    report_problems(result.errors)
 
 
-def _evaluate(images: list[Path], method_names: list[str], metric_keys: list[str],
-              target_value: Any, layer: str | None, method_options: dict[str, Any],
-              metric_options: dict[str, Any], image_batch: int, bootstrap: int, engine: str,
-              engine_options: dict[str, Any], out: Path | None, model_options: ModelOptions
-              ) -> None:
-    """The run of ``convlens evaluate`` once its options are checked (and --out claimed)."""
+def _print_rankings(result: Any, metric_keys: list[str]) -> None:
+    """One table per metric (rank, mean, interval), then each method's stages if any."""
     from rich.table import Table
 
-    from convlens.metrics.evaluate import evaluate as run
-
-    classifier = model_options.load()
-    result = run(classifier, [str(path) for path in images], method_names, metric_keys,
-                 target_value, layer=layer, method_options=method_options,
-                 metric_options=metric_options, image_batch=image_batch, bootstrap=bootstrap,
-                 progress=lambda line: console.print(f"[dim]{line}[/]", highlight=False),
-                 engine=engine, engine_options=engine_options)
     for key in metric_keys:
         card = result.cards[key]
         direction = "higher is better" if card["higher_is_better"] else "lower is better"
@@ -170,11 +170,6 @@ def _evaluate(images: list[Path], method_names: list[str], metric_keys: list[str
             if s.stages:
                 stages = ", ".join(f"{k} {float(v.mean()):.2f}" for k, v in s.stages.items())
                 console.print(f"  {row.method}: {stages}", highlight=False)
-    if out is not None:
-        written = result.save(out)
-        console.print(f"wrote {len(written)} file(s) to {out}/ (evaluation.json, "
-                      "evaluation.html)")
-    report_problems(result.errors)
 
 
 def list_metrics() -> None:

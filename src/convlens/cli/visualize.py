@@ -13,7 +13,6 @@ Examples::
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,12 +29,10 @@ from convlens.cli._common import (
     model_input,
     prepare_out,
     read_photo,
-    save_png,
     with_model_options,
-    write_text,
 )
 from convlens.errors import ObjectiveError
-from convlens.files import claim_output
+from convlens.files import claim_output, save_image_atomic, write_json_atomic
 
 MAX_DEFAULT_CHANNELS = 16
 
@@ -143,7 +140,6 @@ def visualize(
     starts as the model sees it: at --input-size, cropped, squashed or padded); without
     --deepdream there is no photo and they are refused.
     """
-
     from convlens.visualization.optimize import check_arguments
     from convlens.visualization.optimize import visualize as render
 
@@ -170,29 +166,21 @@ def visualize(
     with cli_progress(terminal=True) if on_terminal else nullcontext(False) as progress:
         res = render(classifier, goals, size=size, steps=steps, seed=seed, lr=lr, param=param,
                      transforms=transforms, init=init, progress=progress)
+    final_values = res.trace[-1].tolist() if len(res.trace) else [None] * len(goals)
     with claim_output(out, what="convlens visualize"):  # every file atomic and listed
         paths = res.save(out)
-        _write_record(classifier, res, goals, paths, seed, param, transforms, deepdream,
-                      model_options, out)
+        write_json_atomic(out / "results.json", {
+            "model": classifier.name, "steps": len(res.trace),
+            "size": list(res.images.shape[-2:]), "seed": seed, "param": param,
+            "transforms": transforms, "seconds": round(res.seconds, 2),
+            "deepdream": str(deepdream) if deepdream else None,
+            "resize": model_options.resize,
+            "images": [{"objective": name, "file": path.name, "final_value": value}
+                       for name, path, value in zip(res.names, paths, final_values)],
+            "grid": "grid.png",
+        })
     console.print(f"wrote {len(goals)} visualization(s) and grid.png to {out}/ "
                   f"({res.seconds:.0f} s)", markup=False, highlight=False)
-
-
-def _write_record(classifier: Any, res: Any, goals: list[Any], paths: list[Path], seed: int,
-                  param: str, transforms: str, deepdream: Path | None,
-                  model_options: ModelOptions, out: Path) -> None:
-    """``OUT/results.json`` of a visualize run."""
-    final_values = res.trace[-1].tolist() if len(res.trace) else [None] * len(goals)
-    record = {
-        "model": classifier.name, "steps": len(res.trace), "size": list(res.images.shape[-2:]),
-        "seed": seed, "param": param, "transforms": transforms, "seconds": round(res.seconds, 2),
-        "deepdream": str(deepdream) if deepdream else None,
-        "resize": model_options.resize,
-        "images": [{"objective": name, "file": path.name, "final_value": value}
-                   for name, path, value in zip(res.names, paths, final_values)],
-        "grid": "grid.png",
-    }
-    write_text(out / "results.json", json.dumps(record, indent=2))
 
 
 def _start_size(photo: Any, size: int | None, input_size: tuple[int, int]) -> Any:
@@ -249,9 +237,10 @@ def activations(
     maps, order = activation_maps(classifier, model_input(classifier, photo), layer)
     path = out / f"{stem}.{layer}.activations.png"
     with claim_output(out, what="convlens activations"):
-        save_png(maps_grid(maps, order, top=top, normalize=normalize), path)
+        save_image_atomic(maps_grid(maps, order, top=top, normalize=normalize), path,
+                          format="PNG")
         if filters:
-            save_png(filter_grid(classifier), out / "filters.png")
+            save_image_atomic(filter_grid(classifier), out / "filters.png", format="PNG")
     means = maps.mean(dim=(1, 2))
     best = ", ".join(f"#{int(c)} ({float(means[c]):.3g})" for c in order[:5])
     console.print(f"{layer}: {maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}; "
