@@ -54,6 +54,8 @@ def _whole(value: object) -> bool:
     if isinstance(value, numbers.Integral):
         return True
     return isinstance(value, float) and value.is_integer()
+
+
 _INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
