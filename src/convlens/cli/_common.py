@@ -27,7 +27,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-console = Console()
+console = Console(soft_wrap=True)  # a line of ours stays one line in any log (terminals wrap)
 errors = Console(stderr=True)  # for notes on stderr; error lines go through error_line()
 
 EXIT_PARTIAL = 1  # some inputs failed, the rest was processed

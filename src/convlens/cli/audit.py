@@ -100,7 +100,7 @@ def audit(
     console.print(f"audited {len(result.images)} image(s): {out / 'audit.json'}, {report}")
     if top is not None:
         console.print(f"most suspicious: {top['class']} cluster {top['cluster']}: {top['why']}",
-                      markup=False, highlight=False, soft_wrap=True)  # one line in any log
+                      markup=False, highlight=False)
     for key, entry in result.data.get("metrics", {}).items():
         if entry["mean"] is None:
             console.print(f"{key}: undefined on every image", markup=False, highlight=False)
