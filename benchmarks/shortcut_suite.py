@@ -406,6 +406,11 @@ def score_ranked(ranked: Sequence[Mapping[str, Any]], artefact: Iterable[str]) -
 def score_audit(data: Mapping[str, Any], artefact: Iterable[str]) -> Found:
     """Score ``audit.json`` content: its ``suspicious`` list in order, each entry's members
     looked up in ``classes[...]["clusters"]``."""
+    if data.get("strategies") is not None:
+        return score_ranked([{"members": s["members"], "flip_rate": s.get("flip_rate"),
+                              "random_flip_rate": s.get("random_flip_rate"),
+                              "checked": s.get("checked_members")}
+                             for s in data["strategies"]], artefact)
     clusters = {(c["name"], k["id"]): k for c in data["classes"] for k in c["clusters"]}
     ranked = []
     for entry in data["suspicious"]:

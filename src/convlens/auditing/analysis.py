@@ -1,5 +1,11 @@
 """From the pass's records to ``audit.json``: accuracy, strategies, suspicion, causal checks.
 
+:func:`build_audit` runs four steps, each one function: :func:`cluster_groups` (SpRAy per
+group at several resolutions, :mod:`convlens.auditing.groups`), :func:`find_strategies`
+(cross-class strategies from what the mistakes share, :mod:`convlens.auditing.strategies`,
+and the per-group clusters, ranked together), :func:`check_strategies` (the causal check of
+the most suspicious) and :func:`audit_content` (the JSON).
+
 Everything here is a deterministic function of the stored records and maps (sorted by path,
 seeded SpRAy and causal checks, floats rounded to 6 digits), so a resumed run and an
 uninterrupted one write the same ``audit.json``.
@@ -17,9 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from convlens.auditing.groups import GroupClusters, cluster_group
 from convlens.auditing.scoring import mean_of, summary
-from convlens.auditing.spray import spray
-from convlens.auditing.suspicion import ClusterScore, mean_map, rank_clusters, score_group
+from convlens.auditing.strategies import (
+    Search,
+    Strategy,
+    link_clusters,
+    mistake_directions,
+    rank_strategies,
+)
+from convlens.auditing.suspicion import mean_map, rank_clusters, score_members
 from convlens.jobs.progress import ProgressCallback, emit
 from convlens.jobs.store import ResultStore
 
@@ -90,6 +103,27 @@ class MapReader:
             out[k] = self._array(image.shard, "maps")[image.row]
         return out
 
+    def mean_map(self, images: Sequence[StoredImage], chunk: int = 1024) -> np.ndarray:
+        """The mean of the sum-normalised maps of ``images``, read ``chunk`` at a time."""
+        total = None
+        for start in range(0, len(images), chunk):
+            part = images[start:start + chunk]
+            block = mean_map(self.stack(part, np.float32)) * len(part)
+            total = block if total is None else total + block
+        return np.zeros((1, 1)) if total is None else total / len(images)
+
+    def features(self, images: Sequence[StoredImage]) -> np.ndarray | None:
+        """The pooled activations of ``images`` ``(N, D)`` float32, or None when the store
+        has none (written before convlens 10, or by a model without a feature layer)."""
+        rows = []
+        for image in images:
+            try:
+                array = self._array(image.shard, "features")
+            except (FileNotFoundError, OSError):
+                return None
+            rows.append(np.asarray(array[image.row], dtype=np.float32))
+        return np.stack(rows) if rows else None
+
 
 def class_metrics(images: Sequence[StoredImage], names: Sequence[str]
                   ) -> tuple[dict[str, dict[str, Any]], list[list[int]]]:
@@ -115,6 +149,153 @@ def class_metrics(images: Sequence[StoredImage], names: Sequence[str]
 CausalRunner = Callable[[list[StoredImage], np.ndarray, int], Any]
 
 
+def group_positions(images: Sequence[StoredImage], group_by: str) -> dict[str, list[int]]:
+    """Positions of the images of each group (predicted class or label), by name."""
+    field = "predicted" if group_by == "predicted" else "label"
+    groups: dict[str, list[int]] = defaultdict(list)
+    for position, image in enumerate(images):
+        name = image.record[field]
+        if name is not None:
+            groups[name].append(position)
+    return dict(groups)
+
+
+def cluster_groups(images: Sequence[StoredImage], reader: MapReader,
+                   groups: dict[str, list[int]], *, options: dict[str, Any],
+                   progress: ProgressCallback | None = None) -> dict[str, GroupClusters]:
+    """SpRAy per group at several resolutions (:func:`convlens.auditing.groups.cluster_group`);
+    one group's maps in memory at a time."""
+    found: dict[str, GroupClusters] = {}
+    emit(progress, "cluster", 0, len(groups))
+    for done, name in enumerate(sorted(groups), start=1):
+        members = groups[name]
+        maps = reader.stack([images[p] for p in members], np.float32)
+        correct = [images[p].record["correct"] for p in members]
+        found[name] = cluster_group(name, maps, correct, options=options)
+        del maps  # freed before the next group is read
+        emit(progress, "cluster", done, len(groups), name)
+    return found
+
+
+def _known(images: Sequence[StoredImage], positions: Sequence[int]) -> np.ndarray:
+    return np.array([np.nan if images[p].record["correct"] is None
+                     else float(images[p].record["correct"]) for p in positions])
+
+
+def find_strategies(images: Sequence[StoredImage], reader: MapReader,
+                    groups: dict[str, list[int]], clustered: dict[str, GroupClusters], *,
+                    group_by: str, layer: str | None, seed: int = 0,
+                    progress: ProgressCallback | None = None
+                    ) -> tuple[list[Strategy], dict[str, Any]]:
+    """Cross-class strategies (what the mistakes share, :mod:`convlens.auditing.strategies`)
+    and every per-group cluster not held by one of them, ranked together by suspicion.
+
+    Returns the ranked strategies and the search's record for ``audit.json``
+    (``strategy_search``: the layer, the AUC of every round, why it stopped).
+    """
+    emit(progress, "strategies", 0, 1)
+    clusters = []  # (group, id, positions)
+    for name, found in sorted(clustered.items()):
+        for cid in range(found.n_clusters):
+            inside = [p for p, c in zip(groups[name], found.labels) if c == cid]
+            clusters.append((name, cid, np.array(inside)))
+    field = "predicted" if group_by == "predicted" else "label"
+    features = reader.features(images) if layer is not None else None
+    if features is None:
+        search = Search([], "the store holds no features (an audit written before convlens "
+                            "10, or a model without a feature layer)")
+    else:
+        search = mistake_directions(features, [i.record["correct"] for i in images], seed=seed)
+    strategies: list[Strategy] = []
+    held: set[tuple[str, int]] = set()
+    mistakes_total = sum(i.record["correct"] is False for i in images)
+    for direction in search.directions:
+        positions = direction.members.tolist()
+        names = Counter(images[p].record[field] for p in positions
+                        if images[p].record[field] is not None)
+        context = [p for name in names for p in groups.get(name, [])]
+        inside = set(positions)
+        rest = [images[p] for p in context if p not in inside]
+        heat = reader.mean_map([images[p] for p in positions])
+        score = score_members("", len(strategies), heat,
+                              reader.mean_map(rest) if rest else None, len(positions),
+                              _known(images, positions))
+        linked = link_clusters(direction.members, clusters)
+        held.update(linked)
+        mistaken = [images[p].record for p in positions if images[p].record["correct"] is False]
+        wrong = len(mistaken)
+        strategies.append(Strategy(
+            "cross-class", positions, score, heat,
+            [n for n, _ in sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))], linked,
+            evidence={"layer": layer, "auc": round(direction.auc, 6), "mistakes_held": wrong,
+                      "of_mistakes": direction.mistakes, "all_mistakes": mistakes_total,
+                      "correct_members": sum(images[p].record["correct"] is True
+                                             for p in positions),
+                      "threshold": round(direction.threshold, 6),
+                      "mistakes_from": len({r["label"] for r in mistaken}),
+                      "mistakes_into": len({r["predicted"] for r in mistaken})}))
+    for name, cid, positions in clusters:
+        if (name, cid) in held:
+            continue
+        found = clustered[name]
+        strategies.append(Strategy("cluster", positions.tolist(), found.scores[cid],
+                                   found.means[cid], [name], [(name, cid)]))
+    emit(progress, "strategies", 1, 1)
+    record = {"layer": layer, "method": "mistakes against correct predictions, logistic "
+              "regression on pooled activations, cross-validated",
+              "rounds": search.tried, "stopped": search.stopped}
+    return rank_strategies(strategies), record
+
+
+def check_strategies(images: Sequence[StoredImage], strategies: Sequence[Strategy],
+                     causal: CausalRunner | None, *, checks: int, seed: int,
+                     progress: ProgressCallback | None = None) -> None:
+    """The causal check of the ``checks`` most suspicious strategies (of 2+ images), stored
+    on them (``strategy.check``)."""
+    candidates = [s for s in strategies if s.score.size >= 2][:checks] if causal else []
+    emit(progress, "check", 0, len(candidates))
+    for done, strategy in enumerate(candidates, start=1):
+        strategy.check = causal([images[p] for p in strategy.positions],
+                                np.asarray(strategy.heat, dtype=np.float64), seed + done)
+        emit(progress, "check", done, len(candidates), ", ".join(strategy.groups[:3]))
+
+
+def _map_rows(heat: np.ndarray) -> list[list[float | None]]:
+    return [[_r(v) for v in row] for row in np.asarray(heat)]
+
+
+def _check_fields(check: Any) -> dict[str, Any]:
+    if check is None:
+        return {}
+    fields = {"flip_rate": _r(check.flip_rate), "random_flip_rate": _r(check.random_flip_rate),
+              "causal": check.sentence(), "checked_members": check.members}
+    if hasattr(check, "to_dict"):
+        fields["causal_check"] = check.to_dict()
+    return fields
+
+
+def strategy_entry(rank: int, strategy: Strategy, images: Sequence[StoredImage],
+                   keys: Sequence[str]) -> dict[str, Any]:
+    """One ``strategies`` entry of ``audit.json``."""
+    score = strategy.score
+    entry = {"id": rank, "kind": strategy.kind, "groups": strategy.groups,
+             "clusters": [[g, c] for g, c in strategy.clusters],
+             "members": [images[p].record["path"] for p in strategy.positions],
+             "size": score.size, "error_rate": _r(score.error_rate),
+             "suspicion": _r(score.suspicion), "why": strategy.why(),
+             "flip_rate": None, "random_flip_rate": None, "causal": None,
+             "concentration": _r(score.concentration), "isolation": _r(score.isolation),
+             "support_weight": _r(score.support), "half_mass_area": _r(score.area),
+             "mean_map": _map_rows(strategy.heat)}
+    if strategy.evidence is not None:
+        entry["evidence"] = strategy.evidence
+    entry.update(_check_fields(strategy.check))
+    if keys:
+        entry["metrics"] = {k: mean_of([images[p].record for p in strategy.positions], k)
+                            for k in keys}
+    return entry
+
+
 def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[str, Any],
                 errors: Sequence[dict[str, str]], group_by: str = "predicted",
                 causal: CausalRunner | None = None, checks: int = 3,
@@ -129,52 +310,62 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
     "size", "members", "error_rate", "suspicion", "flip_rate", ...}], ...}], "suspicious":
     [{"class", "cluster", "suspicion", "why", ...}]}`` (most suspicious first). Added fields:
     ``accuracy``, ``confusion`` ``{"classes", "matrix"}``, per image ``top5``, per cluster the
-    suspicion's parts and the causal figures, per class the SpRAy steps. With metrics
+    suspicion's parts and the causal figures, per class the SpRAy steps and ``resolution``
+    (the eigengap's choice, how clear it was, the k kept). convlens 10: ``strategies``
+    ``[{"id", "kind", "groups", "clusters": [[class, id]], "members", "size", "error_rate",
+    "suspicion", "why", "flip_rate", "random_flip_rate", "causal", "causal_check", "evidence",
+    ...}]`` (most suspicious first; cross-class strategies and the per-group clusters they do
+    not hold) and ``strategy_search`` (how the cross-class search went). With metrics
     (``metric_cards``): top-level ``metrics`` ``{key: {"card", "mean", "ci": [low, high],
     "count", "undefined"}}`` (bootstrap 95 %), and ``metrics`` ``{key: mean}`` per image (the
-    score), per class, per cluster and per suspicious entry.
+    score), per class, per cluster, per strategy and per suspicious entry.
 
     Args:
         images: From :func:`stored_images`.
-        reader: Reads their maps.
-        header: ``model``, ``method``, ``layer`` (and any extra fields).
+        reader: Reads their maps (and features).
+        header: ``model``, ``method``, ``layer`` (and any extra fields); ``feature_layer``
+            names the layer whose pooled activations the pass recorded.
         errors: Unreadable files.
         group_by: ``"predicted"`` (the decisions the model made) or ``"label"`` (the paper).
-        causal: ``causal(members, mean_map, seed) -> CausalResult`` for the top clusters.
-        checks: How many of the most suspicious clusters get the causal check.
+        causal: ``causal(members, mean_map, seed) -> CausalResult`` for the top strategies.
+        checks: How many of the most suspicious strategies get the causal check.
         spray_options: Passed to :func:`~convlens.auditing.spray.spray`.
         metric_cards: ``{key: card}`` of the metrics scored in the pass
             (:func:`convlens.auditing.scoring.card`); None: no metric fields.
     """
-    field = "predicted" if group_by == "predicted" else "label"
+    groups = group_positions(images, group_by)
+    options = {"tsne": False, "seed": seed, **(spray_options or {})}
+    clustered = cluster_groups(images, reader, groups, options=options, progress=progress)
+    strategies, search = find_strategies(images, reader, groups, clustered, group_by=group_by,
+                                         layer=header.get("feature_layer"), seed=seed,
+                                         progress=progress)
+    check_strategies(images, strategies, causal, checks=checks, seed=seed, progress=progress)
+    return audit_content(images, groups, clustered, strategies, search, header=header,
+                         errors=errors, group_by=group_by, seed=seed, metric_cards=metric_cards)
+
+
+def audit_content(images: Sequence[StoredImage], groups: dict[str, list[int]],
+                  clustered: dict[str, GroupClusters], strategies: Sequence[Strategy],
+                  search: dict[str, Any], *, header: dict[str, Any],
+                  errors: Sequence[dict[str, str]], group_by: str, seed: int,
+                  metric_cards: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """The ``audit.json`` content from the steps' results (schema: :func:`build_audit`)."""
     keys = list(metric_cards or {})
-    groups: dict[str, list[int]] = defaultdict(list)
-    for position, image in enumerate(images):
-        name = image.record[field]
-        if name is not None:
-            groups[name].append(position)
     names = sorted({n for i in images for n in (i.record["label"], i.record["predicted"])
                     if n is not None})
     metrics, matrix = class_metrics(images, names)
+    strategy_of = {}
+    for rank, strategy in enumerate(strategies, start=1):
+        for pair in strategy.clusters:
+            strategy_of.setdefault(pair, rank)
     cluster_of: dict[int, int] = {}
     per_class: dict[str, dict[str, Any]] = {}
-    scores: list[ClusterScore] = []
-    options = {"tsne": False, "seed": seed, **(spray_options or {})}
-    emit(progress, "cluster", 0, len(groups))
-    for done, name in enumerate(sorted(groups), start=1):
-        members = groups[name]
-        maps = reader.stack([images[p] for p in members], np.float32)
-        result = spray(maps, **options)
-        for p, c in zip(members, result.labels):
+    for name, found in clustered.items():
+        for p, c in zip(groups[name], found.labels):
             cluster_of[p] = int(c)
-        correct = [images[p].record["correct"] for p in members]
-        group_scores = score_group(name, maps, result.labels, correct)
-        scores.extend(group_scores)
-        by_id = {s.cluster: s for s in group_scores}
         clusters = []
-        for cid in range(result.n_clusters):
-            inside = [p for p, c in zip(members, result.labels) if c == cid]
-            score = by_id[cid]
+        for cid, score in enumerate(found.scores):
+            inside = [p for p, c in zip(groups[name], found.labels) if c == cid]
             clusters.append({
                 "id": cid, "size": len(inside),
                 "members": [images[p].record["path"] for p in inside],
@@ -182,34 +373,25 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
                 "flip_rate": None, "random_flip_rate": None,
                 "concentration": _r(score.concentration), "isolation": _r(score.isolation),
                 "support_weight": _r(score.support), "half_mass_area": _r(score.area),
-                "mean_map": [[_r(v) for v in row] for row in mean_map(maps[result.labels == cid])],
+                "mean_map": _map_rows(found.means[cid]),
+                "strategy": strategy_of.get((name, cid)),
             })
             if keys:
                 clusters[-1]["metrics"] = {k: mean_of([images[p].record for p in inside], k)
                                            for k in keys}
-        per_class[name] = {"eigenvalues": [_r(v) for v in result.eigenvalues],
-                           "n_clusters": result.n_clusters, "clusters": clusters,
-                           "spray": [s.to_dict() | {"seconds": None} for s in result.steps]}
-        del maps, result  # one group's maps at a time: freed before the next is read
-        emit(progress, "cluster", done, len(groups), name)
-    ranked = rank_clusters(scores)
+        per_class[name] = {"eigenvalues": [_r(v) for v in found.eigenvalues],
+                           "n_clusters": found.n_clusters, "clusters": clusters,
+                           "resolution": found.resolution(),
+                           "spray": [s.to_dict() | {"seconds": None} for s in found.steps]}
+    for strategy in strategies:  # a checked cluster carries its figures, as before
+        if strategy.kind == "cluster" and strategy.check is not None:
+            name, cid = strategy.clusters[0]
+            per_class[name]["clusters"][cid].update(_check_fields(strategy.check))
     suspicious = []
-    candidates = [s for s in ranked if s.size >= 2][:checks] if causal is not None else []
-    emit(progress, "check", 0, len(candidates))
-    for done, score in enumerate(candidates, start=1):
-        cluster = per_class[score.group]["clusters"][score.cluster]
-        inside = [p for p in groups[score.group] if cluster_of[p] == score.cluster]
-        heat = np.asarray(cluster["mean_map"], dtype=np.float64)
-        result = causal([images[p] for p in inside], heat, seed + done)
-        cluster["flip_rate"] = _r(result.flip_rate)
-        cluster["random_flip_rate"] = _r(result.random_flip_rate)
-        cluster["causal"] = result.sentence()
-        cluster["checked_members"] = result.members
-        emit(progress, "check", done, len(candidates), score.group)
-    for score in ranked:
+    for score in rank_clusters([s for found in clustered.values() for s in found.scores]):
         cluster = per_class[score.group]["clusters"][score.cluster]
         entry = {"class": score.group, "cluster": score.cluster, "suspicion": _r(score.suspicion),
-                 "why": score.why(), "size": score.size}
+                 "why": score.why(), "size": score.size, "strategy": cluster["strategy"]}
         if keys:
             entry["metrics"] = cluster["metrics"]
         if cluster.get("causal"):
@@ -244,6 +426,9 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
                          key=lambda e: e["path"]),
         "classes": classes,
         "confusion": {"classes": names, "matrix": matrix},
+        "strategies": [strategy_entry(rank, s, images, keys)
+                       for rank, s in enumerate(strategies, start=1)],
+        "strategy_search": search,
         "suspicious": suspicious,
     }
     if keys:

@@ -6,7 +6,11 @@ forward, so predictions cost nothing extra), a second attribution for the true c
 mistakes only, the requested maps-based metrics on the full-resolution maps of the
 predicted class (:mod:`convlens.auditing.scoring`), then one append to the
 :class:`~convlens.jobs.store.ResultStore`: a JSON-lines shard of records and the maps as
-float16 side arrays, downsized to ``map_size`` (32x32 by default: 2 KiB per map). Nothing
+float16 side arrays, downsized to ``map_size`` (32x32 by default: 2 KiB per map), and the
+*features*: the feature layer's activations pooled over space (mean and max per channel,
+float16), which the cross-class strategies are found in
+(:mod:`convlens.auditing.strategies`). For the CAM family they come from the attribution's
+own forward; other methods cost one more forward without gradients. Nothing
 accumulates in memory; finished images (keyed by their content and the configuration) are
 skipped on a rerun, so a killed run resumes.
 
@@ -26,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convlens._hooks import HookSession
 from convlens.attribution.core import Method, attribute, get_method
 from convlens.auditing.scoring import score_batch
 from convlens.engines import Engine, get_engine
@@ -93,6 +98,24 @@ def downsize(raw: torch.Tensor, spec: Method, size: int) -> np.ndarray:
     return maps.cpu().numpy().astype(np.float16)
 
 
+def pool_features(output: torch.Tensor) -> torch.Tensor:
+    """A layer's output ``(N, C, H, W)`` (or tokens ``(N, T, C)``) -> ``(N, 2C)``: the mean and
+    the maximum of every channel over space, float32.
+
+    The mean says how much of a channel the image holds, the maximum whether it fires
+    anywhere at all: a small artefact (a tag in a corner) lifts a channel's maximum while
+    barely moving its mean.
+    """
+    values = output.detach().float()
+    if values.dim() == 4:
+        flat = values.flatten(2)
+    elif values.dim() == 3:
+        flat = values.transpose(1, 2)
+    else:
+        return values.flatten(1)
+    return torch.cat([flat.mean(dim=2), flat.amax(dim=2)], dim=1)
+
+
 @dataclass
 class PassSettings:
     """What the pass computes; every field is part of the store's configuration."""
@@ -104,6 +127,7 @@ class PassSettings:
     batch_size: int = 32
     workers: int = 0
     metrics: list[Any] = field(default_factory=list)  # AuditMetric, see auditing/scoring.py
+    feature_layer: str | None = None  # pooled activations recorded here (None: none)
 
 
 @dataclass
@@ -179,6 +203,8 @@ class AuditWorker:
         modules = dict(classifier.module.named_modules())
         self.layer = modules[settings.layer] if settings.layer and self.spec.needs_layer \
             else None
+        self.feature_module = modules.get(settings.feature_layer) \
+            if settings.feature_layer else None
         labels = classifier.labels
         self.index_of = {name: i for i, name in enumerate(labels)} if labels else {}
 
@@ -187,11 +213,22 @@ class AuditWorker:
         classifier, settings, spec, recorder = (self.classifier, self.settings, self.spec,
                                                 self.recorder)
         x = batch.x.to(classifier.device)
-        raw = attribute(recorder, x, spec.name, target=None, layer=self.layer,
-                        **settings.options)
+        pooled: list[torch.Tensor] = []
+        with HookSession() as hooks:
+            if self.feature_module is not None and spec.needs_layer:
+                # The CAM family's first forward is the plain batch: its activations are
+                # the features, at no extra cost.
+                hooks.forward_hook(self.feature_module, _first_output(pooled, len(x)))
+            raw = attribute(recorder, x, spec.name, target=None, layer=self.layer,
+                            **settings.options)
         logits = recorder.last
-        if logits is None:  # a method that never ran the plain batch: one extra forward
-            logits = classifier.logits(x)
+        if logits is None or (self.feature_module is not None and not pooled):
+            # a method that never ran the plain batch: one extra forward, without gradients
+            with HookSession() as hooks, torch.no_grad():
+                if self.feature_module is not None:
+                    hooks.forward_hook(self.feature_module, _first_output(pooled, len(x)))
+                plain = classifier.logits(x)
+            logits = plain if logits is None else logits
         recorder.last = None
         probabilities = logits.float().softmax(dim=1).cpu()
         predicted = probabilities.argmax(dim=1)
@@ -227,4 +264,18 @@ class AuditWorker:
             })
             if settings.metrics:
                 records[-1]["metrics"] = scores[row]
-        return records, {"maps": maps, "truemaps": true_maps}
+        arrays = {"maps": maps, "truemaps": true_maps}
+        if pooled:
+            arrays["features"] = pooled[0].clamp(-FLOAT16_MAX, FLOAT16_MAX).cpu().numpy() \
+                .astype(np.float16)
+        return records, arrays
+
+
+def _first_output(into: list[torch.Tensor], batch: int) -> Any:
+    """A forward hook that keeps the pooled output of the first call on the whole batch."""
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        if not into and isinstance(output, torch.Tensor) and output.shape[:1] == (batch,):
+            into.append(pool_features(output))
+
+    return hook

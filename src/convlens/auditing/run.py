@@ -176,9 +176,10 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
                       else classifier.default_layer(shape))
     else:
         layer_name = None
+    feature_layer = layer_name if layer_name is not None else _feature_layer(classifier, shape)
     settings = PassSettings(method=method, layer=layer_name, options=dict(options),
                             map_size=map_size, batch_size=batch_size, workers=workers,
-                            metrics=chosen)
+                            metrics=chosen, feature_layer=feature_layer)
     config = {"model": classifier.name,
               "model_fingerprint": model_fingerprint(classifier.module, classifier.labels,
                                                      classifier.preprocessing),
@@ -186,7 +187,9 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
               "map_size": map_size, "group_by": group_by, "checks": checks, "seed": seed,
               # CPU kernels sum in an order that depends on the batch: probabilities differ
               # in the 6th digit between batch sizes, so a resume must keep the stored one.
-              "batch_size": batch_size}
+              "batch_size": batch_size,
+              # pooled activations for the cross-class strategies (convlens 10)
+              "features": {"layer": feature_layer, "pool": "mean+max"}}
     if chosen:  # only when asked, so stores written without metrics keep their fingerprint
         config["metrics"] = config_entry(chosen)
     with claim_output(out, overwrite=overwrite, inputs=[data], what="convlens audit"):
@@ -229,6 +232,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
             return result
 
         header = {"model": classifier.name, "method": method, "layer": layer_name,
+                  "feature_layer": feature_layer,
                   "data": str(data), "layout": dataset.layout, "map_size": map_size,
                   "clustering": {"neighbours": neighbours, "max_maps": max_cluster_maps}}
         cards = None
@@ -246,6 +250,17 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         emit(progress, "done", 1, 1, f"wrote {out / 'audit.json'}")
         return Audit(content, out, classifier=classifier, dataset=dataset, settings=settings,
                      store=store)
+
+
+def _feature_layer(classifier: Any, shape: tuple[int, ...]) -> str | None:
+    """The layer whose pooled activations the pass records for a method without a layer:
+    the model's default (last spatial) layer, or None when it has none."""
+    from convlens.errors import LayerError
+
+    try:
+        return classifier.default_layer(shape)
+    except LayerError:
+        return None
 
 
 def check_grouping(data: str | os.PathLike[str], group_by: str, layout: str,

@@ -58,7 +58,7 @@ SciPy / scikit-learn, it never touches a model.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,11 @@ class SpRAyResult:
         embedding: The row-normalised spectral embedding ``(N, n_eigval)``.
         coords: 2-D coordinates for display ``(N, 2)``, or ``None`` when switched off.
         steps: Every step with its parameters, in order.
+        partitions: ``{k: labels}``: the k-means partition at every resolution asked for
+            (``resolutions``), numbered like ``labels``; ``labels`` is the eigengap's.
+        eigengap_k: The number of clusters the eigengap chose (before merging).
+        eigengap_jump: How clear that choice was: ``lambda_{k+1} / lambda_k`` at the largest
+            gap (large: a clear jump; near 1: no structure), ``None`` for tiny groups.
     """
 
     labels: np.ndarray
@@ -100,6 +105,9 @@ class SpRAyResult:
     embedding: np.ndarray
     coords: np.ndarray | None
     steps: list[Step] = field(default_factory=list)
+    partitions: dict[int, np.ndarray] = field(default_factory=dict)
+    eigengap_k: int = 1
+    eigengap_jump: float | None = None
 
     def sizes(self) -> list[int]:
         """Members per cluster, by cluster id."""
@@ -316,6 +324,21 @@ def eigengap(eigenvalues: np.ndarray, *, max_clusters: int = 8, min_jump: float 
     return k
 
 
+def eigengap_jump(eigenvalues: np.ndarray, *, max_clusters: int = 8) -> float | None:
+    """How clear the eigengap is: ``lambda_{k+1} / lambda_k`` at the largest gap over
+    ``k <= max_clusters`` (``inf`` when ``lambda_k`` is 0: separate components; ``None``
+    when there are too few eigenvalues). :func:`eigengap` accepts a ``k`` only above
+    ``min_jump``; the audit reports the ratio instead of using it as a gate."""
+    values = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    limit = min(int(max_clusters), len(values) - 1)
+    if limit < 1:
+        return None
+    gaps = np.diff(values[: limit + 1])
+    k = int(np.argmax(gaps)) + 1
+    low = max(values[k - 1], 0.0)
+    return float("inf") if low <= 1e-9 else float(values[k] / low)
+
+
 def kmeans(embedding: np.ndarray, *, n_clusters: int, seed: int = 0, n_init: int = 10
            ) -> np.ndarray:
     """k-means (scikit-learn, seeded) on the first ``n_clusters`` eigenvectors, rows renormalised.
@@ -412,7 +435,8 @@ def spray(maps: np.ndarray, *, n_neighbors: int = 10, n_eigval: int = 32, max_cl
           min_jump: float = 3.0, n_clusters: int | None = None, clip_negative: bool = True,
           tsne: bool = True, tsne_max_points: int = 1000,
           pca_components: int = 64, merge_cosine: float | None = 0.9, seed: int = 0,
-          neighbours: str = "exact", max_maps: int | None = None) -> SpRAyResult:
+          neighbours: str = "exact", max_maps: int | None = None,
+          resolutions: Sequence[int] = ()) -> SpRAyResult:
     """Run the SpRAy pipeline on one group of maps (e.g. all images predicted as one class).
 
     Args:
@@ -434,6 +458,10 @@ def spray(maps: np.ndarray, *, n_neighbors: int = 10, n_eigval: int = 32, max_cl
             map the majority cluster of its ``n_neighbors`` nearest sampled maps in the PCA
             space (:func:`assign_to_sample`): the spectral steps then cost the same for any
             group size, the rest is linear in N (docs/capacity.md). ``None``: all maps.
+        resolutions: Also partition the group into each of these numbers of clusters
+            (k-means on the same embedding, merged like the eigengap's), returned in
+            ``partitions``: the audit scores every resolution instead of trusting one
+            eigengap decision (docs/architecture.md, "Audit").
 
     Returns:
         A :class:`SpRAyResult` with every step's parameters and timing.
@@ -471,14 +499,29 @@ def spray(maps: np.ndarray, *, n_neighbors: int = 10, n_eigval: int = 32, max_cl
         count = int(n_clusters)
         steps.append(Step("eigengap", {"forced": count}))
     count = max(1, min(count, rows.shape[0]))
+    chosen_k = count
     labels = run("kmeans", kmeans, embedding, n_clusters=count, seed=seed)
     if merge_cosine is not None:
         labels = run("merge_similar", lambda v, **p: merge_similar(v, rows, **p), labels,
                      min_cosine=merge_cosine)
+    partitions: dict[int, np.ndarray] = {}
+    if resolutions:
+        start = time.perf_counter()
+        for k in sorted({max(1, min(int(r), rows.shape[0])) for r in resolutions}):
+            found = labels if k == count else kmeans(embedding, n_clusters=k, seed=seed)
+            if merge_cosine is not None and k != count:
+                found = merge_similar(found, rows, min_cosine=merge_cosine)
+            partitions[k] = found
+        steps.append(Step("resolutions", {"k": sorted(partitions), "seed": seed},
+                          time.perf_counter() - start))
     if sample is not None:
         start = time.perf_counter()
         labels, nearest = assign_to_sample(maps, sample, labels, reduced, project,
                                            n_neighbors=n_neighbors, clip_negative=clip_negative)
+        partitions = {k: assign_to_sample(maps, sample, found, reduced, project,
+                                          n_neighbors=n_neighbors,
+                                          clip_negative=clip_negative)[0]
+                      for k, found in partitions.items()}
         embedding = embedding[nearest]
         steps.append(Step("assign_to_sample", {"n_neighbors": n_neighbors,
                                                "assigned": int(total - len(sample))},
@@ -488,7 +531,9 @@ def spray(maps: np.ndarray, *, n_neighbors: int = 10, n_eigval: int = 32, max_cl
     if tsne:
         coords = run("tsne", embed_2d, embedding, max_points=tsne_max_points, seed=seed)
     return SpRAyResult(labels=labels, n_clusters=count, eigenvalues=eigenvalues,
-                       embedding=embedding, coords=coords, steps=steps)
+                       embedding=embedding, coords=coords, steps=steps, partitions=partitions,
+                       eigengap_k=chosen_k,
+                       eigengap_jump=eigengap_jump(eigenvalues, max_clusters=max_clusters))
 
 
 def assign_to_sample(maps: np.ndarray, sample: np.ndarray, sample_labels: np.ndarray,

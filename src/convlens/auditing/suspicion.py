@@ -147,28 +147,35 @@ def score_group(group: str, maps: np.ndarray, clusters: np.ndarray,
     known = None
     if correct is not None:
         known = np.array([c if c is not None else np.nan for c in correct], dtype=np.float64)
-    means = {int(c): mean_map(maps[clusters == c]) for c in np.unique(clusters)}
     scores = []
-    for cid, heat in means.items():
+    for cid in np.unique(clusters):
         members = clusters == cid
-        size = int(members.sum())
-        error = None
-        if known is not None:
-            values = known[members]
-            values = values[~np.isnan(values)]
-            error = float(1.0 - values.mean()) if len(values) else None
-        area = half_mass_area(heat)
-        concentration = float(np.clip(1.0 - 2.0 * area, 0.0, 1.0))
         rest = ~members
-        isolation = 0.0
-        if rest.any():
-            isolation = float(np.clip(1.0 - cosine(heat, mean_map(maps[rest])), 0.0, 1.0))
-        support = size / (size + SUPPORT_HALF)
-        parts = [p for p in (error, concentration, isolation) if p is not None]
-        scores.append(ClusterScore(group, cid, size, error, concentration, isolation, support,
-                                   float(support * np.mean(parts)), area,
-                                   alone=not rest.any()))
+        scores.append(score_members(group, int(cid), mean_map(maps[members]),
+                                    mean_map(maps[rest]) if rest.any() else None,
+                                    int(members.sum()),
+                                    None if known is None else known[members]))
     return scores
+
+
+def score_members(group: str, cluster: int, heat: np.ndarray, rest_heat: np.ndarray | None,
+                  size: int, correct: np.ndarray | None) -> ClusterScore:
+    """The suspicion of one set of images from its mean map, the mean map of the rest of its
+    context (``None``: there is no rest) and its members' correctness (1/0/NaN unknown)."""
+    error = None
+    if correct is not None:
+        values = np.asarray(correct, dtype=np.float64)
+        values = values[~np.isnan(values)]
+        error = float(1.0 - values.mean()) if len(values) else None
+    area = half_mass_area(heat)
+    concentration = float(np.clip(1.0 - 2.0 * area, 0.0, 1.0))
+    isolation = 0.0
+    if rest_heat is not None:
+        isolation = float(np.clip(1.0 - cosine(heat, rest_heat), 0.0, 1.0))
+    support = size / (size + SUPPORT_HALF)
+    parts = [p for p in (error, concentration, isolation) if p is not None]
+    return ClusterScore(group, cluster, size, error, concentration, isolation, support,
+                        float(support * np.mean(parts)), area, alone=rest_heat is None)
 
 
 def rank_clusters(scores: Sequence[ClusterScore]) -> list[ClusterScore]:

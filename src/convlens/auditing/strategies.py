@@ -1,0 +1,335 @@
+"""Strategies across classes: what the model's mistakes share, wherever they were predicted.
+
+SpRAy (:mod:`convlens.auditing.spray`) clusters one group (one predicted class) at a time, so
+an artefact that pushes images into seventy classes shows up as seventy one-image pieces, or
+not at all. The audit holds a signal SpRAy does not use: which predictions are wrong. Here we
+ask whether the mistakes share something in the model's own representation:
+
+1. Every image's *features* (the feature layer's activations pooled over space, mean and
+   max per channel, recorded by the pass) are standardised and projected on their leading
+   principal components (unsupervised, so it leaks nothing into the validation below).
+2. A linear classifier (logistic regression, classes balanced) learns to tell the mistakes
+   from the correct predictions. Its scores are *cross-validated* (each image scored by a
+   model that never saw it, stratified folds, seeded), and their ROC AUC says how much the
+   mistakes share: near 0.5, nothing; near 1, one direction tells them apart.
+3. When the AUC reaches ``min_auc``, the strategy is every image scored above the threshold
+   that best separates mistakes (the F1-optimal cut of the cross-validated scores): the
+   mistakes that share the direction AND the correct predictions that carry the same
+   evidence (a tag on images of the class it was learned from). Images without a label are
+   scored by the classifier fitted on all labelled images.
+4. Step 2 runs for every candidate set of mistakes: all of them, and their k-means groups
+   in the same feature space (k = 2 .. 4), since one shortcut's mistakes and another
+   failure's are different things. Candidates are taken best AUC first, each keeping the
+   images no earlier strategy holds, so two different shortcuts become two strategies (at
+   most ``max_strategies``).
+
+*Where* the evidence lies is then read from the maps (the members' mean map, and the
+causal check of its hot region, :mod:`convlens.auditing.causal`); per-class clusters that lie
+mostly inside a strategy are linked to it (:func:`link_clusters`).
+
+See docs/architecture.md, "Audit": pure numpy and scikit-learn; it never touches a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from convlens.auditing.suspicion import ClusterScore
+
+MIN_MISTAKES = 8
+"""Fewer mistakes than this (left to explain) are not looked at: nothing to cross-validate."""
+MIN_AUC = 0.8
+"""The cross-validated AUC a direction needs before its images are called one strategy."""
+MAX_STRATEGIES = 3
+MAX_MISTAKE_GROUPS = 4
+SAME_EVIDENCE = 0.8
+"""Candidate directions whose scores correlate this much are one evidence (one family)."""
+COMPONENTS = 64
+FOLDS = 5
+LINK_SHARE = 0.5
+"""A per-class cluster belongs to a strategy when at least this share of it is inside."""
+
+
+@dataclass
+class Direction:
+    """One direction the mistakes share, and the images it ranks high.
+
+    Attributes:
+        members: Positions (into the features given) of the strategy's images, ascending.
+        auc: Cross-validated ROC AUC of mistakes against correct predictions.
+        mistakes: How many mistakes the search was given in this round.
+        threshold: The cut on the scores.
+        scores: Every image's score (cross-validated for labelled images).
+    """
+
+    members: np.ndarray
+    auc: float
+    mistakes: int
+    threshold: float
+    scores: np.ndarray = field(repr=False)
+
+
+@dataclass
+class Search:
+    """What :func:`mistake_directions` found, and why it stopped."""
+
+    directions: list[Direction]
+    stopped: str
+    tried: list[dict[str, float | int]] = field(default_factory=list)
+
+
+def _prepare(features: np.ndarray, seed: int) -> np.ndarray:
+    """Standardise the features and keep their leading principal components."""
+    x = np.asarray(features, dtype=np.float64)
+    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    spread = x.std(axis=0)
+    keep = spread > 1e-8
+    x = (x[:, keep] - x[:, keep].mean(axis=0)) / spread[keep]
+    components = min(COMPONENTS, x.shape[1], max(x.shape[0] - 1, 1))
+    if x.shape[1] <= components:
+        return x
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=components, svd_solver="randomized",
+               random_state=seed).fit_transform(x)
+
+
+def _classifier(seed: int):  # noqa: ANN202 - scikit-learn estimator
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000, random_state=seed)
+
+
+def _cross_validated(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = int(min(FOLDS, y.sum(), (~y).sum()))
+    scores = np.empty(len(y))
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+        scores[test] = _classifier(seed).fit(x[train], y[train]).decision_function(x[test])
+    return scores
+
+
+def _best_cut(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The score threshold with the best F1 for ``positive`` (ties: the higher cut)."""
+    order = np.argsort(-scores, kind="stable")
+    hits = np.cumsum(positive[order])
+    taken = np.arange(1, len(scores) + 1)
+    f1 = 2 * hits / (taken + positive.sum())
+    best = int(np.argmax(f1))
+    return float(scores[order[best]])
+
+
+def mistake_groups(x: np.ndarray, wrong: np.ndarray, *, seed: int, min_mistakes: int,
+                   max_groups: int = MAX_MISTAKE_GROUPS) -> list[np.ndarray]:
+    """Candidate sets of mistakes: all of them, and k-means groups of them (k = 2 ..
+    ``max_groups``) in the prepared feature space, each of at least ``min_mistakes``.
+
+    One shortcut's mistakes (textured shapes called circle) and another failure's (clean
+    circles called square, because the model never learned the circle's shape) are
+    different things; one direction fitted to both mixes them. Duplicates are dropped.
+    """
+    from sklearn.cluster import KMeans
+
+    index = np.flatnonzero(wrong)
+    found = [index]
+    for k in range(2, max_groups + 1):
+        if len(index) < k * min_mistakes:
+            break
+        labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(x[index])
+        found.extend(index[labels == j] for j in range(k) if (labels == j).sum() >= min_mistakes)
+    unique: dict[bytes, np.ndarray] = {}
+    for group in found:
+        unique.setdefault(np.sort(group).tobytes(), np.sort(group))
+    return list(unique.values())
+
+
+def mistake_directions(features: np.ndarray, correct: Sequence[bool | None], *, seed: int = 0,
+                       min_mistakes: int = MIN_MISTAKES, min_auc: float = MIN_AUC,
+                       max_strategies: int = MAX_STRATEGIES) -> Search:
+    """Find up to ``max_strategies`` directions the mistakes share (see the module notes).
+
+    Every candidate set of mistakes (:func:`mistake_groups`) gets a direction against the
+    correct predictions and its cross-validated AUC; candidates are taken best AUC first,
+    each keeping the images above its cut that no earlier strategy holds, as long as it still
+    holds ``min_mistakes`` mistakes of its own.
+
+    Args:
+        features: ``(N, D)`` pooled activations, one row per image.
+        correct: Per image ``True``/``False``, or ``None`` without a label.
+        seed: Seeds the projection, the groups, the folds and the classifier.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    n = len(correct)
+    known = np.array([c is not None for c in correct])
+    wrong = np.array([c is False for c in correct])
+    if n == 0 or wrong.sum() < min_mistakes:
+        return Search([], f"fewer than {min_mistakes} mistakes")
+    if (known & ~wrong).sum() < min_mistakes:
+        return Search([], f"fewer than {min_mistakes} correct predictions to compare with")
+    x = _prepare(features, seed)
+    right = known & ~wrong
+    candidates: list[tuple[float, int, np.ndarray, np.ndarray, float]] = []
+    for group in mistake_groups(x, wrong, seed=seed, min_mistakes=min_mistakes):
+        positive = np.zeros(n, dtype=bool)
+        positive[group] = True
+        fit = right | positive
+        scores = np.empty(n)
+        scores[fit] = _cross_validated(x[fit], positive[fit], seed)
+        rest = ~fit
+        if rest.any():
+            scores[rest] = _classifier(seed).fit(x[fit], positive[fit]).decision_function(
+                x[rest])
+        auc = float(roc_auc_score(positive[fit], scores[fit]))
+        candidates.append((auc, len(group), positive, scores,
+                           _best_cut(scores[fit], positive[fit])))
+    candidates.sort(key=lambda c: (-c[0], -c[1]))
+    tried = [{"mistakes": size, "auc": round(auc, 6)} for auc, size, *_ in candidates]
+    taken = np.zeros(n, dtype=bool)
+    directions: list[Direction] = []
+    stopped = "every candidate set of mistakes was looked at"
+    for family in _families([c[3] for c in candidates]):
+        usable = [candidates[i] for i in family if candidates[i][0] >= min_auc]
+        if not usable:
+            continue
+        if len(directions) == max_strategies:
+            stopped = f"{max_strategies} strategies found"
+            break
+        # the family's largest set of mistakes with a clear direction: one shortcut's
+        # mistakes, not the k-means fragments of them
+        auc, size, positive, scores, cut = max(usable, key=lambda c: (c[1], c[0]))
+        inside = (scores >= cut) & ~taken
+        if (inside & positive).sum() < min_mistakes:
+            continue  # its mistakes are held by a better direction already
+        directions.append(Direction(np.flatnonzero(inside), auc, size, cut, scores))
+        taken |= inside
+    if not directions and candidates:
+        best = max(c[0] for c in candidates)
+        stopped = (f"no set of mistakes shares a direction (best cross-validated AUC "
+                   f"{best:.2f} < {min_auc})")
+    return Search(directions, stopped, tried)
+
+
+def _families(scores: Sequence[np.ndarray], min_correlation: float = SAME_EVIDENCE
+              ) -> list[list[int]]:
+    """Candidates whose scores over all images correlate at least ``min_correlation``
+    (single linkage) rank the same images: one evidence, found from several sets of its
+    mistakes. Families are returned best AUC first (the candidates come sorted so)."""
+    count = len(scores)
+    if count == 0:
+        return []
+    matrix = np.corrcoef(np.array(scores)) if count > 1 else np.ones((1, 1))
+    parent = list(range(count))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a in range(count):
+        for b in range(a + 1, count):
+            if matrix[a, b] >= min_correlation:
+                parent[root(b)] = root(a)
+    families: dict[int, list[int]] = {}
+    for i in range(count):
+        families.setdefault(root(i), []).append(i)
+    return sorted(families.values(), key=lambda f: f[0])
+
+
+def link_clusters(members: np.ndarray, clusters: Sequence[tuple[str, int, np.ndarray]],
+                  share: float = LINK_SHARE) -> list[tuple[str, int]]:
+    """The per-class clusters ``(group, id, positions)`` with at least ``share`` of their
+    images among ``members`` (positions), in the order given."""
+    inside = set(np.asarray(members).tolist())
+    linked = []
+    for group, cid, positions in clusters:
+        if len(positions) and np.mean([p in inside for p in positions]) >= share:
+            linked.append((group, cid))
+    return linked
+
+
+@dataclass
+class Strategy:
+    """One entry of ``audit.json``'s ``strategies``, before it is written.
+
+    Attributes:
+        kind: ``"cross-class"`` (a direction the mistakes share) or ``"cluster"`` (one
+            group's SpRAy cluster).
+        positions: The members, as positions in the audit's image list (ascending).
+        score: Its suspicion and the parts (:class:`~convlens.auditing.suspicion.ClusterScore`).
+        heat: The members' mean map.
+        groups: The groups its members fall in, most members first.
+        clusters: ``(group, cluster id)`` of the per-class clusters it holds.
+        evidence: For cross-class strategies: ``layer``, ``auc``, ``mistakes_held``,
+            ``of_mistakes``, ``correct_members``.
+    """
+
+    kind: str
+    positions: list[int]
+    score: ClusterScore
+    heat: np.ndarray
+    groups: list[str]
+    clusters: list[tuple[str, int]]
+    evidence: dict[str, Any] | None = None
+    check: Any = None  # a CausalResult once checked
+
+    def why(self) -> str:
+        """Why it is suspicious, in sentences that are each true of it."""
+        score = self.score
+        if self.kind == "cluster":
+            return score.why()
+        ev = self.evidence or {}
+        parts = [f"one strategy across {len(self.groups)} group(s) "
+                 f"({_listed(self.groups)}): {score.size} images"
+                 + (f", {score.error_rate:.0%} of them mistakes" if score.error_rate is not None
+                    else "")]
+        parts.append(f"the mistakes share a direction in the activations of {ev.get('layer')} "
+                     f"that tells them from correct predictions (cross-validated AUC "
+                     f"{ev.get('auc', 0):.2f}); it holds {ev.get('mistakes_held')} of the "
+                     f"{ev.get('of_mistakes')} mistakes searched")
+        if ev.get("correct_members"):
+            parts.append(f"{ev['correct_members']} correct prediction(s) carry the same "
+                         "evidence")
+        parts.append(f"half of the members' mean relevance lies in {score.area:.1%} of the "
+                     "image")
+        if self.clusters:
+            parts.append(f"it holds {len(self.clusters)} per-group cluster(s) "
+                         f"({_listed([f'{g} {c}' for g, c in self.clusters])})")
+        return "; ".join(parts)
+
+
+def _listed(names: Sequence[str], most: int = 6) -> str:
+    names = list(names)
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def flow(strategy: Strategy) -> float:
+    """How many true classes its mistakes come from per predicted class they go to.
+
+    Evidence that decides the class whatever the image shows (a tag the model learned as
+    "circle") pulls images of several classes into one; a class the model cannot recognise
+    sends its own images out instead (one true class, several predictions). Per-group
+    clusters score 0 here.
+    """
+    ev = strategy.evidence or {}
+    if strategy.kind != "cross-class" or not ev.get("mistakes_into"):
+        return 0.0
+    return ev.get("mistakes_from", 0) / ev["mistakes_into"]
+
+
+def rank_strategies(strategies: Sequence[Strategy]) -> list[Strategy]:
+    """Most suspicious first: cross-class strategies (what the mistakes share, the audit's
+    strongest evidence) before per-group clusters, by :func:`flow`, then by suspicion;
+    ties by group and cluster (deterministic)."""
+    def key(s: Strategy) -> tuple:
+        first = s.clusters[0] if s.clusters else ("", -1)
+        return (s.kind != "cross-class", -flow(s), -s.score.suspicion, first[0], first[1])
+
+    return sorted(strategies, key=key)
