@@ -305,7 +305,10 @@ def _decode_file(
                 if decode_size is not None:
                     _draft(image, full, decode_size(*full))
                 image.load()
-                return _to_rgb(image, background, path), full
+                rgb = _to_rgb(image, background, path)
+                if (rgb.width - rgb.height) * (full[0] - full[1]) < 0:
+                    full = (full[1], full[0])  # EXIF read for the size but not applied
+                return rgb, full
         except ImageError:
             raise
         except Image.DecompressionBombError as error:
