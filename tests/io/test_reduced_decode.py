@@ -147,3 +147,5 @@ def test_explain_and_audit_feed_the_network_the_same_reduced_decode(photos, tmp_
     assert torch.equal(explained, audited)
     assert torch.equal(explained[0], PRE.load_file(photos["jpeg"])[0])
     assert not torch.equal(explained[0], FULL.load_file(photos["jpeg"])[0])
+    with Image.open(tmp_path / "explain" / "cat.gradcam.png") as overlay:
+        assert overlay.size == (1600, 1200)  # drawn on the full-size photo, not the reduced one
