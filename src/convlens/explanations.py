@@ -322,7 +322,9 @@ def explain(classifier: Classifier, images: ImageLike | Iterable[ImageLike],
     Args:
         classifier: A :class:`~convlens.models.classifier.Classifier` (or an ``nn.Module``,
             wrapped with :func:`~convlens.models.classifier.as_classifier`).
-        images: Paths, PIL images or arrays (one or an iterable).
+        images: Paths, PIL images or arrays (one or an iterable), or a
+            :class:`~convlens.models.classifier.Prepared` batch (network inputs already
+            made, with their photos, which may be None, and geometries).
         methods: Method names (see ``convlens.methods()``).
         target: ``None``/``"pred"`` (the prediction), an index, a class name, one per
             image, ``"top:K"``, or a score function ``f(output) -> (N,)`` (see
@@ -473,8 +475,8 @@ def _prepare_one_by_one(classifier: Classifier, chunk: Sequence[Any]) -> Prepare
     """
     tensors, images, geometries = [], [], []
     for item in chunk:
-        one = classifier.prepare([item])
-        tensors.append(one.x)
+        one = item if isinstance(item, Prepared) else classifier.prepare([item])
+        tensors.append(one.x.to(classifier.device))
         images.append(None if isinstance(item, (str, os.PathLike)) else one.images[0])
         geometries.append(one.geometries[0])
         del one
@@ -482,7 +484,13 @@ def _prepare_one_by_one(classifier: Classifier, chunk: Sequence[Any]) -> Prepare
 
 
 def _items(images: Any) -> list[Any]:
-    """One image or an iterable of them, as a list (paths are cheap; pixels are not read)."""
+    """One image or an iterable of them, as a list (paths are cheap; pixels are not read).
+
+    A :class:`Prepared` batch (e.g. decoded by :func:`convlens.io.datasets.batches`)
+    becomes one single-row Prepared per image, used as it is."""
+    if isinstance(images, Prepared):
+        return [Prepared(images.x[i:i + 1], images.images[i:i + 1], images.geometries[i:i + 1])
+                for i in range(len(images))]
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
         return [images]
     if isinstance(images, Iterable):

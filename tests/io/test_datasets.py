@@ -19,6 +19,7 @@ from convlens.io.datasets import (
     scan_inputs,
     unknown_labels,
 )
+from convlens.io.images import load_image
 from convlens.models.preprocessing import Preprocessing
 
 PRE = Preprocessing(input_size=16)
@@ -103,8 +104,9 @@ def test_bad_files_become_problems_and_batches_match_prepare(tmp_path: Path, wor
     x = torch.cat([b.x for b in got if b.x is not None])
     torch.testing.assert_close(x, expected.x)
     assert [i.geometry for i in items] == expected.geometries
+    assert expected.images == [None] * 3  # files: decoded again (full size) when shown
     assert [b.image(k).size for b in got for k in range(len(b.items))] == [
-        im.size for im in expected.images]
+        load_image(p).size for p in good]
 
 
 def test_keys_follow_content_and_skip_avoids_decoding(tmp_path: Path) -> None:

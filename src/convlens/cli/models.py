@@ -12,9 +12,7 @@ from convlens.cli._common import (
     console,
     friendly_errors,
     max_pixels_option,
-    model_input,
     problem_record,
-    read_photo,
     report_problems,
     with_model_options,
 )
@@ -40,11 +38,11 @@ def predict(
     table = Table("image", "rank", "class", "probability")
     for path in files:
         try:
-            image = read_photo(path, max_pixels)
+            x = classifier.preprocessing.load_file(path, max_pixels=max_pixels)[0]
         except ImageError as error:
             problems.append(problem_record(path, error))
             continue
-        x = model_input(classifier, image)
+        x = x[None].to(classifier.device)
         for rank, (label, probability) in enumerate(classifier.predict(x, top=top)[0], 1):
             table.add_row(str(path) if rank == 1 else "", str(rank), label, f"{probability:.4f}")
     if files:

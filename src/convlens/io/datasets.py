@@ -18,7 +18,11 @@ reads its own output. Broken symbolic links are recorded as problems with the re
 :func:`batches` decodes with a :class:`torch.utils.data.DataLoader` (``workers`` processes;
 0 decodes in this process): a file that fails to decode becomes an
 :class:`~convlens.io.images.InputProblem` in its batch instead of stopping the run. Every
-file's content is hashed (SHA-256) on the way, giving each item a stable :attr:`DatasetItem.key`
+file becomes its network input through
+:meth:`~convlens.models.preprocessing.Preprocessing.load_file` (JPEGs decoded at reduced size
+where the input size allows), the same function :meth:`Classifier.prepare
+<convlens.models.classifier.Classifier.prepare>` uses. Every file's content is hashed
+(SHA-256) on the way, giving each item a stable :attr:`DatasetItem.key`
 that a job can use to skip finished work. Memory stays bounded by the batch size (plus the
 DataLoader's prefetch of ``2 x workers`` batches).
 """
@@ -413,7 +417,7 @@ class Batch:
         x: Preprocessed ``(n, C, H, W)`` float tensor (CPU) of the decoded items, or
             ``None`` when none decoded.
         items: The decoded items, in ``x``'s order.
-        images: Their decoded display images (RGB, EXIF-rotated), or empty when
+        images: Their decoded display images (RGB, EXIF-rotated, full size), or empty when
             ``keep_images=False`` (then :meth:`image` decodes again on demand).
         problems: Files of this batch that could not be read, with the one-line reason.
         skipped: Items whose key was in ``skip`` (not decoded).
@@ -470,14 +474,12 @@ class ImageDataset(torch.utils.data.Dataset):
         if item.key in self.skip:
             return ("skip", item)
         try:
-            options = {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
-            image = load_image(entry.path, **options)
-            resized, item.geometry = self.preprocessing.resize_image(image)
-            tensor = self.preprocessing.to_tensor(resized)
+            tensor, item.geometry, image = self.preprocessing.load_file(
+                entry.path, max_pixels=self.max_pixels, keep_photo=self.keep_images)
         except ConvlensError as error:
             reason = getattr(error, "reason", None) or str(error)
             return ("bad", InputProblem(entry.path, " ".join(reason.split())))
-        return ("ok", item, tensor, image if self.keep_images else None)
+        return ("ok", item, tensor, image)
 
 
 def _digest(path: Path) -> str:
@@ -519,8 +521,11 @@ def batches(entries: Sequence[Entry], preprocessing: Preprocessing, *, batch_siz
         workers: Decoding processes; 0 decodes in this process.
         salt: Mixed into every :attr:`DatasetItem.key` (e.g. a configuration fingerprint).
         skip: Keys not to decode (finished work); those items come back in ``skipped``.
-        keep_images: Ship the decoded display images with the batch (needed to draw
-            overlays); ``False`` saves the transfer from the workers.
+        keep_images: Ship the decoded display images (full size) with the batch (needed
+            to draw overlays); ``False`` saves the transfer from the workers, and for a
+            JPEG decoded at reduced size for ``x``
+            (:meth:`~convlens.models.preprocessing.Preprocessing.load_file`) a second,
+            full decode.
         max_pixels: Refuse photos with more pixels (default: the library's cap, see
             :func:`convlens.io.images.load_image`); a refused photo is a recorded problem.
 

@@ -25,13 +25,13 @@ import stat
 import struct
 import unicodedata
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeAlias
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from convlens.errors import ImageError
 
@@ -43,6 +43,7 @@ __all__ = [
     "expand_inputs",
     "is_image_file",
     "load_image",
+    "load_reduced",
     "pillow_pixel_ceiling",
     "safe_output_name",
     "too_many_pixels",
@@ -56,6 +57,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 
 ImageSource: TypeAlias = str | os.PathLike[str] | Image.Image | np.ndarray
 """Anything :func:`load_image` accepts."""
+
+DecodeSize: TypeAlias = Callable[[int, int], "tuple[int, int] | None"]
+"""``(width, height)`` of a photo as displayed -> the smallest ``(width, height)`` a reduced
+decode may give (None: decode at full size); see :func:`load_reduced`."""
 
 # Pillow decoders we let near user files. Restricting the list keeps exotic plugins (EPS
 # runs Ghostscript, for instance) out of reach of a file that merely lies about its name.
@@ -124,10 +129,50 @@ def load_image(
     if isinstance(source, np.ndarray):
         return _from_array(source, limit, fill)
     if isinstance(source, (str, os.PathLike)):
-        return _from_path(Path(os.fsdecode(os.fspath(source))), limit, fill)
+        return _from_path(Path(os.fsdecode(os.fspath(source))), limit, fill)[0]
     raise ImageError(
         None, f"unsupported input type {type(source).__name__}; expected {_ACCEPTED_INPUTS}"
     )
+
+
+def load_reduced(
+    path: str | os.PathLike[str],
+    decode_size: DecodeSize,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: Sequence[int] = (255, 255, 255),
+) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`load_image` of a file, decoded at reduced size where the file allows it cheaply.
+
+    A JPEG is decoded with libjpeg's DCT scaling (Pillow's ``Image.draft``: 1/2, 1/4 or
+    1/8 of each side, chosen by libjpeg's rule, so never below what is asked) when
+    ``decode_size`` asks for at most half the photo on both axes; skipping most of the
+    inverse DCT and the pixels makes a 12-megapixel photo several times cheaper to decode
+    (BENCHMARKS.md, "Reduced-size JPEG decoding"). Other formats, and JPEGs Pillow cannot
+    draft (several scans in one tile list), are decoded at full size. The EXIF orientation
+    is honoured as by :func:`load_image`: the request is turned into the stored orientation
+    before drafting, and the reduced image is rotated like the full one would be.
+
+    Args:
+        path: An image file.
+        decode_size: The caller's rule, called with the photo's displayed ``(width,
+            height)`` (from the header, orientation applied): the smallest ``(width,
+            height)`` it may be decoded at, or None for full size. A model's
+            preprocessing gives one: ``Preprocessing.decode_size``
+            (:mod:`convlens.models.preprocessing`).
+        max_pixels, background: As for :func:`load_image`; the cap applies to the full
+            size.
+
+    Returns:
+        ``(image, full_size)``: the RGB image (reduced or not) and the ``(width, height)``
+        the photo has at full size, as displayed.
+
+    Raises:
+        ImageError: As :func:`load_image`.
+    """
+    limit = _check_max_pixels(max_pixels)
+    fill = _check_background(background)
+    return _from_path(Path(os.fsdecode(os.fspath(path))), limit, fill, decode_size)
 
 
 def pillow_pixel_ceiling() -> int | None:
@@ -204,11 +249,12 @@ def _one_line(error: BaseException) -> str:
 # ------------------------------------------------------------------------------ sources
 
 
-def _from_path(path: Path, max_pixels: int, background: tuple[int, int, int]) -> Image.Image:
-    """Check that ``path`` is a non-empty regular file, then decode it."""
+def _from_path(path: Path, max_pixels: int, background: tuple[int, int, int],
+               decode_size: DecodeSize | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Check that ``path`` is a non-empty regular file, then decode it (see load_reduced)."""
     _check_regular_file(path)
     with _open_file(path) as handle:
-        return _decode_file(handle, path, max_pixels, background)
+        return _decode_file(handle, path, max_pixels, background, decode_size)
 
 
 def _check_regular_file(path: Path) -> None:
@@ -244,17 +290,25 @@ def _open_file(path: Path) -> IO[bytes]:
 
 
 def _decode_file(
-    handle: IO[bytes], path: Path, max_pixels: int, background: tuple[int, int, int]
-) -> Image.Image:
-    """Identify, size-check, fully decode and convert an open image file."""
+    handle: IO[bytes], path: Path, max_pixels: int, background: tuple[int, int, int],
+    decode_size: DecodeSize | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Identify, size-check, fully decode and convert an open image file; also return its
+    full displayed size (the image itself is reduced where ``decode_size`` allows)."""
     with warnings.catch_warnings():
         # Our cap (checked from the header below) decides; Pillow's softer limit only warns.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(handle, formats=_PILLOW_FORMATS) as image:
                 _check_size(image.size, max_pixels, path)
+                full = _displayed_size(image)
+                if decode_size is not None:
+                    _draft(image, full, decode_size(*full))
                 image.load()
-                return _to_rgb(image, background, path)
+                rgb = _to_rgb(image, background, path)
+                if (rgb.width - rgb.height) * (full[0] - full[1]) < 0:
+                    full = (full[1], full[0])  # EXIF read for the size but not applied
+                return rgb, full
         except ImageError:
             raise
         except Image.DecompressionBombError as error:
@@ -270,6 +324,40 @@ def _decode_file(
                 f"image data is truncated or corrupt ({_one_line(error)}); expected a "
                 f"complete {_ACCEPTED_FILES} file, re-export or re-download it",
             ) from None
+
+
+_TURNED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent or unreadable, as _apply_orientation treats it)."""
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except (*_DECODE_ERRORS, KeyError, TypeError):
+        return 1
+
+
+def _displayed_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an opened, not yet decoded image once its orientation is applied."""
+    width, height = image.size
+    return (height, width) if _orientation(image) in _TURNED else (width, height)
+
+
+def _draft(image: Image.Image, full: tuple[int, int], wanted: tuple[int, int] | None) -> None:
+    """Ask libjpeg for a DCT-scaled decode of at least ``wanted`` (displayed orientation).
+
+    Only JPEGs (and MPO, Pillow's JPEG subclass), only when at least a halving fits on both
+    axes; ``draft`` keeps the mode ("RGB" converts nothing) and libjpeg picks the largest of
+    1/8, 1/4, 1/2 that leaves each side >= the request.
+    """
+    if wanted is None or image.format not in ("JPEG", "MPO"):
+        return
+    want_w, want_h = max(1, int(wanted[0])), max(1, int(wanted[1]))
+    if 2 * want_w > full[0] or 2 * want_h > full[1]:
+        return
+    if _orientation(image) in _TURNED:
+        want_w, want_h = want_h, want_w
+    image.draft(image.mode, (want_w, want_h))
 
 
 def _unidentified_reason(handle: IO[bytes]) -> str:

@@ -54,7 +54,7 @@ from convlens.io.datasets import Batch, Entry, batches, scan_inputs
 from convlens.io.images import InputProblem, load_image, safe_output_name
 from convlens.jobs.progress import ProgressCallback, emit
 from convlens.jobs.store import ResultStore
-from convlens.models.classifier import Classifier
+from convlens.models.classifier import Classifier, Prepared
 from convlens.models.preprocessing import Geometry, coverage_mask, map_to_original
 from convlens.present.views import is_pixel_level
 
@@ -306,13 +306,16 @@ class ExplainJob:
 
         stems = [names[item.relpath] for item in batch.items]
         images = [batch.image(k) for k in range(len(batch.items))]
+        # the batch's own network inputs (load_file: the same pixels as audit's), not a
+        # second preprocessing of the full-size photos kept for drawing
+        prepared = Prepared(batch.x, images, [item.geometry for item in batch.items])
         per_group = []
         for methods, opts in group_methods(self.methods, self.options):
             opts = dict(opts)
             layer = opts.pop("layer", self.layer)
             with warnings.catch_warnings():  # the notes go into the records instead
                 warnings.simplefilter("ignore", ConvlensWarning)
-                per_group.append((methods, explain(self.classifier, images, methods,
+                per_group.append((methods, explain(self.classifier, prepared, methods,
                                                    target=self.target, layer=layer,
                                                    normalize="image", sign=_SIGN,
                                                    names=stems, batch_size=self.batch_size,

@@ -7,6 +7,7 @@ single object that attribution code hooks and restores.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -39,11 +40,20 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 @dataclass
 class Prepared:
-    """A preprocessed batch with what presentation needs to map results back to photos."""
+    """A preprocessed batch with what presentation needs to map results back to photos.
+
+    ``images`` holds the in-memory photos given (None for files, which are decoded again
+    when shown: the network's input may come from a reduced decode); ``geometries`` place
+    each input in its full-size photo.
+    """
 
     x: torch.Tensor
-    images: list[Image.Image]
+    images: list[Image.Image | None]
     geometries: list[Geometry]
+
+    def __len__(self) -> int:
+        """How many images (rows of ``x``)."""
+        return int(self.x.shape[0])
 
 
 class Classifier:
@@ -150,7 +160,13 @@ class Classifier:
         return f"class {index}"
 
     def prepare(self, images: ImageLike | Sequence[ImageLike]) -> Prepared:
-        """Decode and preprocess images, keeping the originals and their geometry."""
+        """Decode and preprocess images, keeping in-memory originals and every geometry.
+
+        Files go through :meth:`Preprocessing.load_file
+        <convlens.models.preprocessing.Preprocessing.load_file>` (JPEGs decoded at reduced
+        size, the same pixels as audit and evaluate); their entry in ``images`` is None
+        (decode the photo with :func:`~convlens.io.images.load_image` to display it).
+        """
         from convlens.io.images import load_image
 
         items = images if isinstance(images, (list, tuple)) else [images]
@@ -158,10 +174,14 @@ class Classifier:
             raise ModelLoadError("no images given")
         originals, tensors, geometries = [], [], []
         for item in items:
-            image = load_image(item)
-            resized, geometry = self.preprocessing.resize_image(image)
+            if isinstance(item, (str, os.PathLike)):
+                tensor, geometry, image = self.preprocessing.load_file(item)
+            else:
+                image = load_image(item)
+                resized, geometry = self.preprocessing.resize_image(image)
+                tensor = self.preprocessing.to_tensor(resized)
             originals.append(image)
-            tensors.append(self.preprocessing.to_tensor(resized))
+            tensors.append(tensor)
             geometries.append(geometry)
         return Prepared(torch.stack(tensors).to(self.device), originals, geometries)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,11 @@ _INTERPOLATIONS = {
     "hamming": Image.Resampling.HAMMING,
 }
 DEFAULT_CROP_PCT = 0.875  # timm's and torchvision's ImageNet evaluation: 224 of 256
+DEFAULT_DECODE_MARGIN = 2
+"""A reduced JPEG decode keeps at least this many times the resize step's output per side.
+Measured (BENCHMARKS.md, "Reduced-size JPEG decoding"): with 2, the bundled model's Grad-CAM
+maps of 12-megapixel photos correlate at r >= 0.999 with the full decode's and move 3x less
+than with 1, which is only 25-35 % faster on detailed photos."""
 
 
 def _check_resize_size(size: object) -> int | tuple[int, int]:
@@ -129,6 +135,12 @@ class Preprocessing:
         std: Per-channel standard deviation to divide by.
         interpolation: Resampling filter: nearest, bilinear, bicubic, lanczos, box, hamming
             (PIL's, as torchvision uses them on PIL images).
+        decode_margin: JPEG files are decoded at reduced size (libjpeg's DCT scaling) as
+            long as the decoded photo keeps at least ``decode_margin`` times the resize
+            step's output on each side (:meth:`decode_size`), so the final resize still only
+            shrinks; ``None`` decodes every file at full size. Part of the preprocessing's
+            identity (its repr, which the result stores fingerprint), because it changes
+            the pixels the network sees.
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -137,6 +149,7 @@ class Preprocessing:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
+    decode_margin: int | None = DEFAULT_DECODE_MARGIN
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", check_input_size(self.input_size))
@@ -154,6 +167,11 @@ class Preprocessing:
                 or non_finite(tuple(self.mean)) or non_finite(tuple(self.std))):
             raise ModelLoadError(f"mean and std need one finite value per channel, std > 0; "
                                  f"got mean={tuple(self.mean)}, std={tuple(self.std)}")
+        margin = self.decode_margin
+        if margin is not None and not (_whole(margin) and margin >= 1):
+            raise ModelLoadError(f"decode_margin must be an int >= 1 (or None: decode at full "
+                                 f"size), got {margin!r}")
+        object.__setattr__(self, "decode_margin", None if margin is None else int(margin))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
 
@@ -187,9 +205,63 @@ class Preprocessing:
         ratio = max(ratio_h, ratio_w) if self.resize == "pad" else min(ratio_h, ratio_w)
         return max(1, round(width / ratio)), max(1, round(height / ratio))
 
-    def resize_image(self, image: Image.Image) -> tuple[Image.Image, Geometry]:
-        """Resize/crop/pad ``image`` to the input size; returns the result and its geometry."""
-        width, height = image.size
+    def decode_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The smallest ``(width, height)`` a ``width`` x ``height`` photo may be decoded at.
+
+        ``decode_margin`` times the resize step's output on each side (never more than the
+        photo), so that the resize from a reduced decode still shrinks by that factor; None
+        when ``decode_margin`` is None (always decode at full size). The one place that
+        decides how far decoding may reduce a photo (docs/architecture.md, "Decoding").
+        """
+        if self.decode_margin is None:
+            return None
+        new_w, new_h = self._resized_size(width, height)
+        return (min(width, self.decode_margin * new_w),
+                min(height, self.decode_margin * new_h))
+
+    def load_file(self, path: str | os.PathLike[str], *, max_pixels: int | None = None,
+                  keep_photo: bool = False
+                  ) -> tuple[torch.Tensor, Geometry, Image.Image | None]:
+        """A photo file -> the network's input ``(C, H, W)``, its geometry, and the photo.
+
+        The one function that turns a file into a model input: explain, audit, evaluate,
+        predict and the report all call it, so they see the same pixels. JPEGs are decoded
+        at reduced size where :meth:`decode_size` allows
+        (:func:`convlens.io.images.load_reduced`); the resize is computed from the full
+        size, so the geometry (and the overlays drawn with it) is the full decode's.
+
+        Args:
+            path: An image file.
+            max_pixels: The pixel cap (default: the library's, see
+                :func:`convlens.io.images.load_image`); applies to the full size.
+            keep_photo: Also return the full-size photo (for drawing overlays on it): a
+                second, full decode when the first was reduced.
+
+        Returns:
+            ``(tensor, geometry, photo)``; ``photo`` is None unless ``keep_photo``.
+
+        Raises:
+            ImageError: the file cannot be read (see :func:`convlens.io.images.load_image`).
+        """
+        from convlens.io.images import DEFAULT_MAX_PIXELS, load_image, load_reduced
+
+        cap = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+        image, full = load_reduced(path, self.decode_size, max_pixels=cap)
+        resized, geometry = self.resize_image(image, full_size=full)
+        photo = None
+        if keep_photo:
+            photo = image if image.size == full else load_image(path, max_pixels=cap)
+        return self.to_tensor(resized), geometry, photo
+
+    def resize_image(self, image: Image.Image, full_size: tuple[int, int] | None = None
+                     ) -> tuple[Image.Image, Geometry]:
+        """Resize/crop/pad ``image`` to the input size; returns the result and its geometry.
+
+        ``full_size``: the ``(width, height)`` of the photo when ``image`` is a reduced
+        decode of it (:meth:`load_file`): the resize and the geometry are those of the
+        full-size photo, only the source pixels are fewer.
+        """
+        width, height = full_size or image.size
         out_h, out_w = self.input_size
         new_w, new_h = self._resized_size(width, height)
         resized = image.resize((new_w, new_h), _INTERPOLATIONS[self.interpolation])
