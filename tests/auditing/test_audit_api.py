@@ -68,7 +68,7 @@ def test_notebook_view_and_python_result(small_audit):
     assert isinstance(result, cl.Audit)
     assert len(result.images) == 100 and result.errors == []
     html = result._repr_html_()
-    assert "data:image/png;base64," in html and result.suspicious[0]["why"] in html
+    assert "data:image/png;base64," in html and result.data["strategies"][0]["why"] in html
     assert "square" in repr(result)
     path = result.report()
     assert path == result.out / "report.html" and path.is_file()

@@ -120,7 +120,7 @@ def test_report_escapes_file_names_and_needs_no_network(first_run):
     assert "data:image" not in html
     sources = [part.split('"', 1)[0] for part in html.split('src="')[1:]]
     assert sources and all((out / s).is_file() for s in sources)
-    assert html.index("Suspicious strategies") < html.index("Accuracy") < html.index("Mistakes")
+    assert html.index("<h2>Strategies</h2>") < html.index("Accuracy") < html.index("Mistakes")
 
 
 def test_rerun_resumes_without_recomputing(first_run, planted):

@@ -82,7 +82,7 @@ def test_metric_fields_exist_and_are_in_range(first_run):
 def test_report_shows_the_metrics_table_near_the_top(first_run):
     out, _ = first_run
     html = (out / "report.html").read_text(encoding="utf-8")
-    assert html.index("<h2>Metrics</h2>") < html.index("Suspicious strategies")
+    assert html.index("<h2>Metrics</h2>") < html.index("<h2>Strategies</h2>")
     assert "deletion:xplique" in html and "lower is better" in html
     assert "higher is better" in html and "Per suspicious cluster" in html
     mean = _audit(out)["metrics"]["insertion:xplique"]["mean"]

@@ -55,7 +55,9 @@ def test_audit_output_in_a_log_is_whole_lines_and_few(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     suspicious = [line for line in lines if line.startswith("most suspicious:")]
-    top = json.loads((out / "audit.json").read_text())["suspicious"][0]
-    assert suspicious == [f"most suspicious: {top['class']} cluster {top['cluster']}: "
-                          f"{top['why']}"]  # one line, not wrapped at 80 columns
+    top = json.loads((out / "audit.json").read_text())["strategies"][0]
+    expected = f"most suspicious: strategy {top['id']}: {top['why']}"
+    if top["causal"]:
+        expected += f"; {top['causal']}"
+    assert suspicious == [expected]  # one line, not wrapped at 80 columns
     assert len(lines) < 30, lines

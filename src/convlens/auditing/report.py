@@ -144,6 +144,15 @@ def write_report(audit: Audit, target: Path, *, progress: ProgressCallback | Non
         pending_prototypes.append((folder / name, members, cluster["mean_map"]))
         suspicious.append({**s, "prototype": f"{ASSETS}/{name}"})
 
+    strategies = []
+    for s in data.get("strategies", [])[:SUSPICIOUS]:
+        members = s["members"][:PROTOTYPE_MEMBERS]
+        for m in members:
+            maps.want(m, None)
+        name = f"strategy-{s['id']}.png"
+        pending_prototypes.append((folder / name, members, s["mean_map"]))
+        strategies.append({**s, "prototype": f"{ASSETS}/{name}"})
+
     shown_classes = []
     ordered = sorted((c for c in data["classes"] if c["clusters"]),
                      key=lambda c: (-max(k["suspicion"] for k in c["clusters"]), c["name"]))
@@ -192,6 +201,7 @@ def write_report(audit: Audit, target: Path, *, progress: ProgressCallback | Non
     labelled = sum(1 for i in data["images"] if i["label"] is not None)
     html = render_page("audit.html.j2", {
         "audit": data, "suspicious": suspicious, "shown_classes": shown_classes,
+        "strategies": strategies, "unestablished": unestablished(data),
         "hidden_classes": max(0, len(ordered) - CLASSES), "mistakes": mistakes,
         "confusion": confusion, "labelled": labelled, "source": source,
         "classes_page": [c for c in data["classes"] if c["support"]][:200],
@@ -199,6 +209,38 @@ def write_report(audit: Audit, target: Path, *, progress: ProgressCallback | Non
     write_text_atomic(target, html)
     emit(progress, "report", 1, 1, f"wrote {target}")
     return target
+
+
+def unestablished(data: dict) -> list[str]:
+    """What the audit could not establish, in sentences (the report says them plainly)."""
+    said = []
+    search = data.get("strategy_search") or {}
+    if search.get("stopped") and not any(s.get("kind") == "cross-class"
+                                         for s in data.get("strategies", [])):
+        said.append(f"No strategy across classes: {search['stopped']}.")
+    if data.get("accuracy") is None:
+        said.append("Without labels, no mistakes: strategies are ranked by their maps alone "
+                    "(concentration, isolation) and nothing is known about which are wrong.")
+    unclear = [c["name"] for c in data.get("classes", [])
+               if c.get("resolution") and not c["resolution"]["clear"]
+               and c["resolution"]["chosen_k"] > 1]
+    if unclear:
+        shown = ", ".join(unclear[:8]) + (f" and {len(unclear) - 8} more" if len(unclear) > 8
+                                          else "")
+        said.append(f"In {len(unclear)} group(s) ({shown}) the spectrum shows no clear jump: "
+                    "their clusters were chosen by score among several resolutions, not "
+                    "because the maps fall apart into clearly separate groups.")
+    for s in data.get("strategies", []):
+        check = s.get("causal_check") or {}
+        if check.get("verdict") and check["verdict"] != "matters":
+            said.append(f"Strategy {s['id']}: covering its region is not shown to matter "
+                        "(see its causal check).")
+    unchecked = [s["id"] for s in data.get("strategies", [])[:SUSPICIOUS]
+                 if s.get("flip_rate") is None]
+    if unchecked:
+        said.append(f"Strategies {', '.join(map(str, unchecked))} were not checked causally "
+                    "(only the most suspicious are; raise checks= / --checks).")
+    return said
 
 
 def _png_uri(heat: np.ndarray, side: int = 64) -> str:
@@ -211,6 +253,13 @@ def _png_uri(heat: np.ndarray, side: int = 64) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _strategy_title(s: dict) -> str:
+    if s["kind"] == "cross-class":
+        return f"strategy {s['id']}: across {len(s['groups'])} group(s), {s['size']} images"
+    group, cluster = s["clusters"][0]
+    return f"strategy {s['id']}: {group} cluster {cluster}, {s['size']} images"
+
+
 def notebook_html(audit: Audit) -> str:
     """A compact inline view: headline figures and the most suspicious clusters with their
     mean maps (small data URIs; the full report is a file)."""
@@ -219,14 +268,17 @@ def notebook_html(audit: Audit) -> str:
     data = audit.data
     classes = {c["name"]: c for c in data["classes"]}
     rows = []
-    for s in data["suspicious"][:SUSPICIOUS]:
+    for s in data.get("strategies", [])[:SUSPICIOUS]:
+        rows.append({**s, "title": _strategy_title(s), "uri": _png_uri(np.asarray(s["mean_map"]))})
+    for s in data["suspicious"][:SUSPICIOUS] if not rows else []:
         cluster = classes[s["class"]]["clusters"][s["cluster"]]
-        rows.append({**s, "uri": _png_uri(np.asarray(cluster["mean_map"]))})
+        rows.append({**s, "title": f"{s['class']} cluster {s['cluster']} ({s['size']} images)",
+                     "uri": _png_uri(np.asarray(cluster["mean_map"]))})
     template = Environment(autoescape=True).from_string(
         "<div><b>convlens audit</b>: {{ d.images|length }} images, {{ d.errors|length }} "
         "unreadable{% if d.accuracy is not none %}, accuracy {{ '%.1f'|format(100 * d.accuracy) }}%"
         "{% endif %}; report: {{ report }}<table>{% for r in rows %}<tr><td><img src='{{ r.uri }}' "
-        "width=64></td><td><b>{{ r['class'] }}</b> cluster {{ r.cluster }} ({{ r.size }} images), "
+        "width=64></td><td><b>{{ r.title }}</b>, "
         "suspicion {{ '%.2f'|format(r.suspicion) }}<br>{{ r.why }}{% if r.causal %}<br><i>"
         "{{ r.causal }}</i>{% endif %}</td></tr>{% endfor %}</table></div>")
     return template.render(d=data, rows=rows, report=str(audit.out / "report.html"))

@@ -352,8 +352,10 @@ class Audit:
         return self.data["images"]
 
     def __repr__(self) -> str:
-        top = self.suspicious[0] if self.suspicious else None
-        lead = f", most suspicious: {top['class']} cluster {top['cluster']}" if top else ""
+        strategies = self.data.get("strategies") or []
+        top = strategies[0] if strategies else None
+        lead = (f", most suspicious: strategy {top['id']} ({', '.join(top['groups'][:3])})"
+                if top else "")
         return (f"Audit({len(self.images)} images, {len(self.errors)} errors, "
                 f"accuracy={self.data.get('accuracy')}{lead})")
 

@@ -96,10 +96,12 @@ def audit(
                            engine_options=engine_options, neighbours=neighbours,
                            max_cluster_maps=max_cluster_maps or None)
         report = result.report(progress=progress)
-    top = result.suspicious[0] if result.suspicious else None
+    strategies = result.data.get("strategies") or []
     console.print(f"audited {len(result.images)} image(s): {out / 'audit.json'}, {report}")
-    if top is not None:
-        console.print(f"most suspicious: {top['class']} cluster {top['cluster']}: {top['why']}",
+    if strategies:
+        top = strategies[0]
+        console.print(f"most suspicious: strategy {top['id']}: {top['why']}"
+                      + (f"; {top['causal']}" if top.get("causal") else ""),
                       markup=False, highlight=False)
     for key, entry in result.data.get("metrics", {}).items():
         if entry["mean"] is None:
