@@ -140,7 +140,9 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
         header: ``model``, ``method``, ``layer`` (and any extra fields).
         errors: Unreadable files.
         group_by: ``"predicted"`` (the decisions the model made) or ``"label"`` (the paper).
-        causal: ``causal(members, mean_map, seed) -> CausalResult`` for the top clusters.
+        causal: ``causal(members, mean_map, seed) -> CausalResult`` for the top clusters
+            (:mod:`convlens.auditing.causal`); its ``to_dict()`` is the cluster's
+            ``causal_check`` (sizes x infills table, Wilson intervals, verdict).
         checks: How many of the most suspicious clusters get the causal check.
         spray_options: Passed to :func:`~convlens.auditing.spray.spray`.
         metric_cards: ``{key: card}`` of the metrics scored in the pass
@@ -205,6 +207,7 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
         cluster["random_flip_rate"] = _r(result.random_flip_rate)
         cluster["causal"] = result.sentence()
         cluster["checked_members"] = result.members
+        cluster["causal_check"] = result.to_dict()
         emit(progress, "check", done, len(candidates), score.group)
     for score in ranked:
         cluster = per_class[score.group]["clusters"][score.cluster]
