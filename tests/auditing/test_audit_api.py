@@ -80,3 +80,35 @@ def test_bad_group_by_and_non_classifier_are_refused(tmp_path):
                  group_by="cluster")
     with pytest.raises(cl.ConvlensError, match="Classifier"):
         cl.audit(PlantedNet(), tmp_path)
+
+
+def test_the_audit_writes_the_causal_table_and_reuses_it(small_audit, monkeypatch):
+    """The top cluster (the tag) gets ``causal_check``: every size at most a quarter of the
+    image, both infills, Wilson intervals, the verdict; a rerun reads the stored result."""
+    import json
+
+    from convlens.auditing import causal
+
+    result, _ = small_audit
+    top = result.suspicious[0]
+    cluster = next(c for c in result.data["classes"] if c["name"] == top["class"])["clusters"][
+        top["cluster"]]
+    check = cluster["causal_check"]
+    assert check["verdict"] == "matters" and check["sentence"] == cluster["causal"]
+    assert check["flip_rate"] == cluster["flip_rate"] and check["members"] == cluster[
+        "checked_members"]
+    assert {(r["size"], r["infill"]) for r in check["table"]} == {
+        (round(s, 6), i) for s in causal.SIZES for i in causal.INFILLS}
+    for row in check["table"]:
+        assert row["area"] <= 0.25
+        for kind in ("hot", "random", "cold"):
+            low, high = row[kind]["ci"]
+            assert 0 <= low <= row[kind]["rate"] <= high <= 1
+    json.dumps(check, allow_nan=False)
+
+    def no_forwards(*args, **kwargs):
+        raise AssertionError("a rerun must read the stored check")
+
+    monkeypatch.setattr(causal.CausalWorker, "__call__", no_forwards)
+    again = cl.audit(result.classifier, result.dataset.root, out=result.out, batch_size=25)
+    assert again.data == result.data
