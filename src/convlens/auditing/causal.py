@@ -172,24 +172,37 @@ def _gaussian(sigma: float, radius: int, dtype: torch.dtype, device: torch.devic
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, C, H, W)`` with zero padding (for normalised
-    convolution, where the zeros outside the image weigh nothing)."""
+    """A heavy Gaussian blur of ``(N, C, H, W)``, computed on a grid ``sigma / 2`` times
+    coarser (area pooling, a separable Gaussian with zero padding, bilinear growth back).
+
+    Every step is linear with non-negative weights, so normalised convolution
+    (``blur(x * keep) / blur(keep)``) still gives a weighted mean of the kept pixels. The
+    coarse grid is what makes it cheap: a sigma of 28 px at 224 px is a 169-tap kernel at
+    full size (a quarter of the check's time on ResNet-18, CPU), 13 taps on a 16x16 grid.
+    """
     n, c, height, width = x.shape
-    radius = max(1, min(int(math.ceil(3 * sigma)), max(height, width) - 1))
+    step = max(1, int(sigma // 2))
+    small = F.avg_pool2d(x, step, ceil_mode=True) if step > 1 else x
+    sigma = sigma / step
+    rows, cols = small.shape[-2:]
+    radius = max(1, min(int(math.ceil(3 * sigma)), max(rows, cols) - 1))
     kernel = _gaussian(sigma, radius, x.dtype, x.device)
-    flat = x.reshape(n * c, 1, height, width)
+    flat = small.reshape(n * c, 1, rows, cols)
     flat = F.conv2d(flat, kernel.view(1, 1, 1, -1), padding=(0, radius))
     flat = F.conv2d(flat, kernel.view(1, 1, -1, 1), padding=(radius, 0))
-    return flat.view(n, c, height, width)
+    flat = flat.view(n, c, rows, cols)
+    if step > 1:
+        flat = F.interpolate(flat, size=(height, width), mode="bilinear", align_corners=False)
+    return flat
 
 
 def cover(x: torch.Tensor, masks: torch.Tensor, infill: str) -> torch.Tensor:
     """``x`` with ``masks`` (bool ``(N, H, W)``) covered by ``infill`` (see :data:`INFILLS`).
 
-    ``blur``: a Gaussian blur (sigma = 1/8 of the longer side) of the uncovered pixels only,
-    normalised by the blurred weight of those pixels, so the fill continues the
-    surroundings and holds nothing of what it covers; where no uncovered pixel is near, the
-    image's per-channel mean. ``mean``: the per-channel mean of the whole image.
+    ``blur``: a Gaussian blur (sigma = 1/8 of the longer side, see :func:`_blur`) of the
+    uncovered pixels only, normalised by the blurred weight of those pixels, so the fill
+    continues the surroundings and holds nothing of what it covers; where no uncovered pixel
+    is near, the image's per-channel mean. ``mean``: the per-channel mean of the whole image.
     """
     m = masks[:, None].to(torch.float32)
     work = x.to(torch.float32)
