@@ -112,3 +112,30 @@ def test_the_audit_writes_the_causal_table_and_reuses_it(small_audit, monkeypatc
     monkeypatch.setattr(causal.CausalWorker, "__call__", no_forwards)
     again = cl.audit(result.classifier, result.dataset.root, out=result.out, batch_size=25)
     assert again.data == result.data
+
+
+def test_the_report_computes_its_maps_through_the_audits_engine(small_audit, tmp_path):
+    """The report's full-size maps are decoded and attributed by the audit's engine (the
+    same path as the pass and the causal check); every image the page links is written."""
+    import re
+
+    from convlens.auditing.report import ReportMapFactory
+    from convlens.engines.local import LocalEngine
+
+    seen = []
+
+    class Spy(LocalEngine):
+        def map_units(self, entries, preprocessing, factory, **options):
+            seen.append(factory)
+            yield from super().map_units(entries, preprocessing, factory, **options)
+
+    result, _ = small_audit
+    original, result.engine = result.engine, Spy()
+    try:
+        path = result.report(tmp_path / "r.html")
+    finally:
+        result.engine = original
+    assert [type(f) for f in seen] == [ReportMapFactory]
+    linked = set(re.findall(r'src="(report-files/[^"]+\.jpg)"', path.read_text("utf-8")))
+    assert any(re.search(r"-\d+\.jpg$", src) for src in linked)      # map overlays
+    assert all((tmp_path / src).is_file() for src in linked)

@@ -243,7 +243,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         write_json_atomic(out / "audit.json", content)
         emit(progress, "done", 1, 1, f"wrote {out / 'audit.json'}")
         return Audit(content, out, classifier=classifier, dataset=dataset, settings=settings,
-                     store=store)
+                     store=store, engine=runner)
 
 
 def check_grouping(data: str | os.PathLike[str], group_by: str, layout: str,
@@ -299,8 +299,9 @@ class Audit:
 
     def __init__(self, data: dict[str, Any], out: Path, *, classifier: Any = None,
                  dataset: Any = None, settings: PassSettings | None = None,
-                 store: ResultStore | None = None) -> None:
+                 store: ResultStore | None = None, engine: Any = None) -> None:
         self.data = data
+        self.engine = engine  # the pass's engine, which also computes the report's maps
         self.out = Path(out)
         self.classifier = classifier
         self.dataset = dataset
