@@ -81,7 +81,7 @@ def test_a_region_the_model_ignores_is_not_shown_to_matter(snapshot):
     assert result.verdict == "not shown" and result.flip_rate == 0.0
     text = result.sentence()
     assert result.table[-1].area < 0.25             # zero-relevance pixels are never hot
-    assert text.startswith("not shown to matter") and "6.2%, 9.8%, 9.8%" in text
+    assert text.startswith("not shown to matter") and "(6.2%, 9.8% of the image)" in text
     assert "random region" in text
 
 

@@ -114,10 +114,15 @@ def cluster_regions(heat: np.ndarray, size: tuple[int, int],
         sizes: Fractions of the image, each in (0, 1/4].
 
     Example:
-        >>> heat = np.zeros((8, 8)); heat[0, 0] = 1.0
+        >>> heat = np.full((8, 8), 0.01); heat[0, 0] = 1.0
         >>> r = cluster_regions(heat, (32, 32))
         >>> r.areas, bool(r.hot[0, 0, 0]), bool(r.cold[0, 0, 0])
         ((0.0625, 0.125, 0.25), True, False)
+        >>> [round(s, 2) for s in r.shares]  # the relevance each region holds
+        [0.63, 0.66, 0.71]
+        >>> heat[:] = 0; heat[0, 0] = 1.0    # all relevance within 3.5% of the image
+        >>> cluster_regions(heat, (32, 32)).areas
+        (0.03515625, 0.03515625, 0.03515625)
     """
     sizes = tuple(float(s) for s in sizes)
     if not sizes or any(not 0 < s <= MAX_SIZE for s in sizes):
@@ -386,7 +391,8 @@ class CausalResult:
                    f"same shape, {rate('random')}; its coldest {row.area:.1%}, {rate('cold')}")
         if self.verdict == "matters":
             return f"the region matters: covering {where} changes {figures} (95% intervals)"
-        tried = ", ".join(f"{r.area:.1%}" for r in self.table if r.infill == VERDICT_INFILL)
+        tried = ", ".join(dict.fromkeys(f"{r.area:.1%}" for r in self.table
+                                        if r.infill == VERDICT_INFILL))
         return (f"not shown to matter: at no size tried ({tried} of the image) did covering its "
                 f"hottest pixels change clearly more predictions than a random region of the "
                 f"same shape or its coldest pixels; at {row.area:.1%}: {figures} "
