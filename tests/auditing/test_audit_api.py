@@ -80,3 +80,62 @@ def test_bad_group_by_and_non_classifier_are_refused(tmp_path):
                  group_by="cluster")
     with pytest.raises(cl.ConvlensError, match="Classifier"):
         cl.audit(PlantedNet(), tmp_path)
+
+
+def test_the_audit_writes_the_causal_table_and_reuses_it(small_audit, monkeypatch):
+    """The top cluster (the tag) gets ``causal_check``: every size at most a quarter of the
+    image, both infills, Wilson intervals, the verdict; a rerun reads the stored result."""
+    import json
+
+    from convlens.auditing import causal
+
+    result, _ = small_audit
+    top = result.suspicious[0]
+    cluster = next(c for c in result.data["classes"] if c["name"] == top["class"])["clusters"][
+        top["cluster"]]
+    check = cluster["causal_check"]
+    assert check["verdict"] == "matters" and check["sentence"] == cluster["causal"]
+    assert check["flip_rate"] == cluster["flip_rate"] and check["members"] == cluster[
+        "checked_members"]
+    assert {(r["size"], r["infill"]) for r in check["table"]} == {
+        (round(s, 6), i) for s in causal.SIZES for i in causal.INFILLS}
+    for row in check["table"]:
+        assert row["area"] <= 0.25
+        for kind in ("hot", "random", "cold"):
+            low, high = row[kind]["ci"]
+            assert 0 <= low <= row[kind]["rate"] <= high <= 1
+    json.dumps(check, allow_nan=False)
+
+    def no_forwards(*args, **kwargs):
+        raise AssertionError("a rerun must read the stored check")
+
+    monkeypatch.setattr(causal.CausalWorker, "__call__", no_forwards)
+    again = cl.audit(result.classifier, result.dataset.root, out=result.out, batch_size=25)
+    assert again.data == result.data
+
+
+def test_the_report_computes_its_maps_through_the_audits_engine(small_audit, tmp_path):
+    """The report's full-size maps are decoded and attributed by the audit's engine (the
+    same path as the pass and the causal check); every image the page links is written."""
+    import re
+
+    from convlens.auditing.report import ReportMapFactory
+    from convlens.engines.local import LocalEngine
+
+    seen = []
+
+    class Spy(LocalEngine):
+        def map_units(self, entries, preprocessing, factory, **options):
+            seen.append(factory)
+            yield from super().map_units(entries, preprocessing, factory, **options)
+
+    result, _ = small_audit
+    original, result.engine = result.engine, Spy()
+    try:
+        path = result.report(tmp_path / "r.html")
+    finally:
+        result.engine = original
+    assert [type(f) for f in seen] == [ReportMapFactory]
+    linked = set(re.findall(r'src="(report-files/[^"]+\.jpg)"', path.read_text("utf-8")))
+    assert any(re.search(r"-\d+\.jpg$", src) for src in linked)      # map overlays
+    assert all((tmp_path / src).is_file() for src in linked)

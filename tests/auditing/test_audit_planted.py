@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from planted_bias import CLASSES, TAG_CLASS, planted_case
 
 import convlens as cl
+from convlens.auditing.causal import causal_check, cluster_regions
 from convlens.auditing.spray import spray
-from convlens.auditing.suspicion import causal_check, group_scores, hot_region, mean_map
+from convlens.auditing.suspicion import group_scores, mean_map
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +62,15 @@ def test_suspicion_ranks_the_tag_cluster_first_and_covering_it_flips(audited):
     assert case.tagged[members].mean() >= 0.9
     assert top.error_rate >= 0.5 and top.isolation > 0.5 and top.concentration > 0.8
     assert top.suspicion > ranked[1].suspicion
-    region = hot_region(mean_map(maps[members]), (32, 32))
+    heat = mean_map(maps[members])
+    region = cluster_regions(heat, (32, 32)).hot[0]
     # the hot region is the tag corner
     ys, xs = np.nonzero(region.numpy())
     assert ys.min() >= 20 and xs.min() >= 20
-    check = causal_check(case.model, case.x[members], region,
+    check = causal_check(case.model, case.x[members], heat,
                          predicted=torch.as_tensor(predicted[members]), seed=0)
     mistakes = (case.labels[members] != predicted[members]).mean()
+    assert check.verdict == "matters" and check.region_fraction == 1 / 16
     assert check.flip_rate >= 0.8 * mistakes    # uncovering the shape restores the truth
     assert check.random_flip_rate <= 0.15
     assert check.flip_rate >= check.random_flip_rate + 0.4

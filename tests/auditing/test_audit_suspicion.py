@@ -1,11 +1,9 @@
-"""Suspicion scores and the causal check on cases with known answers."""
+"""Suspicion scores on cases with known answers (the causal check: test_audit_causal.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from convlens.auditing import suspicion as su
 from convlens.errors import ConvlensError
@@ -49,40 +47,3 @@ def test_without_labels_error_rate_is_left_out():
 def test_score_group_checks_shapes():
     with pytest.raises(ConvlensError, match="maps"):
         su.score_group("x", np.ones((3, 4)), np.zeros(3, int))
-
-
-class CornerNet(nn.Module):
-    """Class 1 when the top-left 4x4 corner is bright, else class 0."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(10.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        corner = x[:, :, :4, :4].mean(dim=(1, 2, 3))
-        score = self.scale * (corner - 0.5)
-        return torch.stack([-score, score], dim=1)
-
-
-def test_causal_check_flips_for_the_hot_region_not_for_a_random_one(snapshot):
-    x = torch.zeros(40, 3, 32, 32)
-    x[:, :, :4, :4] = 1.0
-    heat = np.zeros((8, 8))
-    heat[0, 0] = 1.0                           # the cluster's mean map, at 8x8
-    region = su.hot_region(heat, (32, 32))
-    assert region[:3, :3].all() and region.float().mean() < 0.05
-    model = CornerNet().train()
-    snap = snapshot(model)
-    result = su.causal_check(model, x, region, seed=0, batch_size=16)
-    snap.assert_unchanged()
-    assert result.flip_rate == 1.0
-    assert result.random_flip_rate < 0.2
-    assert result.members == 40
-    assert "changes 100% of these 40 predictions" in result.sentence()
-    again = su.causal_check(model, x, region, generator=torch.Generator().manual_seed(0))
-    assert again.random_flip_rate == result.random_flip_rate
-
-
-def test_causal_check_refuses_mismatched_region():
-    with pytest.raises(ConvlensError, match="same size"):
-        su.causal_check(CornerNet(), torch.zeros(2, 3, 8, 8), torch.zeros(4, 4, dtype=bool))

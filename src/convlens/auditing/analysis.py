@@ -327,7 +327,10 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
             names the layer whose pooled activations the pass recorded.
         errors: Unreadable files.
         group_by: ``"predicted"`` (the decisions the model made) or ``"label"`` (the paper).
-        causal: ``causal(members, mean_map, seed) -> CausalResult`` for the top strategies.
+        causal: ``causal(members, mean_map, seed) -> CausalResult`` for the top strategies
+            (:mod:`convlens.auditing.causal`); its ``to_dict()`` is the strategy's (and a
+            checked cluster's) ``causal_check`` (sizes x infills table, Wilson intervals,
+            verdict).
         checks: How many of the most suspicious strategies get the causal check.
         spray_options: Passed to :func:`~convlens.auditing.spray.spray`.
         metric_cards: ``{key: card}`` of the metrics scored in the pass

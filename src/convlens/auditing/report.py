@@ -7,9 +7,11 @@ and every file name goes through Jinja2's autoescaping. The report stays fast at
 images because it shows a bounded number of examples (per cluster, per mistake pair, per
 page of classes) and says how many more ``audit.json`` lists.
 
-Full-size maps are recomputed here, batched, for the images the report shows (the pass
-stores only 32x32 maps). This module sits above the layers like :mod:`convlens.explanations`
-(docs/architecture.md, "Layers and the direction data flows").
+Full-size maps are recomputed, batched, for the images the report shows (the pass stores
+only 32x32 maps), by the audit's engine (:class:`ReportMapFactory`: decoding and attribution
+where the pass ran, on Ray in its actors); this process draws the thumbnails. This module
+sits above the layers like :mod:`convlens.explanations` (docs/architecture.md, "Layers and
+the direction data flows").
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import hashlib
 import io
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -60,53 +62,82 @@ class _Maps:
         return f"{ASSETS}/{_name(path, f'-{target}.jpg')}"
 
     def render(self, folder: Path, batch_size: int, progress: ProgressCallback | None) -> None:
-        from convlens.attribution.core import attribute
-        from convlens.io.datasets import batches
+        """Thumbnails and map overlays of the wanted images; the maps are computed by the
+        audit's engine (decoding and attribution there, the drawing here)."""
+        from convlens.engines import get_engine
         from convlens.present.audit_figures import overlay_thumbnail, thumbnail
-        from convlens.present.heatmap import apply_sign, reduce_channels, remove_offset, upsample
 
         audit = self.audit
         classifier, settings = audit.classifier, audit.settings
-        from convlens.attribution.core import get_method
-
-        spec = get_method(settings.method)
         entries = {e.relpath: e for e in audit.dataset.entries}
         paths = sorted((set(self.wanted) | self.photos) & set(entries))
-        pairs = [(p, t) for p in paths for t in sorted(self.wanted.get(p, ()))]
         emit(progress, "report", 0, len(paths))
-        targets_of = defaultdict(list)
-        for p, t in pairs:
-            targets_of[p].append(t)
+        factory = ReportMapFactory(classifier, settings.method, settings.layer,
+                                   dict(settings.options),
+                                   [sorted(self.wanted.get(p, ())) for p in paths])
+        engine = audit.engine or get_engine("local", workers=settings.workers)
         done = 0
-        for batch in batches([entries[p] for p in paths], classifier.preprocessing,
-                             batch_size=batch_size, keep_images=True):
-            views, rows, targets = [], [], []
+        for unit in engine.map_units([entries[p] for p in paths], classifier.preprocessing,
+                                     factory, batch_size=batch_size):
+            batch = unit.batch
+            maps = {(index, target): heat for index, target, heat in unit.result or ()}
             for position, item in enumerate(batch.items):
-                image = batch.image(position)
+                image = batch.image(position)  # decoded again here: only what is shown
                 if item.relpath in self.photos:
                     thumbnail(image, folder / _name(item.relpath, ".jpg"))
-                view = classifier.preprocessing.resize_image(image)[0]
-                views.append(view)
-                for target in targets_of.get(item.relpath, []):
-                    rows.append(position)
-                    targets.append(target)
-            if rows:
-                x = batch.x[rows].to(classifier.device)
-                layer = settings.layer if spec.needs_layer else None
-                raw = attribute(classifier, x, spec.name, target=torch.tensor(targets),
-                                layer=layer, **settings.options)
-                maps = reduce_channels(raw, spec.channel_reduction)
-                if spec.offset:
-                    maps = remove_offset(maps)
-                maps = apply_sign(maps, "positive")
-                height, width = x.shape[-2:]
-                maps = upsample(maps, (height, width)).cpu().numpy()
-                for k, (position, target) in enumerate(zip(rows, targets)):
-                    item = batch.items[position]
-                    overlay_thumbnail(views[position], maps[k],
-                                      folder / _name(item.relpath, f"-{target}.jpg"))
+                targets = factory.targets[item.index]
+                if targets:
+                    view = classifier.preprocessing.resize_image(image)[0]
+                    for target in targets:
+                        overlay_thumbnail(view, maps[item.index, target],
+                                          folder / _name(item.relpath, f"-{target}.jpg"))
             done += batch.size
             emit(progress, "report", done, len(paths))
+
+
+class ReportMapFactory:
+    """Builds the report's map worker (see :class:`convlens.engines.WorkerFactory`):
+    full-size positive maps of the wanted classes, ``targets[i]`` for entry ``i``."""
+
+    def __init__(self, classifier: Any, method: str, layer: str | None,
+                 options: dict[str, Any], targets: list[list[int]]) -> None:
+        self.classifier, self.method, self.layer = classifier, method, layer
+        self.options, self.targets = options, targets
+
+    def build(self, device: str | None = None) -> _ReportMapWorker:
+        if device is not None:
+            self.classifier.to(device)
+        return _ReportMapWorker(self)
+
+
+class _ReportMapWorker:
+    def __init__(self, factory: ReportMapFactory) -> None:
+        from convlens.attribution.core import get_method
+
+        self.factory = factory
+        self.spec = get_method(factory.method)
+
+    def __call__(self, batch: Any) -> list[tuple[int, int, np.ndarray]]:
+        """``(entry index, target, map (H, W) float32)`` for every wanted pair of the batch."""
+        from convlens.attribution.core import attribute
+        from convlens.present.heatmap import apply_sign, reduce_channels, remove_offset, upsample
+
+        f, spec = self.factory, self.spec
+        pairs = [(position, target) for position, item in enumerate(batch.items)
+                 for target in f.targets[item.index]]
+        if not pairs:
+            return []
+        classifier = f.classifier
+        x = batch.x[[p for p, _ in pairs]].to(classifier.device)
+        layer = f.layer if spec.needs_layer else None
+        raw = attribute(classifier, x, spec.name, target=torch.tensor([t for _, t in pairs]),
+                        layer=layer, **f.options)
+        maps = reduce_channels(raw, spec.channel_reduction)
+        if spec.offset:
+            maps = remove_offset(maps)
+        maps = apply_sign(maps, "positive")
+        maps = upsample(maps, tuple(x.shape[-2:])).cpu().numpy()
+        return [(batch.items[p].index, t, maps[k]) for k, (p, t) in enumerate(pairs)]
 
 
 def write_report(audit: Audit, target: Path, *, progress: ProgressCallback | None = None,

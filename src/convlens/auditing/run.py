@@ -2,7 +2,8 @@
 
 One streaming pass (:mod:`convlens.auditing.passes`) stores per image the prediction, the top 5
 and a small attribution map; SpRAy (:mod:`convlens.auditing.spray`) finds the strategies per
-group; :mod:`convlens.auditing.suspicion` ranks them and checks the top ones causally;
+group; :mod:`convlens.auditing.suspicion` ranks them and :mod:`convlens.auditing.causal`
+checks the top ones (covering forwards on the pass's engine, results kept in the store);
 ``OUT/audit.json`` holds everything (schema in :func:`convlens.auditing.analysis.build_audit`)
 and :meth:`Audit.report` draws ``OUT/report.html``, recomputing full-size maps only for the
 images it shows.
@@ -20,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from convlens.auditing.analysis import GROUP_BY, MapReader, StoredImage, build_audit, stored_images
+from convlens.auditing.causal import CausalResult, run_check
 from convlens.auditing.passes import PassSettings, model_fingerprint, run_pass
-from convlens.auditing.suspicion import CausalResult, causal_check, hot_region
 from convlens.errors import ConvlensError, unknown_choice
 from convlens.files import check_not_input, check_output, claim_output, write_json_atomic
 from convlens.jobs.progress import ProgressCallback, emit, notebook_progress
@@ -32,6 +32,7 @@ from convlens.jobs.store import ResultStore, config_fingerprint
 
 STORE_FOLDER = "store"
 CHECK_MEMBERS = 128
+CHECK_VERSION = 2
 MAX_CLUSTER_MAPS = 50_000
 """Default cap on the maps SpRAy clusters per group (docs/capacity.md, "Clustering")."""
 
@@ -208,27 +209,24 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         checked = {r["key"]: r for r in store.records() if r.get("kind") == "check"}
 
         def causal(members: list[StoredImage], heat: np.ndarray, check_seed: int) -> CausalResult:
-            """The causal check of one cluster, or its stored result (a rerun does no forwards)."""
-            key = "check-" + config_fingerprint({"members": [m.record["key"] for m in members],
-                                                 "seed": check_seed})
-            if key in checked:
-                r = checked[key]
-                return CausalResult(r["flip_rate"], r["random_flip_rate"], r["members"],
-                                    r["region_fraction"])
+            """The causal check of one cluster through the pass's engine, or its stored result
+            (a rerun does no forwards)."""
             chosen = members
             if len(members) > CHECK_MEMBERS:
                 rng = np.random.default_rng(check_seed)
                 chosen = [members[i] for i in np.sort(rng.choice(len(members), CHECK_MEMBERS,
                                                                  replace=False))]
-            x, predicted = _decode(classifier, [entries[m.record["path"]] for m in chosen],
-                                   [m.record["predicted_index"] for m in chosen], batch_size)
-            region = hot_region(heat, (height, width))
-            generator = torch.Generator().manual_seed(check_seed)
-            result = causal_check(classifier, x.to(classifier.device), region, predicted,
-                                  generator=generator, batch_size=batch_size)
-            store.append([{"key": key, "kind": "check", "flip_rate": result.flip_rate,
-                           "random_flip_rate": result.random_flip_rate, "members": result.members,
-                           "region_fraction": result.region_fraction}])
+            # "version" 2: the table of sizes, infills and controls; older "check" records,
+            # keyed without it, are not reused
+            key = "check-" + config_fingerprint({"members": [m.record["key"] for m in members],
+                                                 "seed": check_seed, "version": CHECK_VERSION})
+            if key in checked:
+                return CausalResult.from_dict(checked[key]["result"])
+            result = run_check(runner, classifier, [entries[m.record["path"]] for m in chosen],
+                               [m.record["key"] for m in chosen],
+                               [m.record["predicted_index"] for m in chosen], heat,
+                               seed=check_seed, batch_size=batch_size)
+            store.append([{"key": key, "kind": "check", "result": result.to_dict()}])
             return result
 
         header = {"model": classifier.name, "method": method, "layer": layer_name,
@@ -249,7 +247,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         write_json_atomic(out / "audit.json", content)
         emit(progress, "done", 1, 1, f"wrote {out / 'audit.json'}")
         return Audit(content, out, classifier=classifier, dataset=dataset, settings=settings,
-                     store=store)
+                     store=store, engine=runner)
 
 
 def _feature_layer(classifier: Any, shape: tuple[int, ...]) -> str | None:
@@ -305,21 +303,6 @@ def _relative_path(path: Path, root: Path, known: dict[str, str]) -> str:
         return Path(path).as_posix()
 
 
-def _decode(classifier: Any, entries: Sequence[Any], predicted: Sequence[int], batch_size: int
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    from convlens.io.datasets import batches
-
-    tensors, kept = [], []
-    for batch in batches(list(entries), classifier.preprocessing, batch_size=batch_size,
-                         keep_images=False):
-        if batch.x is not None:
-            tensors.append(batch.x)
-            kept.extend(predicted[item.index] for item in batch.items)
-    if not tensors:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(tensors), torch.tensor(kept, dtype=torch.long)
-
-
 class Audit:
     """The result of :func:`audit`: the content of ``audit.json``, the report, a notebook view.
 
@@ -331,8 +314,9 @@ class Audit:
 
     def __init__(self, data: dict[str, Any], out: Path, *, classifier: Any = None,
                  dataset: Any = None, settings: PassSettings | None = None,
-                 store: ResultStore | None = None) -> None:
+                 store: ResultStore | None = None, engine: Any = None) -> None:
         self.data = data
+        self.engine = engine  # the pass's engine, which also computes the report's maps
         self.out = Path(out)
         self.classifier = classifier
         self.dataset = dataset

@@ -1,7 +1,7 @@
-"""Which strategies deserve a look first, and do they really drive the decision?
+"""Which strategies deserve a look first: the suspicion score of SpRAy's clusters.
 
 SpRAy (:mod:`convlens.auditing.spray`) finds clusters of similar attribution maps per group;
-this module ranks them across all groups and tests the top ones causally.
+this module ranks them across all groups.
 
 Suspicion (documented formula, every part kept so a report can say *why*)::
 
@@ -22,17 +22,9 @@ Suspicion (documented formula, every part kept so a report can say *why*)::
   and would otherwise be measured against itself.
 * ``support = size / (size + 5)`` damps clusters of one or two images, whose parts are noise.
 
-Causal check (Lapuschkin et al. 2019 removed the watermark and watched the prediction; we
-do the same for any cluster): the cluster's hot region is where its mean map reaches half
-its maximum, upsampled to the input; it is covered on every member (filled with that image's
-per-channel mean) and we count how often the prediction changes. The control covers a region
-of exactly the same shape and size at a random position (the mask circularly shifted by a
-random offset drawn from a seeded ``torch.Generator``, one per member), so the figure
-"83% vs 6%" separates "this region matters" from "covering anything that large matters".
+The causal check of the top clusters lives in :mod:`convlens.auditing.causal`.
 
-See docs/architecture.md, "Layers and the direction data flows": scoring is pure numpy; the
-causal check runs forwards only (no autograd), batched, in eval mode, leaving the model as
-found.
+See docs/architecture.md, "Layers and the direction data flows": scoring is pure numpy.
 """
 
 from __future__ import annotations
@@ -41,11 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from convlens._hooks import evaluation_mode
 from convlens.errors import ConvlensError
 
 SUPPORT_HALF = 5
@@ -181,92 +169,6 @@ def score_members(group: str, cluster: int, heat: np.ndarray, rest_heat: np.ndar
 def rank_clusters(scores: Sequence[ClusterScore]) -> list[ClusterScore]:
     """Most suspicious first; ties by group name and cluster id (deterministic)."""
     return sorted(scores, key=lambda s: (-s.suspicion, s.group, s.cluster))
-
-
-def hot_region(heat: np.ndarray, size: tuple[int, int], *, threshold: float = 0.5) -> torch.Tensor:
-    """Where the (upsampled) mean map reaches ``threshold`` of its maximum: bool ``(H, W)``."""
-    tensor = torch.as_tensor(np.asarray(heat, dtype=np.float32))[None, None]
-    up = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[0, 0]
-    peak = float(up.max())
-    if peak <= 0:
-        return torch.zeros(size, dtype=torch.bool)
-    return up >= threshold * peak
-
-
-@dataclass
-class CausalResult:
-    """How often covering the hot region, or a random region of the same size, changes
-    the prediction."""
-
-    flip_rate: float
-    random_flip_rate: float
-    members: int
-    region_fraction: float
-
-    def sentence(self) -> str:
-        return (f"covering this region ({self.region_fraction:.1%} of the image) changes "
-                f"{self.flip_rate:.0%} of these {self.members} predictions; a random region of "
-                f"the same size, {self.random_flip_rate:.0%}")
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "sentence": self.sentence()}
-
-
-def _cover(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    fill = x.mean(dim=(2, 3), keepdim=True)
-    m = masks[:, None].to(x.dtype)
-    return x * (1 - m) + fill * m
-
-
-@torch.no_grad()
-def _predict(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with evaluation_mode(module):
-        return module(x).argmax(dim=1)
-
-
-def causal_check(model: nn.Module | object, x: torch.Tensor, region: torch.Tensor,
-                 predicted: Sequence[int] | torch.Tensor | None = None, *,
-                 generator: torch.Generator | None = None, seed: int = 0,
-                 batch_size: int = 64) -> CausalResult:
-    """Cover ``region`` on every image of ``x`` and count changed predictions, against a
-    randomly placed region of the same shape.
-
-    Args:
-        model: An ``nn.Module`` returning logits, or a Classifier.
-        x: Preprocessed members ``(N, C, H, W)``.
-        region: bool ``(H, W)`` mask (see :func:`hot_region`).
-        predicted: The predictions to compare with; default: the model's on ``x``.
-        generator: Draws the random offsets; default ``torch.Generator().manual_seed(seed)``.
-        batch_size: Images per forward.
-    """
-    module = getattr(model, "module", model)
-    if not isinstance(module, nn.Module):
-        raise ConvlensError(f"causal_check needs an nn.Module or a Classifier, got "
-                            f"{type(model).__name__}")
-    if x.dim() != 4 or tuple(region.shape) != tuple(x.shape[2:]):
-        raise ConvlensError(f"causal_check needs x (N, C, H, W) and a region (H, W) of the same "
-                            f"size, got {tuple(x.shape)} and {tuple(region.shape)}")
-    if generator is None:
-        generator = torch.Generator().manual_seed(seed)
-    n, (height, width) = len(x), region.shape
-    region = region.to(torch.bool).cpu()
-    shifts = torch.stack([torch.randint(0, height, (n,), generator=generator),
-                          torch.randint(0, width, (n,), generator=generator)], dim=1)
-    flips = random_flips = 0
-    for start in range(0, n, batch_size):
-        batch = x[start:start + batch_size]
-        if predicted is None:
-            before = _predict(module, batch)
-        else:
-            before = torch.as_tensor(predicted[start:start + batch_size]).to(batch.device)
-        count = len(batch)
-        masks = region.expand(count, height, width).to(batch.device)
-        shifted = torch.stack([torch.roll(region, (int(dy), int(dx)), dims=(0, 1))
-                               for dy, dx in shifts[start:start + count]]).to(batch.device)
-        flips += int((_predict(module, _cover(batch, masks)) != before).sum())
-        random_flips += int((_predict(module, _cover(batch, shifted)) != before).sum())
-    return CausalResult(flip_rate=flips / max(n, 1), random_flip_rate=random_flips / max(n, 1),
-                        members=n, region_fraction=float(region.float().mean()))
 
 
 def group_scores(groups: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence | None]]

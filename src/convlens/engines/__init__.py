@@ -1,7 +1,7 @@
 """Engines: where a job's per-batch work runs - in this process, or on a Ray cluster.
 
-The audit's pass and ``evaluate`` both reduce to one shape of work: decode the images of a
-dataset in fixed, consecutive *units* of ``batch_size`` entries, hand each decoded
+The audit's pass, its causal check and ``evaluate`` all reduce to one shape of work: decode
+the images of a dataset in fixed, consecutive *units* of ``batch_size`` entries, hand each decoded
 :class:`~convlens.io.datasets.Batch` to a stateful *worker* (the model loaded once, a
 method and its metrics bound), and collect what the worker returns. An engine runs that
 shape; it knows nothing about audits or metrics.
@@ -21,7 +21,8 @@ worker with fewer threads than this process may differ in the last rounded digit
 probability (1e-6 on the bundled model, 2 threads against 1; BENCHMARKS.md).
 
 See docs/architecture.md, "Engines": engines sit between jobs and metrics; they import io
-only, and the audit and ``evaluate`` pass them a :class:`WorkerFactory`.
+only, and the audit (pass and causal check) and ``evaluate`` pass them a
+:class:`WorkerFactory`.
 """
 
 from __future__ import annotations
