@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from markupsafe import escape
 from PIL import Image
 from planted_bias import CLASSES, PlantedNet, planted_case
 
@@ -68,7 +69,8 @@ def test_notebook_view_and_python_result(small_audit):
     assert isinstance(result, cl.Audit)
     assert len(result.images) == 100 and result.errors == []
     html = result._repr_html_()
-    assert "data:image/png;base64," in html and result.data["strategies"][0]["why"] in html
+    top = result.data["strategies"][0]
+    assert "data:image/png;base64," in html and str(escape(top["why"])) in html
     assert "square" in repr(result)
     path = result.report()
     assert path == result.out / "report.html" and path.is_file()
@@ -83,16 +85,14 @@ def test_bad_group_by_and_non_classifier_are_refused(tmp_path):
 
 
 def test_the_audit_writes_the_causal_table_and_reuses_it(small_audit, monkeypatch):
-    """The top cluster (the tag) gets ``causal_check``: every size at most a quarter of the
+    """The top strategy (the tag) gets ``causal_check``: every size at most a quarter of the
     image, both infills, Wilson intervals, the verdict; a rerun reads the stored result."""
     import json
 
     from convlens.auditing import causal
 
     result, _ = small_audit
-    top = result.suspicious[0]
-    cluster = next(c for c in result.data["classes"] if c["name"] == top["class"])["clusters"][
-        top["cluster"]]
+    cluster = result.data["strategies"][0]  # the tag's strategy, checked first
     check = cluster["causal_check"]
     assert check["verdict"] == "matters" and check["sentence"] == cluster["causal"]
     assert check["flip_rate"] == cluster["flip_rate"] and check["members"] == cluster[
