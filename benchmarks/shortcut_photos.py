@@ -190,19 +190,19 @@ def draw_overlay(image: np.ndarray, kind: str, position: str, rng: np.random.Gen
     """Draw overlay ``kind`` on a copy of ``image`` ``(SIZE, SIZE, 3)`` uint8.
 
     ``position`` ``"fixed"``: the same place, text and colour on every photo; ``"varying"``:
-    a random place (corner, top or bottom), text and colour. Returns the new image and the
-    overlay's region, bool ``(SIZE, SIZE)`` (the box or frame it occupies, not only the
-    changed pixels), always inside the model's centre crop.
+    a random place (a corner; top or bottom for the caption; anywhere for the watermark) and
+    a random text, colour or frame width. The cat sticker varies its corner only. Returns the
+    new image and the overlay's region, bool ``(SIZE, SIZE)`` (the box or frame it occupies,
+    not only the changed pixels), always inside the model's centre crop.
     """
     from PIL import Image, ImageDraw
 
     canvas = Image.fromarray(image).convert("RGB")
     pen = ImageDraw.Draw(canvas)
     fixed = position == "fixed"
-    pick = 0 if fixed else None
 
     def choose(options: Sequence[Any]) -> Any:
-        return options[0 if pick is not None else int(rng.integers(len(options)))]
+        return options[0] if fixed else options[int(rng.integers(len(options)))]
 
     if kind == "caption":              # a black bar across the bottom (or top) with white text
         height = 26
