@@ -10,7 +10,8 @@ artefact images of one or of every other class, which the shortcut turns into mi
 
 Three methods then rank clusters of the same stored Grad-CAM maps (32 x 32):
 
-* ``audit``: today's ``cl.audit`` (its ``audit.json`` ``suspicious`` list, in order).
+* ``audit``: ``cl.audit``: its ``audit.json`` top-level ``strategies`` list in order when
+  it has one (the cross-class audit), else today's ``suspicious`` list in order.
 * ``spray``: plain per-class SpRAy as in Lapuschkin et al. 2019 (maps of each predicted
   class, divided by their sum; a binary 10-NN graph, symmetrised; the symmetric normalised
   Laplacian; the number of clusters from the largest eigengap over k >= 2 (at most 8);
@@ -24,7 +25,8 @@ artefact images, its recall (share of all artefact test images it holds) and pur
 audit also the causal margin (flip rate - random flip rate of the cluster's causal check,
 when the audit checked it) with a 95 % interval (Newcombe's hybrid score interval for a
 difference of proportions, treating the two rates as independent: conservative for paired
-covers). Not yet here: the bundled pretrained model with overlays drawn on photos.
+covers). The bundled pretrained model with overlays drawn on photos (no training) is in
+benchmarks/shortcut_photos.py, run by ``--photos``.
 
 Run::
 
@@ -32,6 +34,7 @@ Run::
     python benchmarks/shortcut_suite.py --quick       # 4 scenarios
     python benchmarks/shortcut_suite.py --seeds 1,2   # held-out seeds
     python benchmarks/shortcut_suite.py --out benchmarks/results/shortcut_suite_cpu.md
+    python benchmarks/shortcut_suite.py --photos      # the real-model cases (photos)
 
 The generator (:func:`scenarios`, :func:`make_split`) and the scoring (:func:`score_ranked`,
 :func:`score_audit`) are importable by tests; nothing here is under src/.
@@ -404,13 +407,16 @@ def score_ranked(ranked: Sequence[Mapping[str, Any]], artefact: Iterable[str]) -
 
 
 def score_audit(data: Mapping[str, Any], artefact: Iterable[str]) -> Found:
-    """Score ``audit.json`` content: its ``suspicious`` list in order, each entry's members
-    looked up in ``classes[...]["clusters"]``."""
+    """Score ``audit.json`` content.
+
+    When it has a top-level ``strategies`` list (the cross-class audit), its entries in order:
+    each holds its ``members`` (paths) and, when checked, ``flip_rate`` and
+    ``random_flip_rate``, at its top level or inside ``causal`` / ``causal_check`` when that
+    is an object. Otherwise today's ``suspicious`` list in order, each entry's members looked
+    up in ``classes[...]["clusters"]``.
+    """
     if data.get("strategies") is not None:
-        return score_ranked([{"members": s["members"], "flip_rate": s.get("flip_rate"),
-                              "random_flip_rate": s.get("random_flip_rate"),
-                              "checked": s.get("checked_members")}
-                             for s in data["strategies"]], artefact)
+        return score_ranked([_strategy(entry) for entry in data["strategies"]], artefact)
     clusters = {(c["name"], k["id"]): k for c in data["classes"] for k in c["clusters"]}
     ranked = []
     for entry in data["suspicious"]:
@@ -419,6 +425,30 @@ def score_audit(data: Mapping[str, Any], artefact: Iterable[str]) -> Found:
                        "random_flip_rate": entry.get("random_flip_rate"),
                        "checked": cluster.get("checked_members")})
     return score_ranked(ranked, artefact)
+
+
+def _strategy(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One ``strategies`` entry as :func:`score_ranked` reads it; the causal figures from
+    the entry itself, else from its ``causal`` / ``causal_check`` object (a sentence there
+    carries no figures)."""
+    checks = [entry] + [entry[key] for key in ("causal", "causal_check")
+                        if isinstance(entry.get(key), Mapping)]
+
+    def first(*names: str) -> Any:
+        for source in checks:
+            for name in names:
+                if source.get(name) is not None:
+                    return source[name]
+        return None
+
+    checked = first("checked", "checked_members", "members_checked")
+    if checked is None:   # CausalResult.to_dict() names the count of checked members "members"
+        checked = next((c["members"] for c in checks[1:] if isinstance(c.get("members"), int)),
+                       None)
+    if not isinstance(checked, int):
+        checked = None
+    return {"members": list(entry.get("members") or []), "flip_rate": first("flip_rate"),
+            "random_flip_rate": first("random_flip_rate"), "checked": checked}
 
 
 def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -568,13 +598,15 @@ def run_scenario(scenario: Scenario, cache: Path | None) -> dict[str, Any]:
 METHODS = ("audit", "spray", "mistakes")
 
 
-def _cell(found: Found) -> str:
+def format_found(found: Found) -> str:
+    """A table cell: ``rank / recall / purity``, or dashes when nothing was found."""
     if found.rank is None:
         return "- / - / -"
     return f"{found.rank} / {found.recall:.2f} / {found.purity:.2f}"
 
 
-def _margin(found: Found) -> str:
+def format_margin(found: Found) -> str:
+    """A table cell: the causal margin and its 95 % interval, or a dash when unchecked."""
     if found.margin is None:
         return "-"
     return f"{found.margin:+.2f} [{found.interval[0]:+.2f}, {found.interval[1]:+.2f}]"
@@ -587,8 +619,9 @@ def scenario_table(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         s, f = row["scenario"], row["found"]
         lines.append(f"| {s.name} | {'+'.join(s.target_classes)} | {row['accuracy']:.2f} | "
-                     f"{row['shortcut_rate']:.2f} | {_cell(f['audit'])} | "
-                     f"{_margin(f['audit'])} | {_cell(f['spray'])} | {_cell(f['mistakes'])} |")
+                     f"{row['shortcut_rate']:.2f} | {format_found(f['audit'])} | "
+                     f"{format_margin(f['audit'])} | {format_found(f['spray'])} | "
+                     f"{format_found(f['mistakes'])} |")
     return "\n".join(lines)
 
 
@@ -624,7 +657,9 @@ NAMES = {"audit": "today's `cl.audit`", "spray": "plain per-class SpRAy (paper)"
          "mistakes": "mistakes only"}
 
 
-def _headline(rows: Sequence[dict[str, Any]], title: str) -> list[str]:
+def headline(rows: Sequence[dict[str, Any]], title: str) -> list[str]:
+    """Markdown lines: ``title``, then one line per method of :func:`summary` over ``rows``
+    (also used by the photo cases, benchmarks/shortcut_photos.py)."""
     lines = [f"{title}: {len(rows)} scenarios", "",
              f"| method | ranked first | first, recall >= {COVERING} | in top 3 | found at all | "
              "mean recall | mean purity |", "|---|---|---|---|---|---|---|"]
@@ -638,13 +673,13 @@ def _headline(rows: Sequence[dict[str, Any]], title: str) -> list[str]:
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     """The headline tables: all scenarios, those whose model learned the shortcut, per seed
     when there are several, and ranked-first counts per artefact kind."""
-    lines = _headline(rows, "All")
+    lines = headline(rows, "All")
     learned = [r for r in rows if r["shortcut_rate"] >= LEARNED]
-    lines += _headline(learned, f"Model learned the shortcut (shortcut rate >= {LEARNED})")
+    lines += headline(learned, f"Model learned the shortcut (shortcut rate >= {LEARNED})")
     seeds = sorted({r["scenario"].seed for r in rows})
     if len(seeds) > 1:
         for seed in seeds:
-            lines += _headline([r for r in rows if r["scenario"].seed == seed], f"Seed {seed}")
+            lines += headline([r for r in rows if r["scenario"].seed == seed], f"Seed {seed}")
     lines += ["Ranked first, per artefact kind (audit / SpRAy / mistakes-only):", ""]
     for kind in KINDS:
         chosen = [r for r in rows if r["scenario"].kind == kind]
@@ -667,11 +702,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="train every model afresh")
     parser.add_argument("--out", type=Path, help="also write the output to this Markdown file")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--photos", action="store_true",
+                        help="run the real-model cases instead: the bundled model, overlays on "
+                             "photos (benchmarks/shortcut_photos.py; --seeds, --out, --threads "
+                             "apply)")
     args = parser.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         parser.error(f"--seeds takes comma-separated integers (e.g. 0,1,2), got {args.seeds!r}")
+    if args.photos:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from shortcut_photos import main as photos_main
+
+        forwarded = ["--seeds", args.seeds, "--threads", str(args.threads)]
+        return photos_main(forwarded + (["--out", str(args.out)] if args.out else []))
     import torch
 
     torch.set_num_threads(args.threads)
@@ -683,8 +728,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k, scenario in enumerate(chosen, start=1):
         row = run_scenario(scenario, cache)
         rows.append(row)
-        print(f"[{k}/{len(chosen)}] {scenario.name}: audit {_cell(row['found']['audit'])}, "
-              f"SpRAy {_cell(row['found']['spray'])}, mistakes {_cell(row['found']['mistakes'])}"
+        found = row["found"]
+        print(f"[{k}/{len(chosen)}] {scenario.name}: audit {format_found(found['audit'])}, "
+              f"SpRAy {format_found(found['spray'])}, mistakes {format_found(found['mistakes'])}"
               f" ({row['seconds']:.1f} s{', cached model' if row['cached'] else ''})",
               flush=True)
     total = time.perf_counter() - started

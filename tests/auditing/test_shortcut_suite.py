@@ -128,6 +128,37 @@ def test_score_audit_reads_the_suspicious_list_in_order():
     assert found.margin == 0.0 and found.interval[0] < 0 < found.interval[1]
 
 
+def test_score_audit_prefers_the_cross_class_strategies_list():
+    """With a top-level ``strategies`` list (the cross-class audit) its entries are ranked as
+    listed, their members read directly; ``suspicious`` is then ignored."""
+    data = {
+        "classes": [{"name": "a", "clusters": [{"id": 0, "members": ["a/1-art.png"]}]}],
+        "suspicious": [{"class": "a", "cluster": 0, "flip_rate": 0.0, "random_flip_rate": 0.0}],
+        "strategies": [
+            {"members": ["a/9.png", "b/7.png", "a/1-art.png"]},                 # 1/3
+            {"members": ["a/1-art.png", "b/3-art.png", "b/4-art.png", "c/5.png"],  # this one
+             "causal_check": {"flip_rate": 0.9, "random_flip_rate": 0.1, "members": 4},
+             "causal": "covering this region changes 90 % ..."},
+        ],
+    }
+    found = suite.score_audit(data, ARTEFACT)
+    assert (found.rank, found.recall, found.purity) == (2, 0.75, 0.75)
+    assert found.margin == pytest.approx(0.8)
+    assert found.interval == suite.margin_interval(0.9, 0.1, 4)
+    # the rates at the entry's top level, and "causal" as an object, are read too
+    data["strategies"][1] = {"members": data["strategies"][1]["members"],
+                             "flip_rate": 0.5, "random_flip_rate": 0.25,
+                             "causal": {"checked": 3}}
+    found = suite.score_audit(data, ARTEFACT)
+    assert found.margin == pytest.approx(0.25)
+    assert found.interval == suite.margin_interval(0.5, 0.25, 3)
+    # an empty list is the new audit finding nothing, not a reason to read `suspicious`
+    data["strategies"] = []
+    assert suite.score_audit(data, ARTEFACT).rank is None
+    del data["strategies"]
+    assert suite.score_audit(data, ARTEFACT).rank == 1
+
+
 def test_summary_counts_first_and_top3_over_all_scenarios():
     found = suite.Found
     rows = [{"scenario": s, "shortcut_rate": rate,
