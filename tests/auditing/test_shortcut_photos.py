@@ -112,3 +112,25 @@ def test_labels_are_the_clean_predictions_and_the_overlay_changes_some(case, cla
     top, count = Counter(changed).most_common(1)[0]
     assert count >= len(changed) / 2, Counter(changed)
     assert "cat" in top
+
+
+@pytest.mark.slow
+def test_the_audit_finds_the_sticker_as_one_strategy_across_classes(case, classifier, tmp_path):
+    """The issue's proof, real model: one cross-class strategy holds most overlay-induced
+    mistakes, and covering its region flips clearly more than a random region."""
+    import convlens as cl
+
+    result = cl.audit(classifier, case.data, out=tmp_path / "out", batch_size=32)
+    artefact = set(case.artefact)
+    mistakes = {i["path"] for i in result.data["images"] if i["correct"] is False}
+    assert mistakes and mistakes <= artefact            # every mistake is the overlay's doing
+    first = result.data["strategies"][0]
+    assert first["kind"] == "cross-class" and len(first["groups"]) >= 2
+    held = mistakes & set(first["members"])
+    assert len(held) >= 0.75 * len(mistakes)
+    assert sum(m in artefact for m in first["members"]) >= 0.8 * first["size"]
+    check = first["causal_check"]
+    assert check["verdict"] == "matters", check["sentence"]
+    row = next(r for r in check["table"] if r["infill"] == "blur"
+               and r["area"] == check["region_fraction"])
+    assert row["hot"]["ci"][0] > row["random"]["ci"][1]

@@ -249,15 +249,21 @@ def find_strategies(images: Sequence[StoredImage], reader: MapReader,
 
 def check_strategies(images: Sequence[StoredImage], strategies: Sequence[Strategy],
                      causal: CausalRunner | None, *, checks: int, seed: int,
-                     progress: ProgressCallback | None = None) -> None:
+                     progress: ProgressCallback | None = None) -> list[Strategy]:
     """The causal check of the ``checks`` most suspicious strategies (of 2+ images), stored
-    on them (``strategy.check``)."""
+    on them (``strategy.check``); returns the ranking with the checked strategies whose
+    region gives most of their mistakes their labelled class back moved to the front (in
+    their order): covering the evidence undoes the mistakes, the most direct proof that it
+    caused them (:meth:`convlens.auditing.causal.CausalResult.restores`)."""
     candidates = [s for s in strategies if s.score.size >= 2][:checks] if causal else []
     emit(progress, "check", 0, len(candidates))
     for done, strategy in enumerate(candidates, start=1):
         strategy.check = causal([images[p] for p in strategy.positions],
                                 np.asarray(strategy.heat, dtype=np.float64), seed + done)
         emit(progress, "check", done, len(candidates), ", ".join(strategy.groups[:3]))
+    confirmed = [s for s in candidates if getattr(s.check, "restores", lambda: False)()]
+    first = {id(s) for s in confirmed}
+    return confirmed + [s for s in strategies if id(s) not in first]
 
 
 def _map_rows(heat: np.ndarray) -> list[list[float | None]]:
@@ -342,7 +348,8 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
     strategies, search = find_strategies(images, reader, groups, clustered, group_by=group_by,
                                          layer=header.get("feature_layer"), seed=seed,
                                          progress=progress)
-    check_strategies(images, strategies, causal, checks=checks, seed=seed, progress=progress)
+    strategies = check_strategies(images, strategies, causal, checks=checks, seed=seed,
+                                  progress=progress)
     return audit_content(images, groups, clustered, strategies, search, header=header,
                          errors=errors, group_by=group_by, seed=seed, metric_cards=metric_cards)
 

@@ -367,6 +367,19 @@ class CausalResult:
     table: list[CausalRow] = field(default_factory=list)
     verdict: str = "not shown"
     cold_flip_rate: float = 0.0
+    mistakes: int = 0
+    restored: int = 0
+
+    @property
+    def restore_rate(self) -> float | None:
+        """Of the checked mistakes, the share whose prediction becomes their labelled class
+        when the hot region is covered (headline size, ``blur``); None without mistakes."""
+        return self.restored / self.mistakes if self.mistakes else None
+
+    def restores(self) -> bool:
+        """Covering the region gives most of its mistakes their labelled class back, clearly:
+        the Wilson interval of the restore rate lies above one half."""
+        return self.mistakes > 0 and wilson(self.restored, self.mistakes)[0] > 0.5
 
     @property
     def headline(self) -> CausalRow | None:
@@ -389,6 +402,11 @@ class CausalResult:
                  "cluster's relevance, filled with a blur of its surroundings)")
         figures = (f"{rate('hot')} of these {self.members} predictions; a random region of the "
                    f"same shape, {rate('random')}; its coldest {row.area:.1%}, {rate('cold')}")
+        if self.mistakes:
+            low, high = wilson(self.restored, self.mistakes)
+            figures += (f"; {self.restored} of the {self.mistakes} mistakes among them "
+                        f"({self.restored / self.mistakes:.0%} [{low:.0%}-{high:.0%}]) get "
+                        "their labelled class back")
         if self.verdict == "matters":
             return f"the region matters: covering {where} changes {figures} (95% intervals)"
         tried = ", ".join(dict.fromkeys(f"{r.area:.1%}" for r in self.table
@@ -404,13 +422,15 @@ class CausalResult:
                 "cold_flip_rate": _r(self.cold_flip_rate), "members": self.members,
                 "region_fraction": _r(self.region_fraction), "infill": VERDICT_INFILL,
                 "verdict": self.verdict, "rule": RULE, "sentence": self.sentence(),
+                "mistakes": self.mistakes, "restored": self.restored,
                 "table": [row.to_dict() for row in self.table]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CausalResult:
         return cls(data["flip_rate"], data["random_flip_rate"], data["members"],
                    data["region_fraction"], [CausalRow.from_dict(r) for r in data["table"]],
-                   data["verdict"], data["cold_flip_rate"])
+                   data["verdict"], data["cold_flip_rate"], data.get("mistakes", 0),
+                   data.get("restored", 0))
 
 
 def summarise(flips: np.ndarray, regions: Regions, infills: Sequence[str] = INFILLS
@@ -462,6 +482,7 @@ class CausalWorkerFactory:
     predicted: list[int]
     seeds: list[int]
     infills: tuple[str, ...] = INFILLS
+    labels: list[int] | None = None  # per entry the labelled class of a mistake, else -1
 
     def build(self, device: str | None = None) -> CausalWorker:
         if device is not None:
@@ -477,13 +498,32 @@ class CausalWorker:
         self.module = _module(factory.model)
         self.device = _device(self.module)
 
-    def __call__(self, batch: Any) -> tuple[list[int], np.ndarray]:
+    def __call__(self, batch: Any) -> tuple[list[int], np.ndarray, np.ndarray]:
         f = self.factory
         index = [item.index for item in batch.items]
         before = torch.tensor([f.predicted[i] for i in index], dtype=torch.long)
-        flips = covered_flips(self.module, batch.x.to(self.device), before, f.regions,
+        x = batch.x.to(self.device)
+        flips = covered_flips(self.module, x, before, f.regions,
                               [f.seeds[i] for i in index], f.infills)
-        return index, flips
+        labels = [f.labels[i] if f.labels else -1 for i in index]
+        return index, flips, restored_labels(self.module, x, labels, f.regions)
+
+
+def restored_labels(module: nn.Module, x: torch.Tensor, labels: Sequence[int],
+                    regions: Regions) -> np.ndarray:
+    """Per image and size: 1 when covering the hot region (``blur``) makes the prediction
+    its labelled class, 0 when not, -1 for images that are not mistakes (label -1): int8
+    ``(N, sizes)``. Only the mistakes are run."""
+    out = np.full((len(x), len(regions.sizes)), -1, dtype=np.int8)
+    wrong = [k for k, label in enumerate(labels) if label >= 0]
+    if not wrong:
+        return out
+    target = torch.tensor([labels[k] for k in wrong], device=x.device)
+    for s, hot in enumerate(regions.hot):
+        covered = cover(x[wrong], hot.expand(len(wrong), *hot.shape).to(x.device),
+                        VERDICT_INFILL)
+        out[wrong, s] = (_predict(module, covered) == target).cpu().numpy()
+    return out
 
 
 def _module(model: Any) -> nn.Module:
@@ -504,7 +544,8 @@ def _device(module: nn.Module) -> torch.device:
 
 def run_check(engine: Any, classifier: Any, entries: Sequence[Any], keys: Sequence[str],
               predicted: Sequence[int], heat: np.ndarray, *, seed: int, batch_size: int,
-              sizes: Sequence[float] = SIZES) -> CausalResult:
+              sizes: Sequence[float] = SIZES, labels: Sequence[int] | None = None
+              ) -> CausalResult:
     """The check of one cluster through ``engine`` (:mod:`convlens.engines`).
 
     Args:
@@ -514,22 +555,31 @@ def run_check(engine: Any, classifier: Any, entries: Sequence[Any], keys: Sequen
             stable key (seeds the random control) and the prediction to compare with.
         heat: The cluster's mean map.
         seed: The check's seed. ``batch_size``: entries per unit.
+        labels: Per entry, the labelled class index of a mistake, else -1: the result
+            then says how many mistakes covering the region gives their class back.
 
     Members that can no longer be decoded are left out (``members`` counts the others).
     """
     height, width = classifier.preprocessing.input_size
     regions = cluster_regions(heat, (height, width), sizes)
     factory = CausalWorkerFactory(classifier, regions, [int(p) for p in predicted],
-                                  [member_seed(k, seed) for k in keys])
-    found: dict[int, np.ndarray] = {}
+                                  [member_seed(k, seed) for k in keys],
+                                  labels=None if labels is None else [int(v) for v in labels])
+    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for done in engine.map_units(list(entries), classifier.preprocessing, factory,
                                  batch_size=batch_size):
         if done.result is not None:
-            index, flips = done.result
-            found.update(zip(index, flips))
-    rows = [found[i] for i in sorted(found)]
+            index, flips, restored = done.result
+            found.update(zip(index, zip(flips, restored)))
+    rows = [found[i][0] for i in sorted(found)]
     shape = (0, len(regions.sizes), len(INFILLS), len(KINDS))
-    return summarise(np.stack(rows) if rows else np.zeros(shape, bool), regions)
+    result = summarise(np.stack(rows) if rows else np.zeros(shape, bool), regions)
+    back = np.array([found[i][1] for i in sorted(found)]).reshape(-1, len(regions.sizes))
+    headline = [k for k, area in enumerate(regions.areas) if area == result.region_fraction]
+    if len(back) and headline:
+        column = back[:, headline[0]]
+        result.mistakes, result.restored = int((column >= 0).sum()), int((column == 1).sum())
+    return result
 
 
 def causal_check(model: nn.Module | Any, x: torch.Tensor, heat: np.ndarray,

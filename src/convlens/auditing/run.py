@@ -32,7 +32,7 @@ from convlens.jobs.store import ResultStore, config_fingerprint
 
 STORE_FOLDER = "store"
 CHECK_MEMBERS = 128
-CHECK_VERSION = 2
+CHECK_VERSION = 3
 MAX_CLUSTER_MAPS = 50_000
 """Default cap on the maps SpRAy clusters per group (docs/capacity.md, "Clustering")."""
 
@@ -216,8 +216,8 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
                 rng = np.random.default_rng(check_seed)
                 chosen = [members[i] for i in np.sort(rng.choice(len(members), CHECK_MEMBERS,
                                                                  replace=False))]
-            # "version" 2: the table of sizes, infills and controls; older "check" records,
-            # keyed without it, are not reused
+            # "version" 3: the table of sizes, infills and controls, and the restored
+            # mistakes; older "check" records, keyed without it, are not reused
             key = "check-" + config_fingerprint({"members": [m.record["key"] for m in members],
                                                  "seed": check_seed, "version": CHECK_VERSION})
             if key in checked:
@@ -225,7 +225,8 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
             result = run_check(runner, classifier, [entries[m.record["path"]] for m in chosen],
                                [m.record["key"] for m in chosen],
                                [m.record["predicted_index"] for m in chosen], heat,
-                               seed=check_seed, batch_size=batch_size)
+                               seed=check_seed, batch_size=batch_size,
+                               labels=[_mistake_label(m.record, classifier) for m in chosen])
             store.append([{"key": key, "kind": "check", "result": result.to_dict()}])
             return result
 
@@ -248,6 +249,14 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         emit(progress, "done", 1, 1, f"wrote {out / 'audit.json'}")
         return Audit(content, out, classifier=classifier, dataset=dataset, settings=settings,
                      store=store, engine=runner)
+
+
+def _mistake_label(record: dict[str, Any], classifier: Any) -> int:
+    """The labelled class index of a mistake (-1 for a correct or unlabelled prediction)."""
+    if record.get("correct") is not False:
+        return -1
+    return (classifier.labels or []).index(record["label"]) \
+        if record["label"] in (classifier.labels or []) else -1
 
 
 def _feature_layer(classifier: Any, shape: tuple[int, ...]) -> str | None:

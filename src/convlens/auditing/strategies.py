@@ -12,16 +12,22 @@ ask whether the mistakes share something in the model's own representation:
    from the correct predictions. Its scores are *cross-validated* (each image scored by a
    model that never saw it, stratified folds, seeded), and their ROC AUC says how much the
    mistakes share: near 0.5, nothing; near 1, one direction tells them apart.
-3. When the AUC reaches ``min_auc``, the strategy is every image scored above the threshold
+3. When the AUC reaches ``min_auc`` AND the images it ranks high are wrong clearly more often
+   than images overall (the Wilson 95 % interval of their error rate lies above the overall
+   error rate), the strategy is every image scored above the threshold
    that best separates mistakes (the F1-optimal cut of the cross-validated scores): the
    mistakes that share the direction AND the correct predictions that carry the same
    evidence (a tag on images of the class it was learned from). Images without a label are
    scored by the classifier fitted on all labelled images.
 4. Step 2 runs for every candidate set of mistakes: all of them, and their k-means groups
    in the same feature space (k = 2 .. 4), since one shortcut's mistakes and another
-   failure's are different things. Candidates are taken best AUC first, each keeping the
-   images no earlier strategy holds, so two different shortcuts become two strategies (at
-   most ``max_strategies``).
+   failure's are different things. A k-means group is a region of feature space chosen by
+   looking at its mistakes, and a classifier finds any region, even in noise (on random
+   features a group of 28 mistakes reached a cross-validated AUC of 0.86): its centres are
+   fitted on one half of the images and it is judged on the other. Candidates that rank the
+   same images (scores correlated >= 0.8) are one family; each family gives one strategy,
+   from its largest set of mistakes, so two different shortcuts become two strategies (at
+   most ``max_strategies``) and one shortcut is not cut into k-means fragments.
 
 *Where* the evidence lies is then read from the maps (the members' mean map, and the
 causal check of its hot region, :mod:`convlens.auditing.causal`); per-class clusters that lie
@@ -79,7 +85,7 @@ class Search:
 
     directions: list[Direction]
     stopped: str
-    tried: list[dict[str, float | int]] = field(default_factory=list)
+    tried: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _prepare(features: np.ndarray, seed: int) -> np.ndarray:
@@ -104,6 +110,13 @@ def _classifier(seed: int):  # noqa: ANN202 - scikit-learn estimator
     return LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000, random_state=seed)
 
 
+def wilson(successes: int, trials: int) -> tuple[float, float]:
+    """Wilson 95 % interval of a proportion (:func:`convlens.auditing.causal.wilson`)."""
+    from convlens.auditing.causal import wilson as interval
+
+    return interval(successes, trials)
+
+
 def _cross_validated(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.model_selection import StratifiedKFold
 
@@ -124,28 +137,66 @@ def _best_cut(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(scores[order[best]])
 
 
-def mistake_groups(x: np.ndarray, wrong: np.ndarray, *, seed: int, min_mistakes: int,
-                   max_groups: int = MAX_MISTAKE_GROUPS) -> list[np.ndarray]:
+def _first_half(wrong: np.ndarray, known: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded half of the labelled images, stratified by mistakes (bool mask)."""
+    rng = np.random.default_rng(seed)
+    first = np.zeros(len(wrong), dtype=bool)
+    for part in (np.flatnonzero(known & wrong), np.flatnonzero(known & ~wrong)):
+        first[rng.permutation(part)[: (len(part) + 1) // 2]] = True
+    return first
+
+
+def mistake_groups(x: np.ndarray, wrong: np.ndarray, first: np.ndarray, *, seed: int,
+                   min_mistakes: int, max_groups: int = MAX_MISTAKE_GROUPS
+                   ) -> list[tuple[np.ndarray, bool]]:
     """Candidate sets of mistakes: all of them, and k-means groups of them (k = 2 ..
-    ``max_groups``) in the prepared feature space, each of at least ``min_mistakes``.
+    ``max_groups``) in the prepared feature space, each of at least ``min_mistakes``;
+    ``(positions, grouped)`` with ``grouped`` True for the k-means groups.
 
     One shortcut's mistakes (textured shapes called circle) and another failure's (clean
     circles called square, because the model never learned the circle's shape) are
-    different things; one direction fitted to both mixes them. Duplicates are dropped.
+    different things; one direction fitted to both mixes them. The k-means centres are fitted
+    on the mistakes of the ``first`` half only, and every mistake joins its nearest centre:
+    a group is a region of feature space chosen by looking at its mistakes, so only the other
+    half can say whether it holds more of them than chance (:func:`mistake_directions`).
+    Duplicates are dropped.
     """
     from sklearn.cluster import KMeans
 
     index = np.flatnonzero(wrong)
-    found = [index]
+    fitted = np.flatnonzero(wrong & first)
+    found = [(index, False)]
     for k in range(2, max_groups + 1):
-        if len(index) < k * min_mistakes:
+        if len(fitted) < k * max(min_mistakes // 2, 2):
             break
-        labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(x[index])
-        found.extend(index[labels == j] for j in range(k) if (labels == j).sum() >= min_mistakes)
-    unique: dict[bytes, np.ndarray] = {}
-    for group in found:
-        unique.setdefault(np.sort(group).tobytes(), np.sort(group))
+        labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x[fitted]).predict(
+            x[index])
+        found.extend((index[labels == j], True) for j in range(k)
+                     if (labels == j).sum() >= min_mistakes)
+    unique: dict[bytes, tuple[np.ndarray, bool]] = {}
+    for group, grouped in found:
+        unique.setdefault(np.sort(group).tobytes(), (np.sort(group), grouped))
     return list(unique.values())
+
+
+def _held_out(x: np.ndarray, positive: np.ndarray, right: np.ndarray, wrong: np.ndarray,
+              first: np.ndarray, seed: int) -> tuple[float, np.ndarray]:
+    """A k-means group judged on the half its centres never saw: the direction fitted on the
+    first half, its AUC on the second, and which second-half images it ranks above the
+    first half's F1-optimal cut."""
+    from sklearn.metrics import roc_auc_score
+
+    train = first & (positive | right)
+    test = ~first & (positive | right)
+    if positive[train].sum() < 2 or positive[test].sum() < 2:
+        return 0.5, np.zeros(len(x), dtype=bool)
+    model = _classifier(seed).fit(x[train], positive[train])
+    cut = _best_cut(model.decision_function(x[train]), positive[train])
+    judged = ~first & (right | wrong)
+    scores = np.full(len(x), -np.inf)
+    scores[judged] = model.decision_function(x[judged])
+    auc = float(roc_auc_score(positive[test], scores[test]))
+    return auc, judged & (scores >= cut)
 
 
 def mistake_directions(features: np.ndarray, correct: Sequence[bool | None], *, seed: int = 0,
@@ -153,15 +204,17 @@ def mistake_directions(features: np.ndarray, correct: Sequence[bool | None], *, 
                        max_strategies: int = MAX_STRATEGIES) -> Search:
     """Find up to ``max_strategies`` directions the mistakes share (see the module notes).
 
-    Every candidate set of mistakes (:func:`mistake_groups`) gets a direction against the
-    correct predictions and its cross-validated AUC; candidates are taken best AUC first,
-    each keeping the images above its cut that no earlier strategy holds, as long as it still
-    holds ``min_mistakes`` mistakes of its own.
+    Every candidate set of mistakes (:func:`mistake_groups`) is judged honestly: all the
+    mistakes by cross-validation, a k-means group on the half its centres never saw
+    (:func:`_held_out`). It qualifies when its AUC reaches ``min_auc`` and the images it
+    ranks high are wrong clearly more often than images overall. Qualified candidates that
+    rank the same images form one family (:func:`_families`); each family gives one
+    strategy, from its largest set of mistakes, keeping the images no earlier strategy holds.
 
     Args:
         features: ``(N, D)`` pooled activations, one row per image.
         correct: Per image ``True``/``False``, or ``None`` without a label.
-        seed: Seeds the projection, the groups, the folds and the classifier.
+        seed: Seeds the projection, the halves, the groups, the folds and the classifier.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -174,8 +227,12 @@ def mistake_directions(features: np.ndarray, correct: Sequence[bool | None], *, 
         return Search([], f"fewer than {min_mistakes} correct predictions to compare with")
     x = _prepare(features, seed)
     right = known & ~wrong
+    base = float(wrong[known].mean())
+    first = _first_half(wrong, known, seed)
+    tried: list[dict[str, Any]] = []
     candidates: list[tuple[float, int, np.ndarray, np.ndarray, float]] = []
-    for group in mistake_groups(x, wrong, seed=seed, min_mistakes=min_mistakes):
+    for group, grouped in mistake_groups(x, wrong, first, seed=seed,
+                                         min_mistakes=min_mistakes):
         positive = np.zeros(n, dtype=bool)
         positive[group] = True
         fit = right | positive
@@ -185,11 +242,20 @@ def mistake_directions(features: np.ndarray, correct: Sequence[bool | None], *, 
         if rest.any():
             scores[rest] = _classifier(seed).fit(x[fit], positive[fit]).decision_function(
                 x[rest])
-        auc = float(roc_auc_score(positive[fit], scores[fit]))
-        candidates.append((auc, len(group), positive, scores,
-                           _best_cut(scores[fit], positive[fit])))
+        cut = _best_cut(scores[fit], positive[fit])
+        if grouped:
+            auc, judged = _held_out(x, positive, right, wrong, first, seed)
+        else:
+            auc = float(roc_auc_score(positive[fit], scores[fit]))
+            judged = known & (scores >= cut)
+        low = wilson(int((judged & wrong).sum()), int(judged.sum()))[0]
+        tried.append({"mistakes": len(group), "grouped": grouped, "auc": round(auc, 6),
+                      "error_rate": round(float(wrong[judged].mean()), 6) if judged.any()
+                      else None, "base_error_rate": round(base, 6)})
+        if low <= base:
+            continue  # what it ranks high is not wrong more often than anything else
+        candidates.append((auc, len(group), positive, scores, cut))
     candidates.sort(key=lambda c: (-c[0], -c[1]))
-    tried = [{"mistakes": size, "auc": round(auc, 6)} for auc, size, *_ in candidates]
     taken = np.zeros(n, dtype=bool)
     directions: list[Direction] = []
     stopped = "every candidate set of mistakes was looked at"
@@ -204,14 +270,16 @@ def mistake_directions(features: np.ndarray, correct: Sequence[bool | None], *, 
         # mistakes, not the k-means fragments of them
         auc, size, positive, scores, cut = max(usable, key=lambda c: (c[1], c[0]))
         inside = (scores >= cut) & ~taken
-        if (inside & positive).sum() < min_mistakes:
+        own = (inside & positive).sum()
+        if own < min_mistakes or own < 0.5 * positive.sum():
             continue  # its mistakes are held by a better direction already
         directions.append(Direction(np.flatnonzero(inside), auc, size, cut, scores))
         taken |= inside
-    if not directions and candidates:
-        best = max(c[0] for c in candidates)
-        stopped = (f"no set of mistakes shares a direction (best cross-validated AUC "
-                   f"{best:.2f} < {min_auc})")
+    if not directions:
+        best = max((t["auc"] for t in tried), default=0.0)
+        stopped = (f"no set of mistakes shares a direction: none reached a cross-validated "
+                   f"AUC of {min_auc} with the images it ranks high wrong clearly more often "
+                   f"than the {base:.0%} overall (best AUC {best:.2f})")
     return Search(directions, stopped, tried)
 
 
