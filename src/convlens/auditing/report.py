@@ -270,7 +270,7 @@ def unestablished(data: dict) -> list[str]:
                  if s.get("flip_rate") is None]
     if unchecked:
         said.append(f"Strategies {', '.join(map(str, unchecked))} were not checked causally "
-                    "(only the most suspicious are; raise checks= / --checks).")
+                    "(only the most suspicious are; cl.audit(..., checks=N) checks more).")
     return said
 
 

@@ -1,9 +1,11 @@
 """``audit()``: a dataset-scale look at what a classifier does, and :class:`Audit`, its result.
 
-One streaming pass (:mod:`convlens.auditing.passes`) stores per image the prediction, the top 5
-and a small attribution map; SpRAy (:mod:`convlens.auditing.spray`) finds the strategies per
-group; :mod:`convlens.auditing.suspicion` ranks them and :mod:`convlens.auditing.causal`
-checks the top ones (covering forwards on the pass's engine, results kept in the store);
+One streaming pass (:mod:`convlens.auditing.passes`) stores per image the prediction, the top 5,
+a small attribution map and the feature layer's pooled activations; SpRAy finds the clusters
+of each group at several resolutions (:mod:`convlens.auditing.groups`),
+:mod:`convlens.auditing.strategies` finds what the mistakes share across classes and ranks
+both, and :mod:`convlens.auditing.causal` checks the top ones (covering forwards on the pass's
+engine, results kept in the store);
 ``OUT/audit.json`` holds everything (schema in :func:`convlens.auditing.analysis.build_audit`)
 and :meth:`Audit.report` draws ``OUT/report.html``, recomputing full-size maps only for the
 images it shows.
@@ -75,7 +77,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         batch_size, workers: Images per forward; decoding processes.
         overwrite: Replace results of a different configuration in ``out``.
         map_size: Side of the stored maps (float16).
-        checks: How many of the most suspicious clusters get the causal check.
+        checks: How many of the most suspicious strategies get the causal check.
         seed: Seeds SpRAy and the causal check's random regions.
         layout: ``auto``, ``imagefolder``, ``csv`` or ``plain``.
         progress: A callback, ``True`` (plain lines, or bars in a notebook), ``False``/None
