@@ -1,7 +1,8 @@
 """The planted-shortcut suite (benchmarks/shortcut_suite.py): its generator and its scoring.
 
-No threshold on today's audit quality here (the audit will be rebuilt; the suite measures
-it): only that the scenarios are what they claim and that the scoring counts right.
+That the scenarios are what they claim and that the scoring counts right; and one threshold
+on the audit's quality, on a fast held-out subset (the full suite is a benchmark:
+BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -213,3 +214,16 @@ def test_one_scenario_end_to_end_through_cl_audit(tmp_path):
     assert list((tmp_path / "cache").glob("*.pt"))          # the weights were cached
     again = suite.run_scenario(scenario, cache=tmp_path / "cache")
     assert again["cached"] and again["found"]["audit"] == row["found"]["audit"]
+
+
+@pytest.mark.slow
+def test_the_fast_subset_ranks_the_planted_shortcut_first(tmp_path):
+    """Six held-out scenarios (seed 3, one per artefact kind, each one its model learned):
+    the audit ranks a strategy that is mostly artefact images first in at least 4 and in the
+    top 3 in all. The audit before convlens 10 ranked it first in 3 of these 6 and missed one
+    altogether (BENCHMARKS.md, "Planted-shortcut suite")."""
+    rows = [suite.run_scenario(s, cache=tmp_path / "cache") for s in suite.fast_scenarios()]
+    assert all(row["shortcut_rate"] >= 0.5 for row in rows)   # the suite's premise holds
+    ranks = [row["found"]["audit"].rank for row in rows]
+    assert sum(rank == 1 for rank in ranks) >= 4, ranks
+    assert all(rank is not None and rank <= 3 for rank in ranks), ranks
