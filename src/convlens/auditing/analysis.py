@@ -154,10 +154,6 @@ class StoredImages(Sequence[StoredImage]):
         value = np.nan if values is None else float(values[at])
         return None if np.isnan(value) else value
 
-    def correct(self) -> np.ndarray:
-        """Every image's ``correct`` as -1 (no label), 0 or 1."""
-        return self._columns["correct"]
-
 
 def stored_images(store: ResultStore, keys: Iterable[str]) -> StoredImages:
     """The records of ``keys`` (the current dataset's images), sorted by path.
