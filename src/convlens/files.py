@@ -37,7 +37,7 @@ import math
 import os
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,7 @@ from convlens.errors import OutputBusyError, OutputError
 
 __all__ = [
     "LOCK_FILE",
+    "LazyList",
     "MANIFEST",
     "OUTPUT_MARKER",
     "OutputFolder",
@@ -257,14 +258,75 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes_atomic(path, encode_text(text))
 
 
+class LazyList(Sequence[Any]):
+    """A read-only list whose items are made when read: :func:`write_json_atomic` writes it
+    item by item, so a JSON file with one entry per image never holds all of them in memory.
+
+    Example:
+        >>> rows = LazyList(3, lambda k: {"row": k})
+        >>> rows[2], len(rows)
+        ({'row': 2}, 3)
+    """
+
+    def __init__(self, length: int, item: Callable[[int], Any]) -> None:
+        self._length = length
+        self._item = item
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, at: Any) -> Any:
+        if isinstance(at, slice):
+            return [self[k] for k in range(*at.indices(self._length))]
+        return self._item(range(self._length)[at])
+
+
 def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2
                       ) -> Path:
     """Write ``data`` as UTF-8 JSON atomically; returns ``path``.
 
     Non-ASCII text stays readable; non-finite floats become ``null`` (:func:`finite_json`).
+    A :class:`LazyList` inside ``data`` is written item by item (with ``indent`` set), the
+    bytes the same as for the list it stands for.
     """
-    text = json.dumps(finite_json(data), indent=indent, ensure_ascii=False, allow_nan=False)
-    return write_text_atomic(path, text + "\n")
+    streams: list[LazyList] = []
+
+    def placeholder(value: Any) -> str:
+        if not isinstance(value, LazyList) or indent is None:
+            raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+        streams.append(value)
+        return f"{_STREAM}{len(streams) - 1}{_STREAM}"
+
+    def dumps(value: Any) -> str:
+        return json.dumps(finite_json(value), indent=indent, ensure_ascii=False,
+                          allow_nan=False, default=placeholder)
+
+    text = dumps(data)
+    if not streams:
+        return write_text_atomic(path, text + "\n")
+    pieces = text.split(json.dumps(_STREAM, ensure_ascii=False)[1:-1])
+    with atomic_output(path) as temporary, open(temporary, "wb") as handle:
+        # pieces: text, stream number + closing quote; the opening quote ends each text
+        handle.write(encode_text(pieces[0][:-1]))
+        for k in range(1, len(pieces), 2):
+            stream = streams[int(pieces[k])]
+            line_start = pieces[k - 1].rfind("\n") + 1
+            depth = len(pieces[k - 1][line_start:]) - len(pieces[k - 1][line_start:].lstrip(" "))
+            inner = "\n" + " " * (depth + indent)
+            if len(stream) == 0:
+                handle.write(b"[]")
+            else:
+                handle.write(b"[")
+                for at, item in enumerate(stream):
+                    handle.write(encode_text(("," if at else "") + inner
+                                             + dumps(item).replace("\n", inner)))
+                handle.write(encode_text("\n" + " " * depth + "]"))
+            rest = pieces[k + 1][1:]  # after the closing quote
+            handle.write(encode_text(rest[:-1] if k + 2 < len(pieces) else rest + "\n"))
+    return Path(path)
+
+
+_STREAM = "\x00convlens-lazy-list\x00"
 
 
 def finite_json(data: Any) -> Any:

@@ -16,10 +16,11 @@ The ``audit.json`` schema is fixed (fields may be added, none renamed); see
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from convlens.auditing.strategies import (
     rank_strategies,
 )
 from convlens.auditing.suspicion import mean_map, rank_clusters, score_members
+from convlens.files import LazyList
 from convlens.jobs.progress import ProgressCallback, emit
 from convlens.jobs.store import ResultStore
 
@@ -45,24 +47,187 @@ def _r(value: float | None) -> float | None:
 
 @dataclass
 class StoredImage:
-    """One image's record with where its maps are."""
+    """One image's record with where its maps are.
 
-    record: dict[str, Any]
+    ``record`` reads like the pass's record (``key``, ``path``, ``label``, ``predicted``,
+    ``predicted_index``, ``probability``, ``top5``, ``correct``, ``row``, ``true_row`` and,
+    with metrics, ``metrics``); from :func:`stored_images` it is a view of
+    :class:`StoredImages`' arrays, built when read.
+    """
+
+    record: Mapping[str, Any]
     shard: str
     row: int
     true_row: int | None
 
 
-def stored_images(store: ResultStore, keys: Iterable[str]) -> list[StoredImage]:
-    """The records of ``keys`` (the current dataset's images), sorted by path."""
+_FIELDS = ("key", "path", "label", "predicted", "predicted_index", "probability", "top5",
+           "correct", "row", "true_row")
+
+
+class _Record(Mapping[str, Any]):
+    """One image's record, read from :class:`StoredImages`' arrays field by field."""
+
+    __slots__ = ("_images", "_at")
+
+    def __init__(self, images: StoredImages, at: int) -> None:
+        self._images = images
+        self._at = at
+
+    def __getitem__(self, name: str) -> Any:
+        return self._images.field(self._at, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FIELDS + (("metrics",) if self._images.metric_keys else ()))
+
+    def __len__(self) -> int:
+        return len(_FIELDS) + bool(self._images.metric_keys)
+
+
+class StoredImages(Sequence[StoredImage]):
+    """The audit's images, sorted by path, as compact per-image arrays.
+
+    What the analysis needs of every image (names as indices into one table of names,
+    ``correct`` as -1/0/1, the map's shard and row, the scores), and not the pass's record
+    dicts: at 10,000 images the dicts held ~20 MiB, these arrays well under 2 MiB (the paths
+    and keys, which ``audit.json`` lists, stay strings). ``images[p]`` is a
+    :class:`StoredImage` whose ``record`` is read from the arrays when used.
+    """
+
+    def __init__(self, columns: dict[str, Any], names: list[Any], shards: list[str],
+                 metric_keys: list[str]) -> None:
+        self.paths: list[str] = columns["path"]
+        self.keys: list[str] = columns["key"]
+        self._names = names
+        self._shards = shards
+        self.metric_keys = metric_keys
+        self._columns = columns
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @overload
+    def __getitem__(self, at: int) -> StoredImage: ...
+
+    @overload
+    def __getitem__(self, at: slice) -> list[StoredImage]: ...
+
+    def __getitem__(self, at: int | slice) -> StoredImage | list[StoredImage]:
+        if isinstance(at, slice):
+            return [self[k] for k in range(*at.indices(len(self)))]
+        at = range(len(self))[at]  # negative positions, and IndexError past the end
+        c = self._columns
+        true_row = int(c["true_row"][at])
+        return StoredImage(_Record(self, at), self._shards[c["shard"][at]], int(c["row"][at]),
+                           None if true_row < 0 else true_row)
+
+    def _name(self, index: int) -> Any:
+        return None if index < 0 else self._names[index]
+
+    def field(self, at: int, name: str) -> Any:
+        """One field of image ``at``'s record, as the pass wrote it."""
+        c = self._columns
+        if name in ("path", "key"):
+            return c[name][at]
+        if name in ("label", "predicted"):
+            return self._name(int(c[name][at]))
+        if name in ("predicted_index", "row"):
+            return int(c[name][at])
+        if name == "true_row":
+            true_row = int(c["true_row"][at])
+            return None if true_row < 0 else true_row
+        if name == "probability":
+            return float(c["probability"][at])
+        if name == "correct":
+            correct = int(c["correct"][at])
+            return None if correct < 0 else bool(correct)
+        if name == "top5":
+            return [[self._names[int(i)], float(v)]
+                    for i, v in zip(c["top5_name"][at], c["top5_value"][at]) if i >= 0]
+        if name == "metrics" and self.metric_keys:
+            return {k: self.metric(at, k) for k in self.metric_keys}
+        raise KeyError(name)
+
+    def metric(self, at: int, key: str) -> float | None:
+        """Image ``at``'s stored score of metric ``key`` (None where undefined or missing)."""
+        values = self._columns["metrics"].get(key)
+        value = np.nan if values is None else float(values[at])
+        return None if np.isnan(value) else value
+
+
+def stored_images(store: ResultStore, keys: Iterable[str]) -> StoredImages:
+    """The records of ``keys`` (the current dataset's images), sorted by path.
+
+    Read shard by shard into compact columns (:class:`StoredImages`); the records
+    themselves are not kept.
+    """
     wanted = set(keys)
-    found: dict[str, StoredImage] = {}
+    seen: set[str] = set()
+    names: dict[Any, int] = {}
+    shards: list[str] = []
+    paths: list[str] = []
+    found_keys: list[str] = []
+    ints = {name: array("q") for name in ("label", "predicted", "predicted_index", "correct",
+                                          "shard", "row", "true_row")}
+    probability = array("d")
+    top_names: list[array] = []
+    top_values: list[array] = []
+    metrics: dict[str, array] = {}
+
+    def index(name: Any) -> int:
+        return -1 if name is None else names.setdefault(name, len(names))
+
     for shard in store.shards():
         for record in store.shard_records(shard):
             key = record.get("key")
-            if key in wanted and key not in found:
-                found[key] = StoredImage(record, shard.name, record["row"], record["true_row"])
-    return sorted(found.values(), key=lambda s: (s.record["path"], s.record["key"]))
+            if key not in wanted or key in seen:
+                continue
+            seen.add(key)
+            if not shards or shards[-1] != shard.name:
+                shards.append(shard.name)
+            count = len(paths)
+            paths.append(record["path"])
+            found_keys.append(key)
+            ints["label"].append(index(record["label"]))
+            ints["predicted"].append(index(record["predicted"]))
+            ints["predicted_index"].append(record["predicted_index"])
+            correct = record["correct"]
+            ints["correct"].append(-1 if correct is None else int(bool(correct)))
+            ints["shard"].append(len(shards) - 1)
+            ints["row"].append(record["row"])
+            true_row = record["true_row"]
+            ints["true_row"].append(-1 if true_row is None else true_row)
+            probability.append(record["probability"])
+            top = record.get("top5") or []
+            top_names.append(array("q", [index(n) for n, _ in top]))
+            top_values.append(array("d", [v for _, v in top]))
+            for k, v in (record.get("metrics") or {}).items():
+                if k not in metrics:
+                    metrics[k] = array("d", [np.nan] * count)
+                metrics[k].append(np.nan if v is None else v)
+            for column in metrics.values():
+                if len(column) == count:  # a key this record lacks
+                    column.append(np.nan)
+    del seen
+    order = np.array(sorted(range(len(paths)), key=lambda i: (paths[i], found_keys[i])),
+                     dtype=np.int64)
+    width = max((len(t) for t in top_names), default=0)
+    top_index = np.full((len(paths), width), -1, np.int32)
+    top_value = np.zeros((len(paths), width), np.float64)
+    for k, (n, v) in enumerate(zip(top_names, top_values)):
+        top_index[k, :len(n)] = n
+        top_value[k, :len(v)] = v
+    del top_names, top_values
+    columns: dict[str, Any] = {
+        "path": [paths[i] for i in order], "key": [found_keys[i] for i in order],
+        **{name: np.frombuffer(values, np.int64)[order].astype(
+            np.int8 if name == "correct" else np.int32 if name != "predicted_index"
+            else np.int64) for name, values in ints.items()},
+        "probability": np.frombuffer(probability, np.float64)[order],
+        "top5_name": top_index[order], "top5_value": top_value[order],
+        "metrics": {k: np.frombuffer(v, np.float64)[order] for k, v in metrics.items()},
+    }
+    return StoredImages(columns, list(names), shards, list(metrics))
 
 
 class MapReader:
@@ -112,17 +277,47 @@ class MapReader:
             total = block if total is None else total + block
         return np.zeros((1, 1)) if total is None else total / len(images)
 
-    def features(self, images: Sequence[StoredImage]) -> np.ndarray | None:
-        """The pooled activations of ``images`` ``(N, D)`` float32, or None when the store
-        has none (written before convlens 10, or by a model without a feature layer)."""
-        rows = []
-        for image in images:
-            try:
-                array = self._array(image.shard, "features")
-            except (FileNotFoundError, OSError):
-                return None
-            rows.append(np.asarray(array[image.row], dtype=np.float32))
-        return np.stack(rows) if rows else None
+    def features(self, images: Sequence[StoredImage]) -> FeatureRows | None:
+        """The pooled activations of ``images`` ``(N, D)`` float32, read from the
+        memory-mapped store when indexed (:class:`FeatureRows`), or None when the store has
+        none (written before convlens 10, or by a model without a feature layer)."""
+        if not len(images):
+            return None
+        try:
+            for shard in {image.shard for image in images}:
+                self._array(shard, "features")
+        except (FileNotFoundError, OSError):
+            return None
+        return FeatureRows(self, images)
+
+
+class FeatureRows:
+    """The pooled activations of an audit's images, rows read from the memory-mapped store
+    when indexed (``rows[positions]``, ``np.asarray(rows)`` for all of them): the strategy
+    search reads a capped sample, and the other images chunk by chunk
+    (:func:`convlens.auditing.strategies.mistake_directions`)."""
+
+    def __init__(self, reader: MapReader, images: Sequence[StoredImage]) -> None:
+        self._reader = reader
+        self._images = images
+        first = images[0]
+        width = reader._array(first.shard, "features").shape[1]
+        self.shape = (len(images), width)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        positions = np.arange(self.shape[0])[index]
+        out = np.empty((len(positions), self.shape[1]), np.float32)
+        for k, position in enumerate(positions.tolist()):
+            image = self._images[position]
+            out[k] = self._reader._array(image.shard, "features")[image.row]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        rows = self[:]
+        return rows if dtype is None else rows.astype(dtype, copy=False)
 
 
 def class_metrics(images: Sequence[StoredImage], names: Sequence[str]
@@ -354,6 +549,24 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
                          errors=errors, group_by=group_by, seed=seed, metric_cards=metric_cards)
 
 
+def image_rows(images: Sequence[StoredImage], cluster_of: np.ndarray, keys: Sequence[str]
+               ) -> LazyList:
+    """``audit.json``'s ``images``, one row made per image when written
+    (:func:`convlens.files.write_json_atomic` streams a :class:`~convlens.files.LazyList`)."""
+
+    def row(position: int) -> dict[str, Any]:
+        r = images[position].record
+        cluster = int(cluster_of[position])
+        entry = {"path": r["path"], "label": r["label"], "predicted": r["predicted"],
+                 "probability": r["probability"], "correct": r["correct"],
+                 "cluster": None if cluster < 0 else cluster, "top5": r["top5"]}
+        if keys:
+            entry["metrics"] = {k: (r.get("metrics") or {}).get(k) for k in keys}
+        return entry
+
+    return LazyList(len(images), row)
+
+
 def audit_content(images: Sequence[StoredImage], groups: dict[str, list[int]],
                   clustered: dict[str, GroupClusters], strategies: Sequence[Strategy],
                   search: dict[str, Any], *, header: dict[str, Any],
@@ -368,7 +581,7 @@ def audit_content(images: Sequence[StoredImage], groups: dict[str, list[int]],
     for rank, strategy in enumerate(strategies, start=1):
         for pair in strategy.clusters:
             strategy_of.setdefault(pair, rank)
-    cluster_of: dict[int, int] = {}
+    cluster_of = np.full(len(images), -1, np.int32)  # per image: its cluster, -1 none
     per_class: dict[str, dict[str, Any]] = {}
     for name, found in clustered.items():
         for p, c in zip(groups[name], found.labels):
@@ -419,19 +632,11 @@ def audit_content(images: Sequence[StoredImage], groups: dict[str, list[int]],
             inside = [images[p].record for p in groups.get(name, [])]
             entry["metrics"] = {k: mean_of(inside, k) for k in keys}
         classes.append(entry)
-    image_rows = []
-    for position, image in enumerate(images):
-        r = image.record
-        image_rows.append({"path": r["path"], "label": r["label"], "predicted": r["predicted"],
-                           "probability": r["probability"], "correct": r["correct"],
-                           "cluster": cluster_of.get(position), "top5": r["top5"]})
-        if keys:
-            image_rows[-1]["metrics"] = {k: (r.get("metrics") or {}).get(k) for k in keys}
     content = {
         **header, "group_by": group_by,
         "accuracy": _r(sum(bool(r["correct"]) for r in labelled) / len(labelled))
         if labelled else None,
-        "images": image_rows,
+        "images": image_rows(images, cluster_of, keys),
         "errors": sorted(({"path": e["path"], "reason": e["reason"]} for e in errors),
                          key=lambda e: e["path"]),
         "classes": classes,

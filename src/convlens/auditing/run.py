@@ -16,6 +16,7 @@ Like :mod:`convlens.explanations`, this module sits above the layers (docs/archi
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -249,7 +250,8 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
                                              "max_maps": max_cluster_maps})
         write_json_atomic(out / "audit.json", content)
         emit(progress, "done", 1, 1, f"wrote {out / 'audit.json'}")
-        return Audit(content, out, classifier=classifier, dataset=dataset, settings=settings,
+        del content  # its image rows were made while written: read back when asked for
+        return Audit(None, out, classifier=classifier, dataset=dataset, settings=settings,
                      store=store, engine=runner)
 
 
@@ -319,20 +321,27 @@ class Audit:
 
     Attributes:
         data: The ``audit.json`` content (a dict; schema in
-            :func:`convlens.auditing.analysis.build_audit`).
+            :func:`convlens.auditing.analysis.build_audit`), read from ``OUT/audit.json``
+            when first used (the audit writes it row by row and does not keep it).
         out: The output folder.
     """
 
-    def __init__(self, data: dict[str, Any], out: Path, *, classifier: Any = None,
+    def __init__(self, data: dict[str, Any] | None, out: Path, *, classifier: Any = None,
                  dataset: Any = None, settings: PassSettings | None = None,
                  store: ResultStore | None = None, engine: Any = None) -> None:
-        self.data = data
+        self._data = data
         self.engine = engine  # the pass's engine, which also computes the report's maps
         self.out = Path(out)
         self.classifier = classifier
         self.dataset = dataset
         self.settings = settings
         self.store = store
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = json.loads((self.out / "audit.json").read_text(encoding="utf-8"))
+        return self._data
 
     @property
     def errors(self) -> list[dict[str, str]]:

@@ -58,6 +58,10 @@ COMPONENTS = 64
 FOLDS = 5
 LINK_SHARE = 0.5
 """A per-class cluster belongs to a strategy when at least this share of it is inside."""
+MAX_SEARCH_IMAGES = 8192
+"""The search fits on at most this many images (:func:`search_sample`): its memory stays
+flat past it (docs/capacity.md); the other images are scored chunk by chunk."""
+SCORE_CHUNK = 4096
 
 
 @dataclass
@@ -189,19 +193,20 @@ def _held_out(x: np.ndarray, positive: np.ndarray, right: np.ndarray, wrong: np.
     train = first & (positive | right)
     test = ~first & (positive | right)
     if positive[train].sum() < 2 or positive[test].sum() < 2:
-        return 0.5, np.zeros(len(x), dtype=bool)
+        return 0.5, np.zeros(len(positive), dtype=bool)
     model = _classifier(seed).fit(x[train], positive[train])
     cut = _best_cut(model.decision_function(x[train]), positive[train])
     judged = ~first & (right | wrong)
-    scores = np.full(len(x), -np.inf)
-    scores[judged] = model.decision_function(x[judged])
+    scores = np.full(len(positive), -np.inf)
+    scores[judged] = _decide(model, x, judged)
     auc = float(roc_auc_score(positive[test], scores[test]))
     return auc, judged & (scores >= cut)
 
 
-def mistake_directions(features: np.ndarray, correct: Sequence[bool | None], *, seed: int = 0,
+def mistake_directions(features: Any, correct: Sequence[bool | None], *, seed: int = 0,
                        min_mistakes: int = MIN_MISTAKES, min_auc: float = MIN_AUC,
-                       max_strategies: int = MAX_STRATEGIES) -> Search:
+                       max_strategies: int = MAX_STRATEGIES,
+                       max_images: int | None = MAX_SEARCH_IMAGES) -> Search:
     """Find up to ``max_strategies`` directions the mistakes share (see the module notes).
 
     Every candidate set of mistakes (:func:`mistake_groups`) is judged honestly: all the
@@ -212,20 +217,29 @@ def mistake_directions(features: np.ndarray, correct: Sequence[bool | None], *, 
     strategy, from its largest set of mistakes, keeping the images no earlier strategy holds.
 
     Args:
-        features: ``(N, D)`` pooled activations, one row per image.
+        features: ``(N, D)`` pooled activations, one row per image: an array, or rows read
+            when indexed (:class:`convlens.auditing.analysis.FeatureRows`).
         correct: Per image ``True``/``False``, or ``None`` without a label.
-        seed: Seeds the projection, the halves, the groups, the folds and the classifier.
+        seed: Seeds the projection, the halves, the groups, the folds and the classifier
+            (and the sample).
+        max_images: Fit on at most this many images (:func:`search_sample`; None: all);
+            the others are scored, chunk by chunk, like images without a label.
     """
     from sklearn.metrics import roc_auc_score
 
     n = len(correct)
+    sample = search_sample(correct, max_images, seed)
+    if sample is not None:  # the rest are scored as images without a label are
+        outside = np.ones(n, dtype=bool)
+        outside[sample] = False
+        correct = [None if out else c for c, out in zip(correct, outside.tolist())]
     known = np.array([c is not None for c in correct])
     wrong = np.array([c is False for c in correct])
     if n == 0 or wrong.sum() < min_mistakes:
         return Search([], f"fewer than {min_mistakes} mistakes")
     if (known & ~wrong).sum() < min_mistakes:
         return Search([], f"fewer than {min_mistakes} correct predictions to compare with")
-    x = _prepare(features, seed)
+    x = _prepare(features, seed) if sample is None else _Projected(features, sample, seed)
     right = known & ~wrong
     base = float(wrong[known].mean())
     first = _first_half(wrong, known, seed)
@@ -240,8 +254,7 @@ def mistake_directions(features: np.ndarray, correct: Sequence[bool | None], *, 
         scores[fit] = _cross_validated(x[fit], positive[fit], seed)
         rest = ~fit
         if rest.any():
-            scores[rest] = _classifier(seed).fit(x[fit], positive[fit]).decision_function(
-                x[rest])
+            scores[rest] = _decide(_classifier(seed).fit(x[fit], positive[fit]), x, rest)
         cut = _best_cut(scores[fit], positive[fit])
         if grouped:
             auc, judged = _held_out(x, positive, right, wrong, first, seed)
@@ -281,6 +294,72 @@ def mistake_directions(features: np.ndarray, correct: Sequence[bool | None], *, 
                    f"AUC of {min_auc} with the images it ranks high wrong clearly more often "
                    f"than the {base:.0%} overall (best AUC {best:.2f})")
     return Search(directions, stopped, tried)
+
+
+def search_sample(correct: Sequence[bool | None], max_images: int | None, seed: int
+                  ) -> np.ndarray | None:
+    """The positions the search fits on when more than ``max_images`` images are labelled
+    (None: all of them): every mistake up to half of ``max_images`` (a seeded sample past
+    that), and a seeded sample of the correct predictions for the rest. Ascending."""
+    mistakes = np.array([c is False for c in correct], dtype=bool)
+    right = np.array([c is True for c in correct], dtype=bool)
+    if max_images is None or mistakes.sum() + right.sum() <= max_images:
+        return None
+    rng = np.random.default_rng(seed)
+    wrong_at, right_at = np.flatnonzero(mistakes), np.flatnonzero(right)
+    if len(wrong_at) > max_images // 2:
+        wrong_at = rng.choice(wrong_at, max(max_images // 2, max_images - len(right_at)),
+                              replace=False)
+    right_at = rng.choice(right_at, min(len(right_at), max_images - len(wrong_at)),
+                          replace=False)
+    return np.sort(np.concatenate([wrong_at, right_at]))
+
+
+class _Projected:
+    """Every image's features in the prepared space (:func:`_prepare`: standardised, leading
+    principal components), fitted on the ``sample``'s rows alone: those are kept, the other
+    rows are read from ``features`` and projected when indexed."""
+
+    def __init__(self, features: Any, sample: np.ndarray, seed: int) -> None:
+        self._features = features
+        x = np.nan_to_num(np.asarray(features[sample], dtype=np.float64),
+                          nan=0.0, posinf=0.0, neginf=0.0)
+        spread = x.std(axis=0)
+        self._keep = spread > 1e-8
+        self._mean = x[:, self._keep].mean(axis=0)
+        self._spread = spread[self._keep]
+        x = (x[:, self._keep] - self._mean) / self._spread
+        components = min(COMPONENTS, x.shape[1], max(x.shape[0] - 1, 1))
+        self._pca = None
+        if x.shape[1] > components:
+            from sklearn.decomposition import PCA
+
+            self._pca = PCA(n_components=components, svd_solver="randomized",
+                            random_state=seed).fit(x)
+            x = self._pca.transform(x)
+        self._sampled = x
+        self._at = np.full(len(features), -1, dtype=np.int64)
+        self._at[sample] = np.arange(len(sample))
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        at = self._at[index]
+        if (at >= 0).all():
+            return self._sampled[at]
+        positions = np.arange(len(self._at))[index]
+        x = np.nan_to_num(np.asarray(self._features[positions], dtype=np.float64),
+                          nan=0.0, posinf=0.0, neginf=0.0)
+        x = (x[:, self._keep] - self._mean) / self._spread
+        return x if self._pca is None else self._pca.transform(x)
+
+
+def _decide(model: Any, x: Any, rows: np.ndarray) -> np.ndarray:
+    """``model``'s scores of ``x[rows]`` (a boolean mask); read and projected
+    :data:`SCORE_CHUNK` rows at a time when ``x`` is not an array (:class:`_Projected`)."""
+    if isinstance(x, np.ndarray):
+        return model.decision_function(x[rows])
+    positions = np.flatnonzero(rows)
+    return np.concatenate([model.decision_function(x[positions[start:start + SCORE_CHUNK]])
+                           for start in range(0, len(positions), SCORE_CHUNK)])
 
 
 def _families(scores: Sequence[np.ndarray], min_correlation: float = SAME_EVIDENCE
