@@ -178,7 +178,7 @@ def test_the_check_runs_through_the_engine_whatever_the_batching(tagged, snapsho
     decoded = decode_units(rows, preprocessing=classifier.preprocessing, salt="",
                            skip=frozenset(), max_pixels=None)
     out = UnitActor(pickle.loads(pickle.dumps(factory)))(decoded)
-    index, flips = pickle.loads(out["result"][0])
+    index, flips, restored = pickle.loads(out["result"][0])
     regions = ca.cluster_regions(heat, (32, 32))
-    assert index == list(range(len(entries)))
+    assert index == list(range(len(entries))) and (restored == -1).all()  # no labels given
     assert ca.summarise(flips, regions).to_dict() == results[1].to_dict()
