@@ -107,7 +107,13 @@ def audit_counts() -> dict[tuple[str, bool], int]:
 @functools.lru_cache(maxsize=1)
 def trained_model(seed: int = 0, epochs: int = 10) -> PlantedNet:
     """Train the planted model (seeded, a few seconds on one CPU thread)."""
-    images, labels, _ = make_set(training_counts(), seed=seed)
+    return train(training_counts(), seed=seed, epochs=epochs)
+
+
+def train(counts: dict[tuple[str, bool], int], *, seed: int = 0, epochs: int = 10
+          ) -> PlantedNet:
+    """A PlantedNet trained on ``{(class, tagged): count}`` images (seeded)."""
+    images, labels, _ = make_set(counts, seed=seed)
     x, y = to_tensor(images), torch.from_numpy(labels)
     torch.manual_seed(seed)
     model = PlantedNet()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from planted_bias import CLASSES, TAG_CLASS, PlantedNet, make_set, to_tensor
+from planted_bias import CLASSES, TAG_CLASS, make_set, train
 
 import convlens as cl
 from convlens.auditing.groups import cluster_group
@@ -22,33 +22,12 @@ AUDIT_60 = {("circle", False): 40, ("triangle", False): 40, ("square", False): 4
             ("square", True): 20, ("circle", True): 20, ("triangle", True): 20}
 
 
-def _train(counts: dict, seed: int = 0, epochs: int = 10) -> PlantedNet:
-    import torch
-    import torch.nn.functional as F
-
-    images, labels, _ = make_set(counts, seed=seed)
-    x, y = to_tensor(images), torch.from_numpy(labels)
-    torch.manual_seed(seed)
-    model = PlantedNet()
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    order_gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=order_gen)
-        for start in range(0, len(x), 32):
-            idx = order[start:start + 32]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def audit_60(tmp_path_factory):
     from PIL import Image
 
     root = tmp_path_factory.mktemp("tag60")
-    model = _train(TRAIN_60)
+    model = train(TRAIN_60).eval()
     images, labels, tagged = make_set(AUDIT_60, seed=11)
     for k, image in enumerate(images):
         folder = root / "data" / CLASSES[labels[k]]

@@ -164,25 +164,24 @@ def write_report(audit: Audit, target: Path, *, progress: ProgressCallback | Non
     classes = {c["name"]: c for c in data["classes"]}
     by_path = {i["path"]: i for i in data["images"]}
 
+    pending_prototypes: list[tuple[Path, list[str], Any]] = []
+
+    def with_prototype(entry: dict, name: str, members: list[str], heat: Any) -> dict:
+        """``entry`` with its prototype's file; the members' maps are asked for, the
+        picture is drawn once they are rendered."""
+        shown = members[:PROTOTYPE_MEMBERS]
+        for m in shown:
+            maps.want(m, None)
+        pending_prototypes.append((folder / name, shown, heat))
+        return {**entry, "prototype": f"{ASSETS}/{name}"}
+
     suspicious = []
-    pending_prototypes = []
     for s in data["suspicious"][:SUSPICIOUS]:
         cluster = classes[s["class"]]["clusters"][s["cluster"]]
-        members = cluster["members"][:PROTOTYPE_MEMBERS]
-        for m in members:
-            maps.want(m, None)
-        name = f"proto-{_name(s['class'], '')}-{s['cluster']}.png"
-        pending_prototypes.append((folder / name, members, cluster["mean_map"]))
-        suspicious.append({**s, "prototype": f"{ASSETS}/{name}"})
-
-    strategies = []
-    for s in data.get("strategies", [])[:SUSPICIOUS]:
-        members = s["members"][:PROTOTYPE_MEMBERS]
-        for m in members:
-            maps.want(m, None)
-        name = f"strategy-{s['id']}.png"
-        pending_prototypes.append((folder / name, members, s["mean_map"]))
-        strategies.append({**s, "prototype": f"{ASSETS}/{name}"})
+        suspicious.append(with_prototype(s, f"proto-{_name(s['class'], '')}-{s['cluster']}.png",
+                                         cluster["members"], cluster["mean_map"]))
+    strategies = [with_prototype(s, f"strategy-{s['id']}.png", s["members"], s["mean_map"])
+                  for s in data.get("strategies", [])[:SUSPICIOUS]]
 
     shown_classes = []
     ordered = sorted((c for c in data["classes"] if c["clusters"]),
