@@ -1,4 +1,5 @@
-"""``audit``: predictions, strategies (SpRAy) and suspicious clusters over a whole dataset."""
+"""``audit``: predictions, strategies (across classes and per class) and suspicious clusters
+over a whole dataset."""
 
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ def audit(
     gpus_per_actor: float | None = gpus_per_actor_option(),
     *, model_options: ModelOptions,
 ) -> None:
-    """Audit a dataset: OUT/audit.json and OUT/report.html; resumes an interrupted run."""
+    """Audit a dataset: find the strategies the model relies on (across classes: what its
+    mistakes share; per class: SpRAy clusters), check the top ones causally, and write
+    OUT/audit.json and OUT/report.html; resumes an interrupted run."""
     from convlens.auditing.analysis import GROUP_BY
     from convlens.auditing.run import audit as run_audit
     from convlens.cli._progress import cli_progress
