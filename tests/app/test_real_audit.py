@@ -26,7 +26,7 @@ def test_browsing_a_real_audit(tmp_path):
         Image.fromarray(case.images[k]).save(folder / f"{k:04d}.png")
     clf = cl.Classifier(case.model, labels=classes, input_size=32, mean=(0, 0, 0),
                         std=(1, 1, 1), resize="squash", device="cpu")
-    cl.audit(clf, tmp_path / "data", out=tmp_path / "out", batch_size=25)
+    result = cl.audit(clf, tmp_path / "data", out=tmp_path / "out", batch_size=25)
     client = TestClient(create_app(clf, audits=[tmp_path / "out"],
                                    settings=ServeSettings(allowed_hosts=("testserver",))))
     summary = client.get("/api/audits/0").json()
@@ -38,3 +38,14 @@ def test_browsing_a_real_audit(tmp_path):
     assert page["total"] >= len(page["items"]) > 0
     thumb = client.get(f"/api/audits/0/thumbs/{page['items'][0]['index']}")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    # the strategies (convlens 10): listed without their members, browsed by id
+    data = result.data
+    assert [s["id"] for s in summary["strategies"]] == [s["id"] for s in data["strategies"]]
+    assert all("members" not in s and s["why"] for s in summary["strategies"])
+    first = data["strategies"][0]
+    page = client.get("/api/audits/0/images", params={"strategy": first["id"], "limit": 500})
+    assert page.status_code == 200
+    names = sorted(item["name"] for item in page.json()["items"])
+    assert names == sorted(m.rsplit("/", 1)[-1] for m in first["members"])
+    missing = client.get("/api/audits/0/images", params={"strategy": 999})
+    assert missing.status_code == 404 and "no strategy 999" in missing.json()["error"]

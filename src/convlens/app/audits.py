@@ -70,7 +70,8 @@ class AuditFolder:
         return audit
 
     def summary(self) -> dict[str, Any]:
-        """Model, method and the classes with their clusters, suspicious clusters first."""
+        """Model, method, the strategies (most suspicious first, without their member lists)
+        and the classes with their clusters, suspicious clusters first."""
         data = self.data
         classes = []
         for entry in data["classes"]:
@@ -80,28 +81,42 @@ class AuditFolder:
             classes.append({k: entry.get(k) for k in ("name", "support", "precision", "recall")}
                            | {"clusters": clusters})
         suspicious = sorted(data["suspicious"], key=lambda s: -(s.get("suspicion") or 0.0))
+        strategies = [{k: s.get(k) for k in ("id", "kind", "groups", "size", "error_rate",
+                                             "suspicion", "why", "causal")}
+                      for s in data.get("strategies") or [] if isinstance(s, dict)]
         mistakes = sum(1 for image in data["images"] if not image.get("correct", True))
         return {"name": self.folder.name, "model": data.get("model"),
                 "method": data.get("method"), "layer": data.get("layer"),
                 "group_by": data.get("group_by"), "images": len(data["images"]),
                 "mistakes": mistakes, "errors": len(data.get("errors", [])),
-                "suspicious": suspicious, "classes": classes}
+                "strategies": strategies, "suspicious": suspicious, "classes": classes}
 
     def page(self, *, label: str | None = None, cluster: int | None = None,
-             mistakes: bool = False, offset: int = 0, limit: int = 60) -> dict[str, Any]:
-        """One page of the images matching the filters, with their opaque indices."""
+             mistakes: bool = False, offset: int = 0, limit: int = 60,
+             strategy: int | None = None) -> dict[str, Any]:
+        """One page of the images matching the filters, with their opaque indices
+        (``strategy``: the members of that strategy, by its id)."""
         offset = max(0, int(offset))
         limit = max(1, min(int(limit), MAX_PAGE))
         images = self.data["images"]
         indices = self._by_class.get(label, []) if label is not None else range(len(images))
+        members = self._strategy_members(strategy) if strategy is not None else None
         chosen = [i for i in indices
                   if (cluster is None or images[i].get("cluster") == cluster)
+                  and (members is None or images[i].get("path") in members)
                   and (not mistakes or not images[i].get("correct", True))]
         rows = [{"index": i, "name": Path(str(images[i].get("path", ""))).name}
                 | {k: images[i].get(k) for k in ("label", "predicted", "probability",
                                                  "correct", "cluster")}
                 for i in chosen[offset:offset + limit]]
         return {"total": len(chosen), "offset": offset, "limit": limit, "items": rows}
+
+    def _strategy_members(self, strategy: int) -> set[str]:
+        for entry in self.data.get("strategies") or []:
+            if isinstance(entry, dict) and entry.get("id") == strategy:
+                return {str(m) for m in entry.get("members") or []}
+        raise AuditNotFound(f"no strategy {strategy} in this audit; it has "
+                            f"{len(self.data.get('strategies') or [])}")
 
     def image_path(self, index: int) -> Path:
         """The file of image ``index``: its relative path taken under the audit's data

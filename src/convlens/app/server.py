@@ -14,7 +14,8 @@ Routes (all JSON unless said otherwise; errors are ``{"error": "<the CLI's one l
   size) and the raw value of its colour bar's ends.
 * ``POST /api/visualize``: ``{"layer", "channel"}`` or ``{"class"}`` -> newline-delimited
   JSON: progress events while it optimises, then the image.
-* ``GET /api/audits/{a}``, ``/api/audits/{a}/images?label=&cluster=&mistakes=&offset=&limit=``,
+* ``GET /api/audits/{a}``,
+  ``/api/audits/{a}/images?label=&cluster=&strategy=&mistakes=&offset=&limit=``,
   ``/api/audits/{a}/thumbs/{i}``: an audit folder, browsed by opaque integer ids.
 
 Security (docs/architecture.md, "Layers and the direction data flows": the app only calls
@@ -245,9 +246,10 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
 
     @app.get("/api/audits/{audit}/images")
     def audit_images(audit: int, label: str | None = None, cluster: int | None = None,
-                     mistakes: bool = False, offset: int = 0, limit: int = 60) -> dict[str, Any]:
+                     mistakes: bool = False, offset: int = 0, limit: int = 60,
+                     strategy: int | None = None) -> dict[str, Any]:
         return _audit(audit).page(label=label, cluster=cluster, mistakes=mistakes,
-                                  offset=offset, limit=limit)
+                                  offset=offset, limit=limit, strategy=strategy)
 
     @app.get("/api/audits/{audit}/thumbs/{index}")
     def audit_thumb(audit: int, index: int) -> Response:

@@ -285,7 +285,9 @@ def _png_uri(heat: np.ndarray, side: int = 64) -> str:
 
 def _strategy_title(s: dict) -> str:
     if s["kind"] == "cross-class":
-        return f"strategy {s['id']}: across {len(s['groups'])} group(s), {s['size']} images"
+        where = (f"across {len(s['groups'])} groups" if len(s["groups"]) > 1
+                 else f"in {s['groups'][0]}")
+        return f"strategy {s['id']}: {where}, what its mistakes share, {s['size']} images"
     group, cluster = s["clusters"][0]
     return f"strategy {s['id']}: {group} cluster {cluster}, {s['size']} images"
 

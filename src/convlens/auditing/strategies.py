@@ -432,10 +432,14 @@ class Strategy:
         if self.kind == "cluster":
             return score.why()
         ev = self.evidence or {}
-        parts = [f"one strategy across {len(self.groups)} group(s) "
-                 f"({_listed(self.groups)}): {score.size} images"
+        where = (f"across {len(self.groups)} groups ({_listed(self.groups)})"
+                 if len(self.groups) > 1 else f"in group {_listed(self.groups)}")
+        parts = [f"one strategy {where}: {score.size} images"
                  + (f", {score.error_rate:.0%} of them mistakes" if score.error_rate is not None
                     else "")]
+        if ev.get("mistakes_into"):
+            parts.append(f"its mistakes come from {ev.get('mistakes_from')} labelled class(es) "
+                         f"and were predicted as {ev['mistakes_into']} class(es)")
         parts.append(f"the mistakes share a direction in the activations of {ev.get('layer')} "
                      f"that tells them from correct predictions (cross-validated AUC "
                      f"{ev.get('auc', 0):.2f}); it holds {ev.get('mistakes_held')} of the "

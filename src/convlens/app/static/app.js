@@ -164,6 +164,15 @@ async function openAudit(id) {
     state.audit = id;
     $("audit-summary").textContent = `${audit.model} · ${audit.method}` +
       ` · ${audit.images} images, ${audit.mistakes} mistakes, ${audit.errors} unreadable`;
+    $("audit-strategies").replaceChildren(...(audit.strategies || []).map((s) => el("li", {},
+      el("a", { class: "pick", text: s.kind === "cross-class"
+                  ? (s.groups.length > 1 ? `across ${s.groups.length} groups: ` : "in ") +
+                    s.groups.slice(0, 4).join(", ")
+                  : `${s.groups[0]} cluster`,
+                onclick: () => browse({ strategy: s.id, title: `strategy ${s.id}` }) }),
+      ` ${s.size} images, errors ${fmt(s.error_rate)}`, el("br"),
+      el("small", { class: "muted", text: s.why || "" }),
+      ...(s.causal ? [el("br"), el("small", { text: s.causal })] : []))));
     $("audit-suspicious").replaceChildren(...audit.suspicious.map((s) => el("li", {},
       el("a", { class: "pick", text: `${s.class} / cluster ${s.cluster}`,
                 onclick: () => browse({ label: s.class, cluster: s.cluster }) }),
@@ -175,8 +184,10 @@ async function openAudit(id) {
         el("a", { class: "pick", text: `cluster ${k.id}`, "data-cluster": `${c.name}/${k.id}`,
                   onclick: () => browse({ label: c.name, cluster: k.id }) }),
         ` ${k.size} images, errors ${fmt(k.error_rate)}, suspicion ${fmt(k.suspicion)}`))))));
+    const top = (audit.strategies || [])[0];
     const first = audit.suspicious[0];
-    browse(first ? { label: first.class, cluster: first.cluster } : {});
+    browse(top ? { strategy: top.id, title: `strategy ${top.id}` }
+      : first ? { label: first.class, cluster: first.cluster } : {});
   } catch (error) { showError(error.message); }
 }
 $("audit-select").onchange = () => openAudit(Number($("audit-select").value));
@@ -186,10 +197,12 @@ async function browse(view, offset = 0) {
   const query = new URLSearchParams({ offset, limit: state.pageSize });
   if (view.label !== undefined) query.set("label", view.label);
   if (view.cluster !== undefined && view.cluster !== null) query.set("cluster", view.cluster);
+  if (view.strategy !== undefined) query.set("strategy", view.strategy);
   if ($("audit-mistakes").checked) query.set("mistakes", "true");
   try {
     const page = await api(`/api/audits/${state.audit}/images?${query}`);
-    $("audit-view").textContent = view.label === undefined ? "all images" :
+    $("audit-view").textContent = view.title !== undefined ? view.title :
+      view.label === undefined ? "all images" :
       view.label + (view.cluster !== undefined ? ` / cluster ${view.cluster}` : "");
     const last = Math.min(page.offset + page.items.length, page.total);
     $("audit-page").textContent = page.total ? `${page.offset + 1}–${last} of ${page.total}` : "none";
