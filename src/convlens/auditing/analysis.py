@@ -344,9 +344,14 @@ def class_metrics(images: Sequence[StoredImage], names: Sequence[str]
 CausalRunner = Callable[[list[StoredImage], np.ndarray, int], Any]
 
 
+def group_field(group_by: str) -> str:
+    """The record field that names an image's group."""
+    return "predicted" if group_by == "predicted" else "label"
+
+
 def group_positions(images: Sequence[StoredImage], group_by: str) -> dict[str, list[int]]:
     """Positions of the images of each group (predicted class or label), by name."""
-    field = "predicted" if group_by == "predicted" else "label"
+    field = group_field(group_by)
     groups: dict[str, list[int]] = defaultdict(list)
     for position, image in enumerate(images):
         name = image.record[field]
@@ -386,15 +391,14 @@ def find_strategies(images: Sequence[StoredImage], reader: MapReader,
     and every per-group cluster not held by one of them, ranked together by suspicion.
 
     Returns the ranked strategies and the search's record for ``audit.json``
-    (``strategy_search``: the layer, the AUC of every round, why it stopped).
+    (``strategy_search``: the layer, every candidate's AUC and error rate under the key
+    ``rounds``, why it stopped).
     """
     emit(progress, "strategies", 0, 1)
-    clusters = []  # (group, id, positions)
-    for name, found in sorted(clustered.items()):
-        for cid in range(found.n_clusters):
-            inside = [p for p, c in zip(groups[name], found.labels) if c == cid]
-            clusters.append((name, cid, np.array(inside)))
-    field = "predicted" if group_by == "predicted" else "label"
+    clusters = [(name, cid, np.array(inside))  # (group, id, positions)
+                for name, found in sorted(clustered.items())
+                for cid, inside in enumerate(found.member_positions(groups[name]))]
+    field = group_field(group_by)
     features = reader.features(images) if layer is not None else None
     if features is None:
         search = Search([], "the store holds no features (an audit written before convlens "
@@ -584,11 +588,10 @@ def audit_content(images: Sequence[StoredImage], groups: dict[str, list[int]],
     cluster_of = np.full(len(images), -1, np.int32)  # per image: its cluster, -1 none
     per_class: dict[str, dict[str, Any]] = {}
     for name, found in clustered.items():
-        for p, c in zip(groups[name], found.labels):
-            cluster_of[p] = int(c)
+        members = found.member_positions(groups[name])
         clusters = []
-        for cid, score in enumerate(found.scores):
-            inside = [p for p, c in zip(groups[name], found.labels) if c == cid]
+        for cid, (score, inside) in enumerate(zip(found.scores, members)):
+            cluster_of[inside] = cid
             clusters.append({
                 "id": cid, "size": len(inside),
                 "members": [images[p].record["path"] for p in inside],

@@ -61,6 +61,13 @@ class GroupClusters:
     def n_clusters(self) -> int:
         return len(self.scores)
 
+    def member_positions(self, positions: Sequence[int]) -> list[list[int]]:
+        """Per cluster id, the group's ``positions`` (its images in the audit) it holds."""
+        members: list[list[int]] = [[] for _ in range(self.n_clusters)]
+        for position, cid in zip(positions, self.labels):
+            members[int(cid)].append(position)
+        return members
+
     def resolution(self) -> dict[str, Any]:
         """JSON-ready: what the eigengap said, how clear it was, what was kept and why."""
         jump = self.eigengap_jump

@@ -203,6 +203,17 @@ def _held_out(x: np.ndarray, positive: np.ndarray, right: np.ndarray, wrong: np.
     return auc, judged & (scores >= cut)
 
 
+def _enriched(judged: np.ndarray, wrong: np.ndarray, base: float, tried: list[dict[str, Any]],
+              mistakes: int, grouped: bool, auc: float) -> bool:
+    """Whether the images a candidate ranks high (``judged``) are wrong clearly more often than
+    images overall (``base``): the Wilson interval's low end above it. Records the candidate
+    in ``tried``."""
+    tried.append({"mistakes": mistakes, "grouped": grouped, "auc": round(auc, 6),
+                  "error_rate": round(float(wrong[judged].mean()), 6) if judged.any()
+                  else None, "base_error_rate": round(base, 6)})
+    return wilson(int((judged & wrong).sum()), int(judged.sum()))[0] > base
+
+
 def mistake_directions(features: Any, correct: Sequence[bool | None], *, seed: int = 0,
                        min_mistakes: int = MIN_MISTAKES, min_auc: float = MIN_AUC,
                        max_strategies: int = MAX_STRATEGIES,
@@ -250,23 +261,21 @@ def mistake_directions(features: Any, correct: Sequence[bool | None], *, seed: i
         positive = np.zeros(n, dtype=bool)
         positive[group] = True
         fit = right | positive
+        if grouped:  # judged before its scores are computed: most groups do not qualify
+            auc, judged = _held_out(x, positive, right, wrong, first, seed)
+            if not _enriched(judged, wrong, base, tried, len(group), grouped, auc):
+                continue
         scores = np.empty(n)
         scores[fit] = _cross_validated(x[fit], positive[fit], seed)
         rest = ~fit
         if rest.any():
             scores[rest] = _decide(_classifier(seed).fit(x[fit], positive[fit]), x, rest)
         cut = _best_cut(scores[fit], positive[fit])
-        if grouped:
-            auc, judged = _held_out(x, positive, right, wrong, first, seed)
-        else:
+        if not grouped:
             auc = float(roc_auc_score(positive[fit], scores[fit]))
-            judged = known & (scores >= cut)
-        low = wilson(int((judged & wrong).sum()), int(judged.sum()))[0]
-        tried.append({"mistakes": len(group), "grouped": grouped, "auc": round(auc, 6),
-                      "error_rate": round(float(wrong[judged].mean()), 6) if judged.any()
-                      else None, "base_error_rate": round(base, 6)})
-        if low <= base:
-            continue  # what it ranks high is not wrong more often than anything else
+            if not _enriched(known & (scores >= cut), wrong, base, tried, len(group), grouped,
+                             auc):
+                continue
         candidates.append((auc, len(group), positive, scores, cut))
     candidates.sort(key=lambda c: (-c[0], -c[1]))
     taken = np.zeros(n, dtype=bool)
