@@ -113,8 +113,11 @@ def test_the_audit_keeps_no_record_dicts_and_a_rerun_writes_the_same_file(tmp_pa
     clustering = analysis.cluster_groups
 
     def spy(*args, **kwargs):
-        gc.collect()  # the pass's record dicts, if anything still holds them
-        alive.append(sum(1 for o in gc.get_objects() if type(o) is dict and "top5" in o))
+        gc.collect()  # the pass's record dicts, if anything still holds them; only they
+        # have "predicted_index" (audit.json's image rows, which another test's fixture may
+        # hold in this process under xdist, have "top5" too)
+        alive.append(sum(1 for o in gc.get_objects()
+                         if type(o) is dict and "top5" in o and "predicted_index" in o))
         return clustering(*args, **kwargs)
 
     monkeypatch.setattr(analysis, "cluster_groups", spy)
