@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Audit": "convlens.auditing.run",
     "Classifier": "convlens.models.classifier",
+    "ConceptMaps": "convlens.attribution.crp",
     "ConvlensError": "convlens.errors",
     "ConvlensWarning": "convlens.errors",
     "Explanation": "convlens.explanations",
@@ -33,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "attribute": "convlens.attribution.core",
     "audit": "convlens.auditing.run",
     "class_grid": "convlens.explanations",
+    "concept_maps": "convlens.attribution.crp",
+    "concept_relevance": "convlens.attribution.crp",
     "evaluate": "convlens.metrics.evaluate",
     "explain": "convlens.explanations",
     "get_method": "convlens.attribution.core",

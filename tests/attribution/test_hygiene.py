@@ -30,6 +30,9 @@ def _check_contract(method: str, x: torch.Tensor, result: torch.Tensor) -> None:
     if spec.space == "input":
         assert result.shape[0] == x.shape[0] and result.shape[2:] == x.shape[2:]
         assert result.shape[1] in (1, x.shape[1])
+    elif spec.space == "concepts":  # one input-sized map per concept (channel)
+        assert result.dim() == 4 and result.shape[0] == x.shape[0]
+        assert result.shape[2:] == x.shape[2:]
     else:
         assert result.dim() == 4 and result.shape[:2] == (x.shape[0], 1)
 
@@ -99,4 +102,4 @@ def test_every_method_documents_itself() -> None:
     for method in cl.methods():
         assert method.family in ("gradient", "cam", "perturbation", "relevance")
         assert method.reference and method.summary
-        assert method.space in ("input", "layer")
+        assert method.space in ("input", "layer", "concepts")

@@ -52,7 +52,8 @@ class Method:
     Attributes:
         name: Registry key, as users type it.
         family: One of :data:`FAMILIES`.
-        space: ``"input"`` (output shaped like x) or ``"layer"`` (``(N, 1, h, w)``).
+        space: ``"input"`` (output shaped like x), ``"layer"`` (``(N, 1, h, w)``) or
+            ``"concepts"`` (``(N, K, H, W)``: one input-sized map per concept, ``crp``).
         options: Option names with their defaults.
         reference: The paper the implementation follows.
         summary: One line saying what the map means.
@@ -82,7 +83,12 @@ class Method:
 
     @property
     def needs_layer(self) -> bool:
-        return self.space == "layer"
+        return self.space in ("layer", "concepts")
+
+    @property
+    def pixel_space(self) -> bool:
+        """Its maps are input-sized (``input`` and ``concepts`` spaces)."""
+        return self.space in ("input", "concepts")
 
     def bind(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """The full option set: defaults overridden by ``options``; unknown names and
@@ -150,6 +156,7 @@ def _load_builtin_methods() -> None:
     """
     from convlens.attribution import (  # noqa: F401
         cam,
+        crp,
         gradients,
         modified_gradients,
         noise,

@@ -119,8 +119,9 @@ def to_unit(maps: torch.Tensor, scales: torch.Tensor, sign: str) -> torch.Tensor
 
 
 def display_percentile(space: str) -> float:
-    """Which percentile of |map| becomes 1: 99.5 for pixel maps, the maximum for layer maps."""
-    return 99.5 if space == "input" else 100.0
+    """Which percentile of |map| becomes 1: 99.5 for pixel maps (``input`` and ``concepts``
+    spaces), the maximum for layer maps."""
+    return 99.5 if space in ("input", "concepts") else 100.0
 
 
 def is_empty(maps: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ def is_pixel_level(method: str) -> bool:
     if method in SMOOTH_INPUT_METHODS:
         return False
     try:
-        return get_method(method).space == "input"
+        return get_method(method).pixel_space
     except ConvlensError:
         return False
 

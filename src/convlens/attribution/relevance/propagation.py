@@ -53,7 +53,7 @@ from convlens.attribution.relevance.composites import (
     SIGN_PRESERVING,
     RuleBook,
 )
-from convlens.errors import UnsupportedModelError
+from convlens.errors import LayerError, UnsupportedModelError
 
 # ------------------------------------------------------------------------------- state
 
@@ -77,6 +77,7 @@ class _Pending:
     nonnegative_input: bool = False
     guard: torch.Tensor | None = None
     built: torch.Tensor | None = None
+    tap: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass(eq=False)
@@ -98,10 +99,16 @@ class Propagation:
     Args:
         model: The network (already in eval mode).
         book: Rule resolution (composite and overrides).
+        tap: ``(module, fn)``: the relevance graph's tensor at ``module``'s output is passed
+            through ``fn`` (concept-conditional relevance, ``attribution/crp.py``, taps a
+            layer there). A Conv/Linear output merged with the BatchNorm after it is tapped
+            after the BatchNorm, where the merged layer ends.
     """
 
     model: nn.Module
     book: RuleBook
+    tap: tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None = None
+    tapped: int = 0
     names: dict[int, str] = field(default_factory=dict)
     pending: dict[int, _Pending] = field(default_factory=dict)
     nonnegative: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -191,6 +198,36 @@ class Propagation:
         return (x.detach(), *rest)
 
     def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        result = self._rule_post_hook(module, args, output)
+        if self.tap is None or module is not self.tap[0]:
+            return result
+        return self._apply_tap(module, output if result is None else result)
+
+    def _apply_tap(self, module: nn.Module, output: Any) -> Any:
+        """Hand the tapped layer's output to the tap (now, or when its rule graph is built)."""
+        name = self.names.get(id(module), type(module).__name__)
+        if self.opaque:
+            outer = self.frames[-1].name if self.frames else "an enclosing module"
+            raise LayerError(
+                f"layer {name!r} runs inside '{outer}', which LRP treats as one unit (its "
+                "rule covers its whole forward); choose that module or a layer outside it")
+        if not isinstance(output, torch.Tensor):
+            raise LayerError(f"layer {name!r} returns {type(output).__name__}, not a tensor; "
+                             "choose a layer with a single tensor output")
+        self.tapped += 1
+        if self.tapped > 1:
+            raise LayerError(f"layer {name!r} runs more than once in one forward pass, so its "
+                             "channels are not one set of concepts; choose a layer that runs once")
+        pending = self.pending_of(output)
+        if pending is not None:
+            pending.tap = self.tap[1]
+            return output
+        tapped = self.tap[1](output)
+        if self.is_nonnegative(output):
+            self.mark_nonnegative(tapped)
+        return tapped
+
+    def _rule_post_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if not (self.frames and self.frames[-1].module is module):
             if not self.opaque and self.interpreted and self.interpreted[-1][1] is module:
                 self.interpreted.pop()
@@ -225,7 +262,7 @@ class Propagation:
             graph = output if source.graph is not None else None
             pending = _Pending(source.rule, output.detach(), f"{source.where} + '{frame.name}'",
                                graph=graph, op=op, x=source.x,
-                               nonnegative_input=source.nonnegative_input)
+                               nonnegative_input=source.nonnegative_input, tap=source.tap)
             return self._guard(pending, source.x)
         graph = output if output.requires_grad and output.grad_fn is not None and any(
             t.is_forward for g in rule.form(frame.nonnegative_input) for t in g.terms) else None
@@ -264,7 +301,8 @@ class Propagation:
         if pending is None:
             return t
         if pending.built is None:
-            pending.built = self._build(pending)
+            built = self._build(pending)
+            pending.built = built if pending.tap is None else pending.tap(built)
         return pending.built
 
     def _build(self, pending: _Pending) -> torch.Tensor:
