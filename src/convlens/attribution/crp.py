@@ -136,21 +136,23 @@ def _tap(records: list[torch.Tensor], name: str):
 
 
 def _lrp_graph(problem: Problem, module: nn.Module, name: str, composite: str,
-               rules: RulesOption, parameters: dict[str, Any]) -> _LayerGraph:
+               rules: RulesOption, parameters: dict[str, Any], maps: bool) -> _LayerGraph:
     factory = _factory(problem, **parameters)
     book = RuleBook(named_composite(composite, factory), rules, factory)
-    x = problem.x.detach().requires_grad_(True)
+    x = problem.x.detach().requires_grad_(maps)
     records: list[torch.Tensor] = []
-    logits = Propagation(problem.model, book, tap=(module, _tap(records, name))).run(
-        problem.forward, x)
+    propagation = Propagation(problem.model, book, tap=(module, _tap(records, name)),
+                              plain_below_tap=not maps)
+    logits = propagation.run(problem.forward, x)
     _check_logits(logits, records, name)
     indices = problem.indices(logits.detach()).view(-1, 1)
     initial = torch.zeros_like(logits).scatter_(1, indices, logits.detach().gather(1, indices))
     return _LayerGraph(x, logits, initial, records[0], records[1], f"lrp:{composite}", name)
 
 
-def _gradient_graph(problem: Problem, module: nn.Module, name: str) -> _LayerGraph:
-    x = problem.x.detach().requires_grad_(True)
+def _gradient_graph(problem: Problem, module: nn.Module, name: str, maps: bool
+                    ) -> _LayerGraph:
+    x = problem.x.detach().requires_grad_(maps)
     records: list[torch.Tensor] = []
     tap = _tap(records, name)
     with HookSession() as hooks:
@@ -182,8 +184,12 @@ def _check_logits(logits: torch.Tensor, records: list[torch.Tensor], name: str) 
 
 
 def layer_graph(problem: Problem, *, rule: str = "auto", composite: str = "epsilon_plus_flat",
-                rules: RulesOption = None, **parameters: Any) -> _LayerGraph:
+                rules: RulesOption = None, maps: bool = True, **parameters: Any) -> _LayerGraph:
     """Run the forward pass with ``problem``'s layer tapped, by LRP or by gradients.
+
+    With ``maps=False`` only the relevance at the layer can be asked for: the layers below
+    run their plain forward without a graph (no rules, no gradients), so the pass costs a
+    forward and the top part of a backward.
 
     ``rule="auto"`` uses LRP with ``composite`` and falls back to gradient x activation
     (with a :class:`ConvlensWarning` naming the reason) when the model has a module LRP has
@@ -194,15 +200,15 @@ def layer_graph(problem: Problem, *, rule: str = "auto", composite: str = "epsil
     (name,) = problem.layer_names()
     (module,) = problem.modules()
     if rule == "gradient":
-        return _gradient_graph(problem, module, name)
+        return _gradient_graph(problem, module, name, maps)
     try:
-        return _lrp_graph(problem, module, name, composite, rules, parameters)
+        return _lrp_graph(problem, module, name, composite, rules, parameters, maps)
     except UnsupportedModelError as error:
         if rule == "lrp":
             raise
         warnings.warn(f"concept relevance uses gradient x activation: {error}",
                       ConvlensWarning, stacklevel=3)
-        return _gradient_graph(problem, module, name)
+        return _gradient_graph(problem, module, name, maps)
 
 
 def _channel_list(channels: int | Sequence[int] | None, count: int, name: str) -> list[int] | None:
@@ -318,7 +324,7 @@ def concept_relevance(model: nn.Module, x: torch.Tensor, layer: str | nn.Module 
     with evaluation_mode(module), gradients_enabled():
         x = _prepare_x(x, module)
         problem = Problem(module, x, target, classifier.labels, layer, output, classifier)
-        graph = layer_graph(problem, rule=rule, composite=composite, rules=rules,
+        graph = layer_graph(problem, rule=rule, composite=composite, rules=rules, maps=False,
                             **_lrp_parameters(parameters))
         relevance = graph.relevance(graph.layer_signal(keep=False)).detach()
     return relevance if spatial else _per_channel(relevance)

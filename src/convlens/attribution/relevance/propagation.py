@@ -103,12 +103,16 @@ class Propagation:
             through ``fn`` (concept-conditional relevance, ``attribution/crp.py``, taps a
             layer there). A Conv/Linear output merged with the BatchNorm after it is tapped
             after the BatchNorm, where the merged layer ends.
+        plain_below_tap: Run the modules before the tap without rules (their plain forward):
+            for relevance at the tapped layer only, which never needs what lies below.
     """
 
     model: nn.Module
     book: RuleBook
     tap: tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None = None
     tapped: int = 0
+    plain_below_tap: bool = False
+    reached_tap: bool = False
     names: dict[int, str] = field(default_factory=dict)
     pending: dict[int, _Pending] = field(default_factory=dict)
     nonnegative: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -153,8 +157,17 @@ class Propagation:
 
     # -- module hooks ------------------------------------------------------------------
 
+    @property
+    def plain(self) -> bool:
+        """No rules now: inside a module with a rule, or below the tap when asked."""
+        return bool(self.opaque) or (self.plain_below_tap and not self.reached_tap)
+
     def _pre_hook(self, module: nn.Module, args: tuple) -> tuple | None:
-        if self.opaque:
+        if self.tap is not None and module is self.tap[0]:
+            self.reached_tap = True  # the tapped layer keeps its rule (and its BatchNorm merge)
+        if self.plain:
+            if not self.opaque and self.book.is_layer(module):
+                self.seen_layer = True  # the first layer's rule stays where it belongs
             return None
         name = self.names.get(id(module), type(module).__name__)
         layer = self.book.is_layer(module)
@@ -423,7 +436,7 @@ class _FunctionRules(TorchFunctionMode):
                            kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         p = self.propagation
-        if p.internal or p.opaque:
+        if p.internal or p.plain:
             return func(*args, **kwargs)
         p.internal += 1
         try:
