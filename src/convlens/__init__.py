@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "Explanation": "convlens.explanations",
     "LayerInfo": "convlens.models.layers",
     "Method": "convlens.attribution.core",
+    "ReferenceSets": "convlens.concepts.references",
     "Visualization": "convlens.visualization.optimize",
     "as_classifier": "convlens.models.classifier",
     "attribute": "convlens.attribution.core",
@@ -45,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "methods": "convlens.attribution.core",
     "metrics": "convlens.metrics",
     "objectives": "convlens.objectives",
+    "reference_sets": "convlens.concepts.references",
     "visualize": "convlens.visualization.optimize",
 }
 
