@@ -166,7 +166,10 @@ def test_cli_atlas_writes_the_references_and_the_page(folder, tmp_path):
     out = tmp_path / "atlas"
     result = run("concepts", "atlas", str(folder), "--layer", LAYER, "--k", "2",
                  "--top-channels", "3", "--out", str(out), *TINY)
-    assert result.returncode == 0, result.stderr
+    # the unreadable file is one error line and exit code 1 (the rest was done), as for audit
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().startswith("error: broken.png: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     page = (out / "atlas.html").read_text(encoding="utf-8")
     meta = json.loads((out / "references.json").read_text())
     assert meta["layer"] == LAYER and meta["k"] == 2
