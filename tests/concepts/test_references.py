@@ -39,7 +39,7 @@ def folder(tmp_path_factory):
     return root
 
 
-def _brute_force(clf, folder):
+def _brute_force(clf, folder, rule="auto"):
     """Every image at once: activations by a hook, relevances by cl.concept_relevance."""
     files = sorted(p for p in folder.iterdir() if p.name != "broken.png")
     x = torch.stack([clf.preprocessing.load_file(p)[0] for p in files])
@@ -50,7 +50,7 @@ def _brute_force(clf, folder):
         clf.module(x)
     handle.remove()
     activation = captured[0].double()
-    relevance = cl.concept_relevance(clf, x, LAYER, spatial=True).double()
+    relevance = cl.concept_relevance(clf, x, LAYER, spatial=True, rule=rule).double()
     width = activation.shape[3]
     result = {}
     for mode, values in (("relevance", relevance.flatten(2).sum(2)),
@@ -80,20 +80,31 @@ def _same(got, expected):
                                        rtol=1e-5, atol=1e-6)
 
 
-def test_the_streaming_top_k_equals_a_brute_force_top_k_over_all_images(folder, tmp_path):
+@pytest.mark.parametrize("rule", ["auto", "gradient"])
+def test_the_streaming_top_k_equals_a_brute_force_top_k_over_all_images(folder, tmp_path, rule):
     clf = _classifier()
-    sets = cl.reference_sets(clf, folder, LAYER, k=K, out=tmp_path / "out", batch_size=4)
-    expected, total = _brute_force(clf, folder)
+    sets = cl.reference_sets(clf, folder, LAYER, k=K, out=tmp_path / "out", batch_size=4,
+                             rule=rule)
+    expected, total = _brute_force(clf, folder, rule)
     _same(_as_lists(sets), expected)
     np.testing.assert_allclose(sets.relevance_total, total, rtol=1e-5, atol=1e-6)
     meta = json.loads((tmp_path / "out" / "references.json").read_text())
-    assert meta["layer"] == LAYER and meta["k"] == K and meta["rule"] == "lrp:epsilon_plus_flat"
+    assert meta["layer"] == LAYER and meta["k"] == K
+    assert meta["rule"] == ("lrp:epsilon_plus_flat" if rule == "auto" else "gradient_x_activation")
     assert meta["errors"] == [{"path": "broken.png", "reason": meta["errors"][0]["reason"]}]
     assert meta["count"] == 11 and len(meta["model_fingerprint"]) == 16
     # stored memory is C x k per shard, not per image
     store = references.ResultStore.open(tmp_path / "out" / "store")
     shard = store.shards()[0]
     assert store.read_array(shard, "relevance_score").shape == (16, K)
+
+
+def test_a_reference_set_refuses_another_model(folder, tmp_path):
+    cl.reference_sets(_classifier(), folder, LAYER, k=1, out=tmp_path / "out")
+    other = cl.Classifier(seeded(TinyVGG(classes=4), seed=1, dtype=torch.float32),
+                          labels=["ant", "bee", "cat", "dog"], input_size=32, device="cpu")
+    with pytest.raises(references.ReferenceSetError, match="another model"):
+        ReferenceSets.load_folder(tmp_path / "out", other)
 
 
 def test_patch_boxes_come_back_for_the_top_images(folder, tmp_path):

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from convlens.concepts.patches import crop_patch, patch_boxes
-from convlens.concepts.references import MODES, ReferenceError, ReferenceSets
+from convlens.concepts.references import MODES, ReferenceSetError, ReferenceSets
 from convlens.files import claim_output, ensure_folder, save_image_atomic, write_text_atomic
 from convlens.jobs.progress import ProgressCallback, emit
 
@@ -46,7 +46,7 @@ def chosen_channels(sets: ReferenceSets, channels: Sequence[int] | None,
     if channels is not None:
         return check_channels(channels, sets.layer, sets.channels)
     if isinstance(top_channels, bool) or not isinstance(top_channels, int) or top_channels < 1:
-        raise ReferenceError(f"top_channels must be a positive integer, got {top_channels!r}")
+        raise ReferenceSetError(f"top_channels must be a positive integer, got {top_channels!r}")
     return sets.ranked_channels()[:top_channels]
 
 
@@ -62,7 +62,7 @@ def layer_channels(classifier: Any, layer: str | None) -> tuple[str, int]:
                                       classifier.device)}
     shape = shapes.get(name)
     if shape is None or len(shape) != 3:
-        raise ReferenceError(f"layer {name!r} outputs {shape if shape else 'no tensor'}; "
+        raise ReferenceSetError(f"layer {name!r} outputs {shape if shape else 'no tensor'}; "
                              "reference sets need a spatial (C, h, w) output: choose a "
                              "convolutional layer (see `convlens layers`)")
     return name, int(shape[0])
@@ -73,7 +73,7 @@ def check_channels(channels: Sequence[int], layer: str, count: int) -> list[int]
     for channel in channels:
         if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) \
                 or not 0 <= channel < count:
-            raise ReferenceError(
+            raise ReferenceSetError(
                 f"channel {channel!r} does not exist: layer {layer!r} has {count} channels "
                 f"(0..{count - 1}); CLI: --channels 0,5,9")
     return list(dict.fromkeys(int(c) for c in channels))
@@ -126,11 +126,11 @@ def write_atlas(sets: ReferenceSets, out: str | os.PathLike[str] | None = None, 
         The page's path.
     """
     if sets.classifier is None:
-        raise ReferenceError("the atlas recomputes patches with the model: load the "
+        raise ReferenceSetError("the atlas recomputes patches with the model: load the "
                              "reference set with its classifier")
     out = Path(out) if out is not None else sets.out
     if out is None:
-        raise ReferenceError("give the atlas an output folder")
+        raise ReferenceSetError("give the atlas an output folder")
     shown = chosen_channels(sets, channels, top_channels)
     requests: dict[int, list[tuple[int, tuple[int, int] | None, str, int]]] = {}
     for channel in shown:

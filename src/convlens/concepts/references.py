@@ -57,7 +57,7 @@ SCORES = {
 }
 
 
-class ReferenceError(ConvlensError, ValueError):
+class ReferenceSetError(ConvlensError, ValueError):
     """A reference set that cannot be computed or read as asked."""
 
 
@@ -191,7 +191,7 @@ class ReferenceWorker:
             relevance = graph.relevance(graph.layer_signal(keep=False)).detach()
         activation = graph.activation.detach()
         if activation.dim() != 4:
-            raise ReferenceError(f"layer {settings.layer!r} outputs shape "
+            raise ReferenceSetError(f"layer {settings.layer!r} outputs shape "
                                  f"{tuple(activation.shape[1:])}; reference sets need a "
                                  "spatial (C, h, w) output: choose a convolutional layer")
         return activation, relevance, graph.logits.detach(), graph.rule
@@ -287,7 +287,7 @@ def merge_store(store: ResultStore, order: dict[str, int], k: int
         shard_total = np.asarray(store.read_array(shard, "relevance_total"), np.float64)
         total = shard_total if total is None else total + shard_total
     if total is None:
-        raise ReferenceError("no image was computed, so there is no reference set; check "
+        raise ReferenceSetError("no image was computed, so there is no reference set; check "
                              "the errors listed for the data")
     return merged, total, [images[i] for i in sorted(images)]
 
@@ -352,10 +352,10 @@ class ReferenceSets:
                                                                                 tuple[int, int]]]:
         """``(image index, score, position)`` of ``channel``'s set, best first."""
         if mode not in MODES:
-            raise ReferenceError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise ReferenceSetError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) \
                 or not 0 <= channel < self.channels:
-            raise ReferenceError(f"channel {channel!r} does not exist: layer {self.layer!r} "
+            raise ReferenceSetError(f"channel {channel!r} does not exist: layer {self.layer!r} "
                                  f"has {self.channels} channels (0..{self.channels - 1})")
         top = self.scores[mode]
         for image, score, position in zip(top.image[channel], top.score[channel],
@@ -405,9 +405,20 @@ class ReferenceSets:
         out = Path(out)
         path = out / REFERENCES_JSON
         if not path.is_file():
-            raise ReferenceError(f"{out} holds no {REFERENCES_JSON}; compute the reference "
+            raise ReferenceSetError(f"{out} holds no {REFERENCES_JSON}; compute the reference "
                                  "set first (convlens concepts atlas, cl.reference_sets)")
         meta = json.loads(path.read_text(encoding="utf-8"))
+        if classifier is not None:
+            from convlens.auditing.passes import model_fingerprint
+
+            found = model_fingerprint(classifier.module, classifier.labels,
+                                      classifier.preprocessing)
+            if found != meta.get("model_fingerprint"):
+                raise ReferenceSetError(
+                    f"{out} holds the reference sets of another model ({meta.get('model')}, "
+                    f"fingerprint {meta.get('model_fingerprint')}; this one is {found}): "
+                    "patches would be cut in the wrong places; load it with the model that "
+                    "computed it, or compute it again")
         with np.load(out / REFERENCES_NPZ, allow_pickle=False) as arrays:
             scores = {mode: TopK(arrays[f"{mode}_score"], arrays[f"{mode}_image"],
                                  arrays[f"{mode}_position"]) for mode in MODES}
@@ -460,20 +471,20 @@ def reference_sets(classifier: Any, data: str | os.PathLike[str], layer: str | N
     from convlens.models.layers import resolve_layer
 
     if not isinstance(classifier, Classifier):
-        raise ReferenceError(f"reference_sets needs a convlens.Classifier (cl.load_model() or "
+        raise ReferenceSetError(f"reference_sets needs a convlens.Classifier (cl.load_model() or "
                              f"cl.Classifier(module, labels=...)), got "
                              f"{type(classifier).__name__}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
-        raise ReferenceError(f"k must be an integer from 1 to 1000, got {k!r}")
+        raise ReferenceSetError(f"k must be an integer from 1 to 1000, got {k!r}")
     if rule not in RULES:
-        raise ReferenceError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+        raise ReferenceSetError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     layer_name = resolve_layer(classifier.module, layer)[0] if layer is not None \
         else classifier.default_layer()
     out = Path(out)
     check_not_input(out, [data])
     dataset = read_dataset(data, layout=layout, exclude=[out])
     if not dataset.entries:
-        raise ReferenceError(_no_images(data, dataset))
+        raise ReferenceSetError(_no_images(data, dataset))
     check_output(out)
     options = dict(engine_options or {})
     if engine in (None, "local"):
