@@ -17,6 +17,10 @@ Routes (all JSON unless said otherwise; errors are ``{"error": "<the CLI's one l
 * ``GET /api/audits/{a}``,
   ``/api/audits/{a}/images?label=&cluster=&strategy=&mistakes=&offset=&limit=``,
   ``/api/audits/{a}/thumbs/{i}``: an audit folder, browsed by opaque integer ids.
+* ``GET /api/atlases/{a}?limit=``, ``/api/atlases/{a}/channels/{c}``,
+  ``/api/atlases/{a}/patches/{c}/{mode}/{rank}`` (PNG, cut on demand through the model
+  gate): a concept atlas folder (``convlens concepts atlas``), by integer ids
+  (:mod:`.atlases`).
 
 Security (docs/architecture.md, "Layers and the direction data flows": the app only calls
 the library): :mod:`convlens.app.guard` checks Host (DNS rebinding) and Origin, caps request
@@ -91,6 +95,7 @@ class _State:
     settings: ServeSettings
     audits: list[AuditFolder]
     gate: ModelGate
+    atlases: list[Any] = field(default_factory=list)
     photos: PhotoStore = field(default_factory=PhotoStore)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -126,12 +131,15 @@ def _status(error: ConvlensError) -> int:
 
 
 def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
-               settings: ServeSettings | None = None) -> Any:
+               settings: ServeSettings | None = None,
+               atlases: Sequence[str | Path] = ()) -> Any:
     """Build the FastAPI app serving ``classifier`` (and the audit folders, for browsing).
 
     Args:
         classifier: A :class:`~convlens.Classifier` (``convlens.load_model(...)``).
         audits: Folders holding an ``audit.json`` written by ``convlens audit``.
+        atlases: Folders written by ``convlens concepts atlas`` with this model (their
+            patches are recomputed on request).
         settings: Hosts, byte and pixel caps (defaults: loopback only, 20 MiB, the
             library's pixel cap).
 
@@ -146,8 +154,11 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
     from starlette.exceptions import HTTPException
 
     settings = settings or ServeSettings()
+    from convlens.app.atlases import AtlasFolder
+
     state = _State(classifier, settings, [AuditFolder.open(a) for a in audits],
-                   ModelGate(classifier.module))
+                   ModelGate(classifier.module),
+                   [AtlasFolder.open(a, classifier) for a in atlases])
     state.info = _info(state)  # once, now: later requests never wait for the model
     app = FastAPI(title="convlens", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.convlens = state
@@ -190,7 +201,9 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
     @app.get("/api/info")
     def info() -> dict[str, Any]:
         return state.info | {"audits": [{"id": i, "name": a.folder.name}
-                                        for i, a in enumerate(state.audits)]}
+                                        for i, a in enumerate(state.audits)],
+                             "atlases": [{"id": i, "name": a.folder.name, "layer": a.sets.layer}
+                                         for i, a in enumerate(state.atlases)]}
 
     @app.post("/api/images")
     async def upload(request: Request) -> dict[str, Any]:
@@ -255,6 +268,29 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
     def audit_thumb(audit: int, index: int) -> Response:
         return Response(_audit(audit).thumbnail(index), media_type="image/jpeg",
                         headers={"cache-control": "max-age=3600"})
+
+    def _atlas(atlas: int) -> Any:
+        from convlens.app.atlases import AtlasNotFound
+
+        if not 0 <= atlas < len(state.atlases):
+            raise AtlasNotFound(f"no atlas {atlas}: this server has {len(state.atlases)} "
+                                "(start it with --atlas DIR)")
+        return state.atlases[atlas]
+
+    @app.get("/api/atlases/{atlas}")
+    def atlas_summary(atlas: int, limit: int = 64) -> dict[str, Any]:
+        return _atlas(atlas).summary(limit)
+
+    @app.get("/api/atlases/{atlas}/channels/{channel}")
+    def atlas_channel(atlas: int, channel: int) -> dict[str, Any]:
+        return _atlas(atlas).channel(channel)
+
+    @app.get("/api/atlases/{atlas}/patches/{channel}/{mode}/{rank}")
+    async def atlas_patch(request: Request, atlas: int, channel: int, mode: str,
+                          rank: int) -> Response:
+        folder = _atlas(atlas)
+        png = await run_model(state.gate, request, lambda: folder.patch(channel, mode, rank))
+        return Response(png, media_type="image/png", headers={"cache-control": "max-age=3600"})
 
     # The guard wraps everything, error handlers included, so refusals never reach a route.
     app.add_middleware(Guard, settings=settings)

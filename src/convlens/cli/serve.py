@@ -33,6 +33,9 @@ def serve(
                              help="Address to listen on (default: this machine only)."),
     audit: list[Path] = typer.Option([], "--audit",
                                      help="Audit folder (holding audit.json) to browse; repeat."),
+    atlas: list[Path] = typer.Option([], "--atlas",
+                                     help="Concept atlas folder (from `concepts atlas` with this "
+                                          "model) to browse; repeat."),
     allow_host: list[str] = typer.Option([], "--allow-host",
                                          help="Extra Host name to accept (behind a proxy)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.01, callback=finite,
@@ -40,7 +43,8 @@ def serve(
     max_pixels: int | None = max_pixels_option(),
     *, model_options: ModelOptions,
 ) -> None:
-    """Serve a local page: upload a photo, compare maps, visualize features, browse audits."""
+    """Serve a local page: upload a photo, compare maps, visualize features, browse audits
+    and concept atlases."""
     try:
         import uvicorn  # noqa: F401 - checked here, used by convlens.app.runner
 
@@ -57,7 +61,7 @@ def serve(
     settings = ServeSettings(allowed_hosts=allowed_hosts_for(host, allow_host),
                              max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                              max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
-    app = create_app(classifier, audits=audit, settings=settings)
+    app = create_app(classifier, audits=audit, settings=settings, atlases=atlas)
     sock = bind(host, port)  # a busy port is one error line, before "serving on"
     port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

@@ -1,7 +1,7 @@
 // convlens serve: the page's behaviour. Plain JavaScript, no build step; talks to /api/*.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { image: null, info: null, audit: null, view: {}, offset: 0, pageSize: 48 };
+const state = { image: null, info: null, audit: null, atlas: null, view: {}, offset: 0, pageSize: 48 };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -55,6 +55,11 @@ async function load() {
     $("audit-panel").hidden = false;
     for (const a of info.audits) $("audit-select").append(el("option", { value: a.id, text: a.name }));
     openAudit(info.audits[0].id);
+  }
+  if ((info.atlases || []).length) {
+    $("atlas-panel").hidden = false;
+    for (const a of info.atlases) $("atlas-select").append(el("option", { value: a.id, text: `${a.name} (${a.layer})` }));
+    openAtlas(info.atlases[0].id);
   }
 }
 
@@ -219,3 +224,31 @@ $("audit-next").onclick = () => browse(state.view, state.offset + state.pageSize
 $("audit-mistakes").onchange = () => browse(state.view, 0);
 
 load().catch((error) => showError(error.message));
+
+// Concept atlases: channels by relevance over the data; patches cut by the server on demand.
+async function openAtlas(id) {
+  try {
+    const atlas = await api("/api/atlases/" + id);
+    state.atlas = id;
+    $("atlas-summary").textContent = `${atlas.model} · ${atlas.layer} · ${atlas.channels} channels,` +
+      ` k=${atlas.k}, ${atlas.images} images, ${atlas.rule}`;
+    $("atlas-channels").replaceChildren(...atlas.ranked.map((c) => el("li",
+      { onclick: () => showChannel(c.channel) }, `channel ${c.channel} `,
+      el("span", { class: "muted", text: `(${c.total.toPrecision(3)})` }))));
+    if (atlas.ranked.length) showChannel(atlas.ranked[0].channel);
+  } catch (error) { showError(error.message); }
+}
+$("atlas-select").onchange = () => openAtlas(Number($("atlas-select").value));
+
+async function showChannel(channel) {
+  try {
+    const entry = await api(`/api/atlases/${state.atlas}/channels/${channel}`);
+    $("atlas-view").textContent = `channel ${channel}: relevance over the data ${entry.total.toPrecision(3)}`;
+    for (const mode of ["relevance", "activation"]) {
+      $("atlas-" + mode).replaceChildren(...entry[mode].map((item) => el("figure", {},
+        el("img", { src: `/api/atlases/${state.atlas}/patches/${channel}/${mode}/${item.rank}`,
+                    alt: `${mode} patch of channel ${channel} in ${item.name}`, loading: "lazy" }),
+        el("figcaption", { text: `${item.score.toPrecision(3)} · ${item.name}` }))));
+    }
+  } catch (error) { showError(error.message); }
+}
