@@ -13,6 +13,7 @@ from convlens.concepts.patches import (
     patch_box,
     patch_boxes,
     receptive_box,
+    receptive_boxes,
 )
 from convlens.models.classifier import Classifier
 from convlens.models.preprocessing import Preprocessing
@@ -41,6 +42,10 @@ def test_receptive_box_matches_the_closed_form_of_3x3_convs_and_pools(layer, str
     for row, col in [(0, 0), (3, 4), (grid // 2, grid - 1), (grid - 1, grid - 1)]:
         got = receptive_box(model, layer, (row, col), (3, 32, 32))
         assert got == _closed_form(row, col, 32, stride, offset, extent), (layer, row, col)
+    # every position of the grid (rows and columns are computed and cached apart)
+    positions = [(row, col) for row in range(grid) for col in range(grid)]
+    boxes = receptive_boxes(seeded(TinyVGG(classes=3)), layer, positions, (1, 3, 32, 32))
+    assert boxes == [_closed_form(r, c, 32, stride, offset, extent) for r, c in positions]
 
 
 def test_receptive_box_sees_through_dead_relus_and_the_maxpool_choice():

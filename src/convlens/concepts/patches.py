@@ -9,8 +9,10 @@ and *which* position of the layer; the box shown is recomputed here when it is d
   network (every convolution and linear map averaging, BatchNorm the identity, max pools
   replaced by average pools of the same geometry, an all-ones input), so that no ReLU and no
   max pool hides a pixel that the architecture connects. Computed once per (network, layer,
-  input size, position) and cached while the network lives. A max pool called as a function
-  (``F.max_pool2d`` in ``forward``) cannot be swapped: its box is then a lower bound.
+  input size, row) and (..., column), and cached while the network lives (a box's rows
+  depend only on the position's row, its columns only on its column). A max pool called as
+  a function (``F.max_pool2d`` in ``forward``) cannot be swapped: its box is then a lower
+  bound.
 * :func:`patch_box`: that receptive field tightened to where the CRP map conditioned on the
   channel *and* the position concentrates (Achtibat et al. 2023; zennit-crp blurs the map and
   crops where it exceeds 10 % of its maximum). Here: inside the receptive field, the
@@ -49,10 +51,10 @@ MODES = ("relevance", "activation")
 THRESHOLD = 0.1
 SMOOTHING = 5
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], Box]] = \
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], tuple[int, int]]] = \
     weakref.WeakKeyDictionary()
 _STRUCTURES: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
-_CHUNK = 32
+_CHUNK = 4  # seeds per backward pass: 4 float64 copies of the network's activations
 
 
 class PatchError(ConvlensError, ValueError):
@@ -67,6 +69,7 @@ def _structural_copy(model: nn.Module) -> nn.Module:
     if model in _STRUCTURES:
         return _STRUCTURES[model]
     twin = copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
+    twin.requires_grad_(False)  # only the input's gradient: no weight saved for backward
     with torch.no_grad():
         for module in twin.modules():
             if isinstance(module, nn.modules.conv._ConvNd):
@@ -100,7 +103,14 @@ def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
 def receptive_boxes(model: nn.Module, layer: str | nn.Module,
                     positions: Sequence[tuple[int, int]], input_shape: Sequence[int]
                     ) -> list[Box]:
-    """:func:`receptive_box` of several positions; uncached ones share backward passes."""
+    """:func:`receptive_box` of several positions.
+
+    A box's rows depend only on the position's row and its columns only on its column
+    (convolutions, pools and element-wise operations act on the two axes independently;
+    a global operation makes every box the whole input). So rows and columns are cached
+    apart, and one backward pass seeded at ``(i, j)`` gives the rows of ``i`` and the
+    columns of ``j``: a layer of ``h x w`` positions costs ``max(h, w)`` seeds, not ``h w``.
+    """
     module = getattr(model, "module", model)  # a Classifier or a module
     name = _layer_name(module, layer)
     shape = tuple(int(v) for v in input_shape)
@@ -110,12 +120,23 @@ def receptive_boxes(model: nn.Module, layer: str | nn.Module,
         raise PatchError(f"input_shape must be (C, H, W) or (1, C, H, W), got {tuple(input_shape)}")
     cache = _CACHE.setdefault(module, {})
     wanted = [(int(r), int(c)) for r, c in positions]
-    missing = list(dict.fromkeys(p for p in wanted if (name, shape, p) not in cache))
-    for start in range(0, len(missing), _CHUNK):
-        chunk = missing[start:start + _CHUNK]
-        for position, box in zip(chunk, _supports(module, name, shape, chunk)):
-            cache[(name, shape, position)] = box
-    return [cache[(name, shape, p)] for p in wanted]
+    rows = sorted({r for r, _c in wanted if (name, shape, "row", r) not in cache})
+    cols = sorted({c for _r, c in wanted if (name, shape, "col", c) not in cache})
+    count = max(len(rows), len(cols))
+    seeds = [(rows[i] if i < len(rows) else wanted[0][0],
+              cols[i] if i < len(cols) else wanted[0][1]) for i in range(count)]
+    for start in range(0, len(seeds), _CHUNK):
+        chunk = seeds[start:start + _CHUNK]
+        for (row, col), (left, top, right, bottom) in zip(chunk,
+                                                            _supports(module, name, shape, chunk)):
+            cache[(name, shape, "row", row)] = (top, bottom)
+            cache[(name, shape, "col", col)] = (left, right)
+    boxes = []
+    for row, col in wanted:
+        top, bottom = cache[(name, shape, "row", row)]
+        left, right = cache[(name, shape, "col", col)]
+        boxes.append((left, top, right, bottom))
+    return boxes
 
 
 def receptive_box(model: nn.Module, layer: str | nn.Module, position: tuple[int, int],
@@ -232,7 +253,7 @@ def patch_boxes(classifier: Any, x: torch.Tensor, layer: str | nn.Module | None,
     height, width = x.shape[2:]
     side = min_side if min_side is not None else max(16, round(min(height, width) / 8))
     with evaluation_mode(module), gradients_enabled():
-        x = _prepare_x(x.to(next(module.parameters()).device), module)
+        x = _prepare_x(x.to(classifier.device), module)
         problem = Problem(module, x, target, classifier.labels, layer, output, classifier)
         graph = layer_graph(problem, rule=rule, **_lrp_parameters({}))
         name = graph.layer
