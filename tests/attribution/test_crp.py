@@ -6,7 +6,7 @@
 * Inside a residual branch relevance also takes the skip connection: ``bypass`` > 0.
 * Gradient x activation: closed forms on two linear layers.
 * A float64 reference written from the paper (the LRP backward pass with the relevance at the
-  layer masked to one channel) with Zennit 1.0 computing the LRP part.
+  layer masked to one channel) with Zennit (0.5.1 here) computing the LRP part.
 * The model is left untouched (also when the forward raises); each misuse is one clear error.
 """
 
