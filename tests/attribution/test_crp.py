@@ -20,7 +20,13 @@ from torch import nn
 
 import convlens as cl
 from convlens.attribution.relevance import COMPOSITES
-from convlens.errors import ConvlensError, LayerError, MethodError
+from convlens.errors import (
+    ConvlensError,
+    ConvlensWarning,
+    LayerError,
+    MethodError,
+    UnsupportedModelError,
+)
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -206,6 +212,22 @@ def test_gradient_x_activation_closed_form() -> None:
     _assert_relative(result.maps.sum(1), ixg)
     _assert_relative(result.heatmap, ixg)
     assert result.bypass.max().item() < 1e-12
+
+
+def test_auto_falls_back_to_gradient_x_activation_and_says_so() -> None:
+    """A module LRP has no rule for (LayerNorm on the logits): ``rule="auto"`` warns, uses
+    gradient x activation and says so in ``rule``; ``rule="lrp"`` refuses."""
+    model = seeded(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+                                 nn.LayerNorm(3)))
+    x = _input(size=8)
+    with pytest.warns(ConvlensWarning, match="gradient x activation"):
+        auto = cl.concept_maps(model, x, "1", channels=[0, 2], target=[0, 1])
+    assert auto.rule == "gradient_x_activation"
+    gradient = cl.concept_maps(model, x, "1", channels=[0, 2], target=[0, 1], rule="gradient")
+    torch.testing.assert_close(auto.maps, gradient.maps)
+    with pytest.raises(UnsupportedModelError, match="LayerNorm"):
+        cl.concept_maps(model, x, "1", channels=[0], target=[0, 1], rule="lrp")
 
 
 # ---------------------------------------------------------- reference from the paper
