@@ -116,7 +116,10 @@ def peer(folder: Path) -> None:
             relevances.append(plain.relevances[case["layer"]][0].flatten(1).sum(1)[channels])
         results.append({"maps": torch.stack(maps), "relevances": torch.stack(relevances),
                         "heatmap": torch.stack(heatmaps), "seconds": seconds})
-    torch.save(results, folder / "peer.pt")
+    from importlib.metadata import version
+
+    torch.save({"versions": f"zennit-crp {version('zennit-crp')} (zennit {version('zennit')})",
+                "results": results}, folder / "peer.pt")
 
 
 def _composite(name: str, data: torch.Tensor, canonizers: list):
@@ -181,11 +184,13 @@ def compare(peer_python: str, quick: bool) -> tuple[str, float]:
         folder = Path(tmp)
         torch.save(cases, folder / "cases.pt")
         subprocess.run([peer_python, __file__, "--peer", str(folder)], check=True)
-        theirs = torch.load(folder / "peer.pt")
-    lines = ["# CRP: convlens vs zennit-crp 0.6.0 (zennit 0.4.6), float64", "",
+        answer = torch.load(folder / "peer.pt")
+    theirs = answer["results"]
+    lines = [f"# CRP: convlens vs {answer['versions']}, float64", "",
              f"{n} image(s) 32x32, each sample's 4 most relevant channels; max |ours - theirs| "
-             "/ max |theirs| per case. Seconds: the conditional maps only, this machine "
-             "(shared 2-core CPU), indicative.", "",
+             "/ max |theirs| per case. Seconds: the conditional maps only (ours also computes "
+             "the unconditioned map and the bypass: 2 more backward passes), this machine "
+             "(shared 2-core CPU, one thread), indicative.", "",
              "| network | ours | zennit | layer | CRP maps | R_c | LRP map | ours s | "
              "zennit-crp s |", "|---|---|---|---|---|---|---|---|---|"]
     worst, failures = 0.0, []
