@@ -459,7 +459,7 @@ def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *,
                     peaks=peaks,
                     score=float(scores[i, column] if scores.dim() == 2 else scores[i]),
                 )
-                exp.notes.extend(_notes(exp, classifier))
+                exp.notes.extend(_notes(exp, classifier, options))
                 for note in exp.notes:
                     warnings.warn(f"{exp.name}: {note}", ConvlensWarning, stacklevel=3)
                 yield exp
@@ -527,9 +527,12 @@ def _shown_maps(attribution: torch.Tensor, spec: Method, sign: str) -> torch.Ten
     return apply_sign(maps, sign)
 
 
-def _notes(exp: Explanation, classifier: Classifier) -> list[str]:
-    """Warnings about results that are computed but may mean nothing."""
-    notes = []
+def _notes(exp: Explanation, classifier: Classifier,
+           options: Mapping[str, Any] | None = None) -> list[str]:
+    """Warnings about results that are computed but may mean nothing, and what a concept
+    method's single shown map is made of."""
+    notes = [_concepts_note(name, exp.layer, options or {}) for name in exp.methods
+             if get_method(name).space == "concepts"]
     width, height = exp.geometry.original_size
     if min(width, height) < TINY_SIDE:
         in_h, in_w = classifier.preprocessing.input_size
@@ -548,6 +551,23 @@ def _notes(exp: Explanation, classifier: Classifier) -> list[str]:
                 f"that nothing in the photo matters for {exp.target_label!r} (with "
                 f"sign={exp.sign!r}; try sign='all', another layer or another method)")
     return notes
+
+
+def _concepts_note(name: str, layer: str | None, options: Mapping[str, Any]) -> str:
+    """Which channels a concept method's shown map sums, and by which rule (``crp``)."""
+    channels = options.get("channels")
+    if channels is None:
+        which = f"each image's {options.get('top', 4)} most relevant channels"
+    else:
+        given = [channels] if isinstance(channels, int) else list(channels)
+        which = "channel" + ("s " if len(given) > 1 else " ") + ", ".join(map(str, given))
+    rule = options.get("rule", "auto")
+    composite = options.get("composite", "epsilon_plus_flat")
+    how = {"auto": f"LRP ({composite}) where the model has rules, gradient x activation "
+                   "otherwise",
+           "lrp": f"LRP ({composite})", "gradient": "gradient x activation"}.get(rule, rule)
+    return (f"the {name} map is the sum of the concept maps of {which} of layer {layer!r} "
+            f"({how}); cl.concept_maps gives one map per channel")
 
 
 def _layer_name(classifier: Classifier, layer: Any, x: torch.Tensor) -> str:

@@ -232,3 +232,19 @@ def test_a_folder_without_audit_json_is_a_clear_error(classifier, tmp_path):
 
     with pytest.raises(AuditError, match="no audit.json"):
         create_app(classifier, audits=[tmp_path])
+
+
+def test_explain_crp_from_the_page_draws_one_map_and_names_its_channels(classifier):
+    """Method space "concepts" (crp) through the page's API: one map (the sum of each
+    image's most relevant channels' maps), listed with its space, and a note saying so."""
+    client = client_for(classifier)
+    info = client.get("/api/info").json()
+    (entry,) = [m for family in info["families"].values() for m in family if m["name"] == "crp"]
+    assert entry["space"] == "concepts"
+    token = upload(client).json()["id"]
+    response = client.post("/api/explain", json={"image": token, "methods": ["crp"]})
+    assert response.status_code == 200, response.text
+    (exp,) = response.json()["explanations"]
+    (shown,) = exp["maps"]
+    assert shown["method"] == "crp" and decode(shown["image"]).shape == (40, 48, 3)
+    assert any("each image's 4 most relevant channels" in note for note in exp["notes"])
