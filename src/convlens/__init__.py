@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "ConvlensWarning": "convlens.errors",
     "Explanation": "convlens.explanations",
     "LayerInfo": "convlens.models.layers",
+    "TCAVResult": "convlens.concepts.tcav",
     "Method": "convlens.attribution.core",
     "Visualization": "convlens.visualization.optimize",
     "as_classifier": "convlens.models.classifier",
@@ -42,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "methods": "convlens.attribution.core",
     "metrics": "convlens.metrics",
     "objectives": "convlens.objectives",
+    "tcav": "convlens.concepts.tcav",
     "visualize": "convlens.visualization.optimize",
 }
 
