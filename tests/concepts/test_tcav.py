@@ -221,3 +221,26 @@ def test_the_model_is_left_as_found_after_a_run_and_after_errors(snapshot) -> No
     with pytest.raises(RuntimeError, match="boom"):
         cl.tcav(raising, concept, "conv", [0], images=images, random=pool, runs=2)
     raising_before.assert_unchanged()
+
+
+# ------------------------------------------------------------ a concept from an audit
+
+
+def test_an_audit_strategys_members_are_a_concept(folders, tmp_path) -> None:
+    from models import TinyVGG
+
+    from convlens.auditing.run import Audit
+
+    audit = Audit({"data": str(folders / "images"), "strategies": [
+        {"id": 1, "members": ["ant/0.png", "ant/1.png", "bee/0.png"]}]}, tmp_path)
+    members = audit.strategy_images(1)
+    assert members == [folders / "images" / name for name in ("ant/0.png", "ant/1.png",
+                                                              "bee/0.png")]
+    classifier = cl.Classifier(seeded(TinyVGG(classes=4), dtype=torch.float32),
+                               labels=["ant", "bee", "cat", "dog"], input_size=32, device="cpu")
+    result = cl.tcav(classifier, members, images=folders / "images", runs=2)
+    assert result.settings["concept_images"] == 3
+    # the default random pool is IMAGES without the concept's own files
+    assert result.settings["random_pool_images"] == 8 - 3
+    with pytest.raises(cl.ConvlensError, match="no strategy 4 .* its strategies: 1"):
+        audit.strategy_images(4)
