@@ -211,6 +211,12 @@ def test_the_model_is_left_as_found_after_a_run_and_after_errors(snapshot) -> No
                      runs=2)
     assert len(result.rows) == 2 * 2 * 2
     before.assert_unchanged()
+    with torch.no_grad():  # one layer: autograd is switched on from the layer up, then off
+        again = cl.tcav(model, concept, "layer2", [0], images=images, random=pool, runs=2)
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+    assert again.rows[0]["images"] == 5
+    before.assert_unchanged()
     with pytest.raises(cl.ConvlensError, match="unknown class|out of range"):
         cl.tcav(model, concept, "layer2", [7], images=images, random=pool, runs=2)
     with pytest.raises(cl.ConvlensError, match="spatial"):
@@ -244,3 +250,19 @@ def test_an_audit_strategys_members_are_a_concept(folders, tmp_path) -> None:
     assert result.settings["random_pool_images"] == 8 - 3
     with pytest.raises(cl.ConvlensError, match="no strategy 4 .* its strategies: 1"):
         audit.strategy_images(4)
+
+
+def test_one_layer_from_the_layer_up_equals_the_full_graph_of_several_layers() -> None:
+    # one layer: autograd starts at the layer (nothing below recorded); several: from the
+    # input. The same layer's scores must not depend on which.
+    model = seeded(TinyResNet(classes=3), dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    concept, pool, images = (torch.randn(n, 3, 16, 16, generator=g) for n in (5, 20, 9))
+    alone = cl.tcav(model, concept, "layer1", [0, 1], images=images, random=pool, runs=3)
+    both = cl.tcav(model, concept, ["layer1", "layer2"], [0, 1], images=images, random=pool,
+                   runs=3)
+    keep = ("class", "cav", "scores", "random_scores")
+    assert ([{k: r[k] for k in keep} for r in alone.rows]
+            == [{k: r[k] for k in keep} for r in both.rows if r["layer"] == "layer1"])
+    fractions = {s for r in alone.rows for s in r["scores"] + r["random_scores"]}
+    assert fractions - {0.0, 1.0}  # image-dependent gradients below the last block

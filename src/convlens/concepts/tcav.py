@@ -360,6 +360,66 @@ def _p_value(scores: torch.Tensor, random_scores: torch.Tensor) -> float:
         return float(ttest_ind(a, b).pvalue)
 
 
+def _activations(classifier: Any, layers: list[tuple[str, Any]], images: _ImageSet,
+                 positions: Sequence[int], batch_size: int,
+                 shapes: dict[str, tuple[int, ...]]) -> list[torch.Tensor]:
+    """Per layer, the flattened float32 activations ``(len(positions), d)`` (no gradients);
+    each layer's ``(C, H, W)`` goes into ``shapes``."""
+    from convlens._hooks import HookSession
+
+    parts: list[list[torch.Tensor]] = [[] for _ in layers]
+    with HookSession() as hooks, torch.no_grad():
+        captures = [hooks.capture(module, name) for name, module in layers]
+        for _, x in _batches(classifier, images, positions, batch_size):
+            classifier(x)
+            for part, capture in zip(parts, captures):
+                output = _checked(capture)
+                shapes[capture.name] = tuple(output.shape[1:])
+                part.append(output.detach().flatten(1).float())
+                capture.clear()
+    return [torch.cat(part) for part in parts]
+
+
+def _positive_counts(classifier: Any, layers: list[tuple[str, Any]], tested: _ImageSet,
+                     groups: list[tuple[list[int], list[int]]], cav_columns: list[torch.Tensor],
+                     batch_size: int) -> tuple[dict[int, list[torch.Tensor]], dict[int, int]]:
+    """Per class and layer, how many tested images have ``grad_k . v > 0``, per CAV column;
+    and how many images each class was tested on.
+
+    One forward per batch and one backward per class. With one layer, autograd starts at
+    the layer (``grad_from_here``: the forward below it records nothing); with several the
+    graph runs from the input, so that each layer's gradient sees the layers above it.
+    """
+    from convlens._hooks import HookSession, gradients_enabled
+
+    single = len(layers) == 1
+    classes = [k for _, wanted in groups for k in wanted]
+    positive = {k: [torch.zeros(cols.shape[1], device=cols.device) for cols in cav_columns]
+                for k in classes}
+    counted = dict.fromkeys(classes, 0)
+    with HookSession() as hooks:
+        captures = [hooks.capture(module, name, cut_graph=single, grad_from_here=single)
+                    for name, module in layers]
+        for positions, wanted in groups:
+            for _, x in _batches(classifier, tested, positions, batch_size):
+                with gradients_enabled():
+                    if single:
+                        with torch.no_grad():  # one block per forward: it restores the mode
+                            logits = classifier(x)
+                    else:
+                        logits = classifier(x.detach().requires_grad_(True))
+                    acts = [_checked(capture) for capture in captures]
+                    for at, k in enumerate(wanted):
+                        grads = torch.autograd.grad(logits[:, k].sum(), acts,
+                                                    retain_graph=at < len(wanted) - 1)
+                        for count, grad, cols in zip(positive[k], grads, cav_columns):
+                            count += (grad.detach().flatten(1).float() @ cols > 0).sum(dim=0)
+                        counted[k] += x.shape[0]
+                for capture in captures:
+                    capture.clear()
+    return positive, counted
+
+
 def tcav(model: Any, concept: Any, layer: str | Sequence[str] | None = None,
          classes: Sequence[str | int] | str | int | None = None, *, images: Any = None,
          random: Any = None, runs: int = 10, cav: str = "both", alpha: float = 0.05,
@@ -404,7 +464,7 @@ def tcav(model: Any, concept: Any, layer: str | Sequence[str] | None = None,
         >>> result.rows[0]["score"], result.rows[0]["p_value"]             # doctest: +SKIP
         (0.93, 2.1e-07)
     """
-    from convlens._hooks import HookSession, evaluation_mode, gradients_enabled
+    from convlens._hooks import evaluation_mode
     from convlens.models.classifier import as_classifier
 
     classifier = as_classifier(model)
@@ -444,25 +504,11 @@ def tcav(model: Any, concept: Any, layer: str | Sequence[str] | None = None,
     row_of = {p: k for k, p in enumerate(drawn)}
 
     outputs, groups, class_indices = _class_groups(classifier, tested, classes, batch_size)
-    single = len(layers) == 1
-    shapes: dict[str, tuple[int, ...]] = {}
-    with evaluation_mode(classifier.module), HookSession() as hooks:
-        captures = [hooks.capture(module, name, cut_graph=single) for name, module in layers]
-
-        def activations(image_set: _ImageSet, positions: Sequence[int]) -> list[torch.Tensor]:
-            parts: list[list[torch.Tensor]] = [[] for _ in layers]
-            with torch.no_grad():
-                for _, x in _batches(classifier, image_set, positions, batch_size):
-                    classifier(x)
-                    for part, capture in zip(parts, captures):
-                        output = _checked(capture)
-                        shapes[capture.name] = tuple(output.shape[1:])
-                        part.append(output.detach().flatten(1).float())
-                        capture.clear()
-            return [torch.cat(part) for part in parts]
-
-        concept_acts = activations(concept_set, range(len(concept_set)))
-        pool_acts = activations(pool, drawn)
+    with evaluation_mode(classifier.module):
+        shapes: dict[str, tuple[int, ...]] = {}
+        concept_acts = _activations(classifier, layers, concept_set, range(len(concept_set)),
+                                    batch_size, shapes)
+        pool_acts = _activations(classifier, layers, pool, drawn, batch_size, shapes)
         cav_columns, concept_cavs = [], {}
         for (name, _), concept_a, pool_a in zip(layers, concept_acts, pool_acts):
             columns, concept_cavs[name] = [], {}
@@ -477,26 +523,8 @@ def tcav(model: Any, concept: Any, layer: str | Sequence[str] | None = None,
                 concept_cavs[name][kind] = torch.stack(mine).reshape(runs, *shapes[name])
             cav_columns.append(torch.stack(columns, dim=1))  # (d, kinds x 2 x runs)
         del concept_acts, pool_acts
-
-        positive = {k: [torch.zeros(cols.shape[1], device=cols.device) for cols in cav_columns]
-                    for k in class_indices}
-        counted = dict.fromkeys(class_indices, 0)
-        for positions, wanted in groups:
-            for _, x in _batches(classifier, tested, positions, batch_size):
-                with gradients_enabled():
-                    if not single:
-                        x = x.detach().requires_grad_(True)
-                    logits = classifier(x)
-                    acts = [_checked(capture) for capture in captures]
-                    for at, k in enumerate(wanted):
-                        grads = torch.autograd.grad(logits[:, k].sum(), acts,
-                                                    retain_graph=at < len(wanted) - 1)
-                        for count, grad, cols in zip(positive[k], grads, cav_columns):
-                            derivative = grad.detach().flatten(1).float() @ cols
-                            count += (derivative > 0).sum(dim=0)
-                        counted[k] += x.shape[0]
-                for capture in captures:
-                    capture.clear()
+        positive, counted = _positive_counts(classifier, layers, tested, groups, cav_columns,
+                                             batch_size)
 
     rows = []
     tests = len(class_indices) * len(layers)
