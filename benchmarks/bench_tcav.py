@@ -2,7 +2,7 @@
 sets, same runs, each measurement in a fresh child process.
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 \\
-        python benchmarks/bench_tcav.py --rounds 3
+        python benchmarks/bench_tcav.py --rounds 3    # ~12 min on 2 shared cores (default 1: ~4)
 
 The bundled EfficientNet-Lite0 at 224 px, its default layer ``head`` (1280 x 7 x 7 = 62,720
 features per image). Images are made from the bundled sample photos (seeded crops and flips,
@@ -135,7 +135,7 @@ def child(tool: str, tensors: Path, runs: int, seed: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--concept", type=int, default=30)
     parser.add_argument("--pool", type=int, default=100)
