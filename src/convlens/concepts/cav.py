@@ -40,6 +40,99 @@ def _unit(vector: torch.Tensor) -> torch.Tensor:
     return vector / norm if norm > 0 else vector
 
 
+def row_gram(rows: torch.Tensor) -> torch.Tensor:
+    """``Z Z^T`` in float64 of ``rows`` ``(n, d)`` centred by their mean: what every fit on a
+    subset of the rows needs (centring a subset again is exact on this matrix, and the
+    common shift keeps float32's products free of the large uncentred norms)."""
+    centred = rows - rows.mean(dim=0)
+    return (centred @ centred.T).double()
+
+
+def fast_cav_weights(n_concept: int, n_random: int, *, device: torch.device | None = None
+                     ) -> torch.Tensor:
+    """FastCAV as weights on the rows (concept first): ``mean(concept) - mean(all)`` is
+    ``sum_i c_i x_i`` with ``c = 1/n_c - 1/n`` on the concept's rows and ``-1/n`` on the rest."""
+    n = n_concept + n_random
+    weights = torch.full((n,), -1.0 / n, dtype=torch.float64, device=device)
+    weights[:n_concept] += 1.0 / n_concept
+    return weights
+
+
+def linear_cav_weights(gram: torch.Tensor, n_concept: int, *, l2: float = 0.01,
+                       max_iter: int = 50) -> torch.Tensor:
+    """The linear CAV as weights on the rows (concept first), from their Gram matrix.
+
+    Minimises, over ``w`` and ``b``, the class-balanced mean logistic loss of
+    ``w . (x - mu) / s + b`` (label 1 for the concept) plus ``l2 / 2 * |w|^2``, where ``mu``
+    is the mean of the rows and ``s`` their RMS distance to it. With ``Z`` the scaled rows and
+    ``Z Z^T = U E U^T``, the optimal ``w`` is ``Z^T U E^-1/2 c`` where ``c`` solves the same
+    regression on the ``n x r`` features ``U E^1/2`` (``|w| = |c|``, so the penalty is the
+    same); Newton's method with step halving solves it in a few iterations, from zero. Since
+    ``sum_i a_i (x_i - mu) = sum_i (a_i - mean(a)) x_i``, the returned weights apply to the
+    rows as they are: ``cav ~ rows.T @ weights``.
+
+    Args:
+        gram: ``x_i . x_j`` of the rows, float64 ``(n, n)``, centred by any common vector.
+        n_concept: How many of the rows (the first) are the concept's.
+        l2: Regularisation strength.
+        max_iter: Newton iterations at most.
+    """
+    n = gram.shape[0]
+    centred = gram - gram.mean(dim=0) - gram.mean(dim=1, keepdim=True) + gram.mean()
+    scale = centred.diagonal().sum() / n  # mean squared distance to the mean
+    if scale <= 0:
+        return torch.zeros(n, dtype=torch.float64, device=gram.device)
+    energy, basis = torch.linalg.eigh(centred / scale)
+    kept = energy > energy.max() * 1e-10
+    energy, basis = energy[kept], basis[:, kept]
+    features = torch.cat([basis * energy.sqrt(), torch.ones_like(basis[:, :1])], dim=1)
+    target = torch.zeros(n, dtype=torch.float64, device=gram.device)
+    target[:n_concept] = 1.0
+    weight = torch.where(target > 0, 0.5 / n_concept, 0.5 / (n - n_concept))  # balanced
+    penalty = torch.full((features.shape[1],), float(l2), dtype=torch.float64,
+                         device=gram.device)
+    penalty[-1] = 0.0  # the bias is not penalised
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        logits = features @ theta
+        return ((weight * (F.softplus(logits) - target * logits)).sum()
+                + 0.5 * (penalty * theta * theta).sum())
+
+    theta = torch.zeros(features.shape[1], dtype=torch.float64, device=gram.device)
+    current = loss(theta)
+    eye = 1e-12 * torch.eye(len(theta), dtype=torch.float64, device=gram.device)
+    for _ in range(max_iter):
+        p = torch.sigmoid(features @ theta)
+        gradient = features.T @ (weight * (p - target)) + penalty * theta
+        hessian = (features.T * (weight * p * (1 - p))) @ features + torch.diag(penalty)
+        step = torch.linalg.solve(hessian + eye, gradient)
+        size = 1.0
+        while size > 1e-6:  # step halving: the loss must not rise
+            trial = theta - size * step
+            value = loss(trial)
+            if value <= current:
+                break
+            size /= 2
+        else:
+            break
+        theta, current = trial, value
+        if (size * step).abs().max() < 1e-10:
+            break
+    coefficients = basis @ (theta[:-1] / energy.sqrt())
+    return coefficients - coefficients.mean()
+
+
+def cav_weights(kind: str, gram: torch.Tensor, n_concept: int) -> torch.Tensor:
+    """Row weights of the CAV of ``kind`` (``"linear"`` or ``"fastcav"``), concept rows first."""
+    if kind == "fastcav":
+        return fast_cav_weights(n_concept, gram.shape[0] - n_concept, device=gram.device)
+    return linear_cav_weights(gram, n_concept)
+
+
+def _from_weights(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return _unit(rows.T @ weights.to(rows.dtype))
+
+
 def fast_cav(concept: torch.Tensor, random: torch.Tensor) -> torch.Tensor:
     """FastCAV: ``normalise(mean(concept) - mean(concept and random))``.
 
@@ -57,30 +150,21 @@ def fast_cav(concept: torch.Tensor, random: torch.Tensor) -> torch.Tensor:
         True
     """
     concept, random = _flat(concept), _flat(random)
-    overall = torch.cat([concept, random]).mean(dim=0)
-    return _unit(concept.mean(dim=0) - overall)
+    weights = fast_cav_weights(len(concept), len(random), device=concept.device)
+    return _from_weights(torch.cat([concept, random]), weights)
 
 
 def linear_cav(concept: torch.Tensor, random: torch.Tensor, *, l2: float = 0.01,
                max_iter: int = 50) -> torch.Tensor:
-    """The unit normal of a logistic regression telling concept from random activations.
-
-    Minimises, over ``w`` and ``b``, the class-balanced mean logistic loss of
-    ``w . (x - mu) / s + b`` (label 1 for the concept) plus ``l2 / 2 * |w|^2``, where ``mu``
-    is the mean of all rows and ``s`` their RMS distance to it. The result is ``w``
-    normalised: the direction in which the concept's logit grows, in the activation space.
-
-    Solved exactly in the rows' span: with ``Z`` the scaled rows and ``Z Z^T = U E U^T``
-    (``n x n``, float64), the optimal ``w`` is ``Z^T U E^-1/2 c`` where ``c`` solves the same
-    regression on the ``n x r`` features ``U E^1/2`` (``|w| = |c|``, so the penalty is the
-    same); Newton's method with step halving on those ``r + 1`` unknowns converges in a few
-    iterations, from zero, deterministically.
+    """The unit normal of a logistic regression telling concept from random activations
+    (:func:`linear_cav_weights`): the direction in which the concept's logit grows, in the
+    activation space.
 
     Args:
         concept: Activations of the concept's examples, ``(n_c, ...)``.
         random: Activations of the counterexamples, ``(n_r, ...)``.
         l2: Regularisation strength (scikit-learn's ``SGDClassifier`` ``alpha`` that Captum
-            uses is 0.01 too); the features are scaled to unit RMS norm first, so it does not
+            uses is 0.01 too); the rows are scaled to unit RMS norm first, so it does not
             depend on the layer's scale.
         max_iter: Newton iterations at most.
 
@@ -95,56 +179,6 @@ def linear_cav(concept: torch.Tensor, random: torch.Tensor, *, l2: float = 0.01,
         >>> bool(linear_cav(c, r)[0] > 0.8)
         True
     """
-    concept, random = _flat(concept), _flat(random)
-    rows = torch.cat([concept, random])
-    centred = rows - rows.mean(dim=0)
-    scale = centred.pow(2).sum(dim=1).mean().sqrt()
-    if scale == 0:
-        return torch.zeros_like(rows[0])
-    z = centred / scale
-    energy, basis = torch.linalg.eigh((z @ z.T).double())
-    kept = energy > energy.max() * 1e-10
-    energy, basis = energy[kept], basis[:, kept]
-    features = torch.cat([basis * energy.sqrt(), torch.ones_like(basis[:, :1])], dim=1)
-    n, n_c = rows.shape[0], concept.shape[0]
-    target = torch.zeros(n, dtype=torch.float64, device=rows.device)
-    target[:n_c] = 1.0
-    weight = torch.where(target > 0, 0.5 / n_c, 0.5 / (n - n_c))  # balanced classes
-    penalty = torch.full((features.shape[1],), float(l2), dtype=torch.float64,
-                         device=rows.device)
-    penalty[-1] = 0.0  # the bias is not penalised
-
-    def loss(theta: torch.Tensor) -> torch.Tensor:
-        logits = features @ theta
-        return ((weight * (F.softplus(logits) - target * logits)).sum()
-                + 0.5 * (penalty * theta * theta).sum())
-
-    theta = torch.zeros(features.shape[1], dtype=torch.float64, device=rows.device)
-    current = loss(theta)
-    for _ in range(max_iter):
-        p = torch.sigmoid(features @ theta)
-        gradient = features.T @ (weight * (p - target)) + penalty * theta
-        hessian = (features.T * (weight * p * (1 - p))) @ features + torch.diag(penalty)
-        step = torch.linalg.solve(hessian + 1e-12 * torch.eye(len(theta), dtype=torch.float64,
-                                                               device=rows.device), gradient)
-        size = 1.0
-        while size > 1e-6:  # step halving: the loss must not rise
-            trial = theta - size * step
-            value = loss(trial)
-            if value <= current:
-                break
-            size /= 2
-        else:
-            break
-        theta, current = trial, value
-        if (size * step).abs().max() < 1e-10:
-            break
-    coefficients = basis @ (theta[:-1] / energy.sqrt())
-    return _unit(z.T @ coefficients.to(z.dtype))
-
-
-def fit_cav(kind: str, concept: torch.Tensor, random: torch.Tensor) -> torch.Tensor:
-    """The CAV of ``kind`` (``"linear"`` or ``"fastcav"``) for concept vs. random activations."""
-    if kind == "fastcav":
-        return fast_cav(concept, random)
-    return linear_cav(concept, random)
+    rows = torch.cat([_flat(concept), _flat(random)])
+    weights = linear_cav_weights(row_gram(rows), len(concept), l2=l2, max_iter=max_iter)
+    return _from_weights(rows, weights)

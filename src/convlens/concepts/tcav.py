@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from convlens.concepts.cav import CAV_KINDS, fit_cav
+from convlens.concepts.cav import CAV_KINDS, cav_weights, row_gram
 from convlens.errors import ConvlensError, LayerError, TargetError, did_you_mean
 
 MAX_DEFAULT_CLASSES = 10  # classes tested when none are named and the images have no labels
@@ -380,6 +380,34 @@ def _activations(classifier: Any, layers: list[tuple[str, Any]], images: _ImageS
     return [torch.cat(part) for part in parts]
 
 
+def _fit_cavs(rows: torch.Tensor, n_concept: int,
+              draws: list[tuple[list[int], list[int]]], kinds: Sequence[str]) -> torch.Tensor:
+    """Every CAV of one layer as the columns of a ``(d, kinds x 2 x runs)`` matrix.
+
+    ``rows``: the concept's activations, then the drawn pool's; ``draws``: per run the rows
+    of the counterexamples and of the random concept. Per kind, the runs' concept CAVs
+    (concept vs. counterexamples), then their random CAVs (random concept vs. the same). The
+    Gram matrix of all rows is computed once; each fit works on its ``n x n`` block and
+    returns weights on its rows, and one product ``rows.T @ weights`` makes every CAV.
+    """
+    gram = row_gram(rows)
+    concept = list(range(n_concept))
+    fits = [(concept, negatives) for negatives, _ in draws] + [
+        (positives, negatives) for negatives, positives in draws]
+    weights = torch.zeros(rows.shape[0], len(kinds) * len(fits), dtype=torch.float64,
+                          device=rows.device)
+    column = 0
+    for kind in kinds:
+        for positive, negative in fits:
+            index = torch.tensor(positive + negative, device=rows.device)
+            block = gram[index][:, index]
+            weights[index, column] = cav_weights(kind, block, len(positive))
+            column += 1
+    cavs = rows.T @ weights.to(rows.dtype)
+    norms = cavs.norm(dim=0)
+    return cavs / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
 def _positive_counts(classifier: Any, layers: list[tuple[str, Any]], tested: _ImageSet,
                      groups: list[tuple[list[int], list[int]]], cav_columns: list[torch.Tensor],
                      batch_size: int) -> tuple[dict[int, list[torch.Tensor]], dict[int, int]]:
@@ -511,17 +539,14 @@ def tcav(model: Any, concept: Any, layer: str | Sequence[str] | None = None,
         pool_acts = _activations(classifier, layers, pool, drawn, batch_size, shapes)
         cav_columns, concept_cavs = [], {}
         for (name, _), concept_a, pool_a in zip(layers, concept_acts, pool_acts):
-            columns, concept_cavs[name] = [], {}
-            for kind in kinds:
-                mine, baseline = [], []
-                for negatives, positives in draws:
-                    neg = pool_a[[row_of[p] for p in negatives]]
-                    pos = pool_a[[row_of[p] for p in positives]]
-                    mine.append(fit_cav(kind, concept_a, neg))
-                    baseline.append(fit_cav(kind, pos, neg))
-                columns += mine + baseline
-                concept_cavs[name][kind] = torch.stack(mine).reshape(runs, *shapes[name])
-            cav_columns.append(torch.stack(columns, dim=1))  # (d, kinds x 2 x runs)
+            columns = _fit_cavs(torch.cat([concept_a, pool_a]), len(concept_set),
+                                [([len(concept_set) + row_of[p] for p in negatives],
+                                  [len(concept_set) + row_of[p] for p in positives])
+                                 for negatives, positives in draws], kinds)
+            cav_columns.append(columns)  # (d, kinds x (runs concept, runs random))
+            concept_cavs[name] = {
+                kind: columns[:, at * 2 * runs:at * 2 * runs + runs].T.reshape(
+                    runs, *shapes[name]) for at, kind in enumerate(kinds)}
         del concept_acts, pool_acts
         positive, counted = _positive_counts(classifier, layers, tested, groups, cav_columns,
                                              batch_size)
