@@ -12,15 +12,17 @@ CPU: a 1280 x 7 x 7 layer is 62,720 features per image):
   regression is solved in the span of the rows: the weight of an L2-regularised linear model
   lies there (representer theorem), so after one ``n x n`` eigendecomposition of the Gram
   matrix it is an ``n``-dimensional problem, solved by Newton's method in float64 from zero:
-  exact, deterministic, no autograd, and its cost does not grow with the layer's width
-  beyond two ``n x d`` products. Per-feature standardisation is
-  not used: it would reweight the space the directional derivatives are taken in, and blow
-  up the noise of near-dead channels.
+  exact, deterministic, no autograd; the layer's width enters only through the Gram matrix
+  and the final ``rows.T @ weights``. Per-feature standardisation is not used: it would
+  reweight the space the directional derivatives are taken in, and blow up the noise of
+  near-dead channels.
 * ``fastcav`` (Schmalwasser et al., ICML 2025, "FastCAV"): the vector from the global mean of
   all activations (concept and random together) to the concept's mean; for balanced sets
   it is half the difference of the two means. No optimisation at all.
 
-Both return a unit vector of the flattened activation's length, pointing to the concept.
+Both are computed as weights on the rows (``*_weights``), so that TCAV fits every CAV of a
+layer from one Gram matrix (:func:`row_gram`) and makes them all with one product;
+:func:`linear_cav` and :func:`fast_cav` return the unit vector, pointing to the concept.
 """
 
 from __future__ import annotations
