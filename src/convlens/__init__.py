@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "LayerInfo": "convlens.models.layers",
     "Method": "convlens.attribution.core",
     "ReferenceSets": "convlens.concepts.references",
+    "TCAVResult": "convlens.concepts.tcav",
     "Visualization": "convlens.visualization.optimize",
     "as_classifier": "convlens.models.classifier",
     "attribute": "convlens.attribution.core",
@@ -47,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "metrics": "convlens.metrics",
     "objectives": "convlens.objectives",
     "reference_sets": "convlens.concepts.references",
+    "tcav": "convlens.concepts.tcav",
     "visualize": "convlens.visualization.optimize",
 }
 

@@ -141,7 +141,8 @@ class HookSession:
         self._handles.append(handle)
         return handle
 
-    def capture(self, module: nn.Module, name: str, *, cut_graph: bool = False) -> Capture:
+    def capture(self, module: nn.Module, name: str, *, cut_graph: bool = False,
+                grad_from_here: bool = False) -> Capture:
         """Record ``module``'s output on every call.
 
         The recorded tensor is protected from in-place operations downstream (a
@@ -155,6 +156,12 @@ class HookSession:
                 grad, so a backward pass from the output stops at this layer. This is what
                 makes layer-space methods (the CAM family) cost a forward plus only the top
                 part of a backward, and it works when the parameters are frozen.
+            grad_from_here: With ``cut_graph``: the hook switches autograd on for the rest
+                of the forward, which the caller runs under ``torch.no_grad()``, one block
+                per forward (the block's exit restores the mode, also when the forward
+                raises; a later forward inside the same block would record everything).
+                Nothing below the layer is recorded: no tensors saved for a backward that
+                never goes there.
         """
         record = Capture(name)
 
@@ -166,6 +173,8 @@ class HookSession:
                     f"layer {name!r} returns {type(output).__name__}, not a tensor; "
                     "choose a layer with a single tensor output"
                 )
+            if grad_from_here:
+                torch.set_grad_enabled(True)
             kept = output.detach().requires_grad_(True) if cut_graph else output
             record.outputs.append(kept)
             return kept.clone()

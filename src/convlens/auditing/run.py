@@ -363,6 +363,25 @@ class Audit:
         return (f"Audit({len(self.images)} images, {len(self.errors)} errors, "
                 f"accuracy={self.data.get('accuracy')}{lead})")
 
+    def strategy_images(self, strategy: int) -> list[Path]:
+        """The files of strategy ``strategy``'s members (ids as in ``audit.json``, 1 = the
+        most suspicious), e.g. as a concept for TCAV, whose CAV convlens 12 projects out::
+
+            cl.tcav(clf, concept=audit.strategy_images(1), images="data/")
+
+        Member paths are relative to the audited folder (a CSV's folder), as the audit
+        recorded them.
+        """
+        strategies = self.data.get("strategies") or []
+        for entry in strategies:
+            if entry.get("id") == strategy:
+                root = Path(self.data.get("data") or ".")
+                base = root if root.is_dir() else root.parent
+                return [base / member for member in entry.get("members") or []]
+        ids = ", ".join(str(entry.get("id")) for entry in strategies) or "none"
+        raise ConvlensError(f"no strategy {strategy!r} in {self.out / 'audit.json'}; its "
+                            f"strategies: {ids}")
+
     def report(self, path: str | os.PathLike[str] | None = None, *,
                progress: ProgressCallback | None = None) -> Path:
         """Write the HTML report (default ``OUT/report.html``, thumbnails under ``OUT/``)."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import typer
 
 # Modules under convlens.cli with a ``register(app)`` function, in the order --help lists them.
-COMMAND_MODULES = ("models", "explain", "audit", "evaluate", "concepts", "visualize", "demo",
+COMMAND_MODULES = ("models", "explain", "audit", "concepts", "evaluate", "visualize", "demo",
                    "serve")
 
 app = typer.Typer(
