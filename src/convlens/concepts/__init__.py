@@ -1,0 +1,1 @@
+"""Concepts: what a layer's channels stand for (reference sets, TCAV)."""
