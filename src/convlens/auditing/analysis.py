@@ -590,6 +590,7 @@ def strategy_entry(rank: int, strategy: Strategy, images: Sequence[StoredImage],
         entry["evidence"] = strategy.evidence
     if concepts is not None:
         entry["concepts"] = concept_entries(strategy, images, concepts)
+        entry["concept_words"] = strategy.concept_words
     entry.update(_check_fields(strategy.check))
     if keys:
         entry["metrics"] = {k: mean_of([images[p].record for p in strategy.positions], k)
