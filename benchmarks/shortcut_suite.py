@@ -601,10 +601,42 @@ def artefact_concept(model: Any, split: Split, layer: str = "features") -> int:
     return int(((a.mean(0) - b.mean(0)) / pooled).argmax())
 
 
-def concept_ranks(result: Any, artefact: Sequence[str], channel: int) -> dict[str, Any]:
-    """Whether ``channel`` is among the top 3 concepts of the first strategy that is mostly
-    artefact images: the audit's ranking (members against the rest of their groups) and the
-    plain baseline (the members' mean relevance share alone)."""
+def contribution_concept(model: Any, split: Split, scenario: Scenario,
+                         layer: str = "features") -> int:
+    """The artefact's concept by what it does to the decision, defined without the audit:
+    the artefact (variant 0, seeded) planted on every clean test image, the channel whose
+    contribution to the first target class's logit (gradient x activation at ``layer``,
+    summed over positions) rises most on average, paired image by image."""
+    import torch
+
+    clean = split.images[~np.asarray(split.artefact, dtype=bool)]
+    rng = np.random.default_rng(scenario.seed)
+    planted = np.stack([np.clip(plant(im.astype(np.float64), scenario.kind, 0,
+                                      scenario.position, rng), 0, 255).astype(np.uint8)
+                        for im in clean])
+    target = CLASSES.index(scenario.target_classes[0])
+    module = dict(model.named_modules())[layer]
+
+    def contribution(images: np.ndarray) -> Any:
+        kept: list[Any] = []
+        handle = module.register_forward_hook(lambda _m, _i, out: kept.append(out))
+        try:
+            logits = model(_to_tensor(images))
+        finally:
+            handle.remove()
+        (grad,) = torch.autograd.grad(logits[:, target].sum(), kept[0])
+        return (grad * kept[0]).detach().flatten(2).sum(2)
+
+    rise = contribution(planted) - contribution(clean)
+    return int(rise.mean(0).argmax())
+
+
+def concept_ranks(result: Any, artefact: Sequence[str], channel: int,
+                  contribution: int | None = None) -> dict[str, Any]:
+    """Whether ``channel`` (and ``contribution``) is among the top 3 concepts of the first
+    strategy that is mostly artefact images: the audit's ranking (members against the rest of
+    their groups) and the plain baseline (the members' mean relevance share alone)."""
+
     from convlens.auditing.analysis import MapReader, stored_images
     from convlens.auditing.concept_ranking import plain_concepts, relevance_shares
 
@@ -613,7 +645,8 @@ def concept_ranks(result: Any, artefact: Sequence[str], channel: int) -> dict[st
                      sum(m in marked for m in s["members"]) / len(s["members"]) >= MOSTLY),
                     None)
     if strategy is None:
-        return {"channel": channel, "audit": None, "plain": None}
+        return {"channel": channel, "audit": None, "plain": None,
+                "contribution": contribution, "audit_c": None, "plain_c": None}
     store = result.store
     keys = [r["key"] for shard in store.shards() for r in store.shard_records(shard)
             if "key" in r and "row" in r]
@@ -624,7 +657,8 @@ def concept_ranks(result: Any, artefact: Sequence[str], channel: int) -> dict[st
     plain = plain_concepts(relevance_shares(relevances), members, top=3)
     audit = [c["channel"] for c in strategy.get("concepts", [])[:3]]
     return {"channel": channel, "audit": channel in audit, "plain": channel in plain,
-            "strategy": strategy["id"]}
+            "contribution": contribution, "audit_c": contribution in audit,
+            "plain_c": contribution in plain, "strategy": strategy["id"]}
 
 
 def run_scenario(scenario: Scenario, cache: Path | None, *, concepts: bool = False
@@ -644,7 +678,8 @@ def run_scenario(scenario: Scenario, cache: Path | None, *, concepts: bool = Fal
                             std=(1, 1, 1), resize="squash", device="cpu")
         result = cl.audit(clf, data, out=Path(tmp) / "out", seed=scenario.seed, batch_size=64,
                           concepts=True if concepts else None)
-        concept = concept_ranks(result, artefact, artefact_concept(model, split)) \
+        concept = concept_ranks(result, artefact, artefact_concept(model, split),
+                                contribution_concept(model, split, scenario)) \
             if concepts else None
         maps, records = stored_maps(result)
         found = {"audit": score_audit(result.data, artefact),
@@ -687,11 +722,12 @@ def _yes(value: bool | None) -> str:
 
 def scenario_table(rows: Sequence[dict[str, Any]]) -> str:
     concepts = any(row.get("concept") for row in rows)
-    extra = " tag concept in top 3 (audit / plain) |" if concepts else ""
+    extra = (" tag concept in top 3, by activation (audit / plain) | by contribution "
+             "(audit / plain) |") if concepts else ""
     lines = ["| scenario | targets | accuracy | shortcut | audit rank / recall / purity | "
              "causal margin [95 %] | SpRAy rank / recall / purity | mistakes-only rank / "
              "recall / purity |" + extra, "|---|---|---|---|---|---|---|---|"
-             + ("---|" if concepts else "")]
+             + ("---|---|" if concepts else "")]
     for row in rows:
         s, f = row["scenario"], row["found"]
         c = row.get("concept") or {}
@@ -700,7 +736,9 @@ def scenario_table(rows: Sequence[dict[str, Any]]) -> str:
                      f"{format_margin(f['audit'])} | {format_found(f['spray'])} | "
                      f"{format_found(f['mistakes'])} |"
                      + (f" {_yes(c.get('audit'))} / {_yes(c.get('plain'))} (channel "
-                        f"{c.get('channel')}) |" if concepts else ""))
+                        f"{c.get('channel')}) | {_yes(c.get('audit_c'))} / "
+                        f"{_yes(c.get('plain_c'))} (channel {c.get('contribution')}) |"
+                        if concepts else ""))
     return "\n".join(lines)
 
 
@@ -712,12 +750,16 @@ def concept_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
               is not None]
     if not scored:
         return []
-    audit = sum(c["audit"] for c in scored)
-    plain = sum(c["plain"] for c in scored)
-    return [f"Artefact concept among the top 3 concepts of its strategy: audit (against the "
-            f"rest of its groups) {audit} of {len(scored)}, plain (members' mean share alone) "
-            f"{plain} of {len(scored)}; {len(rows) - len(scored)} scenario(s) without a "
-            "strategy that is mostly artefact images.", ""]
+    audit, plain = sum(c["audit"] for c in scored), sum(c["plain"] for c in scored)
+    audit_c, plain_c = sum(c["audit_c"] for c in scored), sum(c["plain_c"] for c in scored)
+    missing = len(rows) - len(scored)
+    return [f"Artefact concept among the top 3 concepts of its strategy, over {len(scored)} "
+            f"scenario(s) with a strategy that is mostly artefact images ({missing} "
+            "without): by activation (the channel whose peak activation differs most, Cohen's "
+            f"d): audit (against the rest of its groups) {audit}, plain (members' mean share "
+            f"alone) {plain}; by contribution (the channel whose contribution to the target "
+            f"logit rises most when the artefact is planted on clean images): audit {audit_c}, "
+            f"plain {plain_c}.", ""]
 
 
 LEARNED = 0.5

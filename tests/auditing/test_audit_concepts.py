@@ -167,3 +167,22 @@ def test_concepts_are_ranked_against_the_rest():
     ranked = rank_concepts(shares, [0, 1, 2, 3], list(range(4, 10)))
     assert [c.channel for c in ranked] == [2]
     assert ranked[0].member_share == pytest.approx(0.3) and ranked[0].rest_share == 0
+
+
+@pytest.mark.slow
+def test_the_fast_tag_scenario_rests_on_the_tag_concept(tmp_path):
+    """The suite's fast scenario with a tag (seed 3, held out): the artefact's concept (from
+    the model alone, benchmarks/shortcut_suite.artefact_concept) is among the top 3 concepts
+    of the strategy that is mostly tagged images."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "shortcut_suite.py"
+    spec = importlib.util.spec_from_file_location("shortcut_suite", path)
+    suite = importlib.util.module_from_spec(spec)
+    sys.modules["shortcut_suite"] = suite   # dataclasses look their module up here
+    spec.loader.exec_module(suite)
+    (scenario,) = [s for s in suite.fast_scenarios() if s.kind == "corner_tag"]
+    row = suite.run_scenario(scenario, cache=tmp_path / "cache", concepts=True)
+    assert row["concept"]["audit"] is True, row["concept"]
