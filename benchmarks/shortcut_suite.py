@@ -646,7 +646,8 @@ def concept_ranks(result: Any, artefact: Sequence[str], channel: int,
                     None)
     if strategy is None:
         return {"channel": channel, "audit": None, "plain": None,
-                "contribution": contribution, "audit_c": None, "plain_c": None}
+                "contribution": contribution, "audit_c": None, "plain_c": None,
+                "references": None}
     store = result.store
     keys = [r["key"] for shard in store.shards() for r in store.shard_records(shard)
             if "key" in r and "row" in r]
@@ -656,9 +657,14 @@ def concept_ranks(result: Any, artefact: Sequence[str], channel: int,
     members = [position[m] for m in strategy["members"]]
     plain = plain_concepts(relevance_shares(relevances), members, top=3)
     audit = [c["channel"] for c in strategy.get("concepts", [])[:3]]
+    # what the report shows: of the top 3 concepts' 6 reference images, the most that are
+    # artefact images (6 of 6: the patches show the artefact)
+    references = max((sum(r["path"] in marked for r in c["references"])
+                      for c in strategy.get("concepts", [])[:3]), default=0)
     return {"channel": channel, "audit": channel in audit, "plain": channel in plain,
             "contribution": contribution, "audit_c": contribution in audit,
-            "plain_c": contribution in plain, "strategy": strategy["id"]}
+            "plain_c": contribution in plain, "references": references,
+            "strategy": strategy["id"]}
 
 
 def run_scenario(scenario: Scenario, cache: Path | None, *, concepts: bool = False
@@ -723,11 +729,11 @@ def _yes(value: bool | None) -> str:
 def scenario_table(rows: Sequence[dict[str, Any]]) -> str:
     concepts = any(row.get("concept") for row in rows)
     extra = (" tag concept in top 3, by activation (audit / plain) | by contribution "
-             "(audit / plain) |") if concepts else ""
+             "(audit / plain) | artefact references of a top-3 concept |") if concepts else ""
     lines = ["| scenario | targets | accuracy | shortcut | audit rank / recall / purity | "
              "causal margin [95 %] | SpRAy rank / recall / purity | mistakes-only rank / "
              "recall / purity |" + extra, "|---|---|---|---|---|---|---|---|"
-             + ("---|---|" if concepts else "")]
+             + ("---|---|---|" if concepts else "")]
     for row in rows:
         s, f = row["scenario"], row["found"]
         c = row.get("concept") or {}
@@ -737,7 +743,8 @@ def scenario_table(rows: Sequence[dict[str, Any]]) -> str:
                      f"{format_found(f['mistakes'])} |"
                      + (f" {_yes(c.get('audit'))} / {_yes(c.get('plain'))} (channel "
                         f"{c.get('channel')}) | {_yes(c.get('audit_c'))} / "
-                        f"{_yes(c.get('plain_c'))} (channel {c.get('contribution')}) |"
+                        f"{_yes(c.get('plain_c'))} (channel {c.get('contribution')}) | "
+                        f"{'-' if c.get('references') is None else c['references']} of 6 |"
                         if concepts else ""))
     return "\n".join(lines)
 
@@ -759,7 +766,9 @@ def concept_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"d): audit (against the rest of its groups) {audit}, plain (members' mean share "
             f"alone) {plain}; by contribution (the channel whose contribution to the target "
             f"logit rises most when the artefact is planted on clean images): audit {audit_c}, "
-            f"plain {plain_c}.", ""]
+            f"plain {plain_c}. A top-3 concept whose 6 reference images are all artefact "
+            f"images: {sum(c['references'] == 6 for c in scored)}, at least 5 of 6: "
+            f"{sum(c['references'] >= 5 for c in scored)}.", ""]
 
 
 LEARNED = 0.5
