@@ -144,13 +144,6 @@ class _ReportMapWorker:
         return [(batch.items[p].index, t, maps[k]) for k, (p, t) in enumerate(pairs)]
 
 
-def _crp_rule(recorded: str | None) -> str:
-    """The rule ``concept_maps`` needs to redraw what the pass recorded."""
-    if recorded == "gradient_x_activation":
-        return "gradient"
-    return "lrp" if recorded and recorded.startswith("lrp") else "auto"
-
-
 class ConceptFigureFactory:
     """Builds the report's concept worker (see :class:`convlens.engines.WorkerFactory`):
     per entry ``i``, ``requests[i]`` is a list of ``("patch", channel, flat position)`` (the
@@ -200,13 +193,24 @@ class _ConceptFigureWorker:
         return out
 
 
+def _clipped(heat: np.ndarray, quantile: float = 99.0) -> np.ndarray:
+    """A pixel-level CRP map's positive part clipped at its ``quantile`` (of the positive
+    pixels): a handful of extreme pixels would otherwise set the colour scale and leave the
+    region the channel looks at invisible."""
+    positive = np.maximum(np.asarray(heat, dtype=np.float64), 0.0)
+    inside = positive[positive > 0]
+    if not inside.size:
+        return positive
+    return np.minimum(positive, np.percentile(inside, quantile))
+
+
 def concept_blocks(audit: Audit, strategies: list[dict], folder: Path, batch_size: int,
                    progress: ProgressCallback | None) -> dict[int, dict[str, Any]]:
     """Per shown strategy with concepts (the first :data:`CONCEPT_STRATEGIES`): its words,
     and per concept (the first :data:`CONCEPTS_SHOWN`) a grid of its reference patches (the
     audit's own images, cropped around the recorded hottest position) and its conditional
-    maps on the strategy's first prototype images. Computed by the audit's engine for these
-    few images only; drawn here."""
+    maps (CRP, LRP where the model has rules) on the strategy's first prototype images.
+    Computed by the audit's engine for these few images only; drawn here."""
     from convlens.concepts.patches import crop_patch
     from convlens.engines import get_engine
     from convlens.present.audit_figures import overlay_thumbnail, patch_grid
@@ -226,7 +230,10 @@ def concept_blocks(audit: Audit, strategies: list[dict], folder: Path, batch_siz
             for member in s["members"][:CONCEPT_PROTOTYPES]:
                 wanted[member].add(("map", concept["channel"], None))
     paths = sorted(set(wanted) & set(entries))
-    factory = ConceptFigureFactory(classifier, header["layer"], _crp_rule(header.get("rule")),
+    # The maps and patch boxes use CRP's own rule ("auto": LRP where the model has rules):
+    # the channel is the one the recorded relevances ranked; conditioned input x gradient
+    # (the free path's rule) is a few speckled pixels on a real network, LRP shows the region.
+    factory = ConceptFigureFactory(classifier, header["layer"], "auto",
                                    list(header.get("grid") or []),
                                    [sorted(wanted[p]) for p in paths])
     engine = audit.engine or get_engine("local", workers=audit.settings.workers)
@@ -250,7 +257,7 @@ def concept_blocks(audit: Audit, strategies: list[dict], folder: Path, batch_siz
                         photo, geometry, value, classifier.preprocessing.input_size)
                 else:
                     name = _name(item.relpath, f"-concept-{channel}.jpg")
-                    overlay_thumbnail(view, np.maximum(value, 0), folder / name)
+                    overlay_thumbnail(view, _clipped(value), folder / name)
                     views[item.relpath, channel] = f"{ASSETS}/{name}"
         done += batch.size
         emit(progress, "concepts", done, len(paths))
