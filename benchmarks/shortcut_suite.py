@@ -579,8 +579,98 @@ def stored_maps(result: Any) -> tuple[np.ndarray, list[dict[str, Any]]]:
     return (MapReader(store).stack(images, np.float32), [i.record for i in images])
 
 
-def run_scenario(scenario: Scenario, cache: Path | None) -> dict[str, Any]:
-    """Train (or load), audit the test folder, score the three methods."""
+def artefact_concept(model: Any, split: Split, layer: str = "features") -> int:
+    """The artefact's concept, defined without the audit: the channel of ``layer`` whose
+    activation maximum over positions differs most (Cohen's d, pooled within-group spread)
+    between the test images with the artefact and those without (wherever it sits: a varying
+    position lifts the channel's maximum all the same)."""
+    import torch
+
+    outputs: list[Any] = []
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    try:
+        with torch.no_grad():
+            model(_to_tensor(split.images))
+    finally:
+        handle.remove()
+    peak = outputs[0].flatten(2).amax(2)
+    flags = torch.from_numpy(np.asarray(split.artefact, dtype=bool))
+    a, b = peak[flags], peak[~flags]
+    pooled = ((a.var(0) + b.var(0)) / 2).sqrt().clamp_min(1e-6)
+    return int(((a.mean(0) - b.mean(0)) / pooled).argmax())
+
+
+def contribution_concept(model: Any, split: Split, scenario: Scenario,
+                         layer: str = "features") -> int:
+    """The artefact's concept by what it does to the decision, defined without the audit:
+    the artefact (variant 0, seeded) planted on every clean test image, the channel whose
+    contribution to the first target class's logit (gradient x activation at ``layer``,
+    summed over positions) rises most on average, paired image by image."""
+    import torch
+
+    clean = split.images[~np.asarray(split.artefact, dtype=bool)]
+    rng = np.random.default_rng(scenario.seed)
+    planted = np.stack([np.clip(plant(im.astype(np.float64), scenario.kind, 0,
+                                      scenario.position, rng), 0, 255).astype(np.uint8)
+                        for im in clean])
+    target = CLASSES.index(scenario.target_classes[0])
+    module = dict(model.named_modules())[layer]
+
+    def contribution(images: np.ndarray) -> Any:
+        kept: list[Any] = []
+        handle = module.register_forward_hook(lambda _m, _i, out: kept.append(out))
+        try:
+            logits = model(_to_tensor(images))
+        finally:
+            handle.remove()
+        (grad,) = torch.autograd.grad(logits[:, target].sum(), kept[0])
+        return (grad * kept[0]).detach().flatten(2).sum(2)
+
+    rise = contribution(planted) - contribution(clean)
+    return int(rise.mean(0).argmax())
+
+
+def concept_ranks(result: Any, artefact: Sequence[str], channel: int,
+                  contribution: int | None = None) -> dict[str, Any]:
+    """Whether ``channel`` (and ``contribution``) is among the top 3 concepts of the first
+    strategy that is mostly artefact images: the audit's ranking (members against the rest of
+    their groups) and the plain baseline (the members' mean relevance share alone)."""
+
+    from convlens.auditing.analysis import MapReader, stored_images
+    from convlens.auditing.concept_ranking import plain_concepts, relevance_shares
+
+    marked = set(artefact)
+    strategy = next((s for s in result.data["strategies"] if s["members"] and
+                     sum(m in marked for m in s["members"]) / len(s["members"]) >= MOSTLY),
+                    None)
+    if strategy is None:
+        return {"channel": channel, "audit": None, "plain": None,
+                "contribution": contribution, "audit_c": None, "plain_c": None,
+                "references": None}
+    store = result.store
+    keys = [r["key"] for shard in store.shards() for r in store.shard_records(shard)
+            if "key" in r and "row" in r]
+    images = stored_images(store, keys)
+    relevances, _at = MapReader(store).concepts(images)
+    position = {path: k for k, path in enumerate(images.paths)}
+    members = [position[m] for m in strategy["members"]]
+    plain = plain_concepts(relevance_shares(relevances), members, top=3)
+    audit = [c["channel"] for c in strategy.get("concepts", [])[:3]]
+    # what the report shows: of the top 3 concepts' 6 reference images, the most that are
+    # artefact images (6 of 6: the patches show the artefact)
+    references = max((sum(r["path"] in marked for r in c["references"])
+                      for c in strategy.get("concepts", [])[:3]), default=0)
+    return {"channel": channel, "audit": channel in audit, "plain": channel in plain,
+            "contribution": contribution, "audit_c": contribution in audit,
+            "plain_c": contribution in plain, "references": references,
+            "strategy": strategy["id"]}
+
+
+def run_scenario(scenario: Scenario, cache: Path | None, *, concepts: bool = False
+                 ) -> dict[str, Any]:
+    """Train (or load), audit the test folder, score the three methods (and with
+    ``concepts``, whether the artefact's concept is among its strategy's top 3)."""
     import convlens as cl
 
     start = time.perf_counter()
@@ -592,7 +682,11 @@ def run_scenario(scenario: Scenario, cache: Path | None) -> dict[str, Any]:
         artefact = write_test_folder(data, split)
         clf = cl.Classifier(model, labels=list(CLASSES), input_size=SIZE, mean=(0, 0, 0),
                             std=(1, 1, 1), resize="squash", device="cpu")
-        result = cl.audit(clf, data, out=Path(tmp) / "out", seed=scenario.seed, batch_size=64)
+        result = cl.audit(clf, data, out=Path(tmp) / "out", seed=scenario.seed, batch_size=64,
+                          concepts=True if concepts else None)
+        concept = concept_ranks(result, artefact, artefact_concept(model, split),
+                                contribution_concept(model, split, scenario)) \
+            if concepts else None
         maps, records = stored_maps(result)
         found = {"audit": score_audit(result.data, artefact),
                  "spray": score_ranked(plain_spray_ranking(maps, records, scenario.seed),
@@ -605,7 +699,7 @@ def run_scenario(scenario: Scenario, cache: Path | None) -> dict[str, Any]:
                             if r["label"] not in scenario.target_classes])
     return {"scenario": scenario, "found": found, "accuracy": result.data["accuracy"],
             "shortcut_rate": float(shortcut), "artefact_images": len(artefact),
-            "images": len(records), "train_s": trained, "cached": cached,
+            "images": len(records), "train_s": trained, "cached": cached, "concept": concept,
             "seconds": time.perf_counter() - start}
 
 
@@ -628,17 +722,53 @@ def format_margin(found: Found) -> str:
     return f"{found.margin:+.2f} [{found.interval[0]:+.2f}, {found.interval[1]:+.2f}]"
 
 
+def _yes(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
 def scenario_table(rows: Sequence[dict[str, Any]]) -> str:
+    concepts = any(row.get("concept") for row in rows)
+    extra = (" tag concept in top 3, by activation (audit / plain) | by contribution "
+             "(audit / plain) | artefact references of a top-3 concept |") if concepts else ""
     lines = ["| scenario | targets | accuracy | shortcut | audit rank / recall / purity | "
              "causal margin [95 %] | SpRAy rank / recall / purity | mistakes-only rank / "
-             "recall / purity |", "|---|---|---|---|---|---|---|---|"]
+             "recall / purity |" + extra, "|---|---|---|---|---|---|---|---|"
+             + ("---|---|---|" if concepts else "")]
     for row in rows:
         s, f = row["scenario"], row["found"]
+        c = row.get("concept") or {}
         lines.append(f"| {s.name} | {'+'.join(s.target_classes)} | {row['accuracy']:.2f} | "
                      f"{row['shortcut_rate']:.2f} | {format_found(f['audit'])} | "
                      f"{format_margin(f['audit'])} | {format_found(f['spray'])} | "
-                     f"{format_found(f['mistakes'])} |")
+                     f"{format_found(f['mistakes'])} |"
+                     + (f" {_yes(c.get('audit'))} / {_yes(c.get('plain'))} (channel "
+                        f"{c.get('channel')}) | {_yes(c.get('audit_c'))} / "
+                        f"{_yes(c.get('plain_c'))} (channel {c.get('contribution')}) | "
+                        f"{'-' if c.get('references') is None else c['references']} of 6 |"
+                        if concepts else ""))
     return "\n".join(lines)
+
+
+def concept_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: the rate at which the artefact's concept is among its strategy's top 3
+    (audit ranking against the plain baseline), over the scenarios where a strategy was
+    mostly artefact images."""
+    scored = [r["concept"] for r in rows if r.get("concept") and r["concept"]["audit"]
+              is not None]
+    if not scored:
+        return []
+    audit, plain = sum(c["audit"] for c in scored), sum(c["plain"] for c in scored)
+    audit_c, plain_c = sum(c["audit_c"] for c in scored), sum(c["plain_c"] for c in scored)
+    missing = len(rows) - len(scored)
+    return [f"Artefact concept among the top 3 concepts of its strategy, over {len(scored)} "
+            f"scenario(s) with a strategy that is mostly artefact images ({missing} "
+            "without): by activation (the channel whose peak activation differs most, Cohen's "
+            f"d): audit (against the rest of its groups) {audit}, plain (members' mean share "
+            f"alone) {plain}; by contribution (the channel whose contribution to the target "
+            f"logit rises most when the artefact is planted on clean images): audit {audit_c}, "
+            f"plain {plain_c}. A top-3 concept whose 6 reference images are all artefact "
+            f"images: {sum(c['references'] == 6 for c in scored)}, at least 5 of 6: "
+            f"{sum(c['references'] >= 5 for c in scored)}.", ""]
 
 
 LEARNED = 0.5
@@ -720,6 +850,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="train every model afresh")
     parser.add_argument("--out", type=Path, help="also write the output to this Markdown file")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--concepts", action="store_true",
+                        help="audit with concepts and report whether the artefact's concept "
+                             "(defined from the model alone) is among its strategy's top 3")
+    parser.add_argument("--only", default="",
+                        help="comma-separated artefact kinds to keep (e.g. corner_tag,"
+                             "small_object)")
     parser.add_argument("--photos", action="store_true",
                         help="run the real-model cases instead: the bundled model, overlays on "
                              "photos (benchmarks/shortcut_photos.py; --seeds, --out, --threads "
@@ -742,9 +878,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = fast_scenarios() if args.fast else [
         s for seed in seeds for s in (quick_scenarios(seed) if args.quick else scenarios(seed))]
     started = time.perf_counter()
+    if args.only:
+        kinds = {k.strip() for k in args.only.split(",") if k.strip()}
+        chosen = [s for s in chosen if s.kind in kinds]
     rows = []
     for k, scenario in enumerate(chosen, start=1):
-        row = run_scenario(scenario, cache)
+        row = run_scenario(scenario, cache, concepts=args.concepts)
         rows.append(row)
         found = row["found"]
         print(f"[{k}/{len(chosen)}] {scenario.name}: audit {format_found(found['audit'])}, "
@@ -753,14 +892,15 @@ def main(argv: Sequence[str] | None = None) -> int:
               flush=True)
     total = time.perf_counter() - started
     command = "python benchmarks/shortcut_suite.py" + (" --quick" if args.quick else "") + \
-        f" --seeds {','.join(map(str, seeds))}"
+        (" --fast" if args.fast else f" --seeds {','.join(map(str, seeds))}") + \
+        (" --concepts" if args.concepts else "") + (f" --only {args.only}" if args.only else "")
     text = "\n\n".join([
         f"# Planted-shortcut suite\n\n`{command}`, {torch.get_num_threads()} torch threads, "
         f"{total:.0f} s in all ({sum(not r['cached'] for r in rows)} models trained). "
         "Cells: rank of the first cluster that is >= 50 % artefact images / its recall of all "
         "artefact images / its purity; '-' = no such cluster. accuracy: the audit's; shortcut: "
         "share of other classes' artefact images predicted as a target class.",
-        summary_table(rows), scenario_table(rows)])
+        summary_table(rows), "\n".join(concept_summary(rows)), scenario_table(rows)])
     print("\n" + text)
     if args.out is not None:
         from convlens.jobs.store import write_text_atomic

@@ -14,7 +14,9 @@ backward for five CAMs, instead of five).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -392,6 +394,28 @@ def attribute(model: nn.Module, x: torch.Tensor, method: str | Sequence[str], ta
     return {name: results[name] for name in names}
 
 
+LayerSignals = tuple[list[str], list[torch.Tensor], list[torch.Tensor | None]]
+_CAM_OBSERVERS: ContextVar[list[LayerSignals] | None] = ContextVar("convlens_cam_observers",
+                                                                    default=None)
+
+
+@contextmanager
+def observed_cam_signals() -> Iterator[list[LayerSignals]]:
+    """Collect, for every gradient-CAM computation inside the block, the layers' names, their
+    activations and the target score's gradients at them (detached, grid layout).
+
+    The CAM's own capture, handed out: the audit's concept relevances (gradient x
+    activation at the CAM layer) cost no extra forward or backward. Scoped to the block
+    (a context variable), nothing is registered on any module.
+    """
+    seen: list[LayerSignals] = []
+    token = _CAM_OBSERVERS.set(seen)
+    try:
+        yield seen
+    finally:
+        _CAM_OBSERVERS.reset(token)
+
+
 def run_gradient_cams(problem: Problem, requests: list[tuple[Method, dict[str, Any]]]
                       ) -> dict[str, torch.Tensor]:
     """One forward and one backward (down to the layers only) for every requested CAM."""
@@ -413,6 +437,9 @@ def run_gradient_cams(problem: Problem, requests: list[tuple[Method, dict[str, A
     activations = [as_grid(a.detach(), lay) for a, lay in zip(captured, layouts)]
     gradients = [None if g is None else as_grid(g.detach(), lay)
                  for g, lay in zip(gradients, layouts)]
+    observers = _CAM_OBSERVERS.get()
+    if observers is not None:
+        observers.append((list(names), activations, gradients))
     out: dict[str, torch.Tensor] = {}
     for spec, opts in requests:
         maps = []

@@ -320,6 +320,18 @@ def concept_relevance(model: nn.Module, x: torch.Tensor, layer: str | nn.Module 
     channel ``c``'s map from :func:`concept_maps` (same rule and composite) up to what the
     rules below the layer absorb. In the model's dtype.
     """
+    relevance, _rule = layer_relevance(model, x, layer, target, rule=rule, composite=composite,
+                                       output=output, rules=rules, **parameters)
+    return relevance if spatial else _per_channel(relevance)
+
+
+def layer_relevance(model: nn.Module, x: torch.Tensor, layer: str | nn.Module | None = None,
+                    target: TargetLike = None, *, rule: str = "auto",
+                    composite: str = "epsilon_plus_flat", output: OutputKey = None,
+                    rules: RulesOption = None, **parameters: Any) -> tuple[torch.Tensor, str]:
+    """:func:`concept_relevance` with ``spatial=True``, and the rule that produced it
+    (``"lrp:<composite>"`` or ``"gradient_x_activation"``: ``"auto"`` resolved), for callers
+    that must say which was used (the audit's concepts)."""
     classifier, module, output = _problem(model, layer, output)
     with evaluation_mode(module), gradients_enabled():
         x = _prepare_x(x, module)
@@ -327,7 +339,7 @@ def concept_relevance(model: nn.Module, x: torch.Tensor, layer: str | nn.Module 
         graph = layer_graph(problem, rule=rule, composite=composite, rules=rules, maps=False,
                             **_lrp_parameters(parameters))
         relevance = graph.relevance(graph.layer_signal(keep=False)).detach()
-    return relevance if spatial else _per_channel(relevance)
+    return relevance, graph.rule
 
 
 def _per_channel(relevance: torch.Tensor) -> torch.Tensor:

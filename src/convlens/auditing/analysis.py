@@ -290,6 +290,54 @@ class MapReader:
             return None
         return FeatureRows(self, images)
 
+    def concepts(self, images: Sequence[StoredImage]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The recorded channel relevances ``(N, C)`` float32 and hottest positions ``(N, C)``
+        uint16 of ``images``, or None when the store has none (an audit without concepts).
+        Held in memory: ``N x C`` floats (docs/architecture.md, "Concepts")."""
+        if not len(images):
+            return None
+        try:
+            first = self._array(images[0].shard, "concepts")
+            for shard in {image.shard for image in images}:
+                self._array(shard, "concepts")
+                self._array(shard, "concept_at")
+        except (FileNotFoundError, OSError):
+            return None
+        relevances = np.empty((len(images), first.shape[1]), np.float32)
+        at = np.empty((len(images), first.shape[1]), np.uint16)
+        for k, image in enumerate(images):
+            relevances[k] = self._array(image.shard, "concepts")[image.row]
+            at[k] = self._array(image.shard, "concept_at")[image.row]
+        return relevances, at
+
+
+@dataclass
+class ConceptData:
+    """What the analysis knows of the audit's concepts: the layer, the recorded relevances
+    and hottest positions, their shares, and the outlier channels (the DORA-like route)."""
+
+    layer: str
+    relevances: np.ndarray
+    at: np.ndarray
+    shares: np.ndarray
+    outliers: list[Any]
+
+
+def concept_data(images: Sequence[StoredImage], reader: MapReader, layer: str | None
+                 ) -> ConceptData | None:
+    """The audit's concepts (None without them): shares and outlier channels, whose classes
+    are the labels (the predicted classes where an image has none)."""
+    from convlens.auditing.concept_ranking import outlier_concepts, relevance_shares
+
+    found = reader.concepts(images) if layer else None
+    if found is None or layer is None:
+        return None
+    relevances, at = found
+    shares = relevance_shares(relevances)
+    classes = [i.record["label"] if i.record["label"] is not None else i.record["predicted"]
+               for i in images]
+    return ConceptData(layer, relevances, at, shares, outlier_concepts(shares, classes))
+
 
 class FeatureRows:
     """The pooled activations of an audit's images, rows read from the memory-mapped store
@@ -385,7 +433,8 @@ def _known(images: Sequence[StoredImage], positions: Sequence[int]) -> np.ndarra
 def find_strategies(images: Sequence[StoredImage], reader: MapReader,
                     groups: dict[str, list[int]], clustered: dict[str, GroupClusters], *,
                     group_by: str, layer: str | None, seed: int = 0,
-                    progress: ProgressCallback | None = None
+                    progress: ProgressCallback | None = None,
+                    concepts: ConceptData | None = None
                     ) -> tuple[list[Strategy], dict[str, Any]]:
     """Cross-class strategies (what the mistakes share, :mod:`convlens.auditing.strategies`)
     and every per-group cluster not held by one of them, ranked together by suspicion.
@@ -404,7 +453,10 @@ def find_strategies(images: Sequence[StoredImage], reader: MapReader,
         search = Search([], "the store holds no features (an audit written before convlens "
                             "10, or a model without a feature layer)")
     else:
-        search = mistake_directions(features, [i.record["correct"] for i in images], seed=seed)
+        concept_sets = [(o.channel, o.positions) for o in concepts.outliers] if concepts \
+            else []
+        search = mistake_directions(features, [i.record["correct"] for i in images], seed=seed,
+                                    concept_sets=concept_sets)
     strategies: list[Strategy] = []
     held: set[tuple[str, int]] = set()
     mistakes_total = sum(i.record["correct"] is False for i in images)
@@ -433,17 +485,59 @@ def find_strategies(images: Sequence[StoredImage], reader: MapReader,
                       "threshold": round(direction.threshold, 6),
                       "mistakes_from": len({r["label"] for r in mistaken}),
                       "mistakes_into": len({r["predicted"] for r in mistaken})}))
+        if concepts is not None:  # which route found it (only said with concepts)
+            strategies[-1].evidence["source"] = direction.source
+            if direction.channel is not None:
+                strategies[-1].evidence["channel"] = direction.channel
+                strategies[-1].evidence["concept_layer"] = concepts.layer
     for name, cid, positions in clusters:
         if (name, cid) in held:
             continue
         found = clustered[name]
         strategies.append(Strategy("cluster", positions.tolist(), found.scores[cid],
                                    found.means[cid], [name], [(name, cid)]))
+    if concepts is not None:
+        for strategy in strategies:
+            attach_concepts(strategy, groups, concepts, len(images))
     emit(progress, "strategies", 1, 1)
     record = {"layer": layer, "method": "mistakes against correct predictions, logistic "
               "regression on pooled activations, cross-validated",
               "rounds": search.tried, "stopped": search.stopped}
     return rank_strategies(strategies), record
+
+
+def attach_concepts(strategy: Strategy, groups: dict[str, list[int]], concepts: ConceptData,
+                    count: int) -> None:
+    """A strategy's concepts (:func:`convlens.auditing.concept_ranking.rank_concepts`:
+    members against the rest of its groups, or against every other image when its groups
+    hold no other) and the words that name them."""
+    from convlens.auditing.concept_ranking import concept_sentence, rank_concepts
+
+    inside = set(strategy.positions)
+    rest = sorted({p for name in strategy.groups for p in groups.get(name, [])} - inside)
+    named_rest = bool(rest)
+    if not rest:
+        rest = [p for p in range(count) if p not in inside]
+    strategy.concepts = rank_concepts(concepts.shares, strategy.positions, rest)
+    strategy.concept_words = concept_sentence(strategy.concepts, concepts.layer,
+                                              strategy.groups, named_rest)
+
+
+def concept_entries(strategy: Strategy, images: Sequence[StoredImage],
+                    concepts: ConceptData) -> list[dict[str, Any]]:
+    """``strategies[].concepts``: per concept its figures and its reference images (the
+    audit's top images of the recorded column, with the hottest position's flat index and
+    the relevance)."""
+    from convlens.auditing.concept_ranking import reference_images
+
+    entries = []
+    for concept in strategy.concepts or []:
+        references = [{"path": images[p].record["path"],
+                       "position": int(concepts.at[p, concept.channel]),
+                       "relevance": _r(concepts.relevances[p, concept.channel])}
+                      for p in reference_images(concepts.relevances, concept.channel)]
+        entries.append({**concept.to_dict(concepts.layer), "references": references})
+    return entries
 
 
 def check_strategies(images: Sequence[StoredImage], strategies: Sequence[Strategy],
@@ -480,7 +574,7 @@ def _check_fields(check: Any) -> dict[str, Any]:
 
 
 def strategy_entry(rank: int, strategy: Strategy, images: Sequence[StoredImage],
-                   keys: Sequence[str]) -> dict[str, Any]:
+                   keys: Sequence[str], concepts: ConceptData | None = None) -> dict[str, Any]:
     """One ``strategies`` entry of ``audit.json``."""
     score = strategy.score
     entry = {"id": rank, "kind": strategy.kind, "groups": strategy.groups,
@@ -494,6 +588,9 @@ def strategy_entry(rank: int, strategy: Strategy, images: Sequence[StoredImage],
              "mean_map": _map_rows(strategy.heat)}
     if strategy.evidence is not None:
         entry["evidence"] = strategy.evidence
+    if concepts is not None:
+        entry["concepts"] = concept_entries(strategy, images, concepts)
+        entry["concept_words"] = strategy.concept_words
     entry.update(_check_fields(strategy.check))
     if keys:
         entry["metrics"] = {k: mean_of([images[p].record for p in strategy.positions], k)
@@ -544,13 +641,21 @@ def build_audit(images: list[StoredImage], reader: MapReader, *, header: dict[st
     groups = group_positions(images, group_by)
     options = {"tsne": False, "seed": seed, **(spray_options or {})}
     clustered = cluster_groups(images, reader, groups, options=options, progress=progress)
+    concepts = concept_data(images, reader, (header.get("concepts") or {}).get("layer"))
     strategies, search = find_strategies(images, reader, groups, clustered, group_by=group_by,
                                          layer=header.get("feature_layer"), seed=seed,
-                                         progress=progress)
+                                         progress=progress, concepts=concepts)
     strategies = check_strategies(images, strategies, causal, checks=checks, seed=seed,
                                   progress=progress)
+    if concepts is not None:
+        header = {**header, "concepts": {
+            **header["concepts"], "channels": int(concepts.shares.shape[1]),
+            "outliers": [{"channel": o.channel, "images": len(o.positions),
+                          "held": _r(o.held), "classes": o.classes}
+                         for o in concepts.outliers]}}
     return audit_content(images, groups, clustered, strategies, search, header=header,
-                         errors=errors, group_by=group_by, seed=seed, metric_cards=metric_cards)
+                         errors=errors, group_by=group_by, seed=seed, metric_cards=metric_cards,
+                         concepts=concepts)
 
 
 def image_rows(images: Sequence[StoredImage], cluster_of: np.ndarray, keys: Sequence[str]
@@ -575,7 +680,8 @@ def audit_content(images: Sequence[StoredImage], groups: dict[str, list[int]],
                   clustered: dict[str, GroupClusters], strategies: Sequence[Strategy],
                   search: dict[str, Any], *, header: dict[str, Any],
                   errors: Sequence[dict[str, str]], group_by: str, seed: int,
-                  metric_cards: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+                  metric_cards: dict[str, dict[str, Any]] | None,
+                  concepts: ConceptData | None = None) -> dict[str, Any]:
     """The ``audit.json`` content from the steps' results (schema: :func:`build_audit`)."""
     keys = list(metric_cards or {})
     names = sorted({n for i in images for n in (i.record["label"], i.record["predicted"])
@@ -644,7 +750,7 @@ def audit_content(images: Sequence[StoredImage], groups: dict[str, list[int]],
                          key=lambda e: e["path"]),
         "classes": classes,
         "confusion": {"classes": names, "matrix": matrix},
-        "strategies": [strategy_entry(rank, s, images, keys)
+        "strategies": [strategy_entry(rank, s, images, keys, concepts)
                        for rank, s in enumerate(strategies, start=1)],
         "strategy_search": search,
         "suspicious": suspicious,

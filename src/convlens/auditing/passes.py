@@ -10,7 +10,14 @@ float16 side arrays, downsized to ``map_size`` (32x32 by default: 2 KiB per map)
 *features*: the feature layer's activations pooled over space (mean and max per channel,
 float16), which the cross-class strategies are found in
 (:mod:`convlens.auditing.strategies`). For the CAM family they come from the attribution's
-own forward; other methods cost one more forward without gradients. Nothing
+own forward; other methods cost one more forward without gradients. With concepts
+(``concept_layer``), the *concepts*: every channel's relevance ``R_c`` for the predicted
+class at that layer (CRP's channel relevance, float16) and the flat index of each channel's
+hottest position (uint16), from which the report crops reference patches without a second
+pass. For a gradient CAM whose layer is the concept layer they are gradient x activation
+from the CAM's own capture (no extra work but a product and a sum); otherwise one
+:func:`convlens.attribution.crp.layer_relevance` call (a forward and the top part of a
+backward). Nothing
 accumulates in memory; finished images (keyed by their content and the configuration) are
 skipped on a rerun, so a killed run resumes.
 
@@ -31,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens._hooks import HookSession
-from convlens.attribution.core import Method, attribute, get_method
+from convlens.attribution.core import Method, attribute, get_method, observed_cam_signals
+from convlens.attribution.crp import GRADIENT_X_ACTIVATION
 from convlens.auditing.scoring import score_batch
 from convlens.engines import Engine, get_engine
 from convlens.io.datasets import Batch, Dataset
@@ -128,6 +136,8 @@ class PassSettings:
     workers: int = 0
     metrics: list[Any] = field(default_factory=list)  # AuditMetric, see auditing/scoring.py
     feature_layer: str | None = None  # pooled activations recorded here (None: none)
+    concept_layer: str | None = None  # channel relevances recorded here (None: none)
+    concept_rule: str = "auto"  # crp's rule: "gradient" (a CAM's own capture) or "auto"
 
 
 @dataclass
@@ -205,6 +215,9 @@ class AuditWorker:
             else None
         self.feature_module = modules.get(settings.feature_layer) \
             if settings.feature_layer else None
+        # the CAM's own activations and gradients are the concept layer's: reuse them
+        self.free_concepts = (settings.concept_layer is not None and self.spec.combine is not None
+                              and settings.concept_layer == settings.layer)
         labels = classifier.labels
         self.index_of = {name: i for i, name in enumerate(labels)} if labels else {}
 
@@ -214,7 +227,7 @@ class AuditWorker:
                                                 self.recorder)
         x = batch.x.to(classifier.device)
         pooled: list[torch.Tensor] = []
-        with HookSession() as hooks:
+        with HookSession() as hooks, observed_cam_signals() as signals:
             if self.feature_module is not None and spec.needs_layer:
                 # The CAM family's first forward is the plain batch: its activations are
                 # the features, at no extra cost.
@@ -265,10 +278,46 @@ class AuditWorker:
             if settings.metrics:
                 records[-1]["metrics"] = scores[row]
         arrays = {"maps": maps, "truemaps": true_maps}
+        if settings.concept_layer is not None:
+            relevance, rule = self._concepts(x, predicted, signals)
+            arrays["concepts"], arrays["concept_at"], grid = concept_arrays(relevance)
+            if records:  # said once per shard: the rule used and the layer's grid
+                records[0]["concepts"] = {"rule": rule, "grid": grid}
         if pooled:
             arrays["features"] = pooled[0].clamp(-FLOAT16_MAX, FLOAT16_MAX).cpu().numpy() \
                 .astype(np.float16)
         return records, arrays
+
+
+    def _concepts(self, x: torch.Tensor, predicted: torch.Tensor, signals: list[Any]
+                  ) -> tuple[torch.Tensor, str]:
+        """The concept layer's relevance ``(N, C, h, w)`` for the predicted class, and the
+        rule: from the CAM's own capture when it is that layer, else one
+        :func:`~convlens.attribution.crp.layer_relevance` call."""
+        if self.free_concepts and signals:
+            _names, (activation,), (gradient,) = signals[0]
+            gradient = torch.zeros_like(activation) if gradient is None else gradient
+            return activation * gradient, GRADIENT_X_ACTIVATION
+        from convlens.attribution.crp import layer_relevance
+
+        return layer_relevance(self.classifier, x, self.settings.concept_layer,
+                               target=predicted.to(x.device), rule=self.settings.concept_rule)
+
+
+def concept_arrays(relevance: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A layer's relevance ``(N, C, h, w)`` -> the channel relevances ``(N, C)`` float16
+    (clipped to its range), each channel's hottest position ``(N, C)`` uint16 (flat index
+    into the ``h x w`` grid; 0 when the grid is larger than uint16 counts) and ``[h, w]``."""
+    values = relevance.detach().float()
+    if values.dim() == 2:
+        values = values[:, :, None, None]
+    grid = list(values.shape[2:]) if values.dim() == 4 else [int(np.prod(values.shape[2:])), 1]
+    flat = values.flatten(2)
+    channels = flat.sum(2).clamp(-FLOAT16_MAX, FLOAT16_MAX)
+    at = flat.argmax(2) if flat.shape[2] <= np.iinfo(np.uint16).max else \
+        torch.zeros_like(channels, dtype=torch.long)
+    return (torch.nan_to_num(channels).cpu().numpy().astype(np.float16),
+            at.cpu().numpy().astype(np.uint16), grid)
 
 
 def _first_output(into: list[torch.Tensor], batch: int) -> Any:

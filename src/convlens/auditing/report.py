@@ -40,6 +40,10 @@ EXAMPLES = 6
 CLASSES = 50
 MISTAKE_PAIRS = 30
 MISTAKE_EXAMPLES = 6
+CONCEPT_STRATEGIES = 3
+"""The strategies whose concepts the report draws (reference patches, conditional maps)."""
+CONCEPTS_SHOWN = 3
+CONCEPT_PROTOTYPES = 3
 
 
 def _name(path: str, suffix: str) -> str:
@@ -140,6 +144,144 @@ class _ReportMapWorker:
         return [(batch.items[p].index, t, maps[k]) for k, (p, t) in enumerate(pairs)]
 
 
+class ConceptFigureFactory:
+    """Builds the report's concept worker (see :class:`convlens.engines.WorkerFactory`):
+    per entry ``i``, ``requests[i]`` is a list of ``("patch", channel, flat position)`` (the
+    reference patch's box, :func:`convlens.concepts.patches.patch_boxes`) and ``("map",
+    channel, None)`` (the CRP map conditioned on the channel, :func:`convlens.concept_maps`,
+    explaining the predicted class)."""
+
+    def __init__(self, classifier: Any, layer: str, rule: str, grid: list[int],
+                 requests: list[list[tuple[str, int, int | None]]]) -> None:
+        self.classifier, self.layer, self.rule = classifier, layer, rule
+        self.grid, self.requests = grid, requests
+
+    def build(self, device: str | None = None) -> _ConceptFigureWorker:
+        if device is not None:
+            self.classifier.to(device)
+        return _ConceptFigureWorker(self)
+
+
+class _ConceptFigureWorker:
+    def __init__(self, factory: ConceptFigureFactory) -> None:
+        self.factory = factory
+
+    def __call__(self, batch: Any) -> list[tuple[int, str, int, int | None, Any]]:
+        """``(entry index, kind, channel, position, box or map (H, W) float32)``."""
+        from convlens.attribution.crp import concept_maps
+        from convlens.concepts.patches import patch_boxes
+
+        f = self.factory
+        width = f.grid[1] if f.grid and len(f.grid) > 1 else 1
+        out: list[tuple[int, str, int, int | None, Any]] = []
+        for position, item in enumerate(batch.items):
+            wanted = f.requests[item.index]
+            x = batch.x[position:position + 1].to(f.classifier.device)
+            patches = [(c, at) for kind, c, at in wanted if kind == "patch"]
+            if patches:
+                found = patch_boxes(f.classifier, x, f.layer,
+                                    [(c, divmod(int(at), width), "relevance")
+                                     for c, at in patches], rule=f.rule)
+                out.extend((item.index, "patch", c, at, patch.box)
+                           for (c, at), patch in zip(patches, found))
+            channels = [c for kind, c, _ in wanted if kind == "map"]
+            if channels:
+                maps = concept_maps(f.classifier, x, f.layer, channels=channels,
+                                    rule=f.rule).maps[0].float().cpu().numpy()
+                out.extend((item.index, "map", c, None, maps[k])
+                           for k, c in enumerate(channels))
+        return out
+
+
+def _clipped(heat: np.ndarray, quantile: float = 99.0) -> np.ndarray:
+    """A pixel-level CRP map's positive part clipped at its ``quantile`` (of the positive
+    pixels): a handful of extreme pixels would otherwise set the colour scale and leave the
+    region the channel looks at invisible."""
+    positive = np.maximum(np.asarray(heat, dtype=np.float64), 0.0)
+    inside = positive[positive > 0]
+    if not inside.size:
+        return positive
+    return np.minimum(positive, np.percentile(inside, quantile))
+
+
+def concept_blocks(audit: Audit, strategies: list[dict], folder: Path, batch_size: int,
+                   progress: ProgressCallback | None) -> dict[int, dict[str, Any]]:
+    """Per shown strategy with concepts (the first :data:`CONCEPT_STRATEGIES`): its words,
+    and per concept (the first :data:`CONCEPTS_SHOWN`) a grid of its reference patches (the
+    audit's own images, cropped around the recorded hottest position) and its conditional
+    maps (CRP, LRP where the model has rules) on the strategy's first prototype images.
+    Computed by the audit's engine for these few images only; drawn here."""
+    from convlens.concepts.patches import crop_patch
+    from convlens.engines import get_engine
+    from convlens.present.audit_figures import overlay_thumbnail, patch_grid
+
+    data = audit.data
+    header = data.get("concepts") or {}
+    chosen = [s for s in strategies if s.get("concepts")][:CONCEPT_STRATEGIES]
+    if not chosen or not header.get("layer"):
+        return {}
+    classifier = audit.classifier
+    entries = {e.relpath: e for e in audit.dataset.entries}
+    wanted: dict[str, set[tuple[str, int, int | None]]] = defaultdict(set)
+    for s in chosen:
+        for concept in s["concepts"][:CONCEPTS_SHOWN]:
+            for ref in concept["references"]:
+                wanted[ref["path"]].add(("patch", concept["channel"], ref["position"]))
+            for member in s["members"][:CONCEPT_PROTOTYPES]:
+                wanted[member].add(("map", concept["channel"], None))
+    paths = sorted(set(wanted) & set(entries))
+    # The maps and patch boxes use CRP's own rule ("auto": LRP where the model has rules):
+    # the channel is the one the recorded relevances ranked; conditioned input x gradient
+    # (the free path's rule) is a few speckled pixels on a real network, LRP shows the region.
+    factory = ConceptFigureFactory(classifier, header["layer"], "auto",
+                                   list(header.get("grid") or []),
+                                   [sorted(wanted[p]) for p in paths])
+    engine = audit.engine or get_engine("local", workers=audit.settings.workers)
+    patches: dict[tuple[str, int, int], Image.Image] = {}
+    views: dict[tuple[str, int], str] = {}
+    emit(progress, "concepts", 0, len(paths))
+    done = 0
+    for unit in engine.map_units([entries[p] for p in paths], classifier.preprocessing,
+                                 factory, batch_size=batch_size):
+        batch = unit.batch
+        results = unit.result or []
+        for position, item in enumerate(batch.items):
+            mine = [r for r in results if r[0] == item.index]
+            if not mine:
+                continue
+            photo = batch.image(position).convert("RGB")
+            view, geometry = classifier.preprocessing.resize_image(photo)
+            for _index, kind, channel, at, value in mine:
+                if kind == "patch":
+                    patches[item.relpath, channel, at] = crop_patch(
+                        photo, geometry, value, classifier.preprocessing.input_size)
+                else:
+                    name = _name(item.relpath, f"-concept-{channel}.jpg")
+                    overlay_thumbnail(view, _clipped(value), folder / name)
+                    views[item.relpath, channel] = f"{ASSETS}/{name}"
+        done += batch.size
+        emit(progress, "concepts", done, len(paths))
+    blocks: dict[int, dict[str, Any]] = {}
+    for s in chosen:
+        shown = []
+        for concept in s["concepts"][:CONCEPTS_SHOWN]:
+            crops = [patches[r["path"], concept["channel"], r["position"]]
+                     for r in concept["references"]
+                     if (r["path"], concept["channel"], r["position"]) in patches]
+            grid = None
+            if crops:
+                name = f"concept-{s['id']}-{concept['channel']}.png"
+                patch_grid(crops, folder / name)
+                grid = f"{ASSETS}/{name}"
+            shown.append({**concept, "patches": grid,
+                          "maps": [{"path": m, "src": views[m, concept["channel"]]}
+                                   for m in s["members"][:CONCEPT_PROTOTYPES]
+                                   if (m, concept["channel"]) in views]})
+        blocks[s["id"]] = {"words": s.get("concept_words") or "", "concepts": shown,
+                           "layer": header["layer"], "rule": header.get("rule")}
+    return blocks
+
+
 def write_report(audit: Audit, target: Path, *, progress: ProgressCallback | None = None,
                  batch_size: int | None = None) -> Path:
     """Write ``target`` (HTML) and its files under ``target.parent / report-files``."""
@@ -215,6 +357,9 @@ def write_report(audit: Audit, target: Path, *, progress: ProgressCallback | Non
                          "examples": examples, "more": max(0, len(paths) - MISTAKE_EXAMPLES)})
 
     maps.render(folder, batch_size or audit.settings.batch_size, progress)
+    blocks = concept_blocks(audit, strategies, folder, batch_size or audit.settings.batch_size,
+                            progress)
+    strategies = [{**s, "concept_block": blocks.get(s["id"])} for s in strategies]
     for path, members, heat in pending_prototypes:
         photos = []
         for m in members:

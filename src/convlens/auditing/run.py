@@ -64,7 +64,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
           metric_options: dict[str, dict[str, Any]] | None = None,
           engine: Any = "local", engine_options: dict[str, Any] | None = None,
           neighbours: str = "exact", max_cluster_maps: int | None = MAX_CLUSTER_MAPS,
-          **options: Any) -> Audit:
+          concepts: bool | str | None = None, **options: Any) -> Audit:
     """Audit ``classifier`` on the images of ``data``.
 
     Args:
@@ -105,6 +105,12 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
             subsample; the others join the majority cluster of their nearest sampled maps),
             so a group of a million costs minutes, not hours (docs/capacity.md). ``None``:
             every map. Groups below the cap are clustered whole, as before.
+        concepts: Record every image's channel relevances (CRP's ``R_c`` of the predicted
+            class) at a layer in the same pass: ``True`` for the CAM layer (the model's
+            default layer for other methods), or a layer's dotted name; ``None``/``False``:
+            none. Every strategy then lists its most relevant concepts against the rest of
+            its groups with reference images, and concepts hot on a few images of several
+            classes become candidate strategies (docs/architecture.md, "Concepts").
         **options: Options of the method.
 
     Returns:
@@ -181,9 +187,12 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
     else:
         layer_name = None
     feature_layer = layer_name if layer_name is not None else _feature_layer(classifier, shape)
+    concept_layer, concept_rule = _concept_settings(classifier, concepts, spec, layer_name,
+                                                    shape)
     settings = PassSettings(method=method, layer=layer_name, options=dict(options),
                             map_size=map_size, batch_size=batch_size, workers=workers,
-                            metrics=chosen, feature_layer=feature_layer)
+                            metrics=chosen, feature_layer=feature_layer,
+                            concept_layer=concept_layer, concept_rule=concept_rule)
     config = {"model": classifier.name,
               "model_fingerprint": model_fingerprint(classifier.module, classifier.labels,
                                                      classifier.preprocessing),
@@ -196,6 +205,8 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
               "features": {"layer": feature_layer, "pool": "mean+max"}}
     if chosen:  # only when asked, so stores written without metrics keep their fingerprint
         config["metrics"] = config_entry(chosen)
+    if concept_layer is not None:  # likewise: another concept layer or rule is refused
+        config["concepts"] = {"layer": concept_layer, "rule": concept_rule}
     with claim_output(out, overwrite=overwrite, inputs=[data], what="convlens audit"):
         store_folder = out / STORE_FOLDER
         store = ResultStore(store_folder, config, overwrite=overwrite)
@@ -235,6 +246,8 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
 
         header = {"model": classifier.name, "method": method, "layer": layer_name,
                   "feature_layer": feature_layer,
+                  **({"concepts": concept_header(store, concept_layer)} if concept_layer
+                     else {}),
                   "data": str(data), "layout": dataset.layout, "map_size": map_size,
                   "clustering": {"neighbours": neighbours, "max_maps": max_cluster_maps}}
         cards = None
@@ -253,6 +266,38 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         del content  # its image rows were made while written: read back when asked for
         return Audit(None, out, classifier=classifier, dataset=dataset, settings=settings,
                      store=store, engine=runner)
+
+
+def _concept_settings(classifier: Any, concepts: bool | str | None, spec: Any,
+                      layer_name: str | None, shape: tuple[int, ...]
+                      ) -> tuple[str | None, str]:
+    """The concept layer (resolved) and the rule asked of CRP: ``"gradient"`` when a gradient
+    CAM's own layer is the concept layer (its capture gives gradient x activation for free),
+    ``"auto"`` otherwise (LRP where the model has rules)."""
+    from convlens.models.layers import resolve_layer
+
+    if concepts is None or concepts is False:
+        return None, "auto"
+    if concepts is True:
+        name = layer_name if layer_name is not None else classifier.default_layer(shape)
+    elif isinstance(concepts, str) and concepts.strip():
+        name = resolve_layer(classifier.module, concepts.strip())[0]
+    else:
+        raise ConvlensError(f"concepts must be True (the CAM layer, or the model's default "
+                            f"layer), a layer's dotted name (see `convlens layers`) or None; "
+                            f"got {concepts!r}")
+    return name, "gradient" if spec.combine is not None and name == layer_name else "auto"
+
+
+def concept_header(store: ResultStore, layer: str) -> dict[str, Any]:
+    """``audit.json``'s ``concepts``: the layer, the rule the pass used (as the first shard
+    that says it records it) and the layer's grid ``[h, w]``."""
+    for shard in store.shards():
+        for record in store.shard_records(shard):
+            said = record.get("concepts")
+            if isinstance(said, dict):
+                return {"layer": layer, "rule": said.get("rule"), "grid": said.get("grid")}
+    return {"layer": layer, "rule": None, "grid": None}
 
 
 def _mistake_label(record: dict[str, Any], classifier: Any) -> int:

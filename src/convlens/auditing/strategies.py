@@ -81,6 +81,8 @@ class Direction:
     mistakes: int
     threshold: float
     scores: np.ndarray = field(repr=False)
+    source: str = "mistakes"
+    channel: int | None = None
 
 
 @dataclass
@@ -204,20 +206,23 @@ def _held_out(x: np.ndarray, positive: np.ndarray, right: np.ndarray, wrong: np.
 
 
 def _enriched(judged: np.ndarray, wrong: np.ndarray, base: float, tried: list[dict[str, Any]],
-              mistakes: int, grouped: bool, auc: float) -> bool:
+              mistakes: int, grouped: bool, auc: float, source: str | None = None) -> bool:
     """Whether the images a candidate ranks high (``judged``) are wrong clearly more often than
     images overall (``base``): the Wilson interval's low end above it. Records the candidate
     in ``tried``."""
     tried.append({"mistakes": mistakes, "grouped": grouped, "auc": round(auc, 6),
                   "error_rate": round(float(wrong[judged].mean()), 6) if judged.any()
                   else None, "base_error_rate": round(base, 6)})
+    if source is not None:
+        tried[-1]["source"] = source
     return wilson(int((judged & wrong).sum()), int(judged.sum()))[0] > base
 
 
 def mistake_directions(features: Any, correct: Sequence[bool | None], *, seed: int = 0,
                        min_mistakes: int = MIN_MISTAKES, min_auc: float = MIN_AUC,
                        max_strategies: int = MAX_STRATEGIES,
-                       max_images: int | None = MAX_SEARCH_IMAGES) -> Search:
+                       max_images: int | None = MAX_SEARCH_IMAGES,
+                       concept_sets: Sequence[tuple[int, np.ndarray]] = ()) -> Search:
     """Find up to ``max_strategies`` directions the mistakes share (see the module notes).
 
     Every candidate set of mistakes (:func:`mistake_groups`) is judged honestly: all the
@@ -235,6 +240,10 @@ def mistake_directions(features: Any, correct: Sequence[bool | None], *, seed: i
             (and the sample).
         max_images: Fit on at most this many images (:func:`search_sample`; None: all);
             the others are scored, chunk by chunk, like images without a label.
+        concept_sets: ``(channel, image positions)`` of outlier concepts
+            (:func:`convlens.auditing.concept_ranking.outlier_concepts`): the mistakes among
+            each set are one more candidate (``source: "concept"``), judged on the held-out
+            half like a k-means group (the set was chosen by looking at the data).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -255,15 +264,25 @@ def mistake_directions(features: Any, correct: Sequence[bool | None], *, seed: i
     base = float(wrong[known].mean())
     first = _first_half(wrong, known, seed)
     tried: list[dict[str, Any]] = []
-    candidates: list[tuple[float, int, np.ndarray, np.ndarray, float]] = []
-    for group, grouped in mistake_groups(x, wrong, first, seed=seed,
-                                         min_mistakes=min_mistakes):
+    candidates: list[tuple[float, int, np.ndarray, np.ndarray, float, str, int | None]] = []
+    sources: list[tuple[np.ndarray, bool, str, int | None]] = [
+        (group, grouped, "kmeans" if grouped else "mistakes", None)
+        for group, grouped in mistake_groups(x, wrong, first, seed=seed,
+                                             min_mistakes=min_mistakes)]
+    for channel, images in concept_sets:
+        inside = np.zeros(n, dtype=bool)
+        inside[np.asarray(images, dtype=np.int64)] = True
+        group = np.flatnonzero(inside & wrong)
+        if len(group) >= min_mistakes:
+            sources.append((group, True, "concept", int(channel)))
+    for group, grouped, source, channel in sources:
         positive = np.zeros(n, dtype=bool)
         positive[group] = True
         fit = right | positive
         if grouped:  # judged before its scores are computed: most groups do not qualify
             auc, judged = _held_out(x, positive, right, wrong, first, seed)
-            if not _enriched(judged, wrong, base, tried, len(group), grouped, auc):
+            if not _enriched(judged, wrong, base, tried, len(group), grouped, auc,
+                             source if source == "concept" else None):
                 continue
         scores = np.empty(n)
         scores[fit] = _cross_validated(x[fit], positive[fit], seed)
@@ -276,7 +295,7 @@ def mistake_directions(features: Any, correct: Sequence[bool | None], *, seed: i
             if not _enriched(known & (scores >= cut), wrong, base, tried, len(group), grouped,
                              auc):
                 continue
-        candidates.append((auc, len(group), positive, scores, cut))
+        candidates.append((auc, len(group), positive, scores, cut, source, channel))
     candidates.sort(key=lambda c: (-c[0], -c[1]))
     taken = np.zeros(n, dtype=bool)
     directions: list[Direction] = []
@@ -290,12 +309,14 @@ def mistake_directions(features: Any, correct: Sequence[bool | None], *, seed: i
             break
         # the family's largest set of mistakes with a clear direction: one shortcut's
         # mistakes, not the k-means fragments of them
-        auc, size, positive, scores, cut = max(usable, key=lambda c: (c[1], c[0]))
+        auc, size, positive, scores, cut, source, channel = max(
+            usable, key=lambda c: (c[1], c[0]))
         inside = (scores >= cut) & ~taken
         own = (inside & positive).sum()
         if own < min_mistakes or own < 0.5 * positive.sum():
             continue  # its mistakes are held by a better direction already
-        directions.append(Direction(np.flatnonzero(inside), auc, size, cut, scores))
+        directions.append(Direction(np.flatnonzero(inside), auc, size, cut, scores, source,
+                                    channel))
         taken |= inside
     if not directions:
         best = max((t["auc"] for t in tried), default=0.0)
@@ -434,9 +455,16 @@ class Strategy:
     clusters: list[tuple[str, int]]
     evidence: dict[str, Any] | None = None
     check: Any = None  # a CausalResult once checked
+    concepts: list[Any] | None = None  # concept_ranking.Concept, with concepts recorded
+    concept_words: str = ""
 
     def why(self) -> str:
-        """Why it is suspicious, in sentences that are each true of it."""
+        """Why it is suspicious, in sentences that are each true of it (and, with concepts,
+        which channels it rests on)."""
+        said = self._why()
+        return f"{said}; {self.concept_words}" if self.concept_words else said
+
+    def _why(self) -> str:
         score = self.score
         if self.kind == "cluster":
             return score.why()
@@ -449,6 +477,10 @@ class Strategy:
         if ev.get("mistakes_into"):
             parts.append(f"its mistakes come from {ev.get('mistakes_from')} labelled class(es) "
                          f"and were predicted as {ev['mistakes_into']} class(es)")
+        if ev.get("source") == "concept":
+            parts.append(f"found through channel {ev.get('channel')} of "
+                         f"{ev.get('concept_layer')}, whose relevance sits on a few images of "
+                         "several classes")
         parts.append(f"the mistakes share a direction in the activations of {ev.get('layer')} "
                      f"that tells them from correct predictions (cross-validated AUC "
                      f"{ev.get('auc', 0):.2f}); it holds {ev.get('mistakes_held')} of the "

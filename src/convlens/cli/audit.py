@@ -50,6 +50,14 @@ def audit(
         50_000, "--max-cluster-maps", min=0,  # = auditing.run.MAX_CLUSTER_MAPS (tested)
         help="Cluster at most this many maps per group (a seeded sample; the rest join their "
              "nearest sampled maps' cluster); 0: every map."),
+    concepts: bool = typer.Option(
+        False, "--concepts",
+        help="Record every image's channel relevances (concepts, CRP) at the CAM layer (the "
+             "model's default layer for other methods) in the same pass: each strategy then "
+             "names the channels it rests on, with reference images."),
+    concept_layer: str | None = typer.Option(
+        None, "--concept-layer",
+        help="The layer whose channels are the concepts (implies --concepts; see `layers`)."),
     engine: str = engine_option(),
     ray_address: str | None = ray_address_option(),
     actors: int | None = actors_option(),
@@ -97,7 +105,9 @@ def audit(
                            overwrite=overwrite, progress=progress, metrics=metric_keys,
                            metric_options=metric_options, engine=engine,
                            engine_options=engine_options, neighbours=neighbours,
-                           max_cluster_maps=max_cluster_maps or None)
+                           max_cluster_maps=max_cluster_maps or None,
+                           concepts=concept_layer if concept_layer else (True if concepts
+                                                                         else None))
         report = result.report(progress=progress)
     strategies = result.data.get("strategies") or []
     console.print(f"audited {len(result.images)} image(s): {out / 'audit.json'}, {report}")
@@ -106,6 +116,12 @@ def audit(
         console.print(f"most suspicious: strategy {top['id']}: {top['why']}"
                       + (f"; {top['causal']}" if top.get("causal") else ""),
                       markup=False, highlight=False)
+    named = (strategies[0].get("concepts") or [None])[0] if strategies else None
+    if named is not None:
+        console.print(f"top concept of strategy {strategies[0]['id']}: channel "
+                      f"{named['channel']} of {named['layer']} (relevance share "
+                      f"{named['member_share']:.0%} in its images against "
+                      f"{named['rest_share']:.0%} in the rest)", markup=False, highlight=False)
     for key, entry in result.data.get("metrics", {}).items():
         if entry["mean"] is None:
             console.print(f"{key}: undefined on every image", markup=False, highlight=False)

@@ -66,6 +66,17 @@ def prototype(photos: Sequence[Image.Image], heat: np.ndarray, path: Path, *,
     return _save(canvas, path, "PNG")
 
 
+def patch_grid(patches: Sequence[Image.Image], path: Path, *, side: int = 64,
+               gap: int = 4) -> Path:
+    """A concept's reference patches in one row (each scaled to ``side``), as a PNG."""
+    count = max(1, len(patches))
+    canvas = Image.new("RGB", (count * side + (count - 1) * gap, side), (255, 255, 255))
+    for k, patch in enumerate(patches):
+        canvas.paste(patch.convert("RGB").resize((side, side), Image.BILINEAR),
+                     (k * (side + gap), 0))
+    return _save(canvas, path, "PNG")
+
+
 def confusion_figure(names: Sequence[str], matrix: Sequence[Sequence[int]], path: Path,
                      limit: int = 40) -> Path:
     """The confusion matrix (rows: label, columns: prediction) as a PNG.
