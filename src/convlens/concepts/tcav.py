@@ -188,9 +188,15 @@ class TCAVResult:
                          for line in lines)
 
     def verdict(self) -> str:
-        """One sentence: for which classes the concept is significant, under which CAV."""
-        found = [f"{row['class']} ({row['cav']}, layer {row['layer']}, "
-                 f"p={format_p(row['p_value'])})" for row in self.rows if row["significant"]]
+        """One sentence: for which classes the concept is significant, under which CAV, and
+        whether it raises the class's logit (score above the random CAVs') or lowers it."""
+        def named(row: dict[str, Any]) -> str:
+            way = "raises" if row["score"] > row["random_score"] else "lowers"
+            return (f"{row['class']} ({way} it: score {row['score']:.2f} against "
+                    f"{row['random_score']:.2f} at random; {row['cav']}, layer "
+                    f"{row['layer']}, p={format_p(row['p_value'])})")
+
+        found = [named(row) for row in self.rows if row["significant"]]
         if not found:
             return (f"the concept is not significant for any class tested (p >= "
                     f"{self.threshold:.3g}, Bonferroni over classes x layers, "
