@@ -26,7 +26,8 @@ def test_browsing_a_real_audit(tmp_path):
         Image.fromarray(case.images[k]).save(folder / f"{k:04d}.png")
     clf = cl.Classifier(case.model, labels=classes, input_size=32, mean=(0, 0, 0),
                         std=(1, 1, 1), resize="squash", device="cpu")
-    result = cl.audit(clf, tmp_path / "data", out=tmp_path / "out", batch_size=25)
+    result = cl.audit(clf, tmp_path / "data", out=tmp_path / "out", batch_size=25,
+                      concepts=True)
     client = TestClient(create_app(clf, audits=[tmp_path / "out"],
                                    settings=ServeSettings(allowed_hosts=("testserver",))))
     summary = client.get("/api/audits/0").json()
@@ -49,3 +50,16 @@ def test_browsing_a_real_audit(tmp_path):
     assert names == sorted(m.rsplit("/", 1)[-1] for m in first["members"])
     missing = client.get("/api/audits/0/images", params={"strategy": 999})
     assert missing.status_code == 404 and "no strategy 999" in missing.json()["error"]
+    # concepts (convlens 11): each strategy's channels, browsed as their reference images
+    listed = summary["strategies"][0]
+    assert listed["concept_words"] == first["concept_words"] and listed["concepts"]
+    concept = first["concepts"][0]
+    assert {k: listed["concepts"][0][k] for k in ("channel", "layer")} == \
+        {k: concept[k] for k in ("channel", "layer")}
+    page = client.get("/api/audits/0/images", params={"strategy": first["id"],
+                                                      "concept": concept["channel"]}).json()
+    assert [item["name"] for item in page["items"]] == \
+        [r["path"].rsplit("/", 1)[-1] for r in concept["references"]]
+    unknown = client.get("/api/audits/0/images", params={"strategy": first["id"],
+                                                         "concept": 10_000})
+    assert unknown.status_code == 404 and "has no concept 10000" in unknown.json()["error"]

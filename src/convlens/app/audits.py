@@ -82,7 +82,10 @@ class AuditFolder:
                            | {"clusters": clusters})
         suspicious = sorted(data["suspicious"], key=lambda s: -(s.get("suspicion") or 0.0))
         strategies = [{k: s.get(k) for k in ("id", "kind", "groups", "size", "error_rate",
-                                             "suspicion", "why", "causal")}
+                                             "suspicion", "why", "causal", "concept_words")}
+                      | {"concepts": [{k: c.get(k) for k in ("channel", "layer", "score",
+                                                            "member_share", "rest_share")}
+                                      for c in s.get("concepts") or [] if isinstance(c, dict)]}
                       for s in data.get("strategies") or [] if isinstance(s, dict)]
         mistakes = sum(1 for image in data["images"] if not image.get("correct", True))
         return {"name": self.folder.name, "model": data.get("model"),
@@ -93,13 +96,22 @@ class AuditFolder:
 
     def page(self, *, label: str | None = None, cluster: int | None = None,
              mistakes: bool = False, offset: int = 0, limit: int = 60,
-             strategy: int | None = None) -> dict[str, Any]:
+             strategy: int | None = None, concept: int | None = None) -> dict[str, Any]:
         """One page of the images matching the filters, with their opaque indices
-        (``strategy``: the members of that strategy, by its id)."""
+        (``strategy``: the members of that strategy, by its id; with ``concept``, a channel
+        the strategy rests on: that concept's reference images, most relevant first)."""
         offset = max(0, int(offset))
         limit = max(1, min(int(limit), MAX_PAGE))
         images = self.data["images"]
         indices = self._by_class.get(label, []) if label is not None else range(len(images))
+        if concept is not None:
+            if strategy is None:
+                raise AuditNotFound("concept= needs strategy=: a concept is one of a "
+                                    "strategy's channels")
+            order = self._concept_references(strategy, concept)
+            indices = sorted((i for i in indices if images[i].get("path") in order),
+                             key=lambda i: order[images[i].get("path")])
+            strategy = None
         members = self._strategy_members(strategy) if strategy is not None else None
         chosen = [i for i in indices
                   if (cluster is None or images[i].get("cluster") == cluster)
@@ -110,6 +122,21 @@ class AuditFolder:
                                                  "correct", "cluster")}
                 for i in chosen[offset:offset + limit]]
         return {"total": len(chosen), "offset": offset, "limit": limit, "items": rows}
+
+    def _concept_references(self, strategy: int, channel: int) -> dict[str, int]:
+        """Reference image path -> rank, of concept ``channel`` of strategy ``strategy``."""
+        for entry in self.data.get("strategies") or []:
+            if isinstance(entry, dict) and entry.get("id") == strategy:
+                for concept in entry.get("concepts") or []:
+                    if isinstance(concept, dict) and concept.get("channel") == channel:
+                        return {str(r.get("path")): rank for rank, r in
+                                enumerate(concept.get("references") or [])}
+                channels = [str(c.get("channel")) for c in entry.get("concepts") or []]
+                raise AuditNotFound(f"strategy {strategy} has no concept {channel}; its "
+                                    f"concepts: {', '.join(channels) or 'none (audit with '}"
+                                    + ("" if channels else "--concepts)"))
+        self._strategy_members(strategy)  # raises: no such strategy
+        return {}
 
     def _strategy_members(self, strategy: int) -> set[str]:
         for entry in self.data.get("strategies") or []:

@@ -15,7 +15,7 @@ Routes (all JSON unless said otherwise; errors are ``{"error": "<the CLI's one l
 * ``POST /api/visualize``: ``{"layer", "channel"}`` or ``{"class"}`` -> newline-delimited
   JSON: progress events while it optimises, then the image.
 * ``GET /api/audits/{a}``,
-  ``/api/audits/{a}/images?label=&cluster=&strategy=&mistakes=&offset=&limit=``,
+  ``/api/audits/{a}/images?label=&cluster=&strategy=&concept=&mistakes=&offset=&limit=``,
   ``/api/audits/{a}/thumbs/{i}``: an audit folder, browsed by opaque integer ids.
 * ``GET /api/atlases/{a}?limit=``, ``/api/atlases/{a}/channels/{c}``,
   ``/api/atlases/{a}/patches/{c}/{mode}/{rank}`` (PNG, cut on demand through the model
@@ -260,9 +260,11 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
     @app.get("/api/audits/{audit}/images")
     def audit_images(audit: int, label: str | None = None, cluster: int | None = None,
                      mistakes: bool = False, offset: int = 0, limit: int = 60,
-                     strategy: int | None = None) -> dict[str, Any]:
+                     strategy: int | None = None, concept: int | None = None
+                     ) -> dict[str, Any]:
         return _audit(audit).page(label=label, cluster=cluster, mistakes=mistakes,
-                                  offset=offset, limit=limit, strategy=strategy)
+                                  offset=offset, limit=limit, strategy=strategy,
+                                  concept=concept)
 
     @app.get("/api/audits/{audit}/thumbs/{index}")
     def audit_thumb(audit: int, index: int) -> Response:

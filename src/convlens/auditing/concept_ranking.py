@@ -71,8 +71,10 @@ class Concept:
 
 def rank_concepts(shares: np.ndarray, members: Sequence[int], rest: Sequence[int],
                   top: int = TOP_CONCEPTS) -> list[Concept]:
-    """The ``top`` channels whose mean share is most above the rest's, positive scores only
-    (ties: the lower channel)."""
+    """The ``top`` channels whose mean share is most above the rest's, positive scores only,
+    among the channels that carry positive relevance in the members (a channel whose share
+    is merely less negative than elsewhere is not what the strategy rests on; ties: the
+    lower channel)."""
     inside = shares[np.asarray(members, dtype=np.int64)]
     if not len(inside):
         return []
@@ -82,7 +84,7 @@ def rank_concepts(shares: np.ndarray, members: Sequence[int], rest: Sequence[int
     score = member - other
     order = np.lexsort((np.arange(len(score)), -score))
     return [Concept(int(c), float(score[c]), float(member[c]), float(other[c]))
-            for c in order[:top] if score[c] > 0]
+            for c in order if score[c] > 0 and member[c] > 0][:top]
 
 
 def plain_concepts(shares: np.ndarray, members: Sequence[int], top: int = TOP_CONCEPTS

@@ -139,9 +139,11 @@ def atlas(
     gpus_per_actor: float | None = gpus_per_actor_option(),
     *, model_options: ModelOptions,
 ) -> None:
-    """Compute a layer's reference sets over DATA in one pass (resumable) and draw
-    OUT/atlas.html: per channel its top-k relevance and activation patches and conditional
-    heatmaps."""
+    """The concept atlas: what each channel of a layer stands for.
+
+    Computes the layer's reference sets over DATA in one resumable pass (each channel's
+    top-k images by relevance and by activation) and draws OUT/atlas.html: per channel its
+    relevance and activation patches and conditional heatmaps (CRP)."""
     from convlens.cli._progress import cli_progress
     from convlens.concepts.atlas import check_channels, layer_channels, write_atlas
     from convlens.concepts.references import reference_sets

@@ -177,7 +177,14 @@ async function openAudit(id) {
                 onclick: () => browse({ strategy: s.id, title: `strategy ${s.id}` }) }),
       ` ${s.size} images, errors ${fmt(s.error_rate)}`, el("br"),
       el("small", { class: "muted", text: s.why || "" }),
-      ...(s.causal ? [el("br"), el("small", { text: s.causal })] : []))));
+      ...(s.causal ? [el("br"), el("small", { text: s.causal })] : []),
+      ...((s.concepts || []).length ? [el("br"), el("small", { text: "concepts: " }),
+        ...s.concepts.flatMap((c) => [el("a", { class: "pick", text: `channel ${c.channel}`,
+          title: `relevance share ${fmt(c.member_share)} in the strategy, ` +
+                 `${fmt(c.rest_share)} in the rest: its reference images`,
+          onclick: () => browse({ strategy: s.id, concept: c.channel,
+                                  title: `strategy ${s.id}: concept ${c.channel} of ${c.layer}` }) }),
+          " "])] : []))));
     $("audit-suspicious").replaceChildren(...audit.suspicious.map((s) => el("li", {},
       el("a", { class: "pick", text: `${s.class} / cluster ${s.cluster}`,
                 onclick: () => browse({ label: s.class, cluster: s.cluster }) }),
@@ -203,6 +210,7 @@ async function browse(view, offset = 0) {
   if (view.label !== undefined) query.set("label", view.label);
   if (view.cluster !== undefined && view.cluster !== null) query.set("cluster", view.cluster);
   if (view.strategy !== undefined) query.set("strategy", view.strategy);
+  if (view.concept !== undefined) query.set("concept", view.concept);
   if ($("audit-mistakes").checked) query.set("mistakes", "true");
   try {
     const page = await api(`/api/audits/${state.audit}/images?${query}`);
