@@ -6,9 +6,13 @@ component: ``h' = h - v (v . (h - z))``, with ``v`` the unit concept direction (
 ``z`` the reference point, the mean activation of images without the artefact. Along ``v``
 every image then sits at the reference; across ``v`` nothing changes.
 
-The direction is either one vector over channels, ``(C,)``, applied at every position of
-the feature map (the artefact may be anywhere), or a whole map, ``(C, H, W)``, projected
-from the flattened output (a CAV of flattened activations, as TCAV fits them).
+The direction is either a whole map, ``(C, H, W)``, projected from the flattened output (a
+CAV of flattened activations, as TCAV fits them: an artefact in a fixed place), or one
+vector over channels, ``(C,)``, for an artefact that may be anywhere. A channel vector is
+read either at every position (``pooled=False``: each position projected on its own) or, as
+Reveal-to-Revise's P-ClArC does, from each channel's maximum over positions
+(``pooled=True``): the image's component ``v . (max_p h - z)`` is taken off every position
+alike, which is the projection of the pooled vector.
 
 :func:`insert_projection` puts the projection *after* the layer without renaming anything:
 the layer's place is taken by :class:`ProjectedLayer`, a container of the original layer
@@ -34,11 +38,16 @@ class ConceptProjection(nn.Module):
 
     Args:
         direction: ``(C,)`` (per position) or ``(C, H, W)`` (whole map); normalised here.
-        reference: Same shape as ``direction``: the clean images' mean activation.
+        reference: Same shape as ``direction``: the clean images' mean activation (of the
+            channels' maxima when ``pooled``).
+        pooled: For a ``(C,)`` direction: read the component from each channel's maximum
+            over positions and take it off every position alike.
     """
 
-    def __init__(self, direction: torch.Tensor, reference: torch.Tensor) -> None:
+    def __init__(self, direction: torch.Tensor, reference: torch.Tensor, *,
+                 pooled: bool = False) -> None:
         super().__init__()
+        self.pooled = bool(pooled)
         direction = torch.as_tensor(direction).detach().to(torch.float32)
         reference = torch.as_tensor(reference).detach().to(direction.dtype)
         if direction.dim() not in (1, 3):
@@ -61,7 +70,11 @@ class ConceptProjection(nn.Module):
                 raise LayerError(f"the layer outputs {tuple(h.shape)}; the direction has "
                                  f"{v.shape[0]} channels")
             shape = (1, -1) + (1,) * (h.dim() - 2)
-            along = ((h - z.view(shape)) * v.view(shape)).sum(1, keepdim=True)
+            if self.pooled and h.dim() > 2:
+                peak = h.amax(dim=tuple(range(2, h.dim())), keepdim=True)
+                along = ((peak - z.view(shape)) * v.view(shape)).sum(1, keepdim=True)
+            else:
+                along = ((h - z.view(shape)) * v.view(shape)).sum(1, keepdim=True)
             return h - along * v.view(shape)
         if tuple(h.shape[1:]) != tuple(v.shape):
             raise LayerError(f"the layer outputs {tuple(h.shape)}; the direction is a whole "
@@ -70,7 +83,8 @@ class ConceptProjection(nn.Module):
         return h - along.view(-1, *(1,) * v.dim()) * v
 
     def extra_repr(self) -> str:
-        kind = "per position" if self.direction.dim() == 1 else "whole map"
+        kind = ("whole map" if self.direction.dim() == 3 else
+                "channel maxima" if self.pooled else "per position")
         return f"direction={tuple(self.direction.shape)} ({kind})"
 
 
@@ -91,7 +105,8 @@ class ProjectedLayer(nn.Module):
 
 
 def insert_projection(model: nn.Module, layer: str | nn.Module, direction: torch.Tensor,
-                      reference: torch.Tensor, *, copy_model: bool = True) -> nn.Module:
+                      reference: torch.Tensor, *, pooled: bool = False,
+                      copy_model: bool = True) -> nn.Module:
     """``model`` (a deep copy, unless ``copy_model=False``) with ``layer``'s output projected.
 
     The projection's buffers follow the layer's device. The user's model is never changed
@@ -106,7 +121,7 @@ def insert_projection(model: nn.Module, layer: str | nn.Module, direction: torch
     parent = target.get_submodule(parent_name) if parent_name else target
     original = parent.get_submodule(child)
     sample = next((t for t in (*original.parameters(), *original.buffers())), None)
-    projection = ConceptProjection(direction, reference)
+    projection = ConceptProjection(direction, reference, pooled=pooled)
     if sample is not None:
         projection = projection.to(sample.device)
     setattr(parent, child, ProjectedLayer(original, projection))

@@ -7,6 +7,7 @@ single object that attribution code hooks and restores.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,6 +116,15 @@ class Classifier:
         self.module.to(self.device)
         self._default_layers.clear()
         return self
+
+    def with_module(self, module: nn.Module, *, name: str | None = None) -> Classifier:
+        """A Classifier of ``module`` with this one's labels, preprocessing, output and device
+        (a corrected copy of the network, convlens 12); this Classifier is unchanged."""
+        twin = copy.copy(self)
+        twin.module = module.to(self.device)
+        twin.name = name or self.name
+        twin._default_layers = {}
+        return twin
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
