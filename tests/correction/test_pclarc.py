@@ -55,3 +55,49 @@ def test_an_unknown_strategy_and_a_folder_without_an_audit_are_one_clear_error(
         correct(clf, audit, 99)
     with pytest.raises(DirectionError, match="holds no audit.json"):
         correct(clf, tmp_path, 1)
+
+
+def test_the_corrected_folder_loads_in_a_fresh_process_and_explains_with_every_method(
+        audited, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from convlens.correction.folder import model_source, save_correction
+
+    clf, audit = audited
+    fixed = correct(clf, audit, 1)
+    weights = tmp_path / "w.safetensors"  # a copy: the test changes it at the end
+    weights.write_bytes((Path(audit.out).parent / "w.safetensors").read_bytes())
+    source = model_source(f"{Path(planted_bias.__file__).resolve()}:build", weights=weights)
+    folder = save_correction(fixed, tmp_path / "FIXED", source=source, audit=audit.out)
+    card = json.loads((folder / "card.json").read_text())
+    assert card["method"] == "pclarc" and card["layer"] == fixed.direction.layer
+    assert card["source"]["weights_sha256"] and card["labels"] == clf.labels
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(fixed.classifier.module(x), tmp_path / "expected.pt")
+    tests = Path(__file__).resolve().parents[1]
+    script = f"""
+import sys, torch
+sys.path[:0] = [{str(tests)!r}]
+import convlens as cl
+from support import FAST_OPTIONS
+clf = cl.load_model({str(folder)!r}, device="cpu")
+x = torch.load({str(tmp_path / 'x.pt')!r})
+with torch.no_grad():
+    torch.testing.assert_close(clf.module(x), torch.load({str(tmp_path / 'expected.pt')!r}))
+for method in cl.methods():
+    out = cl.attribute(clf, x, method.name, **FAST_OPTIONS.get(method.name, {{}}))
+    assert bool(torch.isfinite(out).all()), method.name
+print("explained", len(cl.methods()))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "explained" in done.stdout
+    weights.write_bytes(weights.read_bytes() + b"x")
+    with pytest.raises(cl.ConvlensError, match="changed since the correction"):
+        cl.load_model(folder)

@@ -8,8 +8,8 @@ from models import TinyResNet, TinyVGG, seeded
 from support import FAST_OPTIONS
 
 import convlens as cl
-from convlens.correction.projection import ConceptProjection, insert_projection
 from convlens.errors import ConvlensError
+from convlens.models.projection import ConceptProjection, insert_projection
 
 
 def _x(n: int = 3) -> torch.Tensor:

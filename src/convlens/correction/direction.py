@@ -16,7 +16,7 @@ reference is the non-members' mean.
 ``shape="map"`` keeps the whole ``(C, H, W)`` map (a fixed-place artefact, such as a corner
 tag, is a direction of the map); ``shape="channel"`` pools each channel over positions
 (its maximum, as Reveal-to-Revise) for an artefact that moves (``(C,)``, applied at every
-position by :class:`~convlens.correction.projection.ConceptProjection`).
+position by :class:`~convlens.models.projection.ConceptProjection`).
 """
 
 from __future__ import annotations

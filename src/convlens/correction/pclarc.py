@@ -3,7 +3,7 @@
 No training: the strategy's class-matched direction at the layer
 (:mod:`convlens.correction.direction`) is estimated from the audit's own images, and the
 layer's output is projected so that every image sits where clean images of its class sit
-along it (:mod:`convlens.correction.projection`). The corrected model is a copy; the
+along it (:mod:`convlens.models.projection`). The corrected model is a copy; the
 user's is not touched.
 """
 
@@ -23,8 +23,8 @@ from convlens.correction.direction import (
     class_matched_direction,
     layer_activations,
 )
-from convlens.correction.projection import insert_projection
 from convlens.models.layers import resolve_layer
+from convlens.models.projection import insert_projection
 
 METHODS = ("pclarc",)
 

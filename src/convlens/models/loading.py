@@ -485,6 +485,18 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
         >>> clf = load_model()                                   # doctest: +SKIP
         >>> clf.predict("cat.jpg", top=3)                        # doctest: +SKIP
     """
+    if isinstance(spec, (str, Path)):
+        from convlens.models.corrected import is_correction, load_correction
+
+        if is_correction(spec):  # a folder `convlens correct` wrote (docs/architecture.md)
+            given = [name for name, value in (("weights", weights), ("labels", labels),
+                                              ("input_size", input_size), ("mean", mean),
+                                              ("std", std), ("resize", resize)) if value]
+            if given:
+                raise ModelLoadError(
+                    f"{spec} is a corrected model: its card fixes the weights, labels and "
+                    f"preprocessing; drop {', '.join(given)}")
+            return load_correction(spec, device=device)
     check_model_options(spec, weights=weights, trust_model=trust_model)
     if input_size is not None:
         check_input_size(input_size)  # before a model is built or a file read

@@ -26,6 +26,7 @@ from torch import nn
 
 from convlens.attribution.relevance import rules as R
 from convlens.errors import MethodError, unknown_choice
+from convlens.models.projection import ConceptProjection
 
 #: A module's rule: a layer rule, PASS, GRADIENT, or BATCHNORM (merge, else ``norm``).
 BATCHNORM = "batchnorm"
@@ -46,6 +47,7 @@ _ROUTING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
 _POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
           nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_SHIFTS = (ConceptProjection,)  # a corrected model's projection (convlens 12): relevance passes
 
 #: Module types whose output is never negative (lets z+/alpha-beta/gamma skip a pass).
 NONNEGATIVE = (nn.ReLU, nn.ReLU6)
@@ -245,7 +247,7 @@ class RuleBook:
             if first and self.composite.first is not None:
                 return self.composite.first
             return self.composite.conv if isinstance(module, _CONVS) else self.composite.dense
-        if isinstance(module, _ACTIVATIONS):
+        if isinstance(module, _ACTIVATIONS + _SHIFTS):
             return R.PASS
         if isinstance(module, _ROUTING):
             return R.GRADIENT

@@ -19,7 +19,10 @@ the layer's place is taken by :class:`ProjectedLayer`, a container of the origin
 (``.layer``) and the projection (``.projection``), so the layer's dotted name now names the
 corrected output and every other name is unchanged; hooks on the old name see corrected
 activations. The projection is a leaf with buffers only, so a state dict carries it and LRP
-passes relevance through it unchanged (its registered rule, "pass").
+passes relevance through it unchanged (its rule, "pass", in
+``attribution/relevance/composites.py``: the shift is one per image, along one direction, like
+a normalisation). It lives in ``models/`` because a corrected model is a model:
+``cl.load_model("FIXED/")`` builds it (``models/corrected.py``).
 """
 
 from __future__ import annotations
@@ -126,14 +129,3 @@ def insert_projection(model: nn.Module, layer: str | nn.Module, direction: torch
         projection = projection.to(sample.device)
     setattr(parent, child, ProjectedLayer(original, projection))
     return target
-
-
-def _register_lrp_rule() -> None:
-    """Relevance passes through the projection unchanged (it keeps shapes; its shift is a
-    per-sample constant along one direction, which LRP treats like a normalisation)."""
-    from convlens.attribution.relevance import register_rule
-
-    register_rule(ConceptProjection, "pass")
-
-
-_register_lrp_rule()

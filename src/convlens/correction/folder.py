@@ -1,0 +1,70 @@
+"""Writing a corrected model as a folder, ``FIXED/card.json`` + ``FIXED/projection.safetensors``
+(read back by ``models/corrected.py``).
+
+The card says everything needed to rebuild the corrected model and to reproduce the
+correction: the original model's source (what ``cl.load_model`` was given: a bundled name,
+a factory or a file, the weights file with its SHA-256, the labels, the preprocessing), the
+method, the layer, the strategy and the audit it came from, the classes the direction was
+estimated in. The projection's tensors (direction, reference) are the new weights. Loading
+(``cl.load_model("FIXED/")``, any command's ``--model FIXED/``) rebuilds the original model
+from its source, checks the weights file is the one corrected, and inserts the projection
+where it was.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from convlens.models.corrected import CARD, FORMAT, PROJECTION, sha256_of
+
+_PREPROCESSING = ("input_size", "resize", "resize_size", "mean", "std", "interpolation")
+
+
+def model_source(model: str, *, weights: str | os.PathLike[str] | None = None,
+                 trust_model: bool = False) -> dict[str, Any]:
+    """The original model's source as the card records it (paths made absolute, weights
+    fingerprinted)."""
+    source: dict[str, Any] = {"model": model, "trust_model": bool(trust_model)}
+    candidate = Path(model.rsplit(":", 1)[0]) if ":" in model else Path(model)
+    if candidate.exists():  # a file or a factory file: absolute, so the folder can move
+        source["model"] = str(candidate.resolve()) + (":" + model.rsplit(":", 1)[1]
+                                                      if ":" in model else "")
+    if weights is not None:
+        path = Path(os.fspath(weights)).resolve()
+        source["weights"], source["weights_sha256"] = str(path), sha256_of(path)
+    return source
+
+
+def save_correction(correction: Any, out: str | os.PathLike[str], *, source: dict[str, Any],
+                    audit: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``correction`` (a :class:`~convlens.correction.pclarc.Correction`) into ``out``."""
+    from safetensors.torch import save_file
+
+    from convlens import __version__
+    from convlens.files import atomic_output, write_json_atomic
+
+    folder = Path(os.fspath(out))
+    folder.mkdir(parents=True, exist_ok=True)
+    classifier = correction.classifier
+    preprocessing = {name: getattr(classifier.preprocessing, name, None)
+                     for name in _PREPROCESSING}
+    preprocessing = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocessing.items()}
+    with atomic_output(folder / PROJECTION) as path:
+        save_file({"direction": correction.direction.vector.detach().float().cpu().contiguous(),
+                   "reference": correction.direction.reference.detach().float().cpu()
+                   .contiguous()}, str(path))
+    card = {
+        "format": FORMAT, "convlens": __version__, "method": correction.method,
+        "strategy": correction.strategy,
+        "audit": str(Path(os.fspath(audit)).resolve()) if audit is not None else None,
+        "layer": correction.direction.layer, "shape": correction.shape,
+        "pooled": correction.shape == "channel",
+        "direction_classes": {k: {"members": m, "others": o}
+                              for k, (m, o) in correction.direction.classes.items()},
+        "images": correction.images, "source": source, "labels": classifier.labels,
+        "preprocessing": preprocessing, "output": classifier.output,
+    }
+    write_json_atomic(folder / CARD, card)
+    return folder
