@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import typer
 
 # Modules under convlens.cli with a ``register(app)`` function, in the order --help lists them.
-COMMAND_MODULES = ("models", "explain", "audit", "concepts", "evaluate", "visualize", "demo",
-                   "serve")
+COMMAND_MODULES = ("models", "explain", "audit", "concepts", "correct", "evaluate", "visualize",
+                   "demo", "serve")
 
 app = typer.Typer(
     name="convlens",

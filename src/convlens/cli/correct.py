@@ -1,0 +1,72 @@
+"""``correct``: take a strategy the audit found out of the model, and write the corrected
+model as a folder that every command loads (``--model FIXED/``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from convlens.cli._common import (
+    ModelOptions,
+    console,
+    fail,
+    friendly_errors,
+    with_model_options,
+)
+
+
+@friendly_errors
+@with_model_options
+def correct(
+    audit_dir: Path = typer.Argument(..., help="The folder `convlens audit` wrote (--out)."),
+    strategy: int = typer.Option(1, "--strategy", min=1,
+                                 help="The strategy's id in the audit (1 = most suspicious)."),
+    method: str = typer.Option("pclarc", "--method",
+                               help="pclarc: project the strategy's direction out of a layer "
+                                    "at inference (no training)."),
+    layer: str | None = typer.Option(None, "--layer",
+                                     help="Where to project (default: the audit's layer)."),
+    shape: str = typer.Option("map", "--shape",
+                              help="map: the whole feature map (an artefact in a fixed place); "
+                                   "channel: each channel's maximum (an artefact that moves)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
+    out: Path = typer.Option(Path("convlens-fixed"), "--out", "-o",
+                             help="The corrected model's folder."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace a corrected model convlens wrote in OUT."),
+    *, model_options: ModelOptions,
+) -> None:
+    """Correct the model for one strategy of an audit (P-ClArC: the strategy's direction,
+    contrasted with clean images of the same classes, is projected out of a layer) and
+    write OUT/ (card.json, projection.safetensors): `--model OUT/` loads it everywhere.
+    Give the same model options as the audit."""
+    from convlens.correction.direction import SHAPES
+    from convlens.correction.folder import model_source, save_correction
+    from convlens.correction.pclarc import METHODS
+    from convlens.correction.pclarc import correct as run_correct
+    from convlens.files import claim_output
+
+    if method not in METHODS:
+        fail(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+    if shape not in SHAPES:
+        fail(f"--shape must be one of {', '.join(SHAPES)}; got {shape!r}")
+    if not (audit_dir / "audit.json").is_file():
+        fail(f"{audit_dir} holds no audit.json; give the folder `convlens audit` wrote (--out)")
+    classifier = model_options.load()
+    source = model_source(model_options.model, weights=model_options.weights,
+                          trust_model=model_options.trust_model)
+    with claim_output(out, overwrite=overwrite, inputs=[audit_dir], what="convlens correct"):
+        fixed = run_correct(classifier, audit_dir, strategy, method=method, layer=layer,
+                            shape=shape, batch_size=batch_size)
+        save_correction(fixed, out, source=source, audit=audit_dir)
+    classes = ", ".join(f"{k} ({m} of the strategy, {o} others)"
+                        for k, (m, o) in fixed.direction.classes.items())
+    console.print(f"corrected for strategy {strategy} at {fixed.direction.layer} "
+                  f"({method}, {shape}); direction from {classes}: {out}/ "
+                  f"(load it with --model {out})", markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``correct`` to the app."""
+    app.command("correct")(correct)

@@ -1,0 +1,49 @@
+"""``convlens correct`` end to end: audit, correct, and use the corrected folder as --model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cli_support import assert_one_error, run
+
+planted_bias = pytest.importorskip("planted_bias")
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    root = tmp_path_factory.mktemp("correct-cli")
+    planted = planted_bias.write_planted_folder(root, planted_bias.planted_case(), every=2)
+    out = root / "audit"
+    done = run("audit", str(planted["data"]), "--out", str(out), "--batch-size", "50",
+               *planted["model"])
+    assert done.returncode == 0, done.stderr
+    return planted, out
+
+
+def test_correct_writes_a_folder_every_command_loads(audited, tmp_path) -> None:
+    planted, audit = audited
+    fixed = tmp_path / "FIXED"
+    done = run("correct", str(audit), "--strategy", "1", "--out", str(fixed), *planted["model"])
+    assert done.returncode == 0, done.stderr
+    assert "corrected for strategy 1 at features" in done.stdout
+    card = json.loads((fixed / "card.json").read_text())
+    assert card["method"] == "pclarc" and card["strategy"] == 1
+    assert (fixed / "projection.safetensors").is_file()
+    image = next(planted["data"].rglob("*-tag.png"))
+    explained = run("explain", str(image), "--model", str(fixed), "--method", "gradcam,lrp",
+                    "--out", str(tmp_path / "explained"), "--device", "cpu")
+    assert explained.returncode == 0, explained.stderr
+    refused = run("explain", str(image), "--model", str(fixed), "--labels",
+                  str(planted["root"] / "labels.txt"), "--out", str(tmp_path / "x"))
+    assert_one_error(refused, 2, "is a corrected model: its card fixes")
+
+
+def test_correct_refuses_what_it_cannot_do_in_one_line(audited, tmp_path) -> None:
+    planted, audit = audited
+    assert_one_error(run("correct", str(tmp_path), "--out", str(tmp_path / "F"),
+                         *planted["model"]), 2, "holds no audit.json")
+    assert_one_error(run("correct", str(audit), "--strategy", "99", "--out",
+                         str(tmp_path / "G"), *planted["model"]), 2, "no strategy 99")
+    assert_one_error(run("correct", str(audit), "--method", "magic", "--out",
+                         str(tmp_path / "H"), *planted["model"]), 2, "--method must be one of")
