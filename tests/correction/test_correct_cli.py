@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -24,8 +25,15 @@ def audited(tmp_path_factory):
 def test_correct_writes_a_folder_every_command_loads(audited, tmp_path) -> None:
     planted, audit = audited
     fixed = tmp_path / "FIXED"
-    done = run("correct", str(audit), "--strategy", "1", "--out", str(fixed), *planted["model"])
+    done = run("correct", str(audit), "--strategy", "1", "--out", str(fixed),
+               "--train", str(planted["data"]), *planted["model"])
     assert done.returncode == 0, done.stderr
+    with open(fixed / "guidance.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    members = [r for r in rows if r["source"] == "audit"]
+    training = [r for r in rows if r["source"] == "training"]
+    assert members and members[0]["action"].startswith("relabel")  # mistakes first
+    assert all(r["path"].endswith("-tag.png") for r in training[:10])  # the tag, found
     assert "corrected for strategy 1 at features" in done.stdout
     card = json.loads((fixed / "card.json").read_text())
     assert card["method"] == "pclarc" and card["strategy"] == 1

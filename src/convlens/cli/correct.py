@@ -30,6 +30,9 @@ def correct(
     shape: str = typer.Option("map", "--shape",
                               help="map: the whole feature map (an artefact in a fixed place); "
                                    "channel: each channel's maximum (an artefact that moves)."),
+    train: Path | None = typer.Option(
+        None, "--train", help="Training folder (ImageFolder, CSV or plain): its images "
+                              "furthest along the strategy's direction join guidance.csv."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
     out: Path = typer.Option(Path("convlens-fixed"), "--out", "-o",
                              help="The corrected model's folder."),
@@ -40,10 +43,12 @@ def correct(
     """Correct the model for one strategy of an audit (P-ClArC: the strategy's direction,
     contrasted with clean images of the same classes, is projected out of a layer) and
     write OUT/ (card.json, projection.safetensors): `--model OUT/` loads it everywhere.
-    Give the same model options as the audit."""
+    OUT/guidance.csv lists the images to relabel, remove or augment. Give the same model
+    options as the audit."""
     from convlens.correction.direction import SHAPES
     from convlens.correction.folder import model_source, save_correction
-    from convlens.correction.pclarc import METHODS
+    from convlens.correction.guidance import audit_rows, training_rows, write_guidance
+    from convlens.correction.pclarc import METHODS, audit_data, strategy_entry
     from convlens.correction.pclarc import correct as run_correct
     from convlens.files import claim_output
 
@@ -51,6 +56,8 @@ def correct(
         fail(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
     if shape not in SHAPES:
         fail(f"--shape must be one of {', '.join(SHAPES)}; got {shape!r}")
+    if train is not None and not train.exists():
+        fail(f"--train {train} does not exist; give a folder of training images or a CSV")
     if not (audit_dir / "audit.json").is_file():
         fail(f"{audit_dir} holds no audit.json; give the folder `convlens audit` wrote (--out)")
     classifier = model_options.load()
@@ -60,11 +67,19 @@ def correct(
         fixed = run_correct(classifier, audit_dir, strategy, method=method, layer=layer,
                             shape=shape, batch_size=batch_size)
         save_correction(fixed, out, source=source, audit=audit_dir)
+        data, _ = audit_data(audit_dir)
+        rows = audit_rows(data, strategy_entry(data, strategy))
+        if train is not None:
+            rows += training_rows(classifier, fixed.direction, train, batch_size=batch_size,
+                                  shape=shape)
+        write_guidance(out / "guidance.csv", rows)
     classes = ", ".join(f"{k} ({m} of the strategy, {o} others)"
                         for k, (m, o) in fixed.direction.classes.items())
     console.print(f"corrected for strategy {strategy} at {fixed.direction.layer} "
                   f"({method}, {shape}); direction from {classes}: {out}/ "
-                  f"(load it with --model {out})", markup=False, highlight=False)
+                  f"(load it with --model {out}); what to relabel, remove or augment: "
+                  f"{out / 'guidance.csv'} ({len(rows)} images)", markup=False,
+                  highlight=False)
 
 
 def register(app: typer.Typer) -> None:

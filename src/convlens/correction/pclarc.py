@@ -51,7 +51,8 @@ class Correction:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def _audit_data(audit: Any) -> tuple[dict[str, Any], Path]:
+def audit_data(audit: Any) -> tuple[dict[str, Any], Path]:
+    """``audit.json``'s content and the audit's folder, from an Audit or its folder."""
     from convlens.auditing.run import Audit
 
     if isinstance(audit, Audit):
@@ -64,7 +65,8 @@ def _audit_data(audit: Any) -> tuple[dict[str, Any], Path]:
     return found.data, folder
 
 
-def _strategy(data: dict[str, Any], strategy: int) -> dict[str, Any]:
+def strategy_entry(data: dict[str, Any], strategy: int) -> dict[str, Any]:
+    """Strategy ``strategy`` of ``audit.json``; an unknown id lists the known ones."""
     for entry in data.get("strategies") or []:
         if entry.get("id") == strategy:
             return entry
@@ -97,8 +99,8 @@ def correct(classifier: Any, audit: Any, strategy: int = 1, *, method: str = "pc
     if shape not in SHAPES:
         raise MethodError(unknown_choice("shape", shape, SHAPES))
     classifier = as_classifier(classifier)
-    data, _folder = _audit_data(audit)
-    entry = _strategy(data, strategy)
+    data, _folder = audit_data(audit)
+    entry = strategy_entry(data, strategy)
     name = layer or data.get("layer") or classifier.default_layer()
     name, _module = resolve_layer(classifier.module, name)
     root = Path(data.get("data") or ".")
