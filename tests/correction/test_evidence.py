@@ -111,3 +111,14 @@ def test_a_failed_write_leaves_the_previous_correction_json(corrected, tmp_path,
         gather_evidence(clf, fixed.classifier, audit, 1, out=tmp_path)
     assert (tmp_path / "correction.json").read_text(encoding="utf-8") == '{"old": true}'
     assert not list(tmp_path.glob(".correction.json*"))
+
+
+def test_a_strategy_without_a_mean_map_is_one_clear_error(corrected, tmp_path) -> None:
+    clf, fixed, audit, _evidence, _out = corrected
+    data = json.loads((audit.out / "audit.json").read_text(encoding="utf-8"))
+    del data["strategies"][0]["mean_map"]
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "audit.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ConvlensError, match="strategy 1 of the audit has no mean map"):
+        gather_evidence(clf, fixed.classifier, tmp_path / "audit", 1, out=tmp_path / "out")
+    assert not (tmp_path / "out" / "correction.json").exists()

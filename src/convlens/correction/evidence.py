@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from convlens._hooks import evaluation_mode
 from convlens.auditing.causal import _r, causal_check, cluster_regions, cover, wilson
+from convlens.correction.direction import DirectionError
 from convlens.correction.pclarc import _audit_data, _strategy
 from convlens.files import ensure_folder, write_json_atomic
 
@@ -56,8 +58,6 @@ def _decode(classifier: Any, base: Path, paths: Sequence[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def _predict(classifier: Any, x: torch.Tensor) -> torch.Tensor:
-    from convlens._hooks import evaluation_mode
-
     with evaluation_mode(classifier.module):
         return classifier.module(x.to(classifier.device)).argmax(1).cpu()
 
@@ -100,9 +100,13 @@ def _pairs(rows: Sequence[dict[str, Any]], members: Sequence[dict[str, Any]], ta
     others = [r for r in rows if r["path"] not in inside and r.get("label") is not None
               and str(r["label"]) != target]
     generator = torch.Generator().manual_seed(int(seed))
+    pools: dict[str, list[dict[str, Any]]] = {}
     pairs = []
     for member in members:
-        pool = [r for r in others if str(r["label"]) != str(member.get("label"))]
+        own = str(member.get("label"))
+        if own not in pools:
+            pools[own] = [r for r in others if str(r["label"]) != own]
+        pool = pools[own]
         for _ in range(per_member if pool else 0):
             pairs.append((member, pool[int(torch.randint(len(pool), (1,),
                                                          generator=generator))]))
@@ -258,6 +262,10 @@ def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
     original, corrected = as_classifier(original), as_classifier(corrected)
     data, folder = _audit_data(audit)
     entry = _strategy(data, strategy)
+    if not entry.get("mean_map") or not entry.get("members"):
+        raise DirectionError(f"strategy {strategy} of the audit has no mean map or no members "
+                             "to test; re-run `convlens audit` with this version and correct "
+                             "from its folder")
     out = ensure_folder(out, writable=True)
     base = _base(data)
     rows = list(data.get("images") or [])
