@@ -31,7 +31,8 @@ def corrected(tmp_path_factory):
 
 def _rates(evidence, size=0):
     row = evidence["artefact_test"]["table"][size]
-    return {model: {k: v["rate"] for k, v in row[model].items()} for model in ("before", "after")}
+    return {model: {k: v["rate"] for k, v in row[model].items() if "rate" in v}
+            for model in ("before", "after")}
 
 
 def test_the_pasted_tag_no_longer_makes_squares_after_pclarc(corrected) -> None:
@@ -47,6 +48,9 @@ def test_the_pasted_tag_no_longer_makes_squares_after_pclarc(corrected) -> None:
         assert rates["before"]["removed_changed"] >= 0.8
         assert rates["after"]["removed_changed"] <= 0.1
         assert rates["after"]["pasted_changed"] <= 0.1
+        by_class = test["table"][size]["before"]["pasted_to_class_by_class"]
+        assert set(by_class) == {"circle", "triangle"}  # never onto the strategy's class
+        assert sum(c["of"] for c in by_class.values()) == 80
 
 
 def test_accuracy_before_and_after_overall_and_per_class(corrected) -> None:

@@ -7,10 +7,11 @@ images and writes ``correction.json`` (see docs/architecture.md, "Correction"):
   whose label the model does not know, are not counted).
 * ``artefact_test``: the strategy's hot region (its mean map's hottest pixels covering
   1/16 and 1/8 of the image, :func:`convlens.auditing.causal.cluster_regions`) *pasted*
-  from each member onto images that are not members, of a labelled class that is neither
-  the member's nor the strategy's class (the class most members are predicted as), paired
-  by a seeded generator; and *removed* from each member (covered by the audit's blur of
-  the surroundings, :func:`convlens.auditing.causal.cover`, the causal check's infill).
+  from each member onto images that are not members, of a labelled class other than the
+  strategy's class (the class most members are predicted as), paired by a seeded
+  generator (also reported per destination class); and *removed* from each member
+  (covered by the audit's blur of the surroundings, :func:`convlens.auditing.causal.cover`,
+  the causal check's infill).
   For each model: the share of predictions that change, and the share of pasted images
   that become the strategy's class. Each model is compared with itself on the unmodified
   image, so a change is the region's doing.
@@ -94,20 +95,18 @@ def _accuracy(models: dict[str, Any], base: Path, rows: Sequence[dict[str, Any]]
 
 def _pairs(rows: Sequence[dict[str, Any]], members: Sequence[dict[str, Any]], target: str,
            seed: int, per_member: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Each member paired with ``per_member`` non-members (drawn with replacement) whose
-    label is neither the member's nor ``target``."""
+    """Each member paired with ``per_member`` labelled non-members (drawn with replacement)
+    of a class other than ``target``, the strategy's class: a change to ``target`` is then a
+    mistake the region made. The member's own class is allowed: on the planted net of seed 2
+    the tag made circles squares but not triangles, and a test that paired the tagged circles
+    with triangles only saw no effect (0/40) where there was one."""
     inside = {m["path"] for m in members}
-    others = [r for r in rows if r["path"] not in inside and r.get("label") is not None
-              and str(r["label"]) != target]
+    pool = [r for r in rows if r["path"] not in inside and r.get("label") is not None
+            and str(r["label"]) != target]
     generator = torch.Generator().manual_seed(int(seed))
-    pools: dict[str, list[dict[str, Any]]] = {}
     pairs = []
-    for member in members:
-        own = str(member.get("label"))
-        if own not in pools:
-            pools[own] = [r for r in others if str(r["label"]) != own]
-        pool = pools[own]
-        for _ in range(per_member if pool else 0):
+    for member in members if pool else []:
+        for _ in range(per_member):
             pairs.append((member, pool[int(torch.randint(len(pool), (1,),
                                                          generator=generator))]))
     return pairs
@@ -135,8 +134,11 @@ def _artefact_test(models: dict[str, Any], base: Path, rows: Sequence[dict[str, 
                 mask = hot.to(dest.dtype)
                 pasted = _predict(model, dest * (1 - mask) + source * mask)
                 counts[name][k]["pasted_changed"] += int((pasted != plain).sum())
-                counts[name][k]["pasted_to_class"] += int(((pasted == target_index)
-                                                           & (plain != target_index)).sum())
+                made = ((pasted == target_index) & (plain != target_index)).tolist()
+                counts[name][k]["pasted_to_class"] += sum(made)
+                for (_, other), hit in zip(part, made):
+                    counts[name][k][("onto", str(other["label"]))] += 1
+                    counts[name][k][("made", str(other["label"]))] += int(hit)
     for start in range(0, len(members), batch_size):
         part = members[start:start + batch_size]
         x = _decode(first, base, [m["path"] for m in part])
@@ -153,7 +155,11 @@ def _artefact_test(models: dict[str, Any], base: Path, rows: Sequence[dict[str, 
             c = counts[name][k]
             row[name] = {"pasted_changed": _rate(c["pasted_changed"], len(pairs)),
                          "pasted_to_class": _rate(c["pasted_to_class"], len(pairs)),
-                         "removed_changed": _rate(c["removed_changed"], len(members))}
+                         "removed_changed": _rate(c["removed_changed"], len(members)),
+                         "pasted_to_class_by_class": {
+                             label: _rate(c[("made", label)], c[("onto", label)])
+                             for label in sorted({key[1] for key in c if isinstance(key, tuple)
+                                                  and key[0] == "onto"})}}
         table.append(row)
     return {"class": target, "pairs": len(pairs), "members": len(members),
             "infill": "blur", "seed": int(seed), "table": table}
