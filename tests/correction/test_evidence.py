@@ -85,14 +85,18 @@ def test_correction_json_is_what_was_returned(corrected) -> None:
     assert json.loads((out / "correction.json").read_text(encoding="utf-8")) == evidence
 
 
-def test_an_uncorrected_model_keeps_its_strategy_and_its_flip_rate(corrected, tmp_path,
-                                                                   snapshot) -> None:
+@pytest.mark.parametrize("checks, source", [(3, "re-audit"), (0, "measured here")])
+def test_an_uncorrected_model_keeps_its_strategy_and_its_flip_rate(
+        corrected, tmp_path, snapshot, checks, source) -> None:
     clf, _fixed, audit, _evidence, _out = corrected
     watch = snapshot(clf.module)
-    same = gather_evidence(clf, clf, audit, 1, out=tmp_path)
+    same = gather_evidence(clf, clf, audit, 1, out=tmp_path,
+                           reaudit_options={"checks": checks})
     watch.assert_unchanged()
     assert same["reaudit"]["still_exists"] is True
     assert same["reaudit"]["matched"]["holds_original"] == 1.0
+    # with checks=0 the re-audit checks nothing and the flip rate is measured here
+    assert same["causal"]["after"]["source"].startswith(source)
     assert same["causal"]["after"]["flip_rate"] == same["causal"]["before"]["flip_rate"]
     rates = _rates(same)
     assert rates["after"] == rates["before"]

@@ -294,7 +294,8 @@ def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
     reaudit = _reaudit(data, after, entry)
     reaudit["folder"] = "audit-after"
     evidence = {
-        "strategy": {**_summary(entry), "class": target},
+        "strategy": {**_summary(entry), "class": target,
+                     "members_predicted": dict(predicted.most_common())},
         "audit": str(folder),
         "models": {"before": original.name, "after": corrected.name},
         "accuracy": accuracy,
