@@ -130,3 +130,17 @@ def test_a_strategy_without_a_mean_map_is_one_clear_error(corrected, tmp_path) -
     with pytest.raises(ConvlensError, match="strategy 1 of the audit has no mean map"):
         gather_evidence(clf, fixed.classifier, tmp_path / "audit", 1, out=tmp_path / "out")
     assert not (tmp_path / "out" / "correction.json").exists()
+
+
+def test_a_strategy_the_audit_did_not_check_gets_its_flip_rate_measured(corrected,
+                                                                         tmp_path) -> None:
+    clf, fixed, audit, evidence, _out = corrected
+    data = json.loads((audit.out / "audit.json").read_text(encoding="utf-8"))
+    data["strategies"][0]["flip_rate"] = None  # as for a strategy below the top `checks`
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "audit.json").write_text(json.dumps(data), encoding="utf-8")
+    again = gather_evidence(clf, fixed.classifier, tmp_path / "audit", 1, out=tmp_path / "out",
+                            reaudit_options={"checks": 0})
+    before = again["causal"]["before"]
+    assert before["source"].startswith("measured here")
+    assert before["flip_rate"] == evidence["causal"]["before"]["flip_rate"] == 0.95

@@ -20,8 +20,9 @@ images and writes ``correction.json`` (see docs/architecture.md, "Correction"):
   holds >= 50 % of the original members (if any), and every strategy before/after with its
   size; a strategy that grew is the whac-a-mole effect.
 * ``causal``: the strategy's causal flip rate before (audit.json) and after (the matched
-  strategy's in the re-audit, measured here with the same check when the re-audit did not
-  check it), or "no matching strategy after correction".
+  strategy's in the re-audit), each measured here with the same check when its audit did
+  not check the strategy (below the top ``checks``), or "no matching strategy after
+  correction".
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from convlens.files import ensure_folder, write_json_atomic
 SIZES = (1 / 16, 1 / 8)
 """Areas of the hot region the artefact test pastes and removes (fractions of the image)."""
 MATCH = 0.5
-"""A strategy after correction matches when it holds at least this share of the original members."""
+"""A strategy after correction matches when it holds at least this share of the original
+members and they are at least this share of its own."""
 NO_MATCH = "no matching strategy after correction"
 
 
@@ -221,21 +223,20 @@ def _reaudit(before: dict[str, Any], after: dict[str, Any], entry: dict[str, Any
             "grew": grew}
 
 
-def _flip_after(corrected: Any, base: Path, after: dict[str, Any], matched: dict[str, Any] | None,
-                seed: int, batch_size: int) -> dict[str, Any]:
-    if matched is None:
-        return {"flip_rate": None, "note": NO_MATCH}
-    entry = _strategy(after, matched["id"])
+def _flip(classifier: Any, base: Path, entry: dict[str, Any], seed: int, batch_size: int,
+          source: str) -> dict[str, Any]:
+    """A strategy's causal flip rate: the audit's, else measured here with the same check
+    (hot region of its mean map, blur infill) on its members."""
     if entry.get("flip_rate") is not None:
-        return {"flip_rate": entry["flip_rate"], "random_flip_rate": entry.get("random_flip_rate"),
-                "source": "re-audit"}
+        return {"flip_rate": entry["flip_rate"],
+                "random_flip_rate": entry.get("random_flip_rate"), "source": source}
     paths = list(entry.get("members") or [])
-    x = torch.cat([_decode(corrected, base, paths[s:s + batch_size])
+    x = torch.cat([_decode(classifier, base, paths[s:s + batch_size])
                    for s in range(0, len(paths), batch_size)])
-    check = causal_check(corrected, x, np.asarray(entry["mean_map"], dtype=np.float64),
+    check = causal_check(classifier, x, np.asarray(entry["mean_map"], dtype=np.float64),
                          keys=paths, seed=seed, batch_size=batch_size)
     return {"flip_rate": _r(check.flip_rate), "random_flip_rate": _r(check.random_flip_rate),
-            "source": "measured here (the re-audit did not check this strategy)"}
+            "source": f"measured here (the {source} did not check this strategy)"}
 
 
 def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
@@ -279,7 +280,7 @@ def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
     by_path = {r["path"]: r for r in rows}
     predicted = Counter(str(by_path[p].get("predicted")) for p in entry.get("members") or []
                         if p in by_path)
-    target = predicted.most_common(1)[0][0] if predicted else ""
+    target = predicted.most_common(1)[0][0] if predicted else ""  # ties: members' order
     labels = list(original.labels or [])
 
     accuracy = _accuracy(models, base, rows, labels, batch_size)
@@ -301,11 +302,10 @@ def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
         "accuracy": accuracy,
         "artefact_test": artefact,
         "reaudit": reaudit,
-        "causal": {"before": {"flip_rate": entry.get("flip_rate"),
-                              "random_flip_rate": entry.get("random_flip_rate"),
-                              "source": "audit"},
-                   "after": _flip_after(corrected, base, after, reaudit["matched"], seed,
-                                        batch_size)},
+        "causal": {"before": _flip(original, base, entry, seed, batch_size, "audit"),
+                   "after": (_flip(corrected, base, _strategy(after, reaudit["matched"]["id"]),
+                                   seed, batch_size, "re-audit") if reaudit["matched"]
+                             else {"flip_rate": None, "note": NO_MATCH})},
     }
     write_json_atomic(out / "correction.json", evidence)
     return evidence
