@@ -35,6 +35,9 @@ def test_correct_writes_a_folder_every_command_loads(audited, tmp_path) -> None:
     assert members and members[0]["action"].startswith("relabel")  # mistakes first
     assert all(r["path"].endswith("-tag.png") for r in training[:10])  # the tag, found
     assert "corrected for strategy 1 at features" in done.stdout
+    assert "the strategy is gone in the re-audit" in done.stdout, done.stdout
+    evidence = json.loads((fixed / "correction.json").read_text())
+    assert evidence["accuracy"]["after"] > evidence["accuracy"]["before"]
     card = json.loads((fixed / "card.json").read_text())
     assert card["method"] == "pclarc" and card["strategy"] == 1
     assert (fixed / "projection.safetensors").is_file()

@@ -46,6 +46,7 @@ def correct(
     OUT/guidance.csv lists the images to relabel, remove or augment. Give the same model
     options as the audit."""
     from convlens.correction.direction import SHAPES
+    from convlens.correction.evidence import gather_evidence
     from convlens.correction.folder import model_source, save_correction
     from convlens.correction.guidance import audit_rows, training_rows, write_guidance
     from convlens.correction.pclarc import METHODS, audit_data, strategy_entry
@@ -73,6 +74,7 @@ def correct(
             rows += training_rows(classifier, fixed.direction, train, batch_size=batch_size,
                                   shape=shape)
         write_guidance(out / "guidance.csv", rows)
+        evidence = gather_evidence(classifier, fixed.classifier, audit_dir, strategy, out=out)
     classes = ", ".join(f"{k} ({m} of the strategy, {o} others)"
                         for k, (m, o) in fixed.direction.classes.items())
     console.print(f"corrected for strategy {strategy} at {fixed.direction.layer} "
@@ -80,6 +82,21 @@ def correct(
                   f"(load it with --model {out}); what to relabel, remove or augment: "
                   f"{out / 'guidance.csv'} ({len(rows)} images)", markup=False,
                   highlight=False)
+    console.print(evidence_line(evidence), markup=False, highlight=False)
+
+
+def evidence_line(evidence: dict) -> str:
+    """One line of the evidence in correction.json: accuracy, the artefact test, the re-audit."""
+    accuracy = evidence.get("accuracy", {})
+    overall = accuracy.get("overall", accuracy)
+    before, after = overall.get("before"), overall.get("after")
+    still = (evidence.get("reaudit") or {}).get("still_exists")
+    bits = []
+    if before is not None and after is not None:
+        bits.append(f"accuracy {before:.3f} -> {after:.3f}")
+    if still is not None:
+        bits.append("the strategy is " + ("still found" if still else "gone") + " in the re-audit")
+    return "evidence (correction.json): " + ("; ".join(bits) if bits else "written")
 
 
 def register(app: typer.Typer) -> None:
