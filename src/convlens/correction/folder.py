@@ -1,15 +1,5 @@
-"""Writing a corrected model as a folder, ``FIXED/card.json`` + ``FIXED/projection.safetensors``
-(read back by ``models/corrected.py``).
-
-The card says everything needed to rebuild the corrected model and to reproduce the
-correction: the original model's source (what ``cl.load_model`` was given: a bundled name,
-a factory or a file, the weights file with its SHA-256, the labels, the preprocessing), the
-method, the layer, the strategy and the audit it came from, the classes the direction was
-estimated in. The projection's tensors (direction, reference) are the new weights. Loading
-(``cl.load_model("FIXED/")``, any command's ``--model FIXED/``) rebuilds the original model
-from its source, checks the weights file is the one corrected, and inserts the projection
-where it was.
-"""
+"""Writing a corrected model as a folder, ``FIXED/card.json`` + ``FIXED/projection.safetensors``;
+what the card holds and how it is read back: ``models/corrected.py``."""
 
 from __future__ import annotations
 

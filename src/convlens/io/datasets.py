@@ -467,7 +467,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if problem is not None:
             return ("bad", problem)
         try:
-            digest = _digest(entry.path)
+            digest = file_digest(entry.path)
         except OSError as error:
             return ("bad", InputProblem(entry.path, f"cannot read file ({error.strerror})"))
         item = DatasetItem(index, entry, digest, content_key(entry.relpath, digest, self.salt))
@@ -482,7 +482,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return ("ok", item, tensor, image)
 
 
-def _digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """The SHA-256 (hex) of a file, read in 1 MiB blocks."""
     hasher = hashlib.sha256()
     with open(path, "rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):

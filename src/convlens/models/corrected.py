@@ -12,12 +12,12 @@ where it was.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from convlens.errors import ModelLoadError
+from convlens.io.datasets import file_digest as sha256_of
 
 CARD = "card.json"
 PROJECTION = "projection.safetensors"
@@ -28,15 +28,6 @@ def is_correction(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a corrected-model folder (it holds a card of ours)."""
     folder = Path(os.fspath(path))
     return folder.is_dir() and (folder / CARD).is_file()
-
-
-def sha256_of(path: Path) -> str:
-    """The SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_correction(folder: str | os.PathLike[str], *, device: Any = "auto") -> Any:
