@@ -66,7 +66,7 @@ def measure(module: torch.nn.Module, split: suite.Split, scenario: suite.Scenari
 
 def run(scenario: suite.Scenario, cache: Path | None, shapes: list[str]) -> dict:
     import convlens as cl
-    from convlens.correction.pclarc import correct
+    from convlens.correction.run import correct
 
     model, _cached = suite.trained_model(scenario, cache)
     fresh = fresh_split(scenario)

@@ -38,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "class_grid": "convlens.explanations",
     "concept_maps": "convlens.attribution.crp",
     "concept_relevance": "convlens.attribution.crp",
-    "correct": "convlens.correction.pclarc",
+    "correct": "convlens.correction.run",
     "evaluate": "convlens.metrics.evaluate",
     "explain": "convlens.explanations",
     "get_method": "convlens.attribution.core",

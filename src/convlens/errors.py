@@ -74,6 +74,11 @@ class UnsupportedModelError(ConvlensError, TypeError):
     """The model cannot be explained by the requested method (and we refuse to guess)."""
 
 
+class CorrectionError(ConvlensError, ValueError):
+    """A correction (``convlens correct``) cannot be made from what it was given: an unknown
+    strategy, unlabelled images, training data whose labels the model does not know."""
+
+
 class ObjectiveError(ConvlensError, ValueError):
     """A feature-visualization objective, parameterisation or transform is invalid."""
 

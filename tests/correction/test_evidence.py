@@ -14,7 +14,7 @@ planted_bias = pytest.importorskip("planted_bias")
 import convlens as cl  # noqa: E402
 import convlens.files  # noqa: E402
 from convlens.correction.evidence import NO_MATCH, gather_evidence  # noqa: E402
-from convlens.correction.pclarc import correct  # noqa: E402
+from convlens.correction.run import correct  # noqa: E402
 from convlens.errors import ConvlensError  # noqa: E402
 
 

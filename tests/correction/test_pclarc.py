@@ -8,8 +8,8 @@ import torch
 planted_bias = pytest.importorskip("planted_bias")
 
 import convlens as cl  # noqa: E402
-from convlens.correction.direction import DirectionError  # noqa: E402
-from convlens.correction.pclarc import correct  # noqa: E402
+from convlens.correction.run import correct  # noqa: E402
+from convlens.errors import CorrectionError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +51,15 @@ def test_pclarc_removes_the_tag_effect_without_costing_clean_accuracy(audited, s
 def test_an_unknown_strategy_and_a_folder_without_an_audit_are_one_clear_error(
         audited, tmp_path) -> None:
     clf, audit = audited
-    with pytest.raises(DirectionError, match="no strategy 99; its strategies: 1"):
+    with pytest.raises(CorrectionError, match="no strategy 99; its strategies: 1"):
         correct(clf, audit, 99)
-    with pytest.raises(DirectionError, match="holds no audit.json"):
+    with pytest.raises(CorrectionError, match="holds no audit.json"):
         correct(clf, tmp_path, 1)
 
 
+@pytest.mark.parametrize("method", ["pclarc", "rrclarc", "last-layer"])
 def test_the_corrected_folder_loads_in_a_fresh_process_and_explains_with_every_method(
-        audited, tmp_path) -> None:
+        audited, tmp_path, method) -> None:
     import json
     import subprocess
     import sys
@@ -67,13 +68,19 @@ def test_the_corrected_folder_loads_in_a_fresh_process_and_explains_with_every_m
     from convlens.correction.folder import model_source, save_correction
 
     clf, audit = audited
-    fixed = correct(clf, audit, 1)
+    fixed = correct(clf, audit, 1, method=method, epochs=2)
     weights = tmp_path / "w.safetensors"  # a copy: the test changes it at the end
     weights.write_bytes((Path(audit.out).parent / "w.safetensors").read_bytes())
     source = model_source(f"{Path(planted_bias.__file__).resolve()}:build", weights=weights)
     folder = save_correction(fixed, tmp_path / "FIXED", source=source, audit=audit.out)
     card = json.loads((folder / "card.json").read_text())
-    assert card["method"] == "pclarc" and card["layer"] == fixed.direction.layer
+    assert card["method"] == method and card["layer"] == fixed.direction.layer
+    assert card["projected"] == (method == "pclarc")
+    assert (card["weights"] is None) == (method == "pclarc")
+    if method != "pclarc":  # what it trained on, with what, and what it changed
+        assert card["training"]["data"]["images"] == fixed.data["images"]
+        assert card["training"]["settings"]["seed"] == 0 and card["training"]["history"]
+        assert card["weights"]["keys"] == ["fc.bias", "fc.weight"]
     assert card["source"]["weights_sha256"] and card["labels"] == clf.labels
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.save(x, tmp_path / "x.pt")

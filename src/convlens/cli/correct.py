@@ -24,12 +24,27 @@ def correct(
                                  help="The strategy's id in the audit (1 = most suspicious)."),
     method: str = typer.Option("pclarc", "--method",
                                help="pclarc: project the strategy's direction out of a layer "
-                                    "at inference (no training)."),
+                                    "at inference (no training); rrclarc: fine-tune the layers "
+                                    "above it so the output's gradient along it vanishes; "
+                                    "last-layer: refit the head on group-balanced features."),
     layer: str | None = typer.Option(None, "--layer",
                                      help="Where to project (default: the audit's layer)."),
     shape: str = typer.Option("map", "--shape",
                               help="map: the whole feature map (an artefact in a fixed place); "
                                    "channel: each channel's maximum (an artefact that moves)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Labelled training images (ImageFolder or CSV) for rrclarc and "
+                             "last-layer (default: the audit's images)."),
+    epochs: int = typer.Option(10, "--epochs", min=1, help="rrclarc: epochs of fine-tuning."),
+    strength: float = typer.Option(10.0, "--strength", min=0.0,
+                                   help="rrclarc: the penalty's weight, relative to the "
+                                        "cross-entropy on the first batch."),
+    learning_rate: float = typer.Option(1e-3, "--learning-rate", min=0.0,
+                                        help="rrclarc: Adam's learning rate."),
+    scope: str = typer.Option("linear", "--scope",
+                              help="rrclarc: what trains above the layer: linear (the linear "
+                                   "layers) or above (linear and convolution layers)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the training and the evidence."),
     train: Path | None = typer.Option(
         None, "--train", help="Training folder (ImageFolder, CSV or plain): its images "
                               "furthest along the strategy's direction join guidance.csv."),
@@ -40,23 +55,37 @@ def correct(
                                    help="Replace a corrected model convlens wrote in OUT."),
     *, model_options: ModelOptions,
 ) -> None:
-    """Correct the model for one strategy of an audit (P-ClArC: the strategy's direction,
-    contrasted with clean images of the same classes, is projected out of a layer) and
-    write OUT/ (card.json, projection.safetensors): `--model OUT/` loads it everywhere.
-    OUT/guidance.csv lists the images to relabel, remove or augment. Give the same model
-    options as the audit."""
+    """Correct the model for one strategy of an audit and write OUT/ (card.json,
+    projection.safetensors, weights.safetensors for the training methods): `--model OUT/`
+    loads it everywhere. The strategy's direction (its images contrasted with clean images
+    of the same classes) is projected out (pclarc), made irrelevant by a fine-tune
+    (rrclarc), or balanced away by refitting the head (last-layer). OUT/correction.json
+    holds the evidence (accuracy, artefact test, re-audit), OUT/guidance.csv the images to
+    relabel, remove or augment. A killed rrclarc run resumes when run again with the same
+    options (--overwrite starts again). Give the same model options as the audit."""
+    from convlens.cli._progress import cli_progress
+    from convlens.correction.audits import audit_data, strategy_entry
     from convlens.correction.direction import SHAPES
     from convlens.correction.evidence import gather_evidence
     from convlens.correction.folder import model_source, save_correction
     from convlens.correction.guidance import audit_rows, training_rows, write_guidance
-    from convlens.correction.pclarc import METHODS, audit_data, strategy_entry
-    from convlens.correction.pclarc import correct as run_correct
+    from convlens.correction.rrclarc import SCOPES
+    from convlens.correction.run import METHODS
+    from convlens.correction.run import correct as run_correct
+    from convlens.correction.training import Checkpoint
     from convlens.files import claim_output
 
     if method not in METHODS:
         fail(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
     if shape not in SHAPES:
         fail(f"--shape must be one of {', '.join(SHAPES)}; got {shape!r}")
+    if scope not in SCOPES:
+        fail(f"--scope must be one of {', '.join(SCOPES)}; got {scope!r}")
+    if data is not None and method == "pclarc":
+        fail("--data trains a correction; pclarc trains nothing (use --method rrclarc or "
+             "last-layer, or leave --data out)")
+    if data is not None and not data.exists():
+        fail(f"--data {data} does not exist; give a folder of labelled images or a CSV")
     if train is not None and not train.exists():
         fail(f"--train {train} does not exist; give a folder of training images or a CSV")
     if not (audit_dir / "audit.json").is_file():
@@ -64,21 +93,31 @@ def correct(
     classifier = model_options.load()
     source = model_source(model_options.model, weights=model_options.weights,
                           trust_model=model_options.trust_model)
-    with claim_output(out, overwrite=overwrite, inputs=[audit_dir], what="convlens correct"):
+    inputs = [audit_dir, *(p for p in (data, train) if p is not None)]
+    with claim_output(out, overwrite=overwrite, inputs=inputs, what="convlens correct"), \
+            cli_progress() as progress:
         fixed = run_correct(classifier, audit_dir, strategy, method=method, layer=layer,
-                            shape=shape, batch_size=batch_size)
+                            shape=shape, data=data, epochs=epochs, strength=strength,
+                            learning_rate=learning_rate, scope=scope, seed=seed,
+                            batch_size=batch_size, checkpoint=out, progress=progress)
         save_correction(fixed, out, source=source, audit=audit_dir)
+        Checkpoint(out, "").remove()
         data, _ = audit_data(audit_dir)
         rows = audit_rows(data, strategy_entry(data, strategy))
-        if train is not None:
-            rows += training_rows(classifier, fixed.direction, train, batch_size=batch_size,
-                                  shape=shape)
+        if train is not None or data is not None:
+            rows += training_rows(classifier, fixed.direction, train or data,
+                                  batch_size=batch_size, shape=shape)
         write_guidance(out / "guidance.csv", rows)
-        evidence = gather_evidence(classifier, fixed.classifier, audit_dir, strategy, out=out)
+        evidence = gather_evidence(classifier, fixed.classifier, audit_dir, strategy, out=out,
+                                   seed=seed)
     classes = ", ".join(f"{k} ({m} of the strategy, {o} others)"
                         for k, (m, o) in fixed.direction.classes.items())
+    for note in fixed.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+    trained = ("" if fixed.data is None else
+               f"; trained on {fixed.data['images']} images of {fixed.data['source']}")
     console.print(f"corrected for strategy {strategy} at {fixed.direction.layer} "
-                  f"({method}, {shape}); direction from {classes}: {out}/ "
+                  f"({method}, {shape}{trained}); direction from {classes}: {out}/ "
                   f"(load it with --model {out}); what to relabel, remove or augment: "
                   f"{out / 'guidance.csv'} ({len(rows)} images)", markup=False,
                   highlight=False)

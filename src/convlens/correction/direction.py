@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import torch
 
 from convlens._hooks import HookSession, evaluation_mode
-from convlens.errors import ConvlensError
+from convlens.errors import CorrectionError
 
 SHAPES = ("map", "channel")
 
 
-class DirectionError(ConvlensError, ValueError):
+class DirectionError(CorrectionError):
     """A strategy's direction cannot be estimated (no class with both members and others)."""
 
 

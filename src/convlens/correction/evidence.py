@@ -38,8 +38,8 @@ import torch
 
 from convlens._hooks import evaluation_mode
 from convlens.auditing.causal import _r, causal_check, cluster_regions, cover, wilson
+from convlens.correction.audits import audit_data, strategy_entry
 from convlens.correction.direction import DirectionError
-from convlens.correction.pclarc import audit_data, strategy_entry
 from convlens.files import ensure_folder, write_json_atomic
 
 SIZES = (1 / 16, 1 / 8)

@@ -1,5 +1,6 @@
-"""Writing a corrected model as a folder, ``FIXED/card.json`` + ``FIXED/projection.safetensors``;
-what the card holds and how it is read back: ``models/corrected.py``."""
+"""Writing a corrected model as a folder: ``FIXED/card.json``, ``FIXED/projection.safetensors``
+(the direction) and, for the training methods, ``FIXED/weights.safetensors`` (the tensors they
+changed); what the card holds and how it is read back: ``models/corrected.py``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from convlens.models.corrected import CARD, FORMAT, PROJECTION, sha256_of
+from convlens.models.corrected import CARD, FORMAT, PROJECTION, WEIGHTS, sha256_of
 
 _PREPROCESSING = ("input_size", "resize", "resize_size", "mean", "std", "interpolation")
 
@@ -29,7 +30,7 @@ def model_source(model: str, *, weights: str | os.PathLike[str] | None = None,
 
 def save_correction(correction: Any, out: str | os.PathLike[str], *, source: dict[str, Any],
                     audit: str | os.PathLike[str] | None = None) -> Path:
-    """Write ``correction`` (a :class:`~convlens.correction.pclarc.Correction`) into ``out``."""
+    """Write ``correction`` (a :class:`~convlens.correction.run.Correction`) into ``out``."""
     from safetensors.torch import save_file
 
     from convlens import __version__
@@ -45,12 +46,23 @@ def save_correction(correction: Any, out: str | os.PathLike[str], *, source: dic
         save_file({"direction": correction.direction.vector.detach().float().cpu().contiguous(),
                    "reference": correction.direction.reference.detach().float().cpu()
                    .contiguous()}, str(path))
+    weights = None
+    if correction.changed:
+        with atomic_output(folder / WEIGHTS) as path:
+            save_file({k: v.detach().cpu().contiguous() for k, v in correction.changed.items()},
+                      str(path))
+        weights = {"file": WEIGHTS, "keys": sorted(correction.changed),
+                   "sha256": sha256_of(folder / WEIGHTS)}
     card = {
         "format": FORMAT, "convlens": __version__, "method": correction.method,
         "strategy": correction.strategy,
         "audit": str(Path(os.fspath(audit)).resolve()) if audit is not None else None,
         "layer": correction.direction.layer, "shape": correction.shape,
-        "pooled": correction.shape == "channel",
+        "pooled": correction.shape == "channel", "projected": bool(correction.projection),
+        "weights": weights, "seed": correction.settings.get("seed"),
+        "training": None if correction.data is None else {
+            "data": correction.data, "settings": correction.settings,
+            "history": correction.history, "notes": correction.notes},
         "direction_classes": {k: {"members": m, "others": o}
                               for k, (m, o) in correction.direction.classes.items()},
         "images": correction.images, "source": source, "labels": classifier.labels,

@@ -1,13 +1,17 @@
-"""A corrected model as a folder: ``FIXED/card.json`` + ``FIXED/projection.safetensors``.
+"""A corrected model as a folder: ``FIXED/card.json``, ``FIXED/projection.safetensors`` and,
+for a correction that trained, ``FIXED/weights.safetensors``.
 
 The card says everything needed to rebuild the corrected model and to reproduce the
 correction: the original model's source (what ``cl.load_model`` was given: a bundled name,
 a factory or a file, the weights file with its SHA-256, the labels, the preprocessing), the
 method, the layer, the strategy and the audit it came from, the classes the direction was
-estimated in. The projection's tensors (direction, reference) are the new weights. Loading
-(``cl.load_model("FIXED/")``, any command's ``--model FIXED/``) rebuilds the original model
-from its source, checks the weights file is the one corrected, and inserts the projection
-where it was.
+estimated in, and for a training method its data, settings, seed and history. The
+projection's tensors (direction, reference) are what P-ClArC inserts; the trained tensors
+(by ``state_dict`` key, only those that changed) are what RR-ClArC and the last-layer refit
+learned. Loading (``cl.load_model("FIXED/")``, any command's ``--model FIXED/``) rebuilds the
+original model from its source, checks the weights file is the one corrected, inserts the
+projection where it was (``projected``) and loads the trained tensors (``weights``, checked
+against their SHA-256 and the network's keys and shapes).
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ from convlens.io.datasets import file_digest as sha256_of
 
 CARD = "card.json"
 PROJECTION = "projection.safetensors"
-FORMAT = 1
+WEIGHTS = "weights.safetensors"
+FORMAT = 2
+READS = (1, 2)
+"""Card formats this convlens reads (1: P-ClArC only, before the training methods)."""
+METHODS = {"pclarc": "P-ClArC", "rrclarc": "RR-ClArC", "last-layer": "last layer"}
 
 
 def is_correction(path: str | os.PathLike[str]) -> bool:
@@ -52,10 +60,11 @@ def load_correction(folder: str | os.PathLike[str], *, device: Any = "auto") -> 
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"{folder} is not a readable corrected model ({error}); write it "
                              "again with `convlens correct`") from None
-    if card.get("format") != FORMAT or card.get("method") != "pclarc":
+    method = card.get("method")
+    if card.get("format") not in READS or method not in METHODS:
         raise ModelLoadError(f"{folder}/{CARD}: format {card.get('format')!r}, method "
-                             f"{card.get('method')!r}; this convlens reads format {FORMAT}, "
-                             "method pclarc")
+                             f"{method!r}; this convlens reads formats {READS}, methods "
+                             f"{', '.join(METHODS)}")
     weights = source.get("weights")
     if weights is not None:
         if not Path(weights).is_file():
@@ -69,8 +78,30 @@ def load_correction(folder: str | os.PathLike[str], *, device: Any = "auto") -> 
                           device=device, trust_model=bool(source.get("trust_model")),
                           **{k: tuple(v) if isinstance(v, list) else v
                              for k, v in preprocessing.items() if v is not None})
-    module = insert_projection(original.module, card["layer"], tensors["direction"],
-                               tensors["reference"], pooled=bool(card.get("pooled")))
+    module = original.module
+    if card.get("projected", card.get("format") == 1):
+        module = insert_projection(module, card["layer"], tensors["direction"],
+                                   tensors["reference"], pooled=bool(card.get("pooled")))
+    if card.get("weights"):
+        module = _load_trained(folder, card["weights"], module)
     return original.with_module(
-        module, name=f"{original.name} (P-ClArC: strategy {card.get('strategy')} at "
+        module, name=f"{original.name} ({METHODS[method]}: strategy {card.get('strategy')} at "
                      f"{card['layer']})")
+
+
+def _load_trained(folder: Path, weights: dict[str, Any], module: Any) -> Any:
+    """``module`` (the freshly rebuilt network) with the trained tensors of ``folder``."""
+    from safetensors.torch import load_file
+
+    path = folder / str(weights.get("file", WEIGHTS))
+    if not path.is_file() or sha256_of(path) != weights.get("sha256"):
+        raise ModelLoadError(f"{path} is missing or changed since the correction (SHA-256 "
+                             "differs); write the corrected model again with `convlens correct`")
+    trained = load_file(str(path))
+    state = module.state_dict()
+    wrong = [k for k, v in trained.items() if k not in state or state[k].shape != v.shape]
+    if wrong:
+        raise ModelLoadError(f"{path}: {', '.join(wrong[:3])} do not fit the rebuilt network "
+                             "(another model or version?); correct the model again")
+    module.load_state_dict(trained, strict=False)
+    return module
