@@ -18,7 +18,12 @@ images and writes ``correction.json`` (see docs/architecture.md, "Correction"):
 * ``reaudit``: ``cl.audit`` of the corrected model on the same data with the original
   audit's method, layer, grouping and seed (``out/audit-after``); the strategy that still
   holds >= 50 % of the original members (if any), and every strategy before/after with its
-  size; a strategy that grew is the whac-a-mole effect.
+  size. ``grew`` lists every strategy that is new or bigger (raw: a re-clustering of the same
+  images fills it); ``whac_a_mole`` is the verdict: ``"grew"`` only when a strategy (not the
+  corrected one) grew by at least max(5 images, 25 %) over its match before (corrected
+  members it took in not counted; a new strategy from 0) *and* its suspicion or error rate
+  is at least the corrected strategy's before, or rose by >= 0.10 over the strategy before
+  holding most of its images; else ``"none"`` (:func:`whac_a_mole`, its ``rule`` in words).
 * ``causal``: the strategy's causal flip rate before (audit.json) and after (the matched
   strategy's in the re-audit), each measured here with the same check when its audit did
   not check the strategy (below the top ``checks``), or "no matching strategy after
@@ -178,15 +183,92 @@ def _share(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a) if a else 0.0
 
 
+GROWTH = (5, 0.25)
+"""A strategy *grew* (whac-a-mole) only when it holds at least this many more images, and at
+least this share more, than its closest strategy before (not counting corrected members)."""
+RISE = 0.10
+"""... and is as suspicious as the corrected strategy was, or its suspicion or error rate rose
+by at least this much over its closest strategy before."""
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
+
+
+def whac_a_mole(rows: Sequence[tuple[dict[str, Any], float, dict[str, Any] | None, int]],
+                entry: dict[str, Any], matched: int | None = None) -> dict[str, Any]:
+    """The whac-a-mole verdict of a re-audit: did another strategy take the corrected one's
+    place? Re-clustering alone reshuffles sizes, so a strategy counts only when it grew by a
+    margin *and* looks like a shortcut (the rule is :data:`GROWTH` and :data:`RISE`, spelled
+    out in the result's ``rule``).
+
+    Args:
+        rows: Per strategy after correction, ``(row, share, closest, held)``: its row as in
+            ``grew`` (``after``, ``size_after``, ``suspicion_after``, ``error_rate_after``),
+            the share of its members in ``closest``, the strategy before holding most of its
+            members (``None`` when none holds any), and how many of the corrected strategy's
+            members it holds (not counted as growth: they had to go somewhere).
+        entry: The corrected strategy before (its ``suspicion`` and ``error_rate`` set the
+            bar).
+        matched: The id after of the corrected strategy itself, if it still exists (it is
+            reported as ``still_exists``, not as a new mole).
+
+    Returns:
+        ``{"verdict": "none" | "grew", "strategies": [...], "rule": "..."}``; each listed
+        strategy says which parts of the rule it met (``why``).
+
+    Example:
+        >>> row = {"after": 3, "size_after": 30, "suspicion_after": 0.7, "error_rate_after": 0.6}
+        >>> whac_a_mole([(row, 0.0, None, 0)], {"suspicion": 0.68, "error_rate": 0.95})["verdict"]
+        'grew'
+    """
+    least, share = GROWTH
+    bar_suspicion, bar_error = _number(entry.get("suspicion")), _number(entry.get("error_rate"))
+    found = []
+    for row, overlap, closest, held in rows:
+        if matched is not None and row.get("after") == matched:
+            continue
+        known = closest is not None and overlap > 0
+        size_before = int((closest or {}).get("size") or 0) if overlap >= MATCH else 0
+        size = int(row.get("size_after") or 0) - held
+        needed = max(least, share * size_before)
+        if size - size_before < needed:
+            continue
+        suspicion, error = _number(row.get("suspicion_after")), _number(row.get("error_rate_after"))
+        why = []
+        if suspicion is not None and bar_suspicion is not None and suspicion >= bar_suspicion:
+            why.append(f"suspicion {suspicion:.2f} >= the corrected strategy's {bar_suspicion:.2f}")
+        if error is not None and bar_error is not None and error >= bar_error:
+            why.append(f"error rate {error:.2f} >= the corrected strategy's {bar_error:.2f}")
+        for name, now in (("suspicion", suspicion), ("error rate", error)):
+            then = _number((closest or {}).get(name.replace(" ", "_"))) if known else None
+            if now is not None and then is not None and now - then >= RISE:
+                why.append(f"{name} rose {then:.2f} -> {now:.2f} (strategy {closest.get('id')} "
+                           "before)")
+        if why:
+            found.append({**row, "closest_before": closest.get("id") if known else None,
+                          "size_before": size_before, "grew_by": size - size_before,
+                          "why": why})
+    rule = (f"a strategy after correction (other than the corrected one, if it is still "
+            f"found) grew when, not counting the corrected strategy's members it took in, it "
+            f"holds at least max({least} images, {share:.0%}) more than the strategy before "
+            f"that holds >= {MATCH:.0%} of its members (0 when none: a new strategy), and its "
+            "suspicion or error rate is at least the corrected strategy's before, or rose by "
+            f">= {RISE:.2f} over the strategy before that holds most of its members")
+    return {"verdict": "grew" if found else "none", "strategies": found, "rule": rule}
+
+
 def _reaudit(before: dict[str, Any], after: dict[str, Any], entry: dict[str, Any]
              ) -> dict[str, Any]:
     """The original strategy's match after correction, and every strategy's size.
 
     A strategy after correction *matches* when it holds >= :data:`MATCH` of the original
     members and they are >= :data:`MATCH` of its own members (a class cluster that merely
-    took the corrected images back is not the strategy). A strategy *grew* when it is new
-    (no strategy before holds half its members) or holds more images than its best match
-    before, not counting the original members it took in.
+    took the corrected images back is not the strategy). ``grew`` is the raw list: every
+    strategy that is new (no strategy before holds half its members) or holds more images than
+    its best match before, not counting the original members it took in; any re-clustering
+    fills it. ``whac_a_mole`` is the verdict (:func:`whac_a_mole`).
     """
     members = set(entry.get("members") or [])
     later = list(after.get("strategies") or [])
@@ -199,7 +281,7 @@ def _reaudit(before: dict[str, Any], after: dict[str, Any], entry: dict[str, Any
         inside = set(best[1].get("members") or [])
         closest = {**_summary(best[1]), "holds_original": _r(_share(members, inside)),
                    "original_share": _r(_share(inside, members))}
-    grew = []
+    grew, rows = [], []
     for strategy in later:
         inside = set(strategy.get("members") or [])
         share, match = max(((_share(inside, set(s.get("members") or [])), s) for s in earlier),
@@ -209,6 +291,7 @@ def _reaudit(before: dict[str, Any], after: dict[str, Any], entry: dict[str, Any
         row = {"after": strategy.get("id"), "size_after": strategy.get("size"),
                "suspicion_after": strategy.get("suspicion"),
                "error_rate_after": strategy.get("error_rate"), "from_corrected": taken}
+        rows.append((row, share, match, len(inside & members)))
         if match is None or share < MATCH:
             grew.append({**row, "before": None, "new": True})
         elif (strategy.get("size") or 0) - taken > (match.get("size") or 0):
@@ -220,7 +303,9 @@ def _reaudit(before: dict[str, Any], after: dict[str, Any], entry: dict[str, Any
                           f">= {MATCH:.0%} of its own",
             "strategies_before": [_summary(s) for s in earlier],
             "strategies_after": [_summary(s) for s in later],
-            "grew": grew}
+            "grew": grew,
+            "whac_a_mole": whac_a_mole(rows, entry, closest["id"] if still and closest
+                                       else None)}
 
 
 def _flip(classifier: Any, base: Path, entry: dict[str, Any], seed: int, batch_size: int,
