@@ -43,14 +43,16 @@ def correct(
     """Correct the model for one strategy of an audit (P-ClArC: the strategy's direction,
     contrasted with clean images of the same classes, is projected out of a layer) and
     write OUT/ (card.json, projection.safetensors): `--model OUT/` loads it everywhere.
-    OUT/guidance.csv lists the images to relabel, remove or augment. Give the same model
-    options as the audit."""
+    OUT/guidance.csv lists the images to relabel, remove or augment; OUT/correction.json and
+    OUT/report.html the evidence (accuracy, the artefact test, the re-audit in
+    OUT/audit-after/). Give the same model options as the audit."""
     from convlens.correction.direction import SHAPES
     from convlens.correction.evidence import gather_evidence
     from convlens.correction.folder import model_source, save_correction
     from convlens.correction.guidance import audit_rows, training_rows, write_guidance
     from convlens.correction.pclarc import METHODS, audit_data, strategy_entry
     from convlens.correction.pclarc import correct as run_correct
+    from convlens.correction.report import write_correction_report
     from convlens.files import claim_output
 
     if method not in METHODS:
@@ -74,7 +76,9 @@ def correct(
             rows += training_rows(classifier, fixed.direction, train, batch_size=batch_size,
                                   shape=shape)
         write_guidance(out / "guidance.csv", rows)
-        evidence = gather_evidence(classifier, fixed.classifier, audit_dir, strategy, out=out)
+        evidence = gather_evidence(classifier, fixed.classifier, audit_dir, strategy, out=out,
+                                   report=True)
+        page = write_correction_report(out)
     classes = ", ".join(f"{k} ({m} of the strategy, {o} others)"
                         for k, (m, o) in fixed.direction.classes.items())
     console.print(f"corrected for strategy {strategy} at {fixed.direction.layer} "
@@ -82,7 +86,8 @@ def correct(
                   f"(load it with --model {out}); what to relabel, remove or augment: "
                   f"{out / 'guidance.csv'} ({len(rows)} images)", markup=False,
                   highlight=False)
-    console.print(evidence_line(evidence), markup=False, highlight=False)
+    console.print(f"{evidence_line(evidence)}; the page to decide on: {page}", markup=False,
+                  highlight=False)
 
 
 def evidence_line(evidence: dict) -> str:

@@ -15,6 +15,8 @@ images and writes ``correction.json`` (see docs/architecture.md, "Correction"):
   For each model: the share of predictions that change, and the share of pasted images
   that become the strategy's class. Each model is compared with itself on the unmodified
   image, so a change is the region's doing.
+  ``examples``: the first :data:`EXAMPLES` pasted images (larger region, one per member) as
+  PNGs in ``out/examples/``, with each model's prediction on the image and on it pasted.
 * ``reaudit``: ``cl.audit`` of the corrected model on the same data with the original
   audit's method, layer, grouping and seed (``out/audit-after``); the strategy that still
   holds >= 50 % of the original members (if any), and every strategy before/after with its
@@ -32,6 +34,7 @@ images and writes ``correction.json`` (see docs/architecture.md, "Correction"):
 
 from __future__ import annotations
 
+import io
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -49,6 +52,9 @@ from convlens.files import ensure_folder, write_json_atomic
 
 SIZES = (1 / 16, 1 / 8)
 """Areas of the hot region the artefact test pastes and removes (fractions of the image)."""
+EXAMPLES = 4
+"""Pasted images (the larger region, distinct members) kept as PNGs under ``out/examples/``
+with both models' predictions, for the report to show."""
 MATCH = 0.5
 """A strategy after correction matches when it holds at least this share of the original
 members and they are at least this share of its own."""
@@ -119,10 +125,28 @@ def _pairs(rows: Sequence[dict[str, Any]], members: Sequence[dict[str, Any]], ta
     return pairs
 
 
+def _label(names: Sequence[str], index: int) -> str:
+    return names[index] if 0 <= index < len(names) else str(index)
+
+
+def _save_example(classifier: Any, x: torch.Tensor, path: Path) -> None:
+    """One preprocessed image as a PNG (back in pixel units)."""
+    from PIL import Image
+
+    from convlens.files import write_bytes_atomic
+
+    pixels = classifier.preprocessing.unnormalize(x[None].float())[0].clamp(0, 1)
+    image = Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def _artefact_test(models: dict[str, Any], base: Path, rows: Sequence[dict[str, Any]],
                    entry: dict[str, Any], target: str, *, seed: int, per_member: int,
-                   batch_size: int) -> dict[str, Any]:
-    """Paste the hot region onto other classes' images, remove it from the members."""
+                   batch_size: int, examples: Path | None = None) -> dict[str, Any]:
+    """Paste the hot region onto other classes' images, remove it from the members; keep
+    :data:`EXAMPLES` pasted images under ``examples`` (when given)."""
     first = next(iter(models.values()))
     size = tuple(first.preprocessing.input_size)
     regions = cluster_regions(np.asarray(entry["mean_map"], dtype=np.float64), size, SIZES)
@@ -131,6 +155,13 @@ def _artefact_test(models: dict[str, Any], base: Path, rows: Sequence[dict[str, 
     pairs = _pairs(rows, members, target, seed, per_member)
     target_index = first.labels.index(target) if first.labels and target in first.labels else -1
     counts = {m: {k: Counter() for k in range(len(SIZES))} for m in models}
+    names = list(first.labels or [])
+    kept: dict[int, dict[str, Any]] = {
+        i: {"image": f"examples/pasted-{n + 1}.png", "size": _r(SIZES[-1]),
+            "member": pairs[i][0]["path"], "onto": pairs[i][1]["path"],
+            "label": str(pairs[i][1]["label"])}
+        for n, i in enumerate(range(0, len(pairs), max(1, per_member)))
+        if examples is not None and n < EXAMPLES}
     for start in range(0, len(pairs), batch_size):
         part = pairs[start:start + batch_size]
         source = _decode(first, base, [a["path"] for a, _ in part])
@@ -139,7 +170,15 @@ def _artefact_test(models: dict[str, Any], base: Path, rows: Sequence[dict[str, 
             plain = _predict(model, dest)
             for k, hot in enumerate(regions.hot):
                 mask = hot.to(dest.dtype)
-                pasted = _predict(model, dest * (1 - mask) + source * mask)
+                mixed = dest * (1 - mask) + source * mask
+                pasted = _predict(model, mixed)
+                for i in kept if k == len(SIZES) - 1 else ():
+                    if start <= i < start + len(part):
+                        kept[i][name] = {"plain": _label(names, int(plain[i - start])),
+                                         "pasted": _label(names, int(pasted[i - start]))}
+                        if model is first:  # the same picture for both models
+                            _save_example(first, mixed[i - start],
+                                          Path(examples or ".") / Path(kept[i]["image"]).name)
                 counts[name][k]["pasted_changed"] += int((pasted != plain).sum())
                 made = ((pasted == target_index) & (plain != target_index)).tolist()
                 counts[name][k]["pasted_to_class"] += sum(made)
@@ -169,7 +208,8 @@ def _artefact_test(models: dict[str, Any], base: Path, rows: Sequence[dict[str, 
                                                   and key[0] == "onto"})}}
         table.append(row)
     return {"class": target, "pairs": len(pairs), "members": len(members),
-            "infill": "blur", "seed": int(seed), "table": table}
+            "infill": "blur", "seed": int(seed), "table": table,
+            "examples": [kept[i] for i in sorted(kept)]}
 
 
 def _summary(entry: dict[str, Any]) -> dict[str, Any]:
@@ -326,8 +366,8 @@ def _flip(classifier: Any, base: Path, entry: dict[str, Any], seed: int, batch_s
 
 def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
                     out: str | os.PathLike[str], seed: int = 0, per_member: int = 2,
-                    batch_size: int = 64, reaudit_options: dict[str, Any] | None = None
-                    ) -> dict[str, Any]:
+                    batch_size: int = 64, reaudit_options: dict[str, Any] | None = None,
+                    report: bool = False) -> dict[str, Any]:
     """Measure what a correction did and write ``out/correction.json``; see the module doc.
 
     Args:
@@ -339,6 +379,7 @@ def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
         seed: Seeds the artefact test's pairs and the re-audit.
         per_member: Non-members each member's region is pasted onto.
         reaudit_options: Extra keyword arguments for the re-audit's ``cl.audit``.
+        report: Also write the re-audit's HTML report (``out/audit-after/report.html``).
 
     Returns:
         The JSON-ready dict written to ``correction.json``.
@@ -370,15 +411,20 @@ def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
 
     accuracy = _accuracy(models, base, rows, labels, batch_size)
     artefact = _artefact_test(models, base, rows, entry, target, seed=seed,
-                              per_member=per_member, batch_size=batch_size)
+                              per_member=per_member, batch_size=batch_size,
+                              examples=ensure_folder(out / "examples", writable=True))
     options = {"method": data.get("method", "gradcam"), "layer": data.get("layer"),
                "group_by": data.get("group_by", "predicted"),
                "map_size": data.get("map_size", 32), "layout": data.get("layout", "auto"),
                "overwrite": True, **(reaudit_options or {})}
-    after = cl.audit(corrected, data["data"], out=out / "audit-after", seed=seed,
-                     **options).data
+    reaudited = cl.audit(corrected, data["data"], out=out / "audit-after", seed=seed,
+                         **options)
+    after = reaudited.data
     reaudit = _reaudit(data, after, entry)
     reaudit["folder"] = "audit-after"
+    if report:
+        reaudited.report()
+        reaudit["report"] = "audit-after/report.html"
     evidence = {
         "strategy": {**_summary(entry), "class": target,
                      "members_predicted": dict(predicted.most_common())},
