@@ -94,6 +94,8 @@ def test_the_cli_writes_the_page_with_the_evidence_on_it(fixed) -> None:
     assert all(e["after"]["pasted"] == e["label"] for e in examples)  # the tag no longer works
     # 4. the re-audit and the causal flip rate; 5. the verdict; 6. guidance
     assert "The strategy is gone" in words
+    assert "✔ the strategy's region pasted onto other classes makes the class 100.0% -> 0.0% " \
+           "of the time (the 95% intervals do not overlap)" in words
     assert f"before {_pct(evidence['causal']['before']['flip_rate'])}" in words
     assert evidence["reaudit"]["whac_a_mole"]["verdict"] == "none"
     assert "No other strategy took the corrected one's place" in words

@@ -29,8 +29,8 @@ ASSETS = "report-files"
 DROP = 0.01
 """A class whose accuracy falls by more than this (one point) is marked."""
 GUIDANCE_ROWS = 10
-"""Rows of guidance.csv shown on the page, the first half of each source's (the file has
-them all)."""
+"""Rows of guidance.csv shown on the page, shared among its sources (audit, training); the
+file has them all."""
 MEASURES = (("pasted_to_class", "pasted → class", "pasted images that become the class"),
             ("pasted_changed", "pasted changed", "pasted images whose prediction changes"),
             ("removed_changed", "removed changed", "members whose prediction changes when the "
@@ -105,7 +105,7 @@ def _corrected(card: dict[str, Any], evidence: dict[str, Any], after: dict[str, 
             "error_rate": _pct(strategy.get("error_rate")),
             "method": [(k, v) for k, v in method if v not in (None, "")],
             "origin": [(k, v) for k, v in origin if v not in (None, "")],
-            "load": f"--model {folder}"}
+            "load": f"--model {folder}", "folder": str(folder)}
 
 
 def _accuracy(evidence: dict[str, Any]) -> dict[str, Any]:
@@ -211,14 +211,18 @@ def _guidance(folder: Path) -> dict[str, Any] | None:
             kinds["correct predictions on the same evidence: augment, or remove the "
                   "artefact"] += 1
     shown: list[dict[str, Any]] = []
-    for source in dict.fromkeys(r.get("source") for r in rows):  # each source's first rows
-        shown += [r for r in rows if r.get("source") == source][:GUIDANCE_ROWS // 2]
+    sources = list(dict.fromkeys(r.get("source") for r in rows))
+    for source in sources:  # each source's first rows
+        shown += [r for r in rows if r.get("source") == source][
+            :max(1, GUIDANCE_ROWS // len(sources))]
     return {"count": len(rows), "kinds": sorted(kinds.items(), key=lambda kv: -kv[1]),
             "rows": shown, "more": max(0, len(rows) - len(shown))}
 
 def _verdicts(accuracy: dict[str, Any], artefact: dict[str, Any], reaudit: dict[str, Any]
               ) -> list[tuple[bool | None, str]]:
-    """The page's first lines: each check with whether it speaks for shipping."""
+    """The page's first lines: each check with whether it speaks for shipping (``None``:
+    unknown). The pasted region counts as defused when the after interval lies wholly below
+    the before interval (larger region, pasted -> class)."""
     said: list[tuple[bool | None, str]] = []
     overall = accuracy["overall"]
     said.append((not overall["drop"] if overall["change"] != "-" else None,
@@ -230,11 +234,16 @@ def _verdicts(accuracy: dict[str, Any], artefact: dict[str, Any], reaudit: dict[
     table = (artefact["test"].get("table") or [])
     if table:
         last = table[-1]
-        rate = ((last.get("after") or {}).get("pasted_to_class") or {}).get("rate")
-        then = ((last.get("before") or {}).get("pasted_to_class") or {}).get("rate")
-        if isinstance(rate, (int, float)) and isinstance(then, (int, float)):
-            said.append((rate <= then / 2, f"the strategy's region pasted onto other classes "
-                         f"makes the class {_pct(then)} -> {_pct(rate)} of the time"))
+        now = (last.get("after") or {}).get("pasted_to_class") or {}
+        then = (last.get("before") or {}).get("pasted_to_class") or {}
+        if isinstance(now.get("rate"), (int, float)) and isinstance(then.get("rate"),
+                                                                    (int, float)):
+            apart = len(now.get("ci") or []) == 2 and len(then.get("ci") or []) == 2 \
+                and now["ci"][1] < then["ci"][0]
+            said.append((apart, f"the strategy's region pasted onto other classes makes the "
+                         f"class {_pct(then['rate'])} -> {_pct(now['rate'])} of the time "
+                         + ("(the 95% intervals do not overlap)" if apart else
+                            "(not clearly less: the 95% intervals overlap)")))
     still = reaudit["reaudit"].get("still_exists")
     if still is not None:
         said.append((not still, "the strategy is " + ("still found" if still else "gone")
