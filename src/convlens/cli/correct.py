@@ -60,15 +60,17 @@ def correct(
     loads it everywhere. The strategy's direction (its images contrasted with clean images
     of the same classes) is projected out (pclarc), made irrelevant by a fine-tune
     (rrclarc), or balanced away by refitting the head (last-layer). OUT/correction.json
-    holds the evidence (accuracy, artefact test, re-audit), OUT/guidance.csv the images to
-    relabel, remove or augment. A killed rrclarc run resumes when run again with the same
-    options (--overwrite starts again). Give the same model options as the audit."""
+    and OUT/report.html hold the evidence (accuracy, artefact test, the re-audit in
+    OUT/audit-after/), OUT/guidance.csv the images to relabel, remove or augment. A killed
+    rrclarc run resumes when run again with the same options (--overwrite starts again).
+    Give the same model options as the audit."""
     from convlens.cli._progress import cli_progress
     from convlens.correction.audits import audit_data, strategy_entry
     from convlens.correction.direction import SHAPES
     from convlens.correction.evidence import gather_evidence
     from convlens.correction.folder import model_source, save_correction
     from convlens.correction.guidance import audit_rows, training_rows, write_guidance
+    from convlens.correction.report import write_correction_report
     from convlens.correction.rrclarc import SCOPES
     from convlens.correction.run import METHODS
     from convlens.correction.run import correct as run_correct
@@ -102,14 +104,15 @@ def correct(
                             batch_size=batch_size, checkpoint=out, progress=progress)
         save_correction(fixed, out, source=source, audit=audit_dir)
         Checkpoint(out, "").remove()
-        data, _ = audit_data(audit_dir)
-        rows = audit_rows(data, strategy_entry(data, strategy))
+        content, _ = audit_data(audit_dir)
+        rows = audit_rows(content, strategy_entry(content, strategy))
         if train is not None or data is not None:
             rows += training_rows(classifier, fixed.direction, train or data,
                                   batch_size=batch_size, shape=shape)
         write_guidance(out / "guidance.csv", rows)
         evidence = gather_evidence(classifier, fixed.classifier, audit_dir, strategy, out=out,
-                                   seed=seed)
+                                   seed=seed, report=True)
+        page = write_correction_report(out)
     classes = ", ".join(f"{k} ({m} of the strategy, {o} others)"
                         for k, (m, o) in fixed.direction.classes.items())
     for note in fixed.notes:
@@ -121,7 +124,8 @@ def correct(
                   f"(load it with --model {out}); what to relabel, remove or augment: "
                   f"{out / 'guidance.csv'} ({len(rows)} images)", markup=False,
                   highlight=False)
-    console.print(evidence_line(evidence), markup=False, highlight=False)
+    console.print(f"{evidence_line(evidence)}; the page to decide on: {page}", markup=False,
+                  highlight=False)
 
 
 def evidence_line(evidence: dict) -> str:

@@ -15,10 +15,17 @@ images and writes ``correction.json`` (see docs/architecture.md, "Correction"):
   For each model: the share of predictions that change, and the share of pasted images
   that become the strategy's class. Each model is compared with itself on the unmodified
   image, so a change is the region's doing.
+  ``examples``: the first :data:`EXAMPLES` pasted images (larger region, one per member) as
+  PNGs in ``out/examples/``, with each model's prediction on the image and on it pasted.
 * ``reaudit``: ``cl.audit`` of the corrected model on the same data with the original
   audit's method, layer, grouping and seed (``out/audit-after``); the strategy that still
   holds >= 50 % of the original members (if any), and every strategy before/after with its
-  size; a strategy that grew is the whac-a-mole effect.
+  size. ``grew`` lists every strategy that is new or bigger (raw: a re-clustering of the same
+  images fills it); ``whac_a_mole`` is the verdict: ``"grew"`` only when a strategy (not the
+  corrected one) grew by at least max(5 images, 25 %) over its match before (corrected
+  members it took in not counted; a new strategy from 0) *and* its suspicion or error rate
+  is at least the corrected strategy's before, or rose by >= 0.10 over the strategy before
+  holding most of its images; else ``"none"`` (:func:`whac_a_mole`, its ``rule`` in words).
 * ``causal``: the strategy's causal flip rate before (audit.json) and after (the matched
   strategy's in the re-audit), each measured here with the same check when its audit did
   not check the strategy (below the top ``checks``), or "no matching strategy after
@@ -27,6 +34,7 @@ images and writes ``correction.json`` (see docs/architecture.md, "Correction"):
 
 from __future__ import annotations
 
+import io
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -44,6 +52,9 @@ from convlens.files import ensure_folder, write_json_atomic
 
 SIZES = (1 / 16, 1 / 8)
 """Areas of the hot region the artefact test pastes and removes (fractions of the image)."""
+EXAMPLES = 4
+"""Pasted images (the larger region, distinct members) kept as PNGs under ``out/examples/``
+with both models' predictions, for the report to show."""
 MATCH = 0.5
 """A strategy after correction matches when it holds at least this share of the original
 members and they are at least this share of its own."""
@@ -114,10 +125,28 @@ def _pairs(rows: Sequence[dict[str, Any]], members: Sequence[dict[str, Any]], ta
     return pairs
 
 
+def _label(names: Sequence[str], index: int) -> str:
+    return names[index] if 0 <= index < len(names) else str(index)
+
+
+def _save_example(classifier: Any, x: torch.Tensor, path: Path) -> None:
+    """One preprocessed image as a PNG (back in pixel units)."""
+    from PIL import Image
+
+    from convlens.files import write_bytes_atomic
+
+    pixels = classifier.preprocessing.unnormalize(x[None].float())[0].clamp(0, 1)
+    image = Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def _artefact_test(models: dict[str, Any], base: Path, rows: Sequence[dict[str, Any]],
                    entry: dict[str, Any], target: str, *, seed: int, per_member: int,
-                   batch_size: int) -> dict[str, Any]:
-    """Paste the hot region onto other classes' images, remove it from the members."""
+                   batch_size: int, examples: Path | None = None) -> dict[str, Any]:
+    """Paste the hot region onto other classes' images, remove it from the members; keep
+    :data:`EXAMPLES` pasted images under ``examples`` (when given)."""
     first = next(iter(models.values()))
     size = tuple(first.preprocessing.input_size)
     regions = cluster_regions(np.asarray(entry["mean_map"], dtype=np.float64), size, SIZES)
@@ -126,6 +155,13 @@ def _artefact_test(models: dict[str, Any], base: Path, rows: Sequence[dict[str, 
     pairs = _pairs(rows, members, target, seed, per_member)
     target_index = first.labels.index(target) if first.labels and target in first.labels else -1
     counts = {m: {k: Counter() for k in range(len(SIZES))} for m in models}
+    names = list(first.labels or [])
+    kept: dict[int, dict[str, Any]] = {
+        i: {"image": f"examples/pasted-{n + 1}.png", "size": _r(SIZES[-1]),
+            "member": pairs[i][0]["path"], "onto": pairs[i][1]["path"],
+            "label": str(pairs[i][1]["label"])}
+        for n, i in enumerate(range(0, len(pairs), max(1, per_member)))
+        if examples is not None and n < EXAMPLES}
     for start in range(0, len(pairs), batch_size):
         part = pairs[start:start + batch_size]
         source = _decode(first, base, [a["path"] for a, _ in part])
@@ -134,7 +170,15 @@ def _artefact_test(models: dict[str, Any], base: Path, rows: Sequence[dict[str, 
             plain = _predict(model, dest)
             for k, hot in enumerate(regions.hot):
                 mask = hot.to(dest.dtype)
-                pasted = _predict(model, dest * (1 - mask) + source * mask)
+                mixed = dest * (1 - mask) + source * mask
+                pasted = _predict(model, mixed)
+                for i in kept if k == len(SIZES) - 1 else ():
+                    if start <= i < start + len(part):
+                        kept[i][name] = {"plain": _label(names, int(plain[i - start])),
+                                         "pasted": _label(names, int(pasted[i - start]))}
+                        if model is first:  # the same picture for both models
+                            _save_example(first, mixed[i - start],
+                                          Path(examples or ".") / Path(kept[i]["image"]).name)
                 counts[name][k]["pasted_changed"] += int((pasted != plain).sum())
                 made = ((pasted == target_index) & (plain != target_index)).tolist()
                 counts[name][k]["pasted_to_class"] += sum(made)
@@ -164,7 +208,8 @@ def _artefact_test(models: dict[str, Any], base: Path, rows: Sequence[dict[str, 
                                                   and key[0] == "onto"})}}
         table.append(row)
     return {"class": target, "pairs": len(pairs), "members": len(members),
-            "infill": "blur", "seed": int(seed), "table": table}
+            "infill": "blur", "seed": int(seed), "table": table,
+            "examples": [kept[i] for i in sorted(kept)]}
 
 
 def _summary(entry: dict[str, Any]) -> dict[str, Any]:
@@ -178,15 +223,92 @@ def _share(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a) if a else 0.0
 
 
+GROWTH = (5, 0.25)
+"""A strategy *grew* (whac-a-mole) only when it holds at least this many more images, and at
+least this share more, than its closest strategy before (not counting corrected members)."""
+RISE = 0.10
+"""... and is as suspicious as the corrected strategy was, or its suspicion or error rate rose
+by at least this much over its closest strategy before."""
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
+
+
+def whac_a_mole(rows: Sequence[tuple[dict[str, Any], float, dict[str, Any] | None, int]],
+                entry: dict[str, Any], matched: int | None = None) -> dict[str, Any]:
+    """The whac-a-mole verdict of a re-audit: did another strategy take the corrected one's
+    place? Re-clustering alone reshuffles sizes, so a strategy counts only when it grew by a
+    margin *and* looks like a shortcut (the rule is :data:`GROWTH` and :data:`RISE`, spelled
+    out in the result's ``rule``).
+
+    Args:
+        rows: Per strategy after correction, ``(row, share, closest, held)``: its row as in
+            ``grew`` (``after``, ``size_after``, ``suspicion_after``, ``error_rate_after``),
+            the share of its members in ``closest``, the strategy before holding most of its
+            members (``None`` when none holds any), and how many of the corrected strategy's
+            members it holds (not counted as growth: they had to go somewhere).
+        entry: The corrected strategy before (its ``suspicion`` and ``error_rate`` set the
+            bar).
+        matched: The id after of the corrected strategy itself, if it still exists (it is
+            reported as ``still_exists``, not as a new mole).
+
+    Returns:
+        ``{"verdict": "none" | "grew", "strategies": [...], "rule": "..."}``; each listed
+        strategy says which parts of the rule it met (``why``).
+
+    Example:
+        >>> row = {"after": 3, "size_after": 30, "suspicion_after": 0.7, "error_rate_after": 0.6}
+        >>> whac_a_mole([(row, 0.0, None, 0)], {"suspicion": 0.68, "error_rate": 0.95})["verdict"]
+        'grew'
+    """
+    least, share = GROWTH
+    bar_suspicion, bar_error = _number(entry.get("suspicion")), _number(entry.get("error_rate"))
+    found = []
+    for row, overlap, closest, held in rows:
+        if matched is not None and row.get("after") == matched:
+            continue
+        known = closest is not None and overlap > 0
+        size_before = int((closest or {}).get("size") or 0) if overlap >= MATCH else 0
+        size = int(row.get("size_after") or 0) - held
+        needed = max(least, share * size_before)
+        if size - size_before < needed:
+            continue
+        suspicion, error = _number(row.get("suspicion_after")), _number(row.get("error_rate_after"))
+        why = []
+        if suspicion is not None and bar_suspicion is not None and suspicion >= bar_suspicion:
+            why.append(f"suspicion {suspicion:.2f} >= the corrected strategy's {bar_suspicion:.2f}")
+        if error is not None and bar_error is not None and error >= bar_error:
+            why.append(f"error rate {error:.2f} >= the corrected strategy's {bar_error:.2f}")
+        for name, now in (("suspicion", suspicion), ("error rate", error)):
+            then = _number((closest or {}).get(name.replace(" ", "_"))) if known else None
+            if now is not None and then is not None and now - then >= RISE:
+                why.append(f"{name} rose {then:.2f} -> {now:.2f} (strategy {closest.get('id')} "
+                           "before)")
+        if why:
+            found.append({**row, "closest_before": closest.get("id") if known else None,
+                          "size_before": size_before, "grew_by": size - size_before,
+                          "why": why})
+    rule = (f"a strategy after correction (other than the corrected one, if it is still "
+            f"found) grew when, not counting the corrected strategy's members it took in, it "
+            f"holds at least max({least} images, {share:.0%}) more than the strategy before "
+            f"that holds >= {MATCH:.0%} of its members (0 when none: a new strategy), and its "
+            "suspicion or error rate is at least the corrected strategy's before, or rose by "
+            f">= {RISE:.2f} over the strategy before that holds most of its members")
+    return {"verdict": "grew" if found else "none", "strategies": found, "rule": rule}
+
+
 def _reaudit(before: dict[str, Any], after: dict[str, Any], entry: dict[str, Any]
              ) -> dict[str, Any]:
     """The original strategy's match after correction, and every strategy's size.
 
     A strategy after correction *matches* when it holds >= :data:`MATCH` of the original
     members and they are >= :data:`MATCH` of its own members (a class cluster that merely
-    took the corrected images back is not the strategy). A strategy *grew* when it is new
-    (no strategy before holds half its members) or holds more images than its best match
-    before, not counting the original members it took in.
+    took the corrected images back is not the strategy). ``grew`` is the raw list: every
+    strategy that is new (no strategy before holds half its members) or holds more images than
+    its best match before, not counting the original members it took in; any re-clustering
+    fills it. ``whac_a_mole`` is the verdict (:func:`whac_a_mole`).
     """
     members = set(entry.get("members") or [])
     later = list(after.get("strategies") or [])
@@ -199,7 +321,7 @@ def _reaudit(before: dict[str, Any], after: dict[str, Any], entry: dict[str, Any
         inside = set(best[1].get("members") or [])
         closest = {**_summary(best[1]), "holds_original": _r(_share(members, inside)),
                    "original_share": _r(_share(inside, members))}
-    grew = []
+    grew, rows = [], []
     for strategy in later:
         inside = set(strategy.get("members") or [])
         share, match = max(((_share(inside, set(s.get("members") or [])), s) for s in earlier),
@@ -209,6 +331,7 @@ def _reaudit(before: dict[str, Any], after: dict[str, Any], entry: dict[str, Any
         row = {"after": strategy.get("id"), "size_after": strategy.get("size"),
                "suspicion_after": strategy.get("suspicion"),
                "error_rate_after": strategy.get("error_rate"), "from_corrected": taken}
+        rows.append((row, share, match, len(inside & members)))
         if match is None or share < MATCH:
             grew.append({**row, "before": None, "new": True})
         elif (strategy.get("size") or 0) - taken > (match.get("size") or 0):
@@ -220,7 +343,9 @@ def _reaudit(before: dict[str, Any], after: dict[str, Any], entry: dict[str, Any
                           f">= {MATCH:.0%} of its own",
             "strategies_before": [_summary(s) for s in earlier],
             "strategies_after": [_summary(s) for s in later],
-            "grew": grew}
+            "grew": grew,
+            "whac_a_mole": whac_a_mole(rows, entry, closest["id"] if still and closest
+                                       else None)}
 
 
 def _flip(classifier: Any, base: Path, entry: dict[str, Any], seed: int, batch_size: int,
@@ -241,8 +366,8 @@ def _flip(classifier: Any, base: Path, entry: dict[str, Any], seed: int, batch_s
 
 def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
                     out: str | os.PathLike[str], seed: int = 0, per_member: int = 2,
-                    batch_size: int = 64, reaudit_options: dict[str, Any] | None = None
-                    ) -> dict[str, Any]:
+                    batch_size: int = 64, reaudit_options: dict[str, Any] | None = None,
+                    report: bool = False) -> dict[str, Any]:
     """Measure what a correction did and write ``out/correction.json``; see the module doc.
 
     Args:
@@ -254,6 +379,7 @@ def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
         seed: Seeds the artefact test's pairs and the re-audit.
         per_member: Non-members each member's region is pasted onto.
         reaudit_options: Extra keyword arguments for the re-audit's ``cl.audit``.
+        report: Also write the re-audit's HTML report (``out/audit-after/report.html``).
 
     Returns:
         The JSON-ready dict written to ``correction.json``.
@@ -285,15 +411,20 @@ def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
 
     accuracy = _accuracy(models, base, rows, labels, batch_size)
     artefact = _artefact_test(models, base, rows, entry, target, seed=seed,
-                              per_member=per_member, batch_size=batch_size)
+                              per_member=per_member, batch_size=batch_size,
+                              examples=ensure_folder(out / "examples", writable=True))
     options = {"method": data.get("method", "gradcam"), "layer": data.get("layer"),
                "group_by": data.get("group_by", "predicted"),
                "map_size": data.get("map_size", 32), "layout": data.get("layout", "auto"),
                "overwrite": True, **(reaudit_options or {})}
-    after = cl.audit(corrected, data["data"], out=out / "audit-after", seed=seed,
-                     **options).data
+    reaudited = cl.audit(corrected, data["data"], out=out / "audit-after", seed=seed,
+                         **options)
+    after = reaudited.data
     reaudit = _reaudit(data, after, entry)
     reaudit["folder"] = "audit-after"
+    if report:
+        reaudited.report()
+        reaudit["report"] = "audit-after/report.html"
     evidence = {
         "strategy": {**_summary(entry), "class": target,
                      "members_predicted": dict(predicted.most_common())},

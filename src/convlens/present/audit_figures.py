@@ -118,3 +118,38 @@ def eigenvalue_figure(eigenvalues: Sequence[float], n_clusters: int, path: Path)
     ax.set_ylabel("eigenvalue", fontsize=8)
     ax.tick_params(labelsize=7)
     return _save(figure_to_image(fig), path, "PNG")
+
+
+def before_after_figure(rows: Sequence[tuple[str, float, Sequence[float], float,
+                                             Sequence[float]]], path: Path, *,
+                        title: str = "") -> Path:
+    """Grouped bars of a rate before and after a change, with their intervals, as a PNG.
+
+    Args:
+        rows: Per bar pair ``(caption, before, (low, high), after, (low, high))``, rates in
+            [0, 1] (e.g. the correction's artefact test, docs/architecture.md "Correction").
+        path: Where the PNG goes.
+        title: Above the bars.
+    """
+    import matplotlib.pyplot as plt
+
+    count = max(1, len(rows))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * count, 2.6))
+    at = np.arange(len(rows), dtype=np.float64)
+    for offset, (which, colour, rate, band) in enumerate((("before", "#c55", 1, 2),
+                                                          ("after", "#4a7", 3, 4))):
+        values = np.array([r[rate] for r in rows], dtype=np.float64)
+        bands = np.array([r[band] for r in rows], dtype=np.float64).reshape(-1, 2)
+        errors = np.clip(np.stack([values - bands[:, 0], bands[:, 1] - values]), 0, None)
+        ax.bar(at + (offset - 0.5) * 0.38, values, 0.38, yerr=errors, capsize=2,
+               color=colour, label=which, error_kw={"elinewidth": 0.8})
+        for x, value, top in zip(at + (offset - 0.5) * 0.38, values, bands[:, 1]):
+            ax.text(x, max(value, top) + 0.02, f"{value:.2f}", ha="center", fontsize=6)
+    ax.set_xticks(at, [r[0] for r in rows], fontsize=7)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("share of images", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=7, frameon=False, loc="lower left", bbox_to_anchor=(1.0, 0.0))
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(figure_to_image(fig), path, "PNG")
