@@ -121,16 +121,27 @@ def test_the_page_marks_a_drop_a_mole_and_shows_what_later_methods_add(fixed, tm
              "why": ["suspicion rose 0.34 -> 0.45 (strategy 2 before)"]}]}
     (copy / "correction.json").write_text(json.dumps(evidence))
     card = json.loads((copy / "card.json").read_text())
-    card["training"] = {"epochs": 3, "lr": 0.001}
-    card["weights"] = "weights.safetensors"
+    card["training"] = {"data": {"images": 50, "source": "the audit's labelled images"},
+                        "settings": {"epochs": 3, "learning_rate": 0.001},
+                        "history": [{"epoch": k, "alignment": a, "cross_entropy": 0.5,
+                                     "accuracy": 0.9} for k, a in ((1, 0.2), (2, 0.1), (3, 0.01))],
+                        "notes": ["resumed from the checkpoint after epoch 2"]}
+    card["weights"] = {"file": "weights.safetensors", "keys": ["fc.bias", "fc.weight"],
+                       "sha256": "ab" * 32}
+    card["future"] = {"kind": 1}  # a key a later version adds: shown as it is
     (copy / "card.json").write_text(json.dumps(card))
     words = _read(write_correction_report(copy)).words
     assert "Fell by more than 1 point: square" in words
     assert "✘ accuracy fell by more than 1 point for square" in words
     assert "Another strategy grew in the corrected one's place" in words
     assert "3 25 +10 2 suspicion rose 0.34 -> 0.45 (strategy 2 before)" in words
-    assert 'training {"epochs": 3, "lr": 0.001}' in words
-    assert "weights weights.safetensors" in words
+    assert "trained on 50 images of the audit's labelled images" in words
+    assert "settings epochs 3, learning_rate 0.001" in words
+    assert "training 3 epochs: alignment with the direction 0.2 -> 0.01" in words
+    assert "note resumed from the checkpoint after epoch 2" in words
+    assert "trained tensors fc.bias, fc.weight in weights.safetensors" in words
+    assert "✘ trained on the audit's own images" in words  # the evidence is in-sample
+    assert 'future {"kind": 1}' in words
 
 
 def test_a_folder_correct_did_not_write_is_one_clear_error(tmp_path) -> None:

@@ -22,6 +22,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
+from convlens.correction.training import AUDIT_IMAGES
 from convlens.errors import ConvlensError
 from convlens.files import write_text_atomic
 
@@ -36,7 +37,8 @@ MEASURES = (("pasted_to_class", "pasted → class", "pasted images that become t
             ("removed_changed", "removed changed", "members whose prediction changes when the "
                                                    "region is blurred out"))
 _SHOWN = {"format", "convlens", "method", "strategy", "audit", "layer", "shape", "pooled",
-          "direction_classes", "images", "source", "labels", "preprocessing", "output"}
+          "direction_classes", "images", "source", "labels", "preprocessing", "output",
+          "weights", "training", "projected"}
 
 
 class CorrectionReportError(ConvlensError, ValueError):
@@ -78,6 +80,43 @@ def _plain(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+def _trained(card: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The training methods' rows: data, settings, what the training did, the new tensors."""
+    rows: list[tuple[str, Any]] = [("projection inserted", "yes" if card.get("projected",
+                                                                    card.get("format") == 1)
+                                    else "no")]
+    weights = card.get("weights") or {}
+    if weights:
+        rows.append(("trained tensors", f"{', '.join(weights.get('keys') or [])} in "
+                     f"{weights.get('file')} (SHA-256 {str(weights.get('sha256'))[:16]}...)"))
+    training = card.get("training") or {}
+    if not training:
+        return rows
+    data = training.get("data") or {}
+    rows.append(("trained on", f"{data.get('images')} images of {data.get('source')}"
+                 + (f", {data['flagged']} flagged as the strategy's" if "flagged" in data
+                    else "")))
+    settings = training.get("settings") or {}
+    rows.append(("settings", ", ".join(f"{k} {v}" for k, v in settings.items())))
+    history = [h for h in training.get("history") or [] if isinstance(h, dict)]
+    epochs = [h for h in history if "epoch" in h]
+    if epochs:
+        rows.append(("training", f"{len(epochs)} epochs: alignment with the direction "
+                     f"{epochs[0].get('alignment')} -> {epochs[-1].get('alignment')}, "
+                     f"cross-entropy {epochs[0].get('cross_entropy')} -> "
+                     f"{epochs[-1].get('cross_entropy')}, training accuracy "
+                     f"{_pct(epochs[-1].get('accuracy'))}"))
+    chosen = next((h for h in history if "chosen_alpha" in h), None)
+    if chosen is not None:
+        tried = {h.get("alpha"): h for h in history if "alpha" in h}
+        best = tried.get(chosen["chosen_alpha"]) or {}
+        rows.append(("training", f"alpha {chosen['chosen_alpha']:g} of {len(tried)} tried "
+                     f"(held-out worst-group accuracy {_pct(best.get('worst_group'))}, mean "
+                     f"{_pct(best.get('mean_group'))})"))
+    rows += [("note", note) for note in training.get("notes") or []]
+    return rows
+
+
 def _corrected(card: dict[str, Any], evidence: dict[str, Any], after: dict[str, Any],
                folder: Path) -> dict[str, Any]:
     """Section 1: the strategy, the method, the source, and how to load the folder."""
@@ -91,6 +130,7 @@ def _corrected(card: dict[str, Any], evidence: dict[str, Any], after: dict[str, 
                   if isinstance(v, dict) else f"{k} ({_plain(v)})" for k, v in classes.items())
                or None),
               ("images", card.get("images"))]
+    method += _trained(card)
     method += [(key, _plain(value)) for key, value in card.items() if key not in _SHOWN]
     origin = [("model", source.get("model")), ("weights", source.get("weights")),
               ("weights SHA-256", source.get("weights_sha256")),
@@ -218,12 +258,17 @@ def _guidance(folder: Path) -> dict[str, Any] | None:
     return {"count": len(rows), "kinds": sorted(kinds.items(), key=lambda kv: -kv[1]),
             "rows": shown, "more": max(0, len(rows) - len(shown))}
 
-def _verdicts(accuracy: dict[str, Any], artefact: dict[str, Any], reaudit: dict[str, Any]
-              ) -> list[tuple[bool | None, str]]:
+def _verdicts(accuracy: dict[str, Any], artefact: dict[str, Any], reaudit: dict[str, Any],
+              card: dict[str, Any] | None = None) -> list[tuple[bool | None, str]]:
     """The page's first lines: each check with whether it speaks for shipping (``None``:
     unknown). The pasted region counts as defused when the after interval lies wholly below
     the before interval (larger region, pasted -> class)."""
     said: list[tuple[bool | None, str]] = []
+    data = ((card or {}).get("training") or {}).get("data") or {}
+    if data.get("source") == AUDIT_IMAGES:
+        said.append((False, "trained on the audit's own images: every number below is "
+                     "measured on images the correction learned from; correct again with "
+                     "--data (the training folder) to keep them apart"))
     overall = accuracy["overall"]
     said.append((not overall["drop"] if overall["change"] != "-" else None,
                  f"accuracy {overall['before']} -> {overall['after']} ({overall['change']} "
@@ -293,6 +338,6 @@ def write_correction_report(folder: str | os.PathLike[str]) -> Path:
                                 folder),
         "models": evidence.get("models") or {}, "accuracy": accuracy, "artefact": artefact,
         "re": reaudit, "guidance": _guidance(folder),
-        "verdicts": _verdicts(accuracy, artefact, reaudit),
+        "verdicts": _verdicts(accuracy, artefact, reaudit, card),
     })
     return write_text_atomic(folder / "report.html", html)

@@ -30,6 +30,8 @@ from torch import nn
 from convlens._hooks import HookSession
 from convlens.errors import CorrectionError
 
+AUDIT_IMAGES = "the audit's labelled images"
+"""The training data's source (card and page) when no ``--data`` is given."""
 CACHE_BYTES = 1 << 30
 """Training images are kept decoded in memory up to this size, else decoded per batch."""
 
@@ -87,7 +89,7 @@ def training_set(classifier: Any, data: str | os.PathLike[str] | None,
         files = [r["file"] for r in audit_images]
         names = [str(r["label"]) for r in audit_images]
         flagged = [r["path"] in members for r in audit_images]
-        source = "the audit's labelled images"
+        source = AUDIT_IMAGES
     else:
         from convlens.io.datasets import read_dataset
 
