@@ -102,9 +102,14 @@ def run(scenario: suite.Scenario, cache: Path | None, specs: list[str]) -> dict:
             if method != "pclarc" and not own and not train.exists():
                 suite.write_test_folder(train, suite.make_split(scenario, train=True))
             start = time.perf_counter()
-            fixed = correct(clf, audit, strategy["id"], method=method, shape=shape,
-                            data=None if method == "pclarc" or own else train,
-                            seed=scenario.seed)
+            try:
+                fixed = correct(clf, audit, strategy["id"], method=method, shape=shape,
+                                data=None if method == "pclarc" or own else train,
+                                seed=scenario.seed)
+            except cl.ConvlensError as error:  # recorded, the suite goes on
+                row.setdefault("errors", {})[spec] = str(error)
+                print(f"{scenario.name} {spec}: {error}", flush=True)
+                continue
             seconds = time.perf_counter() - start
             row["after"][spec] = (*measure(fixed.classifier.module, fresh, scenario), seconds)
     return row

@@ -9,11 +9,12 @@ see :func:`convlens.correction.run.flag_along_direction`).
 A shortcut the audit finds usually has no minority group to reweight: the artefact sits on
 images of one class only, so no image of another class carries it. The missing groups are
 made in feature space: the artefact's class-matched shift ``d`` of the head's input (flagged
-minus unflagged mean, per class with both, averaged) is added to every unflagged image and
-taken from every flagged one, each keeping its label. The refit must then classify an image
-the same with or without the shift. This needs no pasting of pixels (an artefact that moves
-is a shift all the same), and it leaves the evidence's paste test independent of what the
-head was fitted on.
+minus unflagged mean, per class with both, averaged; estimated on the audit's images, where
+the members and clean images of their classes are both known, as the direction is) is added
+to every unflagged training image and taken from every flagged one, each keeping its label.
+The refit must then classify an image the same with or without the shift. This needs no
+pasting of pixels (an artefact that moves is a shift all the same), and it leaves the
+evidence's paste test independent of what the head was fitted on.
 
 The fit: the head's weights start at the model's and the loss is the group-weighted
 cross-entropy plus ``alpha/2`` times the squared distance to the original weights
@@ -150,8 +151,14 @@ def _augmented(features: torch.Tensor, targets: torch.Tensor, flagged: torch.Ten
 
 def retrain_head(classifier: Any, direction: Direction, data: TrainingSet, *, seed: int = 0,
                  batch_size: int = 64, alphas: Sequence[float] = ALPHAS,
+                 shift_from: TrainingSet | None = None,
                  progress: ProgressCallback | None = None) -> Trained:
-    """DFR with feature-space twins (see the module doc); ``classifier`` is not changed."""
+    """DFR with feature-space twins (see the module doc); ``classifier`` is not changed.
+
+    ``shift_from``: the images the shift is estimated from (default ``data``): the audit's,
+    where the strategy's members and clean images of their classes are both known, even when
+    the training data holds the artefact on every image of a class.
+    """
     model = copy.deepcopy(classifier.module).to(classifier.device).eval()
     sample = data.images(classifier, [0]).to(classifier.device)
     head = head_of(model, direction.layer, sample)
@@ -163,7 +170,11 @@ def retrain_head(classifier: Any, direction: Direction, data: TrainingSet, *, se
     features = head_inputs(classifier, model, head, data, batch_size)
     emit(progress, "features", len(data), len(data), "the head's inputs")
     targets, flagged = data.targets, data.flagged
-    shift = feature_shift(features, targets, flagged)
+    if shift_from is None or shift_from is data:
+        shift = feature_shift(features, targets, flagged)
+    else:
+        shift = feature_shift(head_inputs(classifier, model, head, shift_from, batch_size),
+                              shift_from.targets, shift_from.flagged)
     weight0, bias0 = linear.weight.detach().cpu().float(), linear.bias.detach().cpu().float()
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(int(seed)))
     halves = order[: len(data) // 2].tolist(), order[len(data) // 2:].tolist()

@@ -153,7 +153,9 @@ def correct(classifier: Any, audit: Any, strategy: int = 1, *, method: str = "pc
         result.projection = True
         return result
     images = training_set(classifier, data, rows, members)
-    result.data = {"source": images.source, "images": len(images)}
+    result.data = {"source": images.source, "images": len(images),
+                   "fingerprint": settings_key({"files": images.files,
+                                                "targets": images.targets.tolist()})}
     if method == "rrclarc":
         from convlens.correction.rrclarc import fine_tune
 
@@ -173,8 +175,10 @@ def correct(classifier: Any, audit: Any, strategy: int = 1, *, method: str = "pc
             images.flagged = flag_along_direction(classifier, direction, images, shape,
                                                   batch_size)
         result.data["flagged"] = int(images.flagged.sum())
+        audit_images = images if data is None else training_set(classifier, None, rows, members)
         trained = retrain_head(classifier, direction, images, seed=seed,
-                               batch_size=batch_size, progress=progress)
+                               batch_size=batch_size, shift_from=audit_images,
+                               progress=progress)
     if not trained.changed:
         raise CorrectionError("the training changed nothing")
     result.classifier = classifier.with_module(trained.module, name=title)
