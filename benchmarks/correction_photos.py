@@ -6,8 +6,8 @@ is the model's prediction on the clean photo, so every mistake is the overlay's 
 overlay kind and seed:
 
 1. build the case and audit it with ``cl.audit`` (as ``shortcut_photos.py`` does);
-2. pick the overlay strategy as a user would from the report: the strategy whose members are
-   the highest share of overlay-induced mistakes (ties: more of them, then the better rank);
+2. pick the overlay strategy as a user would from the report: of the strategies that are
+   mostly overlay-induced mistakes, the one holding the most of them (ties: the better rank);
    its rank (its id) is printed;
 3. ``cl.correct`` it for each ``--methods`` x ``--shapes`` x ``--layers`` (``audit``: the
    audit's layer);
@@ -144,10 +144,13 @@ def overlay_share(entry: dict[str, Any], mistakes: set[str]) -> float:
 
 
 def pick_strategy(data: dict[str, Any], mistakes: set[str]) -> dict[str, Any] | None:
-    """The strategy a user would pick: highest share of overlay-induced mistakes, then more
-    of them, then the better rank; None when no strategy holds any."""
-    scored = [(overlay_share(s, mistakes), sum(m in mistakes for m in s.get("members") or []),
-               -int(s["id"]), s) for s in data.get("strategies") or []]
+    """The strategy a user would pick: of those mostly (>= :data:`MOSTLY`) overlay-induced
+    mistakes, the one holding the most of them, then the better rank (a one-image strategy
+    is 100 % mistakes but no user's pick over one that gathers ten); when none is mostly
+    mistakes, the one holding the most. None when no strategy holds any."""
+    scored = [(overlay_share(s, mistakes) >= MOSTLY,
+               sum(m in mistakes for m in s.get("members") or []), -int(s["id"]), s)
+              for s in data.get("strategies") or []]
     scored = [t for t in scored if t[1] > 0]
     return max(scored, key=lambda t: t[:3])[3] if scored else None
 
