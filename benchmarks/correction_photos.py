@@ -25,7 +25,9 @@ overlay kind and seed:
    the re-audited model's overlay-induced mistakes), is it still found at all (the evidence's
    match: >= 50 % of the original members, and they >= 50 % of it), which strategies grew.
 
-Every step is timed. Run (about 12 minutes on the 2-core development box)::
+Every step is timed. A full run took 23 minutes on the 2-core development box shared with
+two other engineers' jobs (load 4-5; the re-audits are most of it); one case with both shapes
+takes about 80-90 s when the box is quiet. Run::
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 \\
         python benchmarks/correction_photos.py --out benchmarks/results/correction_photos_cpu.md
