@@ -110,15 +110,17 @@ def source_photos() -> dict[str, Any]:
     return out
 
 
-def make_inputs(count: int, seed: int = 0) -> list[np.ndarray]:
+def make_inputs(count: int, seed: int = 0, *, stream: int = 71) -> list[np.ndarray]:
     """``count`` distinct ``(SIZE, SIZE, 3)`` uint8 inputs, deterministic for ``seed``:
     a photo drawn at random, a square crop of 40-100 % of its shorter side at a random
     place, a horizontal flip half of the time, brightness, contrast and saturation each
-    scaled by 0.85-1.15, resized to :data:`SIZE` (bicubic)."""
+    scaled by 0.85-1.15, resized to :data:`SIZE` (bicubic). ``stream`` picks the random
+    stream: another one draws fresh inputs of the same recipe (benchmarks/correction_photos.py
+    measures on photos no audit saw)."""
     from PIL import Image, ImageEnhance
 
     photos = list(source_photos().items())
-    rng = np.random.default_rng([seed, 71])
+    rng = np.random.default_rng([seed, stream])
     inputs: list[np.ndarray] = []
     seen: set[str] = set()
     while len(inputs) < count:
