@@ -176,8 +176,12 @@ def correct(classifier: Any, audit: Any, strategy: int = 1, *, method: str = "pc
                                                   batch_size)
         result.data["flagged"] = int(images.flagged.sum())
         audit_images = images if data is None else training_set(classifier, None, rows, members)
+        predicted = {str(r.get("predicted")) for r in content.get("images") or []
+                     if r.get("path") in members}
+        labels = list(classifier.labels or [])
         trained = retrain_head(classifier, direction, images, seed=seed,
                                batch_size=batch_size, shift_from=audit_images,
+                               also=[labels.index(k) for k in predicted if k in labels],
                                progress=progress)
     if not trained.changed:
         raise CorrectionError("the training changed nothing")
