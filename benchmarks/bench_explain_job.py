@@ -121,7 +121,7 @@ def part1(rounds: int, count: int, batch_size: int, variants: list[str]) -> None
 
 
 def part2(rounds: int, batch_size: int) -> None:
-    from models import TinyVGG, seeded
+    from tiny_models import TinyVGG, seeded
 
     from convlens.jobs.explain_job import ExplainJob
     from convlens.models.classifier import Classifier

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from models import TinyVGG, seeded
 from PIL import Image
+from tiny_models import TinyVGG, seeded
 
 import convlens as cl
 from convlens.errors import TargetError

@@ -8,7 +8,7 @@ paper-reference and property test still runs.
 from __future__ import annotations
 
 import torch
-from models import BasicBlock
+from tiny_models import BasicBlock
 from torch import nn
 from zennit.attribution import Gradient
 from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from models import TinyVGG, seeded  # noqa: E402
 from PIL import Image
+from tiny_models import TinyVGG, seeded  # noqa: E402
 
 LABELS = ["tabby", "espresso", "rocket", "moped"]
 

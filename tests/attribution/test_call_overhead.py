@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import TinyResNet, TinyVGG, seeded
 from support import Snapshot
+from tiny_models import TinyResNet, TinyVGG, seeded
 from torch import nn
 
 import convlens as cl

@@ -5,7 +5,7 @@ pytorch-grad-cam (1.5) is compared before its resizing and min-max scaling (its
 ``scale_cam_image`` is replaced by the identity), on layers NOT followed by an in-place
 operation: it stores ``output.cpu().detach()``, which on the CPU shares memory with the
 output, so a following ``ReLU(inplace=True)`` silently turns its activation into the
-post-ReLU one (we hand the network a copy instead; see test_attribution.py).
+post-ReLU one (we hand the network a copy instead; see tests/attribution/test_core.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from models import FunctionalReLUNet, TinyResNet, TinyVGG, seeded
 from support import assert_close_to_reference
+from tiny_models import FunctionalReLUNet, TinyResNet, TinyVGG, seeded
 from torch import nn
 
 import convlens as cl

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import RaisingNet, TinyResNet, TinyVGG, seeded
 from support import Snapshot
+from tiny_models import RaisingNet, TinyResNet, TinyVGG, seeded
 from torch import nn
 
 import convlens as cl

@@ -1,15 +1,15 @@
 """Plain-gradient methods against Captum (the peer), in float64, at equal settings.
 
 Closed forms on a linear model and integrated-gradients completeness live in
-test_attribution.py; here the same methods meet the peer's implementation on networks with
-BatchNorm, residual sums, in-place ReLUs and max pooling.
+tests/attribution/test_core.py; here the same methods meet the peer's implementation on
+networks with BatchNorm, residual sums, in-place ReLUs and max pooling.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from models import TinyResNet, TinyVGG, seeded
+from tiny_models import TinyResNet, TinyVGG, seeded
 
 import convlens as cl
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import RaisingNet, TinyResNet, TinyVGG, seeded
 from support import FAST_OPTIONS, Snapshot
+from tiny_models import RaisingNet, TinyResNet, TinyVGG, seeded
 
 import convlens as cl
 from convlens.errors import ConvlensError, TargetError

@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from models import FunctionalReLUNet, LinearNet, RaisingNet, TinyResNet, TinyVGG, seeded
+from tiny_models import FunctionalReLUNet, LinearNet, RaisingNet, TinyResNet, TinyVGG, seeded
 from torch import nn
 from torch.autograd.functional import vjp
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from models import LinearNet, TinyResNet, TinyVGG, seeded
+from tiny_models import LinearNet, TinyResNet, TinyVGG, seeded
 from torch import nn
 
 import convlens as cl

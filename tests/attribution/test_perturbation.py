@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from models import LinearNet, TinyResNet, TinyVGG, seeded
 from PIL import Image
 from support import assert_close_to_reference
+from tiny_models import LinearNet, TinyResNet, TinyVGG, seeded
 
 import convlens as cl
 from convlens.errors import MethodError

@@ -16,8 +16,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from models import FunctionalReLUNet, TinyResNet, TinyVGG, seeded
 from support import Snapshot
+from tiny_models import FunctionalReLUNet, TinyResNet, TinyVGG, seeded
 from torch import nn
 
 import convlens as cl

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import TinyVGG, seeded
+from tiny_models import TinyVGG, seeded
 
 import convlens as cl
 from convlens.attribution.relevance import COMPOSITES, RULE_NAMES

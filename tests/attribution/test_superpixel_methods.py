@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from models import LinearNet, TinyResNet, TinyVGG, seeded
 from support import assert_close_to_reference
+from tiny_models import LinearNet, TinyResNet, TinyVGG, seeded
 
 import convlens as cl
 from convlens.attribution.superpixels import feature_values, grid_segments, segment

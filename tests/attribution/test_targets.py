@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import LinearNet, TinyVGG, seeded
 from support import FAST_OPTIONS
+from tiny_models import LinearNet, TinyVGG, seeded
 from torch import nn
 
 import convlens as cl

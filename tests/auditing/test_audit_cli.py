@@ -257,7 +257,7 @@ def test_group_by_label_on_a_plain_folder_is_refused_before_the_model_loads(tmp_
 
 
 def test_the_library_refuses_an_empty_dataset(tmp_path) -> None:
-    from models import TinyVGG
+    from tiny_models import TinyVGG
 
     import convlens as cl
     from convlens.errors import ConvlensError

@@ -153,7 +153,7 @@ def test_unsafe_checkpoint_is_refused_with_the_fix(tmp_path: Path) -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parents[1]))
-    from models import TinyVGG
+    from tiny_models import TinyVGG
 
     path = tmp_path / "whole_model.pt"
     torch.save(TinyVGG(), path)

@@ -49,7 +49,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     two = tmp_path / "two_labels.txt"
     two.write_text("ant\nbee\n")
     whole = tmp_path / "whole.pt"
-    from models import TinyVGG  # tests/ is on sys.path (tests/conftest.py)
+    from tiny_models import TinyVGG  # tests/ is on sys.path (tests/conftest.py)
 
     torch.save(TinyVGG(classes=4), whole)
     (tmp_path / "folder").mkdir()

@@ -133,7 +133,7 @@ def test_non_finite_option_values_are_one_line_errors(tmp_path, command: str, va
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 1e999])
 def test_the_library_refuses_non_finite_options_too(value: float) -> None:
     import torch
-    from models import TinyVGG
+    from tiny_models import TinyVGG
 
     import convlens as cl
     from convlens.metrics.core import MetricError, get_metric

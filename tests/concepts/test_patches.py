@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import TinyResNet, TinyVGG, seeded
 from PIL import Image
+from tiny_models import TinyResNet, TinyVGG, seeded
 
 from convlens.concepts.patches import (
     PatchError,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from cli_support import TINY, assert_one_error, run
-from models import TinyVGG, seeded
 from PIL import Image
+from tiny_models import TinyVGG, seeded
 
 import convlens as cl
 from convlens.concepts import references

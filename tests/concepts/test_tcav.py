@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from cli_support import TINY, assert_one_error, run
-from models import RaisingNet, TinyResNet, seeded
 from PIL import Image
+from tiny_models import RaisingNet, TinyResNet, seeded
 from torch import nn
 
 import convlens as cl
@@ -238,7 +238,7 @@ def test_the_model_is_left_as_found_after_a_run_and_after_errors(snapshot) -> No
 
 
 def test_an_audit_strategys_members_are_a_concept(folders, tmp_path) -> None:
-    from models import TinyVGG
+    from tiny_models import TinyVGG
 
     from convlens.auditing.run import Audit
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import TinyResNet, TinyVGG, seeded
 from support import FAST_OPTIONS
+from tiny_models import TinyResNet, TinyVGG, seeded
 
 import convlens as cl
 from convlens.errors import ConvlensError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from models import TinyVGG, seeded
+from tiny_models import TinyVGG, seeded
 
 import convlens as cl
 from convlens.attribution.core import FAMILIES, get_method

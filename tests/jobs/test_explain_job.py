@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import TinyVGG, seeded
 from PIL import Image
+from tiny_models import TinyVGG, seeded
 
 import convlens.explanations as explain_module
 from convlens.errors import StoreMismatchError
@@ -242,7 +242,7 @@ _KILL_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
-from models import TinyVGG, seeded
+from tiny_models import TinyVGG, seeded
 from convlens.models.classifier import Classifier
 from convlens.jobs.explain_job import ExplainJob
 clf = Classifier(seeded(TinyVGG(classes=4), dtype=torch.float32), ["ant", "bee", "cat", "dog"],

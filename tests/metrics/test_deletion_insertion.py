@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from models import LinearNet, TinyResNet, TinyVGG, seeded
+from tiny_models import LinearNet, TinyResNet, TinyVGG, seeded
 from torch import nn
 
 import convlens.metrics as M

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from models import LinearNet, TinyResNet, seeded
+from tiny_models import LinearNet, TinyResNet, seeded
 
 import convlens
 import convlens.metrics as M

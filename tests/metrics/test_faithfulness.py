@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from models import LinearNet, seeded
+from tiny_models import LinearNet, seeded
 from torch import nn
 
 import convlens.metrics as M

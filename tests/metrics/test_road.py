@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from models import LinearNet, seeded
+from tiny_models import LinearNet, seeded
 
 import convlens.metrics as M
 from convlens.metrics.core import MetricError

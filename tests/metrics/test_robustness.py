@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from models import LinearNet, TinyResNet, seeded
+from tiny_models import LinearNet, TinyResNet, seeded
 
 import convlens
 import convlens.metrics as M

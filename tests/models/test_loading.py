@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from models import TinyVGG, seeded
 from safetensors.torch import save_file
+from tiny_models import TinyVGG, seeded
 
 import convlens as cl
 from convlens.errors import ModelLoadError, UnsafeCheckpointError

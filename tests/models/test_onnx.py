@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from cli_support import assert_one_error, photo, run
-from models import TinyResNet, TinyVGG, seeded
+from tiny_models import TinyResNet, TinyVGG, seeded
 
 import convlens as cl
 from convlens.errors import ModelLoadError, UnsafeCheckpointError

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import TinyVGG, seeded
 from PIL import Image
+from tiny_models import TinyVGG, seeded
 
 import convlens as cl
 from convlens.errors import ConvlensError, InputShapeError

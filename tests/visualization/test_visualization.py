@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from models import RaisingNet, TinyResNet, TinyVGG, seeded
 from PIL import Image
 from support import Snapshot
+from tiny_models import RaisingNet, TinyResNet, TinyVGG, seeded
 from torch import nn
 
 import convlens as cl
