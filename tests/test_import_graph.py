@@ -94,7 +94,6 @@ KNOWN_CYCLES: set[frozenset[str]] = {
         {"convlens.attribution.relevance.functions", "convlens.attribution.relevance.propagation"}
     ),
     frozenset({"convlens.auditing.report", "convlens.auditing.run"}),
-    frozenset({"convlens.models.classifier", "convlens.models.layers"}),
     frozenset(
         {"convlens.models.corrected", "convlens.models.loading", "convlens.models.timm_models"}
     ),
