@@ -90,7 +90,6 @@ KNOWN_CYCLES: set[frozenset[str]] = {
     frozenset({"convlens.metrics.display", "convlens.metrics.evaluate"}),
     # get_engine imports its engines lazily; they import the protocols from the package.
     frozenset({"convlens.engines", "convlens.engines.local", "convlens.engines.ray"}),
-    frozenset({"convlens.auditing.report", "convlens.auditing.run"}),
     # load_model reads a corrected model's folder, which loads its base model by load_model.
     frozenset({"convlens.models.corrected", "convlens.models.loading"}),
 }
