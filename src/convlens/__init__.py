@@ -43,7 +43,7 @@ _EXPORTS: dict[str, str] = {
     "explain": "convlens.explanations",
     "get_method": "convlens.attribution.core",
     "iter_explain": "convlens.explanations",
-    "layers": "convlens.models.layers",
+    "layers": "convlens.models.classifier",
     "load_model": "convlens.models.loading",
     "methods": "convlens.attribution.core",
     "metrics": "convlens.metrics",

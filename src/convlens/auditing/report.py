@@ -21,7 +21,7 @@ import hashlib
 import io
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -30,8 +30,23 @@ from PIL import Image
 from convlens.jobs.progress import ProgressCallback, emit
 from convlens.jobs.store import config_fingerprint, write_text_atomic
 
-if TYPE_CHECKING:
-    from convlens.auditing.run import Audit
+
+class AuditView(Protocol):
+    """What the report reads of :class:`convlens.auditing.run.Audit`.
+
+    A protocol, not an import, so that ``run.py`` imports this module and not the reverse (no
+    import cycle: docs/architecture.md, "Layers and the direction data flows").
+    """
+
+    out: Path
+    classifier: Any
+    dataset: Any
+    settings: Any
+    engine: Any
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The ``audit.json`` content."""
 
 ASSETS = "report-files"
 SUSPICIOUS = 5
@@ -53,7 +68,7 @@ def _name(path: str, suffix: str) -> str:
 class _Maps:
     """Collects (image, class) pairs, then recomputes their full-size maps batch by batch."""
 
-    def __init__(self, audit: Audit) -> None:
+    def __init__(self, audit: AuditView) -> None:
         self.audit = audit
         self.wanted: dict[str, set[int]] = defaultdict(set)
         self.photos: set[str] = set()
@@ -204,7 +219,7 @@ def _clipped(heat: np.ndarray, quantile: float = 99.0) -> np.ndarray:
     return np.minimum(positive, np.percentile(inside, quantile))
 
 
-def concept_blocks(audit: Audit, strategies: list[dict], folder: Path, batch_size: int,
+def concept_blocks(audit: AuditView, strategies: list[dict], folder: Path, batch_size: int,
                    progress: ProgressCallback | None) -> dict[int, dict[str, Any]]:
     """Per shown strategy with concepts (the first :data:`CONCEPT_STRATEGIES`): its words,
     and per concept (the first :data:`CONCEPTS_SHOWN`) a grid of its reference patches (the
@@ -282,7 +297,7 @@ def concept_blocks(audit: Audit, strategies: list[dict], folder: Path, batch_siz
     return blocks
 
 
-def write_report(audit: Audit, target: Path, *, progress: ProgressCallback | None = None,
+def write_report(audit: AuditView, target: Path, *, progress: ProgressCallback | None = None,
                  batch_size: int | None = None) -> Path:
     """Write ``target`` (HTML) and its files under ``target.parent / report-files``."""
     from convlens.errors import ConvlensError
@@ -437,7 +452,7 @@ def _strategy_title(s: dict) -> str:
     return f"strategy {s['id']}: {group} cluster {cluster}, {s['size']} images"
 
 
-def notebook_html(audit: Audit) -> str:
+def notebook_html(audit: AuditView) -> str:
     """A compact inline view: headline figures and the most suspicious clusters with their
     mean maps (small data URIs; the full report is a file)."""
     from jinja2 import Environment

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from convlens.errors import ConvlensError, ModelLoadError, UnsupportedModelError
+from convlens.errors import ConvlensError, LayerError, ModelLoadError, UnsupportedModelError
+from convlens.models.layers import LayerInfo, list_layers
 from convlens.models.outputs import OutputKey, model_failure, select_output
 from convlens.models.preprocessing import Geometry, Preprocessing
 
@@ -257,3 +258,25 @@ def as_classifier(model: object) -> Classifier:
     raise UnsupportedModelError(
         f"model must be a torch.nn.Module or a convlens.Classifier, got {type(model).__name__}"
     )
+
+
+def layers(model: object) -> list[LayerInfo]:
+    """Every layer's name, type and output shape (for one sample), to choose ``layer=``.
+
+    Lives beside :class:`Classifier` (not in ``layers.py``, which it uses) so that
+    ``layers.py`` never imports this module: docs/architecture.md, "Layers and the direction
+    data flows".
+
+    Args:
+        model: A Classifier (its input size is used) or an ``nn.Module`` taking
+            ``(N, 3, 224, 224)`` inputs.
+
+    Example:
+        >>> [info.name for info in layers(classifier)][:3]  # doctest: +SKIP
+        ['stem', 'stem.conv', 'stem.bn']
+    """
+    if not isinstance(model, (Classifier, nn.Module)):
+        raise LayerError(f"layers() needs a Classifier or a torch.nn.Module, got "
+                         f"{type(model).__name__}")
+    classifier = as_classifier(model)
+    return list_layers(classifier.module, classifier.sample_shape, classifier.device)

@@ -134,23 +134,3 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     hint = f"; did you mean: {', '.join(close)}" if close else ""
     shown = ", ".join(valid[:30]) + (f", ... ({len(valid) - 30} more)" if len(valid) > 30 else "")
     raise LayerError(f"unknown layer {layer!r}{hint}. Valid layers: {shown}")
-
-
-def layers(model: object) -> list[LayerInfo]:
-    """Every layer's name, type and output shape (for one sample), to choose ``layer=``.
-
-    Args:
-        model: A Classifier (its input size is used) or an ``nn.Module`` taking
-            ``(N, 3, 224, 224)`` inputs.
-
-    Example:
-        >>> [info.name for info in layers(classifier)][:3]  # doctest: +SKIP
-        ['stem', 'stem.conv', 'stem.bn']
-    """
-    from convlens.models.classifier import Classifier, as_classifier
-
-    if not isinstance(model, (Classifier, nn.Module)):
-        raise LayerError(f"layers() needs a Classifier or a torch.nn.Module, got "
-                         f"{type(model).__name__}")
-    classifier = as_classifier(model)
-    return list_layers(classifier.module, classifier.sample_shape, classifier.device)

@@ -2,7 +2,7 @@
 
 timm (PyTorch Image Models, an optional extra: ``pip install 'convlens[timm]'``) builds the
 architecture by name with ``pretrained=False``; the weights always come from a local file
-(read by :func:`convlens.models.loading.read_state_dict`: safetensors or a plain state
+(read by :func:`convlens.models.weights.read_state_dict`: safetensors or a plain state
 dict, never unpickled unless ``trust_model``). Nothing is downloaded: the Hugging Face Hub
 is put offline (``HF_HUB_OFFLINE=1``) for the duration of the call, and names that point
 at the Hub (``hf-hub:...``) are refused.
@@ -29,6 +29,7 @@ from torch import nn
 
 from convlens.errors import ModelLoadError
 from convlens.models.preprocessing import DEFAULT_CROP_PCT
+from convlens.models.weights import load_weights, read_state_dict
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 _CROP_MODES = {"center": "center_crop", "squash": "squash", "border": "pad"}
@@ -122,8 +123,6 @@ def load_timm(name: str, weights: str | Path | None, *, trust_model: bool = Fals
         ModelLoadError: timm missing, an unknown or Hub name, no weights file, or weights
             that do not fit the architecture.
     """
-    from convlens.models.loading import load_weights, read_state_dict
-
     if not name or name.startswith(("hf-hub:", "hf_hub:")) or "/" in name:
         raise ModelLoadError(
             f"timm:{name} names a model on the Hugging Face Hub; convlens never downloads. "

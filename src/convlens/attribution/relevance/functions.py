@@ -21,7 +21,7 @@ torch function called at that level (not inside a Conv, ReLU... whose rule cover
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
@@ -29,8 +29,26 @@ from convlens.attribution.relevance import graph as G
 from convlens.attribution.relevance import rules as R
 from convlens.errors import UnsupportedModelError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from convlens.attribution.relevance.propagation import Propagation
+
+class PropagationView(Protocol):
+    """What these rules use of :class:`~convlens.attribution.relevance.propagation.Propagation`.
+
+    A protocol, not an import, so that ``propagation.py`` imports this module and not the
+    reverse (no import cycle: docs/architecture.md, "Layers and the direction data flows").
+    """
+
+    def resolve(self, t: Any) -> Any:
+        """``t`` itself, or, for a guard, the built rule graph of its layer."""
+
+    def is_nonnegative(self, t: object) -> bool:
+        """Whether ``t`` is known to hold no negative value."""
+
+    def mark_nonnegative(self, t: object) -> None:
+        """Record that ``t`` holds no negative value."""
+
+    def where(self) -> tuple[str, torch.nn.Module]:
+        """The innermost module whose forward is being interpreted (for messages)."""
+
 
 _ROUTING = frozenset({
     "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze",
@@ -93,7 +111,7 @@ def _on_path(t: object) -> bool:
     return isinstance(t, torch.Tensor) and t.requires_grad
 
 
-def apply_function_rule(p: Propagation, func: Callable, args: tuple, kwargs: dict) -> Any:
+def apply_function_rule(p: PropagationView, func: Callable, args: tuple, kwargs: dict) -> Any:
     """Run ``func`` under its LRP convention (see the module docstring)."""
     name = getattr(func, "__name__", "")
     if name == "__get__":  # attribute access: shape, dtype, .T ...
@@ -109,14 +127,14 @@ def apply_function_rule(p: Propagation, func: Callable, args: tuple, kwargs: dic
     return _unknown(p, func, args, kwargs)
 
 
-def _attribute(p: Propagation, func: Callable, args: tuple, kwargs: dict) -> Any:
+def _attribute(p: PropagationView, func: Callable, args: tuple, kwargs: dict) -> Any:
     out = func(*args, **kwargs)
     if any(_on_path(t) for t in tensors(out)):  # a view such as .T: route like a reshape
         out = func(*map_tensors(args, p.resolve), **map_tensors(kwargs, p.resolve))
     return out
 
 
-def _routing(p: Propagation, func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
+def _routing(p: PropagationView, func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
     args, kwargs = map_tensors(args, p.resolve), map_tensors(kwargs, p.resolve)
     out = func(*args, **kwargs)
     inputs = list(tensors((args, kwargs)))
@@ -133,7 +151,7 @@ def _keeps_sign(name: str, args: tuple, kwargs: dict) -> bool:
     return value is None or (_is_number(value) and value >= 0)
 
 
-def _activation(p: Propagation, func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
+def _activation(p: PropagationView, func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
     x = p.resolve(args[0]) if args else None
     if not _on_path(x):
         return func(*args, **kwargs)
@@ -150,7 +168,7 @@ def _activation(p: Propagation, func: Callable, name: str, args: tuple, kwargs: 
     return out
 
 
-def _sum(p: Propagation, func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
+def _sum(p: PropagationView, func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
     if len(args) == 2 and set(kwargs) <= {"alpha"}:
         a, b = args
     elif len(args) == 1 and set(kwargs) <= {"other", "alpha"} and "other" in kwargs:
@@ -185,7 +203,7 @@ def _scaled_by_number(args: tuple, kwargs: dict) -> bool:
     return len(args) == 2 and not kwargs and _is_number(args[1])
 
 
-def _weightless_linear(p: Propagation, func: Callable, args: tuple, kwargs: dict) -> Any:
+def _weightless_linear(p: PropagationView, func: Callable, args: tuple, kwargs: dict) -> Any:
     x = p.resolve(args[0]) if args else None
     if any(_on_path(t) for t in tensors((args[1:], kwargs))):
         return _unknown(p, func, args, kwargs)  # e.g. a product of two activations
@@ -195,7 +213,7 @@ def _weightless_linear(p: Propagation, func: Callable, args: tuple, kwargs: dict
     return G.Relay.apply([z.detach()], ((1.0, None, R.STABILISER),), z)
 
 
-def _unknown(p: Propagation, func: Callable, args: tuple, kwargs: dict) -> Any:
+def _unknown(p: PropagationView, func: Callable, args: tuple, kwargs: dict) -> Any:
     versions = [(t, t._version) for t in tensors((args, kwargs)) if t.requires_grad]
     out = func(*args, **kwargs)
     modified = any(t._version != version for t, version in versions)
@@ -204,7 +222,7 @@ def _unknown(p: Propagation, func: Callable, args: tuple, kwargs: dict) -> Any:
     return out
 
 
-def _function_message(p: Propagation, func: Callable, modified: bool) -> str:
+def _function_message(p: PropagationView, func: Callable, modified: bool) -> str:
     name, module = p.where()
     owner = getattr(func, "__qualname__", "").split(".")[0]
     label = getattr(func, "__name__", repr(func))
