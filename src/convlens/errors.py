@@ -87,6 +87,69 @@ class InputShapeError(ConvlensError, ValueError):
     """A tensor input has the wrong shape, dtype or device."""
 
 
+class MetricError(ConvlensError, ValueError):
+    """A metric, preset or option is unknown or invalid, or the model's output is unusable."""
+
+
+class DirectionError(CorrectionError):
+    """A strategy's direction cannot be estimated (no class with both members and others)."""
+
+
+class CorrectionReportError(ConvlensError, ValueError):
+    """The folder is not one ``convlens correct`` wrote (or a file in it is unreadable)."""
+
+
+class PatchError(ConvlensError, ValueError):
+    """A position, channel, mode or box that does not fit the layer or the image."""
+
+
+class ConceptError(ConvlensError, ValueError):
+    """A concept, random or image set that TCAV cannot use (empty, too small, no class)."""
+
+
+class ReferenceSetError(ConvlensError, ValueError):
+    """A reference set that cannot be computed or read as asked."""
+
+
+class EngineError(ConvlensError, RuntimeError):
+    """An engine cannot start (Ray missing, no cluster at the address) or a worker failed."""
+
+
+# ------------------------------------------------- the web app (convlens serve)
+
+
+class AuditError(ConvlensError, ValueError):
+    """An audit folder is missing its ``audit.json`` or the file does not follow the schema."""
+
+
+class AuditNotFound(AuditError, LookupError):
+    """No such audit or image, or an image outside the audit's data folder (HTTP 404)."""
+
+
+class AtlasNotFound(AuditNotFound):
+    """No such atlas, channel, mode or rank, or an image outside the atlas's data (404)."""
+
+
+class Cancelled(ConvlensError):
+    """A computation stopped because its client went away or the server is stopping."""
+
+
+class RequestTooLarge(ConvlensError, ValueError):
+    """A request body went over the server's byte cap (HTTP 413)."""
+
+
+class PortError(ConvlensError, OSError):
+    """The address or port to listen on cannot be used."""
+
+
+class BadRequest(ConvlensError, ValueError):
+    """A request body that is not the JSON object a route expects (HTTP 422)."""
+
+
+class TooMuchWork(ConvlensError, ValueError):
+    """A request asking for more classes or maps than one request may (HTTP 422)."""
+
+
 def unknown_choice(kind: str, got: object, valid: Iterable[str]) -> str:
     """Message for an unknown name: ``unknown method 'x'; valid: a, b, c``."""
     return f"unknown {kind} {got!r}; valid {kind}s: {_choices(valid)}"

@@ -4,7 +4,8 @@ A leaf module (docs/architecture.md, "Output folders"): it imports nothing of co
 :mod:`convlens.errors`, so every layer can write through it.
 
 **Atomic writes.** Every file is written into a temporary file in the same folder, then
-renamed over the target with :func:`os.replace` (atomic on POSIX and Windows). A reader,
+renamed over the target with :func:`os.replace` (atomic on POSIX and Windows); every writer
+here, and so every file convlens writes, ends in :func:`atomic_output`. A reader,
 or a rerun after a crash or a full disk, sees the old file or the new one, never a
 truncated one. Temporaries have the permissions of a normal file (``0o666`` minus the
 umask). We do not ``fsync``: this protects against the process dying, not against the
@@ -190,6 +191,18 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}{_TEMP_TAG}{path.suffix}")
 
 
+def _put_in_place(temporary: Path, path: Path) -> None:
+    """Rename a finished temporary over ``path``: the last step of every file convlens writes.
+
+    The one place a result file comes into being (:func:`atomic_output` calls it, and every
+    ``write_*_atomic`` and :func:`save_image_atomic` go through :func:`atomic_output`), so a
+    test that wraps it sees every file a run writes (tests/test_one_writer.py). Only the
+    manifest and the lock file are written otherwise: they are appended to and locked in
+    place, never replaced.
+    """
+    os.replace(temporary, path)
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; rename it over ``path`` on success.
@@ -218,7 +231,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield temporary
         if owner is not None:
             owner.record(path)
-        os.replace(temporary, path)
+        _put_in_place(temporary, path)
     except OSError as error:
         _discard(temporary)
         if isinstance(error, OutputError):

@@ -19,16 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-from convlens.app.audits import AuditNotFound, _roots
+from convlens.app.audits import _roots
 from convlens.concepts.references import MODES, ReferenceSets
+from convlens.errors import AtlasNotFound
 
 PATCH_SIDE = 128
 MAX_CHANNELS = 512
 CACHE = 512
-
-
-class AtlasNotFound(AuditNotFound):
-    """No such atlas, channel, mode or rank, or an image outside the atlas's data (404)."""
 
 
 @dataclass

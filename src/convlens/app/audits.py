@@ -18,19 +18,11 @@ from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any
 
-from convlens.errors import ConvlensError
+from convlens.errors import AuditError, AuditNotFound
 
 THUMBNAIL_SIZE = 160
 MAX_PAGE = 200
 _REQUIRED = ("images", "classes", "suspicious")
-
-
-class AuditError(ConvlensError, ValueError):
-    """An audit folder is missing its ``audit.json`` or the file does not follow the schema."""
-
-
-class AuditNotFound(AuditError, LookupError):
-    """No such audit or image, or an image outside the audit's data folder (HTTP 404)."""
 
 
 @dataclass

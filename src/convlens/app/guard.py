@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from convlens.errors import ConvlensError
+from convlens.errors import RequestTooLarge
 
 BODY_IDLE_SECONDS = 30.0
 CONTENT_SECURITY_POLICY = (
@@ -35,10 +35,6 @@ SECURITY_HEADERS = (
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-opener-policy", b"same-origin"),
 )
-
-
-class RequestTooLarge(ConvlensError, ValueError):
-    """A request body went over the server's byte cap (HTTP 413)."""
 
 
 class _Refused(Exception):

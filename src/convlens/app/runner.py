@@ -18,15 +18,11 @@ import errno
 import socket
 from typing import Any
 
-from convlens.errors import ConvlensError
+from convlens.errors import PortError
 
 KEEP_ALIVE_SECONDS = 5
 HEADER_SECONDS = 10.0
 GRACEFUL_SECONDS = 5
-
-
-class PortError(ConvlensError, OSError):
-    """The address or port to listen on cannot be used."""
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -53,7 +53,7 @@ from convlens.app.audits import AuditFolder, AuditNotFound
 from convlens.app.guard import Guard, RequestTooLarge
 from convlens.app.uploads import PhotoStore, decode_upload, working_copy
 from convlens.app.work import Cancelled, ModelGate, run_model
-from convlens.errors import ConvlensError, ConvlensWarning, ImageError
+from convlens.errors import BadRequest, ConvlensError, ConvlensWarning, ImageError, TooMuchWork
 from convlens.io.images import DEFAULT_MAX_PIXELS
 
 STATIC = Path(__file__).parent / "static"
@@ -62,14 +62,6 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_VISUALIZE_STEPS = 1024
 MAX_TARGETS = 8
 MAX_MAPS = 32
-
-
-class BadRequest(ConvlensError, ValueError):
-    """A request body that is not the JSON object a route expects (HTTP 422)."""
-
-
-class TooMuchWork(ConvlensError, ValueError):
-    """A request asking for more classes or maps than one request may (HTTP 422)."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ from PIL import Image
 
 from convlens.app.work import give_back_memory
 from convlens.errors import ImageError
+from convlens.files import write_bytes_atomic
 
 WORKING_SIDE = 1024
 MAX_STORED_IMAGES = 64
@@ -64,7 +65,7 @@ def decode_upload(name: str, data: bytes, max_pixels: int) -> tuple[Image.Image,
         raise ImageError(name, "the upload is empty; choose a photo file")
     with _DECODES, tempfile.TemporaryDirectory(prefix="convlens-upload-") as folder:
         path = Path(folder) / "upload"
-        path.write_bytes(data)
+        write_bytes_atomic(path, data)
         try:
             image = load_image(path, max_pixels=max_pixels)
         except ImageError as error:

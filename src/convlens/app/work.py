@@ -22,14 +22,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from convlens._hooks import HookSession
-from convlens.errors import ConvlensError
+from convlens.errors import Cancelled
 
 T = TypeVar("T")
 POLL_SECONDS = 0.05
-
-
-class Cancelled(ConvlensError):
-    """A computation stopped because its client went away or the server is stopping."""
 
 
 class ModelGate:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from convlens.errors import ConvlensError, LayerError
+from convlens.errors import LayerError, PatchError
 
 Box = tuple[int, int, int, int]
 """``(left, top, right, bottom)`` in pixels, right and bottom exclusive (PIL's order)."""
@@ -55,10 +55,6 @@ _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], tuple[int, in
     weakref.WeakKeyDictionary()
 _STRUCTURES: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
 _CHUNK = 4  # seeds per backward pass: 4 float64 copies of the network's activations
-
-
-class PatchError(ConvlensError, ValueError):
-    """A position, channel, mode or box that does not fit the layer or the image."""
 
 
 # ------------------------------------------------------------------ receptive field

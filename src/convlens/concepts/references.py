@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from convlens.errors import ConvlensError
+from convlens.errors import ReferenceSetError
 from convlens.jobs.progress import ProgressCallback, emit
 from convlens.jobs.store import ResultStore
 
@@ -55,10 +55,6 @@ SCORES = {
     "activation": "the channel's activation maximum over positions (zennit-crp's 'max'); "
                   "position: its argmax",
 }
-
-
-class ReferenceSetError(ConvlensError, ValueError):
-    """A reference set that cannot be computed or read as asked."""
 
 
 @dataclass

@@ -41,13 +41,9 @@ from typing import Any
 import torch
 
 from convlens.concepts.cav import CAV_KINDS, cav_weights, row_gram
-from convlens.errors import ConvlensError, LayerError, TargetError, did_you_mean
+from convlens.errors import ConceptError, LayerError, TargetError, did_you_mean
 
 MAX_DEFAULT_CLASSES = 10  # classes tested when none are named and the images have no labels
-
-
-class ConceptError(ConvlensError, ValueError):
-    """A concept, random or image set that TCAV cannot use (empty, too small, no class)."""
 
 
 # ---------------------------------------------------------------------------- image sets

@@ -27,13 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from convlens._hooks import HookSession, evaluation_mode
-from convlens.errors import CorrectionError
+from convlens.errors import DirectionError
 
 SHAPES = ("map", "channel")
-
-
-class DirectionError(CorrectionError):
-    """A strategy's direction cannot be estimated (no class with both members and others)."""
 
 
 @dataclass

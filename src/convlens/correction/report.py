@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from convlens.correction.training import AUDIT_IMAGES
-from convlens.errors import ConvlensError
+from convlens.errors import CorrectionReportError
 from convlens.files import write_text_atomic
 
 ASSETS = "report-files"
@@ -39,10 +39,6 @@ MEASURES = (("pasted_to_class", "pasted → class", "pasted images that become t
 _SHOWN = {"format", "convlens", "method", "strategy", "audit", "layer", "shape", "pooled",
           "direction_classes", "images", "source", "labels", "preprocessing", "output",
           "weights", "training", "projected"}
-
-
-class CorrectionReportError(ConvlensError, ValueError):
-    """The folder is not one ``convlens correct`` wrote (or a file in it is unreadable)."""
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -31,17 +31,13 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from convlens.errors import ConvlensError, unknown_choice
+from convlens.errors import EngineError, unknown_choice
 from convlens.io.datasets import Batch, Entry
 from convlens.models.preprocessing import Preprocessing
 
 __all__ = ["ENGINES", "Engine", "EngineError", "UnitResult", "WorkerFactory", "get_engine"]
 
 ENGINES = ("local", "ray")
-
-
-class EngineError(ConvlensError, RuntimeError):
-    """An engine cannot start (Ray missing, no cluster at the address) or a worker failed."""
 
 
 class BatchWorker(Protocol):

@@ -99,6 +99,23 @@ def text_progress(stream: TextIO | None = None, *, every: float | None = None
     return callback
 
 
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (where :func:`notebook_progress` draws bars).
+
+    Only a kernel counts: a terminal IPython session has ``get_ipython()`` too, but no
+    ``IPKernelApp`` in its config, and gets plain text like a script. IPython is looked up
+    in ``sys.modules``, never imported, so a script pays nothing for the check.
+    """
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()  # type: ignore[attr-defined]
+    except AttributeError:
+        return False
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+
+
 def notebook_progress() -> ProgressCallback:
     """A callback for notebooks: one ``tqdm.auto`` bar per stage when tqdm is installed.
 

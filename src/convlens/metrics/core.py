@@ -36,15 +36,17 @@ from torch import nn
 from convlens._hooks import evaluation_mode
 from convlens.attribution.core import check_input
 from convlens.attribution.targets import TargetLike, resolve_targets
-from convlens.errors import ConvlensError, InputShapeError, check_finite_options, unknown_choice
+from convlens.errors import (
+    ConvlensError,
+    InputShapeError,
+    MetricError,
+    check_finite_options,
+    unknown_choice,
+)
 
 FAMILIES = ("faithfulness", "robustness", "randomisation", "complexity")
 OUTPUTS = ("probability", "logit")
 CONSTANT = "constant map: no ranking of pixels to test"
-
-
-class MetricError(ConvlensError, ValueError):
-    """A metric, preset or option is unknown or invalid, or the model's output is unusable."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,13 @@ from convlens.errors import (
     UnsupportedModelError,
 )
 from convlens.files import ensure_folder, save_image_atomic
-from convlens.jobs.progress import ProgressCallback, emit, notebook_progress, text_progress
+from convlens.jobs.progress import (
+    ProgressCallback,
+    emit,
+    in_notebook,
+    notebook_progress,
+    text_progress,
+)
 from convlens.models.layers import resolve_layer
 from convlens.visualization import transforms as transforms_module
 from convlens.visualization.objectives import LOGITS, Context, Objective, as_objective
@@ -485,9 +491,4 @@ def _progress(progress: bool | ProgressCallback | None, steps: int) -> _Progress
         return _Progress(progress, steps)
     if progress is None and not sys.stderr.isatty():
         return _NoProgress()
-    return _Progress(notebook_progress() if _in_notebook() else text_progress(), steps)
-
-
-def _in_notebook() -> bool:
-    shell = sys.modules.get("IPython")
-    return bool(shell and getattr(shell, "get_ipython", lambda: None)())
+    return _Progress(notebook_progress() if in_notebook() else text_progress(), steps)
