@@ -74,6 +74,10 @@ class UnsupportedModelError(ConvlensError, TypeError):
     """The model cannot be explained by the requested method (and we refuse to guess)."""
 
 
+class LabelMismatchError(ConvlensError, ValueError):
+    """The dataset's labels (ImageFolder folders, CSV labels) are not among the model's."""
+
+
 class CorrectionError(ConvlensError, ValueError):
     """A correction (``convlens correct``) cannot be made from what it was given: an unknown
     strategy, unlabelled images, training data whose labels the model does not know."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,9 @@ import numpy as np
 from convlens.auditing.analysis import GROUP_BY, MapReader, StoredImage, build_audit, stored_images
 from convlens.auditing.causal import CausalResult, run_check
 from convlens.auditing.passes import PassSettings, model_fingerprint, run_pass
-from convlens.errors import ConvlensError, unknown_choice
+from convlens.errors import ConvlensError, LabelMismatchError, unknown_choice
 from convlens.files import check_not_input, check_output, claim_output, write_json_atomic
-from convlens.jobs.progress import ProgressCallback, emit, notebook_progress
+from convlens.jobs.progress import ProgressCallback, emit, in_notebook, notebook_progress
 from convlens.jobs.store import ResultStore, config_fingerprint
 
 STORE_FOLDER = "store"
@@ -40,19 +39,6 @@ MAX_CLUSTER_MAPS = 50_000
 """Default cap on the maps SpRAy clusters per group (docs/capacity.md, "Clustering")."""
 
 
-class LabelMismatchError(ConvlensError, ValueError):
-    """The dataset's labels (ImageFolder folders, CSV labels) are not among the model's."""
-
-
-def _in_notebook() -> bool:
-    shell = sys.modules.get("IPython")
-    if shell is None:
-        return False
-    try:
-        ip = shell.get_ipython()  # type: ignore[attr-defined]
-    except AttributeError:
-        return False
-    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
 
 
 def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradcam",
@@ -144,9 +130,9 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         raise ConvlensError(f"max_cluster_maps must be an integer of at least 100 (or None for "
                             f"no cap), got {max_cluster_maps!r}")
     if progress is None:
-        progress = notebook_progress() if _in_notebook() else None
+        progress = notebook_progress() if in_notebook() else None
     elif progress is True:
-        progress = notebook_progress() if _in_notebook() else text_progress()
+        progress = notebook_progress() if in_notebook() else text_progress()
     elif progress is False:
         progress = None
     from convlens.attribution.core import get_method
