@@ -22,8 +22,8 @@ import torch
 from tiny_models import TinyVGG, seeded
 
 import convlens as cl
-from convlens.attribution import core as attribution_core
-from convlens.metrics import core as metrics_core
+from convlens.attribution import registry as method_registry
+from convlens.metrics import registry as metric_registry
 
 GUIDE = Path(__file__).parents[1] / "CONTRIBUTING.md"
 
@@ -41,8 +41,8 @@ def follow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], M
     """Write a recipe to a module file and import it, on copies of both registries."""
     cl.methods()
     cl.metrics.metrics()  # the built-ins are registered before the copies are taken
-    monkeypatch.setattr(attribution_core, "_REGISTRY", dict(attribution_core._REGISTRY))
-    monkeypatch.setattr(metrics_core, "_REGISTRY", dict(metrics_core._REGISTRY))
+    monkeypatch.setattr(method_registry, "_REGISTRY", dict(method_registry._REGISTRY))
+    monkeypatch.setattr(metric_registry, "_REGISTRY", dict(metric_registry._REGISTRY))
 
     def load(name: str) -> ModuleType:
         path = tmp_path / f"contributed_{name}.py"

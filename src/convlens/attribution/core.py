@@ -1,9 +1,9 @@
-"""The attribution registry, the method interface and the ``attribute`` entry point.
+"""The method interface (:class:`Problem`) and the ``attribute`` entry point.
 
 A method is a function ``compute(problem, **options) -> Tensor`` registered once with its
 family, the space its output lives in, its options with defaults and the paper it follows.
-The CLI, ``explain``, the demo page and the conformance tests all read the registry, so a
-newly registered method is offered and tested everywhere at once.
+The registry itself (``Method``, ``register``, ``methods``, ``get_method``) lives in the leaf
+:mod:`convlens.attribution.registry` and is re-exported here, so old import paths keep working.
 
 Gradient-weighted CAMs are registered differently: as a ``combine(activations, gradients)``
 function. The runner computes activations and gradients once per layer and target, and
@@ -13,8 +13,7 @@ backward for five CAMs, instead of five).
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -24,6 +23,13 @@ import torch
 from torch import nn
 
 from convlens._hooks import HookSession, evaluation_mode, gradients_enabled
+from convlens.attribution.registry import (  # noqa: F401  (re-exported)
+    FAMILIES,
+    Method,
+    get_method,
+    methods,
+    register,
+)
 from convlens.attribution.targets import (
     TargetLike,
     is_score_function,
@@ -37,135 +43,10 @@ from convlens.errors import (
     LayerError,
     MethodError,
     TargetError,
-    check_finite_options,
-    unknown_choice,
 )
 from convlens.models.layers import resolve_layer
 from convlens.models.outputs import OutputKey, model_failure, select_output
 from convlens.models.tokens import TokenLayout, infer_layout, to_grid
-
-FAMILIES = ("gradient", "cam", "perturbation", "relevance")
-
-
-@dataclass(frozen=True)
-class Method:
-    """A registered attribution method.
-
-    Attributes:
-        name: Registry key, as users type it.
-        family: One of :data:`FAMILIES`.
-        space: ``"input"`` (output shaped like x), ``"layer"`` (``(N, 1, h, w)``) or
-            ``"concepts"`` (``(N, K, H, W)``: one input-sized map per concept, ``crp``).
-        options: Option names with their defaults.
-        reference: The paper the implementation follows.
-        summary: One line saying what the map means.
-        compute: ``compute(problem, **options)`` for ordinary methods.
-        combine: ``combine(activations, gradients, **options)`` for gradient-weighted CAMs.
-        signed: Whether the raw map carries a meaningful sign (presentation uses it).
-        channel_reduction: How presentation turns (C, H, W) into (H, W): ``"max_abs"`` or ``"sum"``.
-        offset: The map carries an arbitrary constant offset (RISE's is the mean class
-            probability); presentation subtracts each map's minimum before scaling.
-        needs_class_index: Why the method needs a class index (e.g. it weighs by the
-            class's softmax probability over all classes), or ``None`` when it explains any
-            score; score-function targets are refused with this reason.
-    """
-
-    name: str
-    family: str
-    space: str
-    options: Mapping[str, Any]
-    reference: str
-    summary: str
-    compute: Callable[..., torch.Tensor] | None = None
-    combine: Callable[..., torch.Tensor] | None = None
-    signed: bool = False
-    channel_reduction: str = "sum"
-    offset: bool = False
-    needs_class_index: str | None = None
-
-    @property
-    def needs_layer(self) -> bool:
-        return self.space in ("layer", "concepts")
-
-    @property
-    def pixel_space(self) -> bool:
-        """Its maps are input-sized (``input`` and ``concepts`` spaces)."""
-        return self.space in ("input", "concepts")
-
-    def bind(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The full option set: defaults overridden by ``options``; unknown names and
-        infinite or NaN numbers refused."""
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            valid = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
-            raise MethodError(
-                f"method {self.name!r} has no option {unknown[0]!r}; its options are: {valid}"
-            )
-        check_finite_options(self.name, options, self.options, MethodError)
-        return {**self.options, **options}
-
-
-_REGISTRY: dict[str, Method] = {}
-
-
-def register(name: str, *, family: str, space: str = "input", reference: str, summary: str,
-             signed: bool = False, channel_reduction: str = "sum",
-             gradient_cam: bool = False, offset: bool = False,
-             needs_class_index: str | None = None) -> Callable[[Callable], Callable]:
-    """Class-free registration decorator; options and defaults come from the signature.
-
-    The decorated function's keyword-only parameters are the method's options, so the
-    defaults are written once, where they are used.
-    """
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}")
-
-    def decorate(fn: Callable) -> Callable:
-        options = {
-            p.name: p.default
-            for p in inspect.signature(fn).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
-        _REGISTRY[name] = Method(
-            name=name, family=family, space=space, options=options, reference=reference,
-            summary=summary, signed=signed, channel_reduction=channel_reduction, offset=offset,
-            needs_class_index=needs_class_index,
-            compute=None if gradient_cam else fn, combine=fn if gradient_cam else None,
-        )
-        return fn
-
-    return decorate
-
-
-def methods(family: str | None = None) -> list[Method]:
-    """Every registered method (optionally of one family), in registration order."""
-    _load_builtin_methods()
-    return [m for m in _REGISTRY.values() if family is None or m.family == family]
-
-
-def get_method(name: str) -> Method:
-    """Look a method up by name; an unknown name lists the valid ones."""
-    _load_builtin_methods()
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise MethodError(unknown_choice("method", name, _REGISTRY))
-    return _REGISTRY[name]
-
-
-def _load_builtin_methods() -> None:
-    """Import the family modules; importing one registers its methods.
-
-    Each family module adds itself to this one import line.
-    """
-    from convlens.attribution import (  # noqa: F401
-        cam,
-        crp,
-        gradients,
-        modified_gradients,
-        noise,
-        perturbation,
-        relevance,
-        shapley,
-    )
 
 
 @dataclass

@@ -6,11 +6,12 @@ ranks methods on a user's model and photos (docs/architecture.md, "Layers").
 """
 
 from convlens.metrics.complexity import complexity, sparseness
-from convlens.metrics.core import Metric, MetricError, Scores, get_metric, metrics
+from convlens.metrics.core import MetricError, Scores
 from convlens.metrics.deletion_insertion import deletion, insertion
 from convlens.metrics.evaluate import Evaluation, Summary, evaluate
 from convlens.metrics.faithfulness import faithfulness_correlation, mufidelity
 from convlens.metrics.randomisation import model_randomisation, random_logit
+from convlens.metrics.registry import Metric, get_metric, metrics
 from convlens.metrics.road import road
 from convlens.metrics.robustness import infidelity, max_sensitivity
 

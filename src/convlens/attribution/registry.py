@@ -1,0 +1,127 @@
+"""The method registry: :class:`Method`, :func:`register` and the lookup (a leaf).
+
+A method is a function ``compute(problem, **options) -> Tensor`` registered once with its
+family, the space its output lives in, its options with defaults and the paper it follows.
+The CLI, ``explain``, the demo page and the conformance tests all read this registry, so a
+newly registered method is offered and tested everywhere at once.
+
+This module imports nothing of the family modules (as timm's ``_registry.py``): the families
+import :func:`register` from here, and the package (``convlens/attribution/__init__.py``)
+imports every family once, so any lookup through ``convlens.attribution`` sees them all.
+``attribution/core.py`` re-exports these names (docs/architecture.md, "Layers").
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from convlens.errors import MethodError, check_finite_options, unknown_choice
+
+FAMILIES = ("gradient", "cam", "perturbation", "relevance")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered attribution method.
+
+    Attributes:
+        name: Registry key, as users type it.
+        family: One of :data:`FAMILIES`.
+        space: ``"input"`` (output shaped like x), ``"layer"`` (``(N, 1, h, w)``) or
+            ``"concepts"`` (``(N, K, H, W)``: one input-sized map per concept, ``crp``).
+        options: Option names with their defaults.
+        reference: The paper the implementation follows.
+        summary: One line saying what the map means.
+        compute: ``compute(problem, **options)`` for ordinary methods.
+        combine: ``combine(activations, gradients, **options)`` for gradient-weighted CAMs.
+        signed: Whether the raw map carries a meaningful sign (presentation uses it).
+        channel_reduction: How presentation turns (C, H, W) into (H, W): ``"max_abs"`` or ``"sum"``.
+        offset: The map carries an arbitrary constant offset (RISE's is the mean class
+            probability); presentation subtracts each map's minimum before scaling.
+        needs_class_index: Why the method needs a class index (e.g. it weighs by the
+            class's softmax probability over all classes), or ``None`` when it explains any
+            score; score-function targets are refused with this reason.
+    """
+
+    name: str
+    family: str
+    space: str
+    options: Mapping[str, Any]
+    reference: str
+    summary: str
+    compute: Callable[..., torch.Tensor] | None = None
+    combine: Callable[..., torch.Tensor] | None = None
+    signed: bool = False
+    channel_reduction: str = "sum"
+    offset: bool = False
+    needs_class_index: str | None = None
+
+    @property
+    def needs_layer(self) -> bool:
+        return self.space in ("layer", "concepts")
+
+    @property
+    def pixel_space(self) -> bool:
+        """Its maps are input-sized (``input`` and ``concepts`` spaces)."""
+        return self.space in ("input", "concepts")
+
+    def bind(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The full option set: defaults overridden by ``options``; unknown names and
+        infinite or NaN numbers refused."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            valid = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
+            raise MethodError(
+                f"method {self.name!r} has no option {unknown[0]!r}; its options are: {valid}"
+            )
+        check_finite_options(self.name, options, self.options, MethodError)
+        return {**self.options, **options}
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, *, family: str, space: str = "input", reference: str, summary: str,
+             signed: bool = False, channel_reduction: str = "sum",
+             gradient_cam: bool = False, offset: bool = False,
+             needs_class_index: str | None = None) -> Callable[[Callable], Callable]:
+    """Class-free registration decorator; options and defaults come from the signature.
+
+    The decorated function's keyword-only parameters are the method's options, so the
+    defaults are written once, where they are used.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}")
+
+    def decorate(fn: Callable) -> Callable:
+        options = {
+            p.name: p.default
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        _REGISTRY[name] = Method(
+            name=name, family=family, space=space, options=options, reference=reference,
+            summary=summary, signed=signed, channel_reduction=channel_reduction, offset=offset,
+            needs_class_index=needs_class_index,
+            compute=None if gradient_cam else fn, combine=fn if gradient_cam else None,
+        )
+        return fn
+
+    return decorate
+
+
+def methods(family: str | None = None) -> list[Method]:
+    """Every registered method (optionally of one family), in registration order."""
+    return [m for m in _REGISTRY.values() if family is None or m.family == family]
+
+
+def get_method(name: str) -> Method:
+    """Look a method up by name; an unknown name lists the valid ones."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise MethodError(unknown_choice("method", name, _REGISTRY))
+    return _REGISTRY[name]
