@@ -2,7 +2,8 @@
 
 Each code block marked ``<!-- recipe: NAME -->`` in CONTRIBUTING.md is written to a temporary
 module file and imported, as a contributor's new file would be; the method then runs through
-``cl.attribute`` and the metric through the metrics API and ``cl.evaluate``. The recipe's
+``cl.attribute``, the metric through the metrics API and ``cl.evaluate``, the engine through
+``get_engine`` and ``cl.evaluate(engine=...)``. The recipe's
 "today also edit" step (adding the module to the built-in import line) is replaced by importing
 the file directly. The registries are copied before and restored after each test, so nothing
 registered here leaks into other tests.
@@ -19,10 +20,13 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tiny_models import TinyVGG, seeded
 
 import convlens as cl
 from convlens.attribution import registry as method_registry
+from convlens.engines import registry as engine_registry
+from convlens.engines.registry import engine_names, get_engine
 from convlens.metrics import registry as metric_registry
 
 GUIDE = Path(__file__).parents[1] / "CONTRIBUTING.md"
@@ -38,11 +42,12 @@ def recipe(name: str) -> str:
 
 @pytest.fixture
 def follow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
-    """Write a recipe to a module file and import it, on copies of both registries."""
+    """Write a recipe to a module file and import it, on copies of the registries."""
     cl.methods()
     cl.metrics.metrics()  # the built-ins are registered before the copies are taken
     monkeypatch.setattr(method_registry, "_REGISTRY", dict(method_registry._REGISTRY))
     monkeypatch.setattr(metric_registry, "_REGISTRY", dict(metric_registry._REGISTRY))
+    monkeypatch.setattr(engine_registry, "_REGISTRY", dict(engine_registry._REGISTRY))
 
     def load(name: str) -> ModuleType:
         path = tmp_path / f"contributed_{name}.py"
@@ -95,8 +100,25 @@ def test_the_metric_recipe_adds_a_metric_the_api_and_evaluate_use(follow, monkey
     assert "toy_top_share" not in [m.name for m in cl.metrics.metrics()]
 
 
-@pytest.mark.skip(reason="an engine is an if-branch in engines/__init__.py today, not a "
-                         "registered file; issue 19 item 1 makes it one file, then follow "
-                         "CONTRIBUTING.md's engine recipe here")
-def test_the_engine_recipe_adds_an_engine() -> None:
-    """CONTRIBUTING.md, "Add an engine"."""
+def test_the_engine_recipe_adds_an_engine_evaluate_runs_on(follow, monkeypatch,
+                                                         tmp_path) -> None:
+    """CONTRIBUTING.md, "Add an engine": the name reaches get_engine and cl.evaluate, and the
+    scores equal the local engine's although the units come back last first."""
+    follow("engine")
+    assert "toy_reversed" in engine_names()
+    assert get_engine("toy_reversed").name == "toy_reversed"
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(5):
+        paths.append(tmp_path / f"{k}.png")
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(paths[-1])
+    model, _ = _problem()
+    classifier = cl.Classifier(model, labels=list("abcd"), input_size=16, mean=(0, 0, 0),
+                               std=(1, 1, 1), resize="squash", device="cpu")
+    settings = dict(methods=["saliency"], metrics=["deletion"], image_batch=2, bootstrap=0)
+    ours = cl.evaluate(classifier, paths, engine="toy_reversed", **settings)
+    local = cl.evaluate(classifier, paths, engine="local", **settings)
+    np.testing.assert_array_equal(ours.scores[("saliency", "deletion")].values,
+                                  local.scores[("saliency", "deletion")].values)
+    monkeypatch.undo()
+    assert "toy_reversed" not in engine_names()

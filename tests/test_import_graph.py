@@ -61,8 +61,6 @@ MODULE_LAYER = {"convlens.objectives": "visualization"}
 # imports (importer, imported), from issue 19. Remove an entry when the code stops doing it.
 KNOWN_CYCLES: set[frozenset[str]] = {
     frozenset({"convlens.metrics.display", "convlens.metrics.evaluate"}),
-    # get_engine imports its engines lazily; they import the protocols from the package.
-    frozenset({"convlens.engines", "convlens.engines.local", "convlens.engines.ray"}),
     # load_model reads a corrected model's folder, which loads its base model by load_model.
     frozenset({"convlens.models.corrected", "convlens.models.loading"}),
 }

@@ -169,11 +169,10 @@ def test_the_cli_mirrors_the_library_defaults():
     import inspect
 
     from convlens.auditing.run import MAX_CLUSTER_MAPS
-    from convlens.cli import _engine
     from convlens.cli.audit import audit
-    from convlens.engines import ENGINES
+    from convlens.engines import ENGINES, engine_names
 
-    assert _engine.ENGINES == ENGINES
+    assert ENGINES == engine_names() == ("local", "ray")  # the CLI reads engine_names()
     assert inspect.signature(audit).parameters["max_cluster_maps"].default.default == \
         MAX_CLUSTER_MAPS
 

@@ -8,8 +8,6 @@ import typer
 
 from convlens.cli._common import fail, finite
 
-ENGINES = ("local", "ray")  # = convlens.engines.ENGINES (tested), not imported for --help
-
 
 def engine_option() -> Any:
     return typer.Option(
@@ -40,12 +38,18 @@ def gpus_per_actor_option() -> Any:
 
 def engine_settings(engine: str, ray_address: str | None, actors: int | None,
                     gpus_per_actor: float | None) -> tuple[str, dict[str, Any]]:
-    """``(engine name, engine options)`` from the options; Ray-only options refused on local."""
-    if engine not in ENGINES:
-        fail(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    """``(engine name, engine options)`` from the options; Ray-only options refused elsewhere.
+
+    The names come from the engine registry, read here rather than at import so that
+    ``--help`` imports nothing heavy.
+    """
+    from convlens.engines.registry import engine_names
+
+    if engine not in engine_names():
+        fail(f"--engine must be one of {', '.join(engine_names())}; got {engine!r}")
     given = [flag for flag, value in (("--ray-address", ray_address), ("--actors", actors),
                                       ("--gpus-per-actor", gpus_per_actor)) if value is not None]
-    if engine == "local":
+    if engine != "ray":
         if given:
             fail(f"{', '.join(given)} only apply with --engine ray")
         return engine, {}

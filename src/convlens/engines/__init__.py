@@ -20,97 +20,18 @@ evaluation as strings). CPU kernels sum in an order that depends on the thread c
 worker with fewer threads than this process may differ in the last rounded digit of a
 probability (1e-6 on the bundled model, 2 threads against 1; BENCHMARKS.md).
 
-See docs/architecture.md, "Engines": engines sit between jobs and metrics; they import io
-only, and the audit (pass and causal check) and ``evaluate`` pass them a
-:class:`WorkerFactory`.
+Each engine module registers its class (``@register_engine``, :mod:`convlens.engines.registry`);
+this package imports the built-in ones once. See docs/architecture.md, "Engines": engines sit
+between jobs and metrics; they import io only, and the audit (pass and causal check) and
+``evaluate`` pass them a :class:`WorkerFactory`.
 """
 
-from __future__ import annotations
+from convlens.engines import local, ray  # noqa: F401  (importing an engine registers it)
+from convlens.engines.base import BatchWorker, Engine, UnitResult, WorkerFactory
+from convlens.engines.registry import engine_names, get_engine, register_engine
+from convlens.errors import EngineError
 
-from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+__all__ = ["ENGINES", "BatchWorker", "Engine", "EngineError", "UnitResult", "WorkerFactory",
+           "engine_names", "get_engine", "register_engine"]
 
-from convlens.errors import EngineError, unknown_choice
-from convlens.io.datasets import Batch, Entry
-from convlens.models.preprocessing import Preprocessing
-
-__all__ = ["ENGINES", "Engine", "EngineError", "UnitResult", "WorkerFactory", "get_engine"]
-
-ENGINES = ("local", "ray")
-
-
-class BatchWorker(Protocol):
-    """Built once per worker; called with every decoded batch (``batch.x`` is a tensor)."""
-
-    def __call__(self, batch: Batch) -> Any: ...
-
-
-class WorkerFactory(Protocol):
-    """Builds a :class:`BatchWorker`; picklable, so a Ray actor can build its own copy.
-
-    ``device`` is where the worker should compute (``"cuda"`` on an actor that was given a
-    GPU), or ``None`` to keep the model where it is.
-    """
-
-    def build(self, device: str | None = None) -> BatchWorker: ...
-
-
-@dataclass
-class UnitResult:
-    """One unit's outcome, as an engine yields it.
-
-    Attributes:
-        unit: Position of the unit (entries ``unit * batch_size`` onwards).
-        batch: The batch without its tensor (``x`` is None): items, bad files, skipped items.
-        result: What the worker returned, or None when nothing in the unit was decoded.
-    """
-
-    unit: int
-    batch: Batch
-    result: Any
-
-
-class Engine(Protocol):
-    """Runs a worker over the units of a list of entries."""
-
-    name: str
-
-    def map_units(self, entries: Sequence[Entry], preprocessing: Preprocessing,
-                  factory: WorkerFactory, *, batch_size: int, salt: str = "",
-                  skip: Collection[str] = frozenset(), max_pixels: int | None = None
-                  ) -> Iterator[UnitResult]:
-        """Yield one :class:`UnitResult` per unit, in any order."""
-        ...
-
-
-def get_engine(engine: str | Engine | None, **options: Any) -> Engine:
-    """``"local"``, ``"ray"``, an engine object, or None (local) -> an engine.
-
-    ``options`` go to the engine's constructor (``workers`` for local; ``address``,
-    ``actors``, ``cpus_per_actor``, ``gpus_per_actor`` for Ray).
-
-    Raises:
-        EngineError: An unknown name, or options the engine does not take.
-    """
-    if engine is None or engine == "local":
-        from convlens.engines.local import LocalEngine
-
-        return _construct(LocalEngine, options)
-    if engine == "ray":
-        from convlens.engines.ray import RayEngine
-
-        return _construct(RayEngine, options)
-    if isinstance(engine, str):
-        raise EngineError(unknown_choice("engine", engine, ENGINES))
-    if options:
-        raise EngineError("engine options are given to the engine's constructor when an "
-                          "engine object is passed")
-    return engine
-
-
-def _construct(kind: type, options: dict[str, Any]) -> Any:
-    try:
-        return kind(**options)
-    except TypeError as error:
-        raise EngineError(f"{kind.__name__}: {error}") from None
+ENGINES = engine_names()  # the built-in engines; engine_names() also sees ones added later

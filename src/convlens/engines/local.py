@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import replace
 
-from convlens.engines import UnitResult, WorkerFactory
+from convlens.engines.base import UnitResult, WorkerFactory
+from convlens.engines.registry import register_engine
 from convlens.io.datasets import Entry, batches
 from convlens.models.preprocessing import Preprocessing
 
 
+@register_engine("local")
 class LocalEngine:
     """Runs every unit in this process, in order; ``workers`` decoding processes.
 

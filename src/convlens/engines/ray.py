@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from convlens.engines import EngineError, UnitResult, WorkerFactory
-from convlens.errors import ConvlensError
+from convlens.engines.base import UnitResult, WorkerFactory
+from convlens.engines.registry import register_engine
+from convlens.errors import ConvlensError, EngineError
 from convlens.io.datasets import Entry, ImageDataset, collate
 from convlens.models.preprocessing import Preprocessing
 
@@ -67,6 +68,7 @@ def ray_available() -> bool:
     return True
 
 
+@register_engine("ray")
 class RayEngine:
     """Run units on a Ray cluster (or a local Ray instance).
 
