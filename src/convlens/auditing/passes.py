@@ -5,7 +5,7 @@ one backward for the attribution of the predicted class (the logits are taken fr
 forward, so predictions cost nothing extra), a second attribution for the true class of the
 mistakes only, the requested maps-based metrics on the full-resolution maps of the
 predicted class (:mod:`convlens.auditing.scoring`), then one append to the
-:class:`~convlens.jobs.store.ResultStore`: a JSON-lines shard of records and the maps as
+:class:`~convlens.store.ResultStore`: a JSON-lines shard of records and the maps as
 float16 side arrays, downsized to ``map_size`` (32x32 by default: 2 KiB per map), and the
 *features*: the feature layer's activations pooled over space (mean and max per channel,
 float16), which the cross-class strategies are found in
@@ -44,8 +44,8 @@ from convlens.auditing.scoring import score_batch
 from convlens.engines import Engine, get_engine
 from convlens.io.datasets import Batch, Dataset
 from convlens.io.images import InputProblem
-from convlens.jobs.progress import ProgressCallback, emit
-from convlens.jobs.store import ResultStore
+from convlens.progress import ProgressCallback, emit
+from convlens.store import ResultStore
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 TOP = 5

@@ -29,8 +29,8 @@ from convlens.auditing.causal import CausalResult, run_check
 from convlens.auditing.passes import PassSettings, model_fingerprint, run_pass
 from convlens.errors import ConvlensError, LabelMismatchError, unknown_choice
 from convlens.files import check_not_input, check_output, claim_output, write_json_atomic
-from convlens.jobs.progress import ProgressCallback, emit, in_notebook, notebook_progress
-from convlens.jobs.store import ResultStore, config_fingerprint
+from convlens.progress import ProgressCallback, emit, in_notebook, notebook_progress
+from convlens.store import ResultStore, config_fingerprint
 
 STORE_FOLDER = "store"
 CHECK_MEMBERS = 128
@@ -113,9 +113,9 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
             address) or one of its workers failed.
     """
     from convlens.io.datasets import detect_layout, read_dataset, unknown_labels
-    from convlens.jobs.progress import text_progress
     from convlens.models.classifier import Classifier
     from convlens.models.layers import resolve_layer
+    from convlens.progress import text_progress
 
     if not isinstance(classifier, Classifier):
         raise ConvlensError(f"audit needs a convlens.Classifier (cl.load_model() or "

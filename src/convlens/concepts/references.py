@@ -14,7 +14,7 @@ crops the patches afterwards; here the pass is the audit's streaming pass shape:
   position ``argmax R``; the **activation score** is ``max A`` (zennit-crp's ``"max"``) at
   its position. Each batch keeps only its own top ``k`` per channel;
 * the batches run on an engine (:mod:`convlens.engines`, local or Ray) and each batch's
-  top-k lands in a :class:`~convlens.jobs.store.ResultStore` shard (``(C, k)`` arrays and
+  top-k lands in a :class:`~convlens.store.ResultStore` shard (``(C, k)`` arrays and
   one record per image, keyed by content and configuration), so a killed run resumes
   without recomputing finished images;
 * the reference set is the merge of the stored partial top-ks: a running ``(C, k)`` array
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from convlens.errors import ReferenceSetError
-from convlens.jobs.progress import ProgressCallback, emit
-from convlens.jobs.store import ResultStore
+from convlens.progress import ProgressCallback, emit
+from convlens.store import ResultStore
 
 MODES = ("relevance", "activation")
 STORE_FOLDER = "store"

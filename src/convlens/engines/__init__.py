@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from convlens.errors import EngineError, unknown_choice
 from convlens.io.datasets import Batch, Entry
-from convlens.models.preprocessing import Preprocessing
+from convlens.preprocessing import Preprocessing
 
 __all__ = ["ENGINES", "Engine", "EngineError", "UnitResult", "WorkerFactory", "get_engine"]
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from convlens.engines import UnitResult, WorkerFactory
 from convlens.io.datasets import Entry, batches
-from convlens.models.preprocessing import Preprocessing
+from convlens.preprocessing import Preprocessing
 
 
 class LocalEngine:

@@ -43,7 +43,7 @@ import numpy as np
 from convlens.engines import EngineError, UnitResult, WorkerFactory
 from convlens.errors import ConvlensError
 from convlens.io.datasets import Entry, ImageDataset, collate
-from convlens.models.preprocessing import Preprocessing
+from convlens.preprocessing import Preprocessing
 
 INSTALL_HINT = "install it with: pip install 'convlens[ray]'"
 

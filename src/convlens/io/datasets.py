@@ -19,7 +19,7 @@ reads its own output. Broken symbolic links are recorded as problems with the re
 0 decodes in this process): a file that fails to decode becomes an
 :class:`~convlens.io.images.InputProblem` in its batch instead of stopping the run. Every
 file becomes its network input through
-:meth:`~convlens.models.preprocessing.Preprocessing.load_file` (JPEGs decoded at reduced size
+:meth:`~convlens.preprocessing.Preprocessing.load_file` (JPEGs decoded at reduced size
 where the input size allows), the same function :meth:`Classifier.prepare
 <convlens.models.classifier.Classifier.prepare>` uses. Every file's content is hashed
 (SHA-256) on the way, giving each item a stable :attr:`DatasetItem.key`
@@ -44,7 +44,7 @@ from PIL import Image
 
 from convlens.errors import ConvlensError
 from convlens.io.images import InputProblem, is_image_file, load_image
-from convlens.models.preprocessing import Geometry, Preprocessing
+from convlens.preprocessing import Geometry, Preprocessing
 
 __all__ = [
     "LAYOUTS",
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 OUTPUT_MARKER = ".convlens-output"
-"""Marker file in every output folder convlens creates (same value as convlens.jobs.store)."""
+"""Marker file in every output folder convlens creates (same value as convlens.store)."""
 
 LAYOUTS = ("auto", "imagefolder", "csv", "plain")
 
@@ -525,7 +525,7 @@ def batches(entries: Sequence[Entry], preprocessing: Preprocessing, *, batch_siz
         keep_images: Ship the decoded display images (full size) with the batch (needed
             to draw overlays); ``False`` saves the transfer from the workers, and for a
             JPEG decoded at reduced size for ``x``
-            (:meth:`~convlens.models.preprocessing.Preprocessing.load_file`) a second,
+            (:meth:`~convlens.preprocessing.Preprocessing.load_file`) a second,
             full decode.
         max_pixels: Refuse photos with more pixels (default: the library's cap, see
             :func:`convlens.io.images.load_image`); a refused photo is a recorded problem.
