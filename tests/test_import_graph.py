@@ -94,11 +94,7 @@ KNOWN_CYCLES: set[frozenset[str]] = {
     # load_model reads a corrected model's folder, which loads its base model by load_model.
     frozenset({"convlens.models.corrected", "convlens.models.loading"}),
 }
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    # concepts reads the audit's streaming pass and its Audit.
-    ("convlens.concepts.references", "convlens.auditing.passes"),
-    ("convlens.concepts.references", "convlens.auditing.run"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 
 @dataclass

@@ -56,7 +56,9 @@ __all__ = [
     "ImageDataset",
     "batches",
     "content_key",
+    "dataset_relative_path",
     "detect_layout",
+    "no_images_message",
     "read_dataset",
     "scan_inputs",
     "unknown_labels",
@@ -544,3 +546,31 @@ def batches(entries: Sequence[Entry], preprocessing: Preprocessing, *, batch_siz
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=workers, collate_fn=collate)
     return iter(loader)
+
+
+def no_images_message(data: str | os.PathLike[str], dataset: Any) -> str:
+    """The empty-dataset error, worded as ``convlens explain`` words an empty folder.
+
+    One line for the audit and the reference sets alike: where no image was found and the
+    first problem met, if any.
+    """
+    if dataset.layout == "csv":
+        where = "the CSV (no row with an image path under its header 'path,label')"
+    else:
+        where = "folder or its sub-folders (hidden files and convlens output folders skipped)"
+    first = dataset.problems[0] if dataset.problems else None
+    known = (f"; {len(dataset.problems)} problem(s), the first: {first.path}: {first.reason}"
+             if first is not None else "")
+    return f"{data}: no images found in {where}{known}"
+
+
+def dataset_relative_path(path: Path, root: Path, known: dict[str, str]) -> str:
+    """``path`` as a record names it: ``known[path]`` if given, else relative to the dataset's
+    folder (the CSV's folder for a CSV), else as given (POSIX separators)."""
+    if str(path) in known:
+        return known[str(path)]
+    base = root if root.is_dir() else root.parent
+    try:
+        return Path(path).relative_to(base).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
