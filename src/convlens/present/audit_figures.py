@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from convlens.files import write_bytes_atomic
 from convlens.present.figures import colorize, figure_to_image, overlay
-from convlens.store import write_bytes_atomic
 
 THUMB = 112
 
