@@ -91,7 +91,7 @@ def bench_pass(photos: int, batch_size: int, rounds: int) -> dict:
     from convlens.auditing.passes import PassSettings, run_pass
     from convlens.io.datasets import read_dataset
     from convlens.io.images import load_image
-    from convlens.jobs.store import ResultStore
+    from convlens.store import ResultStore
 
     work = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     try:
@@ -230,7 +230,7 @@ def _cluster_child(count: int) -> None:
     _threads()
     from convlens.auditing.analysis import MapReader, build_audit, stored_images
     from convlens.auditing.spray import spray
-    from convlens.jobs.store import ResultStore
+    from convlens.store import ResultStore
 
     work = Path(tempfile.mkdtemp(prefix="bench-audit-cluster-"))
     try:

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     import convlens as cl
     from convlens.auditing.passes import PassSettings, run_pass
     from convlens.io.datasets import read_dataset
-    from convlens.jobs.store import ResultStore
     from convlens.models.layers import default_layer_name
+    from convlens.store import ResultStore
 
     work = Path(tempfile.mkdtemp(prefix="bench-concepts-"))
     try:

@@ -40,7 +40,7 @@ def bench(photos: int, rounds: int, batch_size: int, k: int) -> dict:
     import convlens as cl
     from convlens.auditing.passes import PassSettings, run_pass
     from convlens.io.datasets import read_dataset
-    from convlens.jobs.store import ResultStore
+    from convlens.store import ResultStore
 
     work = Path(tempfile.mkdtemp(prefix="bench-references-"))
     try:

@@ -374,7 +374,7 @@ def build_case(scenario: PhotoScenario, root: Path, classifier: Any,
     """
     from PIL import Image
 
-    from convlens.jobs.store import write_bytes_atomic, write_text_atomic
+    from convlens.files import write_bytes_atomic, write_text_atomic
 
     if scenario.kind not in KINDS:
         raise ValueError(f"unknown overlay kind {scenario.kind!r}; known: {', '.join(KINDS)}")
@@ -551,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "\n".join(suite.headline(rows, "Overlays on photos")), case_table(rows)])
     print("\n" + text)
     if args.out is not None:
-        from convlens.jobs.store import write_text_atomic
+        from convlens.files import write_text_atomic
 
         write_text_atomic(args.out, text + "\n")
     return 0

@@ -369,7 +369,7 @@ def trained_model(scenario: Scenario, cache: Path | None) -> tuple[Any, bool]:
     if path is not None:
         import io
 
-        from convlens.jobs.store import write_bytes_atomic
+        from convlens.files import write_bytes_atomic
 
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)
@@ -903,7 +903,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary_table(rows), "\n".join(concept_summary(rows)), scenario_table(rows)])
     print("\n" + text)
     if args.out is not None:
-        from convlens.jobs.store import write_text_atomic
+        from convlens.files import write_text_atomic
 
         write_text_atomic(args.out, text + "\n")
     return 0

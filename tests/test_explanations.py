@@ -10,7 +10,7 @@ from tiny_models import TinyVGG, seeded
 
 import convlens as cl
 from convlens.errors import TargetError
-from convlens.models.preprocessing import Geometry, Preprocessing, map_to_original
+from convlens.preprocessing import Geometry, Preprocessing, map_to_original
 from convlens.present.heatmap import scale_of
 
 

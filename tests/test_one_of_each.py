@@ -90,4 +90,4 @@ def test_one_in_notebook() -> None:
     defined = sorted(where for where, tree in _modules().items() for node in ast.walk(tree)
                      if isinstance(node, ast.FunctionDef)
                      and node.name.lstrip("_") == "in_notebook")
-    assert defined == ["jobs/progress.py"], defined
+    assert defined == ["progress.py"], defined

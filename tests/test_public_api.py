@@ -44,3 +44,22 @@ def test_submodules_named_in_the_api_work_right_after_import() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", "True", "True", "True"]
+
+
+def test_moved_leaves_keep_their_old_import_paths() -> None:
+    # issue 19: progress.py, store.py and preprocessing.py moved to the top of the tree; the
+    # old paths are aliases of the new modules, so old imports and monkeypatch targets work.
+    from convlens.jobs.progress import ProgressEvent, in_notebook
+    from convlens.jobs.store import _SHARD, ResultStore
+    from convlens.models.preprocessing import Preprocessing, _crop_offset
+
+    for old, new in [("convlens.jobs.progress", "convlens.progress"),
+                     ("convlens.jobs.store", "convlens.store"),
+                     ("convlens.models.preprocessing", "convlens.preprocessing")]:
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    assert ProgressEvent is importlib.import_module("convlens.progress").ProgressEvent
+    assert in_notebook is importlib.import_module("convlens.progress").in_notebook
+    assert ResultStore is importlib.import_module("convlens.store").ResultStore
+    assert _SHARD is importlib.import_module("convlens.store")._SHARD
+    assert Preprocessing is importlib.import_module("convlens.preprocessing").Preprocessing
+    assert _crop_offset is importlib.import_module("convlens.preprocessing")._crop_offset

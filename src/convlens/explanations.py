@@ -37,7 +37,7 @@ from convlens.attribution.targets import (
 )
 from convlens.errors import ConvlensWarning, MethodError, TargetError
 from convlens.models.classifier import Classifier, ImageLike, Prepared, as_classifier
-from convlens.models.preprocessing import Geometry, coverage_mask, map_to_original
+from convlens.preprocessing import Geometry, coverage_mask, map_to_original
 from convlens.present import figures
 from convlens.present.heatmap import (
     NORMALIZATIONS,

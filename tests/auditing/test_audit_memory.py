@@ -17,7 +17,7 @@ import convlens.auditing.analysis as analysis
 from convlens.auditing import strategies
 from convlens.auditing.analysis import MapReader, StoredImage, build_audit, stored_images
 from convlens.files import LazyList, finite_json, write_json_atomic
-from convlens.jobs.store import ResultStore
+from convlens.store import ResultStore
 
 
 def _dict_writer_bytes(content: dict) -> bytes:

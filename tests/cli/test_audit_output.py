@@ -10,7 +10,7 @@ from pathlib import Path
 from cli_support import TINY, photo, run
 
 from convlens.auditing.suspicion import ClusterScore
-from convlens.jobs.progress import ProgressEvent, text_progress
+from convlens.progress import ProgressEvent, text_progress
 
 
 def test_install_hints_in_audit_help_keep_their_extras() -> None:

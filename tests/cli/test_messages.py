@@ -197,7 +197,7 @@ def test_the_cli_and_library_caps_agree() -> None:
     from convlens.io.images import DEFAULT_MAX_PIXELS
 
     assert cli_default == DEFAULT_MAX_PIXELS
-    from convlens.models.preprocessing import MAX_INPUT_PIXELS  # the input size's cap
+    from convlens.preprocessing import MAX_INPUT_PIXELS  # the input size's cap
 
     assert MAX_INPUT_PIXELS == DEFAULT_MAX_PIXELS
     help_text = run("predict", "--help", FORCE_COLOR=None).stdout

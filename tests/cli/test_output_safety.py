@@ -134,7 +134,7 @@ def test_two_audits_started_together_lose_no_image(tmp_path: Path) -> None:
 
 
 def test_store_shards_never_replace_each_other(tmp_path: Path) -> None:
-    from convlens.jobs.store import ResultStore
+    from convlens.store import ResultStore
 
     first = ResultStore(tmp_path / "s", {"a": 1})
     second = ResultStore(tmp_path / "s", {"a": 1})  # opened before either wrote

@@ -16,7 +16,7 @@ from convlens.concepts.patches import (
     receptive_boxes,
 )
 from convlens.models.classifier import Classifier
-from convlens.models.preprocessing import Preprocessing
+from convlens.preprocessing import Preprocessing
 
 
 def _clip(low: int, high: int, size: int) -> tuple[int, int]:

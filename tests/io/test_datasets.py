@@ -20,7 +20,7 @@ from convlens.io.datasets import (
     unknown_labels,
 )
 from convlens.io.images import load_image
-from convlens.models.preprocessing import Preprocessing
+from convlens.preprocessing import Preprocessing
 
 PRE = Preprocessing(input_size=16)
 

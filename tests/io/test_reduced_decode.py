@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from convlens.errors import ModelLoadError
 from convlens.io.images import load_image, load_reduced
 from convlens.io.samples import sample_images
-from convlens.models.preprocessing import Preprocessing
+from convlens.preprocessing import Preprocessing
 
 PRE = Preprocessing(input_size=32)
 FULL = Preprocessing(input_size=32, decode_margin=None)

@@ -20,9 +20,9 @@ from tiny_models import TinyVGG, seeded
 import convlens.explanations as explain_module
 from convlens.errors import StoreMismatchError
 from convlens.jobs.explain_job import ExplainJob, group_methods
-from convlens.jobs.progress import ProgressEvent
-from convlens.jobs.store import OUTPUT_MARKER, ResultStore
 from convlens.models.classifier import Classifier
+from convlens.progress import ProgressEvent
+from convlens.store import OUTPUT_MARKER, ResultStore
 
 LABELS = ["ant", "bee", "cat", "dog"]
 

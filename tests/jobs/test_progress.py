@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from convlens.cli._progress import cli_progress
-from convlens.jobs.progress import ProgressEvent, emit, notebook_progress, text_progress
+from convlens.progress import ProgressEvent, emit, notebook_progress, text_progress
 
 
 def test_event_fraction_and_emit() -> None:

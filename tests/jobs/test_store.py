@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convlens import store as store_module
 from convlens.errors import ConvlensError, OutputError, StoreMismatchError
 from convlens.io.datasets import OUTPUT_MARKER as READER_MARKER
-from convlens.jobs import store as store_module
-from convlens.jobs.store import (
+from convlens.store import (
     OUTPUT_MARKER,
     ResultStore,
     atomic_output,

@@ -35,8 +35,8 @@ from convlens.auditing.strategies import (
 )
 from convlens.auditing.suspicion import mean_map, rank_clusters, score_members
 from convlens.files import LazyList
-from convlens.jobs.progress import ProgressCallback, emit
-from convlens.jobs.store import ResultStore
+from convlens.progress import ProgressCallback, emit
+from convlens.store import ResultStore
 
 GROUP_BY = ("predicted", "label")
 

@@ -5,7 +5,7 @@ one backward for the attribution of the predicted class (the logits are taken fr
 forward, so predictions cost nothing extra), a second attribution for the true class of the
 mistakes only, the requested maps-based metrics on the full-resolution maps of the
 predicted class (:mod:`convlens.auditing.scoring`), then one append to the
-:class:`~convlens.jobs.store.ResultStore`: a JSON-lines shard of records and the maps as
+:class:`~convlens.store.ResultStore`: a JSON-lines shard of records and the maps as
 float16 side arrays, downsized to ``map_size`` (32x32 by default: 2 KiB per map), and the
 *features*: the feature layer's activations pooled over space (mean and max per channel,
 float16), which the cross-class strategies are found in
@@ -27,8 +27,6 @@ attribution and jobs, never present.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,28 +42,12 @@ from convlens.auditing.scoring import score_batch
 from convlens.engines import Engine, get_engine
 from convlens.io.datasets import Batch, Dataset
 from convlens.io.images import InputProblem
-from convlens.jobs.progress import ProgressCallback, emit
-from convlens.jobs.store import ResultStore
+from convlens.models.fingerprint import model_fingerprint  # noqa: F401  (kept importable here)
+from convlens.progress import ProgressCallback, emit
+from convlens.store import ResultStore
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 TOP = 5
-
-
-def model_fingerprint(module: nn.Module, labels: Sequence[str] | None, preprocessing: Any) -> str:
-    """SHA-256 (16 hex digits) of every parameter and buffer, the labels and the preprocessing.
-
-    A different network, other weights, other labels or other preprocessing give another
-    fingerprint, so a results folder is never silently reused for a different model.
-    """
-    hasher = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        hasher.update(name.encode())
-        data = tensor.detach().cpu().contiguous()
-        hasher.update(str((data.dtype, tuple(data.shape))).encode())
-        hasher.update(data.view(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    hasher.update(repr(list(labels) if labels is not None else None).encode())
-    hasher.update(repr(preprocessing).encode())
-    return hasher.hexdigest()[:16]
 
 
 class _Recorder(nn.Module):

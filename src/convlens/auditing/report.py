@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convlens.jobs.progress import ProgressCallback, emit
-from convlens.jobs.store import config_fingerprint, write_text_atomic
+from convlens.files import write_text_atomic
+from convlens.progress import ProgressCallback, emit
+from convlens.store import config_fingerprint
 
 
 class AuditView(Protocol):

@@ -26,11 +26,12 @@ import numpy as np
 
 from convlens.auditing.analysis import GROUP_BY, MapReader, StoredImage, build_audit, stored_images
 from convlens.auditing.causal import CausalResult, run_check
-from convlens.auditing.passes import PassSettings, model_fingerprint, run_pass
+from convlens.auditing.passes import PassSettings, run_pass
 from convlens.errors import ConvlensError, LabelMismatchError, unknown_choice
 from convlens.files import check_not_input, check_output, claim_output, write_json_atomic
-from convlens.jobs.progress import ProgressCallback, emit, in_notebook, notebook_progress
-from convlens.jobs.store import ResultStore, config_fingerprint
+from convlens.models.fingerprint import model_fingerprint
+from convlens.progress import ProgressCallback, emit, in_notebook, notebook_progress
+from convlens.store import ResultStore, config_fingerprint
 
 STORE_FOLDER = "store"
 CHECK_MEMBERS = 128
@@ -112,10 +113,16 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         EngineError: The engine cannot start (Ray not installed, no cluster at the
             address) or one of its workers failed.
     """
-    from convlens.io.datasets import detect_layout, read_dataset, unknown_labels
-    from convlens.jobs.progress import text_progress
+    from convlens.io.datasets import (
+        dataset_relative_path,
+        detect_layout,
+        no_images_message,
+        read_dataset,
+        unknown_labels,
+    )
     from convlens.models.classifier import Classifier
     from convlens.models.layers import resolve_layer
+    from convlens.progress import text_progress
 
     if not isinstance(classifier, Classifier):
         raise ConvlensError(f"audit needs a convlens.Classifier (cl.load_model() or "
@@ -147,7 +154,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
     check_grouping(data, group_by, detect_layout(data, layout))
     dataset = read_dataset(data, layout=layout, exclude=[out])
     if not dataset.entries:
-        raise ConvlensError(_no_images(data, dataset))
+        raise ConvlensError(no_images_message(data, dataset))
     check_output(out)  # before the model's work: a file in the way, no permission, a user's
     check_grouping(data, group_by, dataset.layout, dataset.entries)
     if dataset.layout != "plain":
@@ -201,8 +208,8 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         images = stored_images(store, outcome.keys)
         reader = MapReader(store)
         relative = {str(e.path): e.relpath for e in dataset.entries}
-        errors = [{"path": _relative_path(p.path, dataset.root, relative), "reason": p.reason}
-                  for p in outcome.problems]
+        errors = [{"path": dataset_relative_path(p.path, dataset.root, relative),
+                   "reason": p.reason} for p in outcome.problems]
         errors = list({e["path"]: e for e in errors}.values())
         entries = {e.relpath: e for e in dataset.entries}
 
@@ -323,28 +330,6 @@ def check_grouping(data: str | os.PathLike[str], group_by: str, layout: str,
             f"group_by='label' (CLI: --group-by label) needs labelled data, but {data} is "
             f"{what}; give an ImageFolder tree (ROOT/CLASS/image files) or a CSV with "
             "path,label columns, or group by 'predicted'")
-
-
-def _no_images(data: str | os.PathLike[str], dataset: Any) -> str:
-    """The empty-dataset error, worded as ``convlens explain`` words an empty folder."""
-    if dataset.layout == "csv":
-        where = "the CSV (no row with an image path under its header 'path,label')"
-    else:
-        where = "folder or its sub-folders (hidden files and convlens output folders skipped)"
-    first = dataset.problems[0] if dataset.problems else None
-    known = (f"; {len(dataset.problems)} problem(s), the first: {first.path}: {first.reason}"
-             if first is not None else "")
-    return f"{data}: no images found in {where}{known}"
-
-
-def _relative_path(path: Path, root: Path, known: dict[str, str]) -> str:
-    if str(path) in known:
-        return known[str(path)]
-    base = root if root.is_dir() else root.parent
-    try:
-        return Path(path).relative_to(base).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
 
 
 class Audit:

@@ -1,6 +1,6 @@
 """Progress events drawn for the command line: a Rich bar on a terminal, plain lines otherwise.
 
-The library only emits :class:`~convlens.jobs.progress.ProgressEvent`; this is the one place
+The library only emits :class:`~convlens.progress.ProgressEvent`; this is the one place
 that draws them. On a terminal each stage gets a bar with ``done/total``; when stdout is not
 a terminal (a pipe, a log file, CI) events become plain lines, a few per stage (its start,
 each tenth of the way, its end), so a 600-image audit's log stays readable.
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from convlens.jobs.progress import ProgressCallback, ProgressEvent, text_progress
+from convlens.progress import ProgressCallback, ProgressEvent, text_progress
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from convlens.concepts.patches import crop_patch, patch_boxes
 from convlens.concepts.references import MODES, ReferenceSetError, ReferenceSets
 from convlens.files import claim_output, ensure_folder, save_image_atomic, write_text_atomic
-from convlens.jobs.progress import ProgressCallback, emit
+from convlens.progress import ProgressCallback, emit
 
 PAGE = "atlas.html"
 FOLDER = "atlas"

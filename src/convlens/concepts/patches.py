@@ -23,7 +23,7 @@ and *which* position of the layer; the box shown is recomputed here when it is d
   channel and position; ``"activation"`` from the activation itself (LRP of the neuron's
   value, or input x gradient of it where the model has no rules).
 * :func:`crop_patch`: the box, given in the network's input pixels, cut from the original
-  photo at full quality (:class:`~convlens.models.preprocessing.Geometry` says where the
+  photo at full quality (:class:`~convlens.preprocessing.Geometry` says where the
   input lies in the photo).
 
 See docs/architecture.md, "Concepts".
@@ -352,7 +352,7 @@ def crop_patch(photo: Image.Image, geometry: Any, box: Box,
                input_size: tuple[int, int]) -> Image.Image:
     """Cut ``box`` (input pixels of an ``input_size = (H, W)`` network input) from ``photo``.
 
-    ``geometry`` is the :class:`~convlens.models.preprocessing.Geometry` of the photo's
+    ``geometry`` is the :class:`~convlens.preprocessing.Geometry` of the photo's
     preprocessing (``Preprocessing.resize_image`` / ``load_file``): the input's box in the
     photo. The crop is taken from the full-size photo, clipped to it, at least one pixel.
     """

@@ -14,7 +14,7 @@ crops the patches afterwards; here the pass is the audit's streaming pass shape:
   position ``argmax R``; the **activation score** is ``max A`` (zennit-crp's ``"max"``) at
   its position. Each batch keeps only its own top ``k`` per channel;
 * the batches run on an engine (:mod:`convlens.engines`, local or Ray) and each batch's
-  top-k lands in a :class:`~convlens.jobs.store.ResultStore` shard (``(C, k)`` arrays and
+  top-k lands in a :class:`~convlens.store.ResultStore` shard (``(C, k)`` arrays and
   one record per image, keyed by content and configuration), so a killed run resumes
   without recomputing finished images;
 * the reference set is the merge of the stored partial top-ks: a running ``(C, k)`` array
@@ -41,8 +41,9 @@ import numpy as np
 import torch
 
 from convlens.errors import ReferenceSetError
-from convlens.jobs.progress import ProgressCallback, emit
-from convlens.jobs.store import ResultStore
+from convlens.models.fingerprint import model_fingerprint
+from convlens.progress import ProgressCallback, emit
+from convlens.store import ResultStore
 
 MODES = ("relevance", "activation")
 STORE_FOLDER = "store"
@@ -405,8 +406,6 @@ class ReferenceSets:
                                  "set first (convlens concepts atlas, cl.reference_sets)")
         meta = json.loads(path.read_text(encoding="utf-8"))
         if classifier is not None:
-            from convlens.auditing.passes import model_fingerprint
-
             found = model_fingerprint(classifier.module, classifier.labels,
                                       classifier.preprocessing)
             if found != meta.get("model_fingerprint"):
@@ -452,8 +451,6 @@ def reference_sets(classifier: Any, data: str | os.PathLike[str], layer: str | N
         >>> refs.top(refs.ranked_channels()[0])[0].path                # doctest: +SKIP
     """
     from convlens.attribution.crp import RULES
-    from convlens.auditing.passes import model_fingerprint
-    from convlens.auditing.run import _no_images, _relative_path
     from convlens.engines import get_engine
     from convlens.files import (
         check_not_input,
@@ -462,7 +459,7 @@ def reference_sets(classifier: Any, data: str | os.PathLike[str], layer: str | N
         write_array_atomic,
         write_json_atomic,
     )
-    from convlens.io.datasets import read_dataset
+    from convlens.io.datasets import dataset_relative_path, no_images_message, read_dataset
     from convlens.models.classifier import Classifier
     from convlens.models.layers import resolve_layer
 
@@ -480,7 +477,7 @@ def reference_sets(classifier: Any, data: str | os.PathLike[str], layer: str | N
     check_not_input(out, [data])
     dataset = read_dataset(data, layout=layout, exclude=[out])
     if not dataset.entries:
-        raise ReferenceSetError(_no_images(data, dataset))
+        raise ReferenceSetError(no_images_message(data, dataset))
     check_output(out)
     options = dict(engine_options or {})
     if engine in (None, "local"):
@@ -510,7 +507,7 @@ def reference_sets(classifier: Any, data: str | os.PathLike[str], layer: str | N
                    "predicted": classifier.label(by_index[i]["predicted_index"])}
                   for i in used]
         relative = {str(e.path): e.relpath for e in dataset.entries}
-        errors = list({_relative_path(p.path, dataset.root, relative): p.reason
+        errors = list({dataset_relative_path(p.path, dataset.root, relative): p.reason
                        for p in outcome.problems}.items())
         first = records[0] if records else {}
         meta = {"version": VERSION, "model": classifier.name, "model_fingerprint": fingerprint,

@@ -40,7 +40,7 @@ from convlens.correction.direction import Direction
 from convlens.correction.rrclarc import Trained
 from convlens.correction.training import TrainingSet, modules_above
 from convlens.errors import CorrectionError
-from convlens.jobs.progress import ProgressCallback, emit
+from convlens.progress import ProgressCallback, emit
 
 ALPHAS = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)
 """Pull towards the original head's weights, tried from the strongest."""

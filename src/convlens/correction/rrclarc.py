@@ -36,7 +36,7 @@ from convlens.correction.training import (
     trainable_parameters,
 )
 from convlens.errors import CorrectionError
-from convlens.jobs.progress import ProgressCallback, emit
+from convlens.progress import ProgressCallback, emit
 
 SCOPES = ("linear", "above")
 

@@ -30,8 +30,8 @@ from convlens.correction.direction import (
 )
 from convlens.correction.training import Checkpoint, TrainingSet, settings_key, training_set
 from convlens.errors import CorrectionError, MethodError, unknown_choice
-from convlens.jobs.progress import ProgressCallback
 from convlens.models.layers import resolve_layer
+from convlens.progress import ProgressCallback
 
 METHODS = ("pclarc", "rrclarc", "last-layer")
 NAMES = {"pclarc": "P-ClArC", "rrclarc": "RR-ClArC", "last-layer": "last layer"}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from convlens.io.datasets import Batch, Entry
-from convlens.models.preprocessing import Preprocessing
+from convlens.preprocessing import Preprocessing
 
 
 class BatchWorker(Protocol):

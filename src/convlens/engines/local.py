@@ -8,7 +8,7 @@ from dataclasses import replace
 from convlens.engines.base import UnitResult, WorkerFactory
 from convlens.engines.registry import register_engine
 from convlens.io.datasets import Entry, batches
-from convlens.models.preprocessing import Preprocessing
+from convlens.preprocessing import Preprocessing
 
 
 @register_engine("local")

@@ -44,7 +44,7 @@ from convlens.engines.base import UnitResult, WorkerFactory
 from convlens.engines.registry import register_engine
 from convlens.errors import ConvlensError, EngineError
 from convlens.io.datasets import Entry, ImageDataset, collate
-from convlens.models.preprocessing import Preprocessing
+from convlens.preprocessing import Preprocessing
 
 INSTALL_HINT = "install it with: pip install 'convlens[ray]'"
 

@@ -19,7 +19,7 @@ reads its own output. Broken symbolic links are recorded as problems with the re
 0 decodes in this process): a file that fails to decode becomes an
 :class:`~convlens.io.images.InputProblem` in its batch instead of stopping the run. Every
 file becomes its network input through
-:meth:`~convlens.models.preprocessing.Preprocessing.load_file` (JPEGs decoded at reduced size
+:meth:`~convlens.preprocessing.Preprocessing.load_file` (JPEGs decoded at reduced size
 where the input size allows), the same function :meth:`Classifier.prepare
 <convlens.models.classifier.Classifier.prepare>` uses. Every file's content is hashed
 (SHA-256) on the way, giving each item a stable :attr:`DatasetItem.key`
@@ -44,7 +44,7 @@ from PIL import Image
 
 from convlens.errors import ConvlensError
 from convlens.io.images import InputProblem, is_image_file, load_image
-from convlens.models.preprocessing import Geometry, Preprocessing
+from convlens.preprocessing import Geometry, Preprocessing
 
 __all__ = [
     "LAYOUTS",
@@ -56,14 +56,16 @@ __all__ = [
     "ImageDataset",
     "batches",
     "content_key",
+    "dataset_relative_path",
     "detect_layout",
+    "no_images_message",
     "read_dataset",
     "scan_inputs",
     "unknown_labels",
 ]
 
 OUTPUT_MARKER = ".convlens-output"
-"""Marker file in every output folder convlens creates (same value as convlens.jobs.store)."""
+"""Marker file in every output folder convlens creates (same value as convlens.store)."""
 
 LAYOUTS = ("auto", "imagefolder", "csv", "plain")
 
@@ -525,7 +527,7 @@ def batches(entries: Sequence[Entry], preprocessing: Preprocessing, *, batch_siz
         keep_images: Ship the decoded display images (full size) with the batch (needed
             to draw overlays); ``False`` saves the transfer from the workers, and for a
             JPEG decoded at reduced size for ``x``
-            (:meth:`~convlens.models.preprocessing.Preprocessing.load_file`) a second,
+            (:meth:`~convlens.preprocessing.Preprocessing.load_file`) a second,
             full decode.
         max_pixels: Refuse photos with more pixels (default: the library's cap, see
             :func:`convlens.io.images.load_image`); a refused photo is a recorded problem.
@@ -544,3 +546,31 @@ def batches(entries: Sequence[Entry], preprocessing: Preprocessing, *, batch_siz
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=workers, collate_fn=collate)
     return iter(loader)
+
+
+def no_images_message(data: str | os.PathLike[str], dataset: Any) -> str:
+    """The empty-dataset error, worded as ``convlens explain`` words an empty folder.
+
+    One line for the audit and the reference sets alike: where no image was found and the
+    first problem met, if any.
+    """
+    if dataset.layout == "csv":
+        where = "the CSV (no row with an image path under its header 'path,label')"
+    else:
+        where = "folder or its sub-folders (hidden files and convlens output folders skipped)"
+    first = dataset.problems[0] if dataset.problems else None
+    known = (f"; {len(dataset.problems)} problem(s), the first: {first.path}: {first.reason}"
+             if first is not None else "")
+    return f"{data}: no images found in {where}{known}"
+
+
+def dataset_relative_path(path: Path, root: Path, known: dict[str, str]) -> str:
+    """``path`` as a record names it: ``known[path]`` if given, else relative to the dataset's
+    folder (the CSV's folder for a CSV), else as given (POSIX separators)."""
+    if str(path) in known:
+        return known[str(path)]
+    base = root if root.is_dir() else root.parent
+    try:
+        return Path(path).relative_to(base).as_posix()
+    except ValueError:
+        return Path(path).as_posix()

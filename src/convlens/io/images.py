@@ -159,7 +159,7 @@ def load_reduced(
             height)`` (from the header, orientation applied): the smallest ``(width,
             height)`` it may be decoded at, or None for full size. A model's
             preprocessing gives one: ``Preprocessing.decode_size``
-            (:mod:`convlens.models.preprocessing`).
+            (:mod:`convlens.preprocessing`).
         max_pixels, background: As for :func:`load_image`; the cap applies to the full
             size.
 

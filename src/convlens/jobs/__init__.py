@@ -1,6 +1,8 @@
-"""Batch jobs: progress events, the append-only results store, explaining many images, the demo.
+"""Batch jobs: explaining many images, the demo.
 
-``progress`` (events the library emits; front ends draw them), ``store`` (atomic writes and
-the sharded record store), ``explain_job`` (:class:`ExplainJob`, what ``convlens explain``
-runs), ``demo`` (the demo page). See docs/architecture.md, "Layers and the direction data flows".
+``explain_job`` (:class:`ExplainJob`, what ``convlens explain`` runs), ``demo`` (the demo
+page). The progress events and the results store they use are leaves of the package
+(:mod:`convlens.progress`, :mod:`convlens.store`); ``jobs.progress`` and ``jobs.store`` are
+kept as aliases of them for compatibility. See docs/architecture.md, "Layers and the
+direction data flows".
 """

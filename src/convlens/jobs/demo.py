@@ -165,7 +165,7 @@ def _explain_each(classifier: Any, paths: list[Path], names: list[str],
 def _sample_section(out: Path, path: Path, index: int, names: list[str],
                     per_method: dict[str, list[Any]], timings: dict[str, tuple[float, float]],
                     options: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from convlens.models.preprocessing import coverage_mask
+    from convlens.preprocessing import coverage_mask
     from convlens.present.html import data_uri
     from convlens.present.pages import describe_options, group_by_family, method_info, panel
     from convlens.present.views import dimmed_overlay, is_pixel_level, map_image

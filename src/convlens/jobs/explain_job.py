@@ -4,7 +4,7 @@
 :func:`convlens.io.datasets.scan_inputs` (the output folder is never read: it is excluded
 and marked), decodes them with a DataLoader (bad files become problems, not crashes),
 explains each batch with :func:`convlens.explanations.explain`, writes the PNGs atomically and
-appends the batch's records to a :class:`~convlens.jobs.store.ResultStore` under
+appends the batch's records to a :class:`~convlens.store.ResultStore` under
 ``OUT/records/``. Memory is bounded by the batch size, whatever the number of images.
 
 Resuming. Each record is keyed by the file's relative path, its content (SHA-256) and the
@@ -52,11 +52,11 @@ from convlens.errors import ConvlensError, ConvlensWarning, OutputError
 from convlens.files import atomic_output, claim_output, write_json_atomic
 from convlens.io.datasets import Batch, Entry, batches, scan_inputs
 from convlens.io.images import InputProblem, load_image, safe_output_name
-from convlens.jobs.progress import ProgressCallback, emit
-from convlens.jobs.store import ResultStore
 from convlens.models.classifier import Classifier, Prepared
-from convlens.models.preprocessing import Geometry, coverage_mask, map_to_original
+from convlens.preprocessing import Geometry, coverage_mask, map_to_original
 from convlens.present.views import is_pixel_level
+from convlens.progress import ProgressCallback, emit
+from convlens.store import ResultStore
 
 __all__ = ["ExplainJob", "JobOutcome", "model_fingerprint"]
 
@@ -238,7 +238,7 @@ class ExplainJob:
 
         Args:
             inputs: Image files and folders (walked recursively; ``out`` is skipped).
-            progress: Called with a :class:`~convlens.jobs.progress.ProgressEvent` per
+            progress: Called with a :class:`~convlens.progress.ProgressEvent` per
                 batch (stage ``explain``, then ``render`` for ``normalize="batch"``).
 
         Returns:

@@ -21,7 +21,7 @@ from torch import nn
 from convlens.errors import ConvlensError, LayerError, ModelLoadError, UnsupportedModelError
 from convlens.models.layers import LayerInfo, list_layers
 from convlens.models.outputs import OutputKey, model_failure, select_output
-from convlens.models.preprocessing import Geometry, Preprocessing
+from convlens.preprocessing import Geometry, Preprocessing
 
 ImageLike = Union[str, "Image.Image", np.ndarray, Any]
 
@@ -65,7 +65,7 @@ class Classifier:
         module: Any ``nn.Module`` mapping ``(N, C, H, W)`` to logits ``(N, classes)``.
         labels: Class names in output order; default ``"class 0"``, ``"class 1"``...
         input_size, resize, resize_size, mean, std, interpolation: see
-            :class:`~convlens.models.preprocessing.Preprocessing`.
+            :class:`~convlens.preprocessing.Preprocessing`.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``... The module is
             moved there (``module.to`` is the one change we make, at the user's request).
         name: A display name.
@@ -174,7 +174,7 @@ class Classifier:
         """Decode and preprocess images, keeping in-memory originals and every geometry.
 
         Files go through :meth:`Preprocessing.load_file
-        <convlens.models.preprocessing.Preprocessing.load_file>` (JPEGs decoded at reduced
+        <convlens.preprocessing.Preprocessing.load_file>` (JPEGs decoded at reduced
         size, the same pixels as audit and evaluate); their entry in ``images`` is None
         (decode the photo with :func:`~convlens.io.images.load_image` to display it).
         """
@@ -238,7 +238,7 @@ def as_classifier(model: object) -> Classifier:
 
     A Classifier is returned as is. A bare module is wrapped without being moved (the
     device is its parameters' device) and with the ImageNet defaults of
-    :class:`~convlens.models.preprocessing.Preprocessing` (224 x 224, 3 channels); it is a
+    :class:`~convlens.preprocessing.Preprocessing` (224 x 224, 3 channels); it is a
     fresh wrapper each call, so nothing is stored on the user's module.
 
     Raises:

@@ -31,7 +31,6 @@ from torch import nn
 
 from convlens.errors import ModelLoadError, UnsafeCheckpointError
 from convlens.models.classifier import Classifier
-from convlens.models.preprocessing import check_input_size
 from convlens.models.weights import (
     _FOUND,
     _is_torchscript,
@@ -41,6 +40,7 @@ from convlens.models.weights import (
     read_state_dict,  # noqa: F401  (its home until convlens 13; importers may still use it)
     sniff_file,
 )
+from convlens.preprocessing import check_input_size
 
 BUNDLED = ("efficientnet_lite0",)
 

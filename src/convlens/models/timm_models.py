@@ -9,7 +9,7 @@ at the Hub (``hf-hub:...``) are refused.
 
 The preprocessing is the model's own: ``timm.data.resolve_data_config`` gives the input
 size, mean, std, interpolation, ``crop_pct`` and ``crop_mode``, and
-:class:`~convlens.models.preprocessing.Preprocessing` repeats the arithmetic of timm's own
+:class:`~convlens.preprocessing.Preprocessing` repeats the arithmetic of timm's own
 evaluation transform (``timm.data.create_transform``) pixel for pixel (docs/architecture.md,
 "Models"). A state dict whose classifier has another number of classes than the named
 model (a fine-tuned checkpoint) builds the model with that many classes.
@@ -28,8 +28,8 @@ from typing import Any
 from torch import nn
 
 from convlens.errors import ModelLoadError
-from convlens.models.preprocessing import DEFAULT_CROP_PCT
 from convlens.models.weights import load_weights, read_state_dict
+from convlens.preprocessing import DEFAULT_CROP_PCT
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 _CROP_MODES = {"center": "center_crop", "squash": "squash", "border": "pad"}
@@ -81,7 +81,7 @@ def preprocessing_options(model: nn.Module) -> dict[str, Any]:
     ``interpolation``, and the scale size ``floor(side / crop_pct)`` per side as
     ``resize_size`` (an int when both sides agree: torchvision's ``Resize(int)``), with the
     crop mode: ``"center"`` -> ``center_crop``, ``"squash"`` -> ``squash``, ``"border"`` ->
-    ``pad``. :class:`~convlens.models.preprocessing.Preprocessing` repeats timm's arithmetic,
+    ``pad``. :class:`~convlens.preprocessing.Preprocessing` repeats timm's arithmetic,
     so the tensors are timm's to float precision.
     """
     timm = _timm()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from convlens.jobs.store import write_bytes_atomic
+from convlens.files import write_bytes_atomic
 from convlens.present.figures import colorize, figure_to_image, overlay
 
 THUMB = 112

@@ -99,7 +99,7 @@ def save_readable_maps(explanation: Any, directory: str | Path, *, prefix: str |
         ``{method: {"map": "NAME.METHOD.map.png", "overlay": "NAME.METHOD.dim.png"}}`` for
         the pixel-level methods only (file names relative to ``directory``).
     """
-    from convlens.models.preprocessing import coverage_mask
+    from convlens.preprocessing import coverage_mask
 
     directory = ensure_folder(directory)
     stem = prefix or explanation.name

@@ -35,14 +35,14 @@ from convlens.errors import (
     UnsupportedModelError,
 )
 from convlens.files import ensure_folder, save_image_atomic
-from convlens.jobs.progress import (
+from convlens.models.layers import resolve_layer
+from convlens.progress import (
     ProgressCallback,
     emit,
     in_notebook,
     notebook_progress,
     text_progress,
 )
-from convlens.models.layers import resolve_layer
 from convlens.visualization import transforms as transforms_module
 from convlens.visualization.objectives import LOGITS, Context, Objective, as_objective
 from convlens.visualization.param import ImageParam, make_param
@@ -374,7 +374,7 @@ def visualize(
         mean, std: Override the normalisation applied before the forward.
         snapshots: Steps after which to keep a copy of the images.
         time_limit: Stop early after this many seconds (the trace is then shorter).
-        progress: A :data:`~convlens.jobs.progress.ProgressCallback` receiving events
+        progress: A :data:`~convlens.progress.ProgressCallback` receiving events
             every few steps, ``True`` (plain lines, or a bar in a notebook), ``False``; default:
             lines when stderr is a terminal.
         callback: Called after every step as ``callback(step, images, values)`` with that
