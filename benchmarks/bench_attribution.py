@@ -465,13 +465,20 @@ def peers_for(plan: Plan, ctx: Context) -> list[tuple[str, PeerFactory]]:
         out.append(("zennit.Gradient+" + (name if name in ZENNIT_SINGLE else "EpsilonPlusFlat"),
                     _zennit(ctx, name, merged)))
         captum("LRP", lambda ca, m: lambda: ca.LRP(m).attribute(x, target=t))
+    out += _pgc_peers(plan, ctx, bs)
+    return out
+
+
+def _pgc_peers(plan: Plan, ctx: Context, bs: int) -> list[tuple[str, PeerFactory]]:
+    """pytorch-grad-cam's implementation of ``plan.method`` when it has one (label, factory)."""
+    name = plan.method
     pgc = {"gradcam": "GradCAM", "hirescam": "HiResCAM", "xgradcam": "XGradCAM",
            "gradcam_plus_plus": "GradCAMPlusPlus", "layercam": "LayerCAM",
            "eigencam": "EigenCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}
-    if name in pgc:
-        kwargs = {"batch_size": bs} if name == "ablationcam" else {}
-        out.append((f"pgc.{pgc[name]}", _pgc(ctx, plan, pgc[name], **kwargs)))
-    return out
+    if name not in pgc:
+        return []
+    kwargs = {"batch_size": bs} if name == "ablationcam" else {}
+    return [(f"pgc.{pgc[name]}", _pgc(ctx, plan, pgc[name], **kwargs))]
 
 
 # ---- one batch size -----------------------------------------------------------------------------
@@ -858,6 +865,39 @@ def _use_model(name: str) -> None:
                 SETTINGS[method][key] = dict(options)
 
 
+def _profile(args: argparse.Namespace, device: torch.device) -> Profile:
+    """The run's profile: quick, gpu or cpu, with the command line's batch sizes and rounds
+    (and ResNet-18's batch sizes) put in."""
+    profile = copy.deepcopy(PROFILES["quick" if args.quick else
+                                      ("gpu" if device.type == "cuda" else "cpu")])
+    if args.model == "resnet18" and not args.quick:
+        profile.batch_sizes = list(RESNET18_BATCHES)
+    if args.batch_sizes:
+        profile.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.rounds:
+        profile.rounds_fast = {k: args.rounds for k in profile.rounds_fast}
+        profile.rounds_slow = {k: min(3, args.rounds) for k in profile.rounds_slow}
+        profile.rounds_other = dict(profile.rounds_fast)
+    return profile
+
+
+def _cuda_memory_table(all_rows: list[dict[str, Any]]) -> str:
+    """The Markdown table of peak CUDA memory of the n-pass calls (ours, bfloor, peers)."""
+    lines = ["### peak CUDA memory of n-pass calls (max_memory_allocated - allocated before)",
+             "", "| method | batch | ours MiB | bfloor MiB | peers MiB |",
+             "|---|---|---|---|---|"]
+    for row in all_rows:
+        if row["peak_cuda_bytes"] is None:
+            continue
+        mib = [row["peak_cuda_bytes"], row["bfloor_peak_cuda_bytes"]]
+        peers = "; ".join(f"{p['peer']} {p['peak_cuda_bytes'] / 2**20:.0f}"
+                          for p in row["peers"] if p["peak_cuda_bytes"] is not None)
+        lines.append(f"| {row['method']} | {row['batch']} | "
+                     + " | ".join("-" if v is None else f"{v / 2**20:.0f}" for v in mib)
+                     + f" | {peers or '-'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.memory_child:
@@ -871,16 +911,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available here; run with --device cpu", file=sys.stderr)
         return 2
-    profile = copy.deepcopy(PROFILES["quick" if args.quick else
-                                      ("gpu" if device.type == "cuda" else "cpu")])
-    if args.model == "resnet18" and not args.quick:
-        profile.batch_sizes = list(RESNET18_BATCHES)
-    if args.batch_sizes:
-        profile.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    if args.rounds:
-        profile.rounds_fast = {k: args.rounds for k in profile.rounds_fast}
-        profile.rounds_slow = {k: min(3, args.rounds) for k in profile.rounds_slow}
-        profile.rounds_other = dict(profile.rounds_fast)
+    profile = _profile(args, device)
     torch.set_num_threads(args.threads)
     os.environ["BENCH_THREADS"] = str(args.threads)
     started = time.perf_counter()
@@ -938,19 +969,7 @@ def main(argv: list[str] | None = None) -> int:
         tables.append("\n".join(lines))
         print(tables[-1] + "\n", flush=True)
     elif device.type == "cuda":
-        lines = ["### peak CUDA memory of n-pass calls (max_memory_allocated - allocated before)",
-                 "", "| method | batch | ours MiB | bfloor MiB | peers MiB |",
-                 "|---|---|---|---|---|"]
-        for row in all_rows:
-            if row["peak_cuda_bytes"] is None:
-                continue
-            mib = [row["peak_cuda_bytes"], row["bfloor_peak_cuda_bytes"]]
-            peers = "; ".join(f"{p['peer']} {p['peak_cuda_bytes'] / 2**20:.0f}"
-                              for p in row["peers"] if p["peak_cuda_bytes"] is not None)
-            lines.append(f"| {row['method']} | {row['batch']} | "
-                         + " | ".join("-" if v is None else f"{v / 2**20:.0f}" for v in mib)
-                         + f" | {peers or '-'} |")
-        tables.append("\n".join(lines))
+        tables.append(_cuda_memory_table(all_rows))
         print(tables[-1] + "\n", flush=True)
     targets = check_targets(all_rows, memory)
     footer = ["### targets (from the issue)", ""] + [f"- {t}" for t in targets]

@@ -80,6 +80,29 @@ def sanity_table(path: Path, output: Path) -> str:
     return text
 
 
+def _timed_rounds(items: dict, rounds: int, device: torch.device, started: float
+                  ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds of every runner over ``rounds`` rounds, in a seeded shuffled
+    order each round (so drift spreads evenly), the device synchronised around each call."""
+    times: dict[str, list[float]] = {k: [] for k in items}
+    cpu: dict[str, list[float]] = {k: [] for k in items}
+    rng = random.Random(0)
+    for index in range(rounds):
+        order = list(items)
+        rng.shuffle(order)
+        for key in order:
+            synchronize(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            items[key]()
+            synchronize(device)
+            times[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - start_cpu)
+            print(f"[{time.perf_counter() - started:7.1f}s] round {index + 1}: {key} "
+                  f"{times[key][-1]:.2f}s wall, {cpu[key][-1]:.2f}s CPU", file=sys.stderr,
+                  flush=True)
+    return times, cpu
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=8)
@@ -177,23 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         items["quantus: PixelFlipping (deletion)"] = quantus_deletion
     with torch.no_grad():
         module(pool)  # warm-up forward
-    times: dict[str, list[float]] = {k: [] for k in items}
-    cpu: dict[str, list[float]] = {k: [] for k in items}
-    rng = random.Random(0)
     started = time.perf_counter()
-    for index in range(args.rounds):
-        order = list(items)
-        rng.shuffle(order)
-        for key in order:
-            synchronize(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            items[key]()
-            synchronize(device)
-            times[key].append(time.perf_counter() - start)
-            cpu[key].append(time.process_time() - start_cpu)
-            print(f"[{time.perf_counter() - started:7.1f}s] round {index + 1}: {key} "
-                  f"{times[key][-1]:.2f}s wall, {cpu[key][-1]:.2f}s CPU", file=sys.stderr,
-                  flush=True)
+    times, cpu = _timed_rounds(items, args.rounds, device, started)
     # On a shared CPU the process's CPU time is the stable measure; on CUDA, wall time.
     clock = cpu if device.type == "cpu" else times
     med = {k: statistics.median(v) for k, v in clock.items()}

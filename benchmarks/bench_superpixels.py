@@ -93,6 +93,31 @@ def evaluations(method: str, features: int, settings: dict) -> tuple[int, int]:
     return ours, s + 1
 
 
+def _timed_rounds(rows: list, seg_timer: Timed, rounds: int, log) -> None:
+    """Time every runner ``rounds`` times, methods and runners in a seeded shuffled order
+    each round (so drift spreads evenly); a runner that raises keeps its error, not a time."""
+    order = random.Random(0)
+    for index in range(rounds):
+        shuffled = list(rows)
+        order.shuffle(shuffled)
+        for method, *_, items in shuffled:
+            members = list(items.values())
+            order.shuffle(members)
+            for item in members:
+                begin = time.perf_counter()
+                try:
+                    item.fn()
+                except Exception as error:  # a peer that fails is reported, not fatal
+                    item.error = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+                    continue
+                item.times.append(time.perf_counter() - begin)
+                item.by_round[index] = item.times[-1]
+            log(f"round {index + 1}: {method} done")
+        begin = time.perf_counter()
+        seg_timer.fn()
+        seg_timer.times.append(time.perf_counter() - begin)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke run)")
@@ -165,26 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     floor(1)()
     seg_timer.fn()
     log("warmed up")
-    order = random.Random(0)
-    for index in range(rounds):
-        shuffled = list(rows)
-        order.shuffle(shuffled)
-        for method, *_, items in shuffled:
-            members = list(items.values())
-            order.shuffle(members)
-            for item in members:
-                begin = time.perf_counter()
-                try:
-                    item.fn()
-                except Exception as error:  # a peer that fails is reported, not fatal
-                    item.error = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
-                    continue
-                item.times.append(time.perf_counter() - begin)
-                item.by_round[index] = item.times[-1]
-            log(f"round {index + 1}: {method} done")
-        begin = time.perf_counter()
-        seg_timer.fn()
-        seg_timer.times.append(time.perf_counter() - begin)
+    _timed_rounds(rows, seg_timer, rounds, log)
 
     lines = ["# Coalition methods vs Captum, per image", "", format_facts(facts),
              f"EfficientNet-Lite0, 224 px, 'chelsea', SLIC n_segments={n_segments} -> "

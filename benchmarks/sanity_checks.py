@@ -131,6 +131,22 @@ def choose_methods(requested: str | None, include_all: bool) -> tuple[list[convl
     return [registered[n] for n in names if n in registered], notes
 
 
+def _stages(args: argparse.Namespace, order: list[str], parser: argparse.ArgumentParser
+            ) -> list[str]:
+    """The units at which to report: ``--stages``, three under ``--quick``, else every unit;
+    an unknown one is a usage error listing the valid ones."""
+    if args.stages:
+        report = args.stages.split(",")
+    elif args.quick:
+        report = ["classifier", "head", "blocks.14"]
+    else:
+        report = order
+    unknown = [s for s in report if s not in order]
+    if unknown:
+        parser.error(f"unknown stage(s) {unknown}; valid: {', '.join(order)}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default=None, help="comma-separated (default: all cheap)")
@@ -159,15 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "gradcam,saliency,guided_backprop,integrated_gradients" if args.quick and not
         args.methods else args.methods, args.all)
     order = units(model)
-    if args.stages:
-        report = args.stages.split(",")
-    elif args.quick:
-        report = ["classifier", "head", "blocks.14"]
-    else:
-        report = order
-    unknown = [s for s in report if s not in order]
-    if unknown:
-        parser.error(f"unknown stage(s) {unknown}; valid: {', '.join(order)}")
+    report = _stages(args, order, parser)
     before = fingerprint(model)
     size = tuple(x.shape[-2:])
     labels = [clf.labels[int(t)] for t in targets] if clf.labels else [str(int(t))

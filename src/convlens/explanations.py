@@ -374,27 +374,8 @@ def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *,
     classifier = as_classifier(classifier)
     method_names = [methods] if isinstance(methods, str) else list(methods)
     specs = {name: get_method(name) for name in method_names}
-    if normalize not in NORMALIZATIONS:
-        raise MethodError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
-    if sign not in SIGNS:
-        raise MethodError(f"unknown sign {sign!r}; valid: {', '.join(SIGNS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise MethodError(f"batch_size must be a positive int, got {batch_size!r}")
-    clash = set(options) & set(method_options or {})
-    if clash:
-        raise MethodError(f"option {sorted(clash)[0]!r} given twice (in **options and in "
-                          "method_options)")
-    options = {**options, **(method_options or {})}
-    if "output" in options:
-        raise MethodError("explain takes the model output to explain from the Classifier: "
-                          "Classifier(module, output=...) (an index or a key)")
-    target, k = parse_target(target)
-    if top is not None:
-        if target is not None:
-            raise TargetError("give either a target or top=K, not both")
-        k = int(top)
-        if k < 1:
-            raise TargetError(f"top must be a positive integer, got {top!r}")
+    options = _checked_settings(normalize, sign, batch_size, method_options, options)
+    target, k = _target_and_k(target, top)
     items = _items(images)
     if names is not None and len(names) != len(items):
         raise MethodError(f"got {len(names)} names for {len(items)} images")
@@ -407,17 +388,10 @@ def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *,
         prepared = _prepare_one_by_one(classifier, chunk)
         outputs = classifier.outputs(prepared.x) if scorer else classifier.logits(prepared.x)
         probabilities = _probabilities(classifier, outputs)
-        if k > 1:
-            classes = outputs.shape[1]
-            if k > classes:
-                raise TargetError(f"top:{k} asks for more classes than the model has: it has "
-                                  f"{classes} classes; use top:{classes} or fewer")
-            indices = probabilities.topk(k, dim=1).indices
-        else:
-            chunk_target = per_image[start:start + len(chunk)] if per_image is not None \
-                else target
-            logits = score_logits(target, outputs) if scorer else outputs
-            indices = resolve_targets(chunk_target, logits, classifier.labels).view(-1, 1)
+        chunk_target = per_image[start:start + len(chunk)] if per_image is not None \
+            else target
+        indices = _class_indices(classifier, outputs, probabilities, k, chunk_target, target,
+                                 scorer)
         scores = (score_logits(target, outputs)[:, 0] if scorer
                   else outputs.gather(1, indices)).float().cpu()
         if layer_name is None and any(s.needs_layer for s in specs.values()):
@@ -447,11 +421,7 @@ def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *,
                     geometry=prepared.geometries[i],
                     target=index,
                     target_label=score_name(target) if scorer else classifier.label(index),
-                    probability=(math.nan if scorer or probabilities is None
-                                 else float(probabilities[i, index])),
-                    predictions=[] if top5 is None else [
-                        (classifier.label(int(c)), float(p))
-                        for p, c in zip(top5.values[i], top5.indices[i])],
+                    **_prediction_fields(classifier, probabilities, top5, i, index, scorer),
                     attributions=attributions,
                     layer=layer_name,
                     scales=dict(peaks) if normalize == "image" else {},
@@ -464,6 +434,69 @@ def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *,
                     warnings.warn(f"{exp.name}: {note}", ConvlensWarning, stacklevel=3)
                 yield exp
         del prepared, raw
+
+
+def _checked_settings(normalize: str, sign: str, batch_size: int,
+                      method_options: Mapping[str, Any] | None,
+                      options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check explain's display and batching settings; return the one merged option dict.
+
+    ``**options`` and ``method_options`` are two ways to pass the same thing, so a name
+    given in both is an error rather than a silent override."""
+    if normalize not in NORMALIZATIONS:
+        raise MethodError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
+    if sign not in SIGNS:
+        raise MethodError(f"unknown sign {sign!r}; valid: {', '.join(SIGNS)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MethodError(f"batch_size must be a positive int, got {batch_size!r}")
+    clash = set(options) & set(method_options or {})
+    if clash:
+        raise MethodError(f"option {sorted(clash)[0]!r} given twice (in **options and in "
+                          "method_options)")
+    merged = {**options, **(method_options or {})}
+    if "output" in merged:
+        raise MethodError("explain takes the model output to explain from the Classifier: "
+                          "Classifier(module, output=...) (an index or a key)")
+    return merged
+
+
+def _target_and_k(target: Any, top: int | None) -> tuple[Any, int]:
+    """The parsed target and how many classes to explain per image (``top=K`` or ``top:K``)."""
+    target, k = parse_target(target)
+    if top is not None:
+        if target is not None:
+            raise TargetError("give either a target or top=K, not both")
+        k = int(top)
+        if k < 1:
+            raise TargetError(f"top must be a positive integer, got {top!r}")
+    return target, k
+
+
+def _class_indices(classifier: Classifier, outputs: torch.Tensor,
+                   probabilities: torch.Tensor | None, k: int, chunk_target: Any,
+                   target: Any, scorer: bool) -> torch.Tensor:
+    """The ``(N, k)`` class indices to explain for one chunk: its top k, or its targets."""
+    if k > 1:
+        classes = outputs.shape[1]
+        if k > classes:
+            raise TargetError(f"top:{k} asks for more classes than the model has: it has "
+                              f"{classes} classes; use top:{classes} or fewer")
+        return probabilities.topk(k, dim=1).indices
+    logits = score_logits(target, outputs) if scorer else outputs
+    return resolve_targets(chunk_target, logits, classifier.labels).view(-1, 1)
+
+
+def _prediction_fields(classifier: Classifier, probabilities: torch.Tensor | None,
+                       top5: Any, i: int, index: int, scorer: bool) -> dict[str, Any]:
+    """Image ``i``'s probability of the explained class and its top-5 predictions
+    (NaN and none when the output is a score or not a class distribution)."""
+    return {
+        "probability": (math.nan if scorer or probabilities is None
+                        else float(probabilities[i, index])),
+        "predictions": [] if top5 is None else [
+            (classifier.label(int(c)), float(p))
+            for p, c in zip(top5.values[i], top5.indices[i])],
+    }
 
 
 def _prepare_one_by_one(classifier: Classifier, chunk: Sequence[Any]) -> Prepared:

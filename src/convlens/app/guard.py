@@ -91,54 +91,70 @@ class Guard:
     async def _guarded(self, scope: dict, receive: Any, send: Any, length: str | None) -> None:
         """Run the app with the body counted against the cap, stalls timed out and the
         security headers added to every answer."""
-        limit = self.settings.max_upload_bytes
-        exchange = _Exchange()
-
-        async def refuse(status: int, message: str) -> None:
-            if not exchange.started and not exchange.refused:
-                exchange.refused = True
-                await send_json(send, status, message)
-            exchange.refused = True
-            raise _Refused(message)
-
-        async def guarded_receive() -> dict:
-            if exchange.body_done or exchange.refused:
-                return await receive()  # after the body: only the disconnect remains
-            try:
-                message = await asyncio.wait_for(receive(), BODY_IDLE_SECONDS)
-            except TimeoutError:
-                await refuse(408, f"the request body stalled for {BODY_IDLE_SECONDS:.0f} s; "
-                             "send it again")
-            if message["type"] == "http.request":
-                exchange.received += len(message.get("body", b""))
-                if exchange.received > limit:
-                    await refuse(413, too_large(limit))
-                exchange.body_done = not message.get("more_body", False)
-            return message
-
-        async def guarded_send(message: dict) -> None:
-            if exchange.refused:
-                return  # the guard has answered; whatever the route made of it is dropped
-            if message["type"] == "http.response.start" and message["status"] >= 400 \
-                    and length is None and not exchange.body_done:
-                # a chunked body refused before its end (a parser gave up on it): read on
-                # up to the cap, so that an oversize body is told 413, not a parse error
-                with contextlib.suppress(_Refused):
-                    while not exchange.body_done:
-                        await guarded_receive()
-                if exchange.refused:
-                    return
-            if message["type"] == "http.response.start":
-                exchange.started = True
-                message = {**message, "headers": _with_security_headers(message.get("headers"))}
-            await send(message)
-
+        channel = _Channel(receive, send, self.settings.max_upload_bytes, length)
         try:
-            await self.app(scope, guarded_receive, guarded_send)
+            await self.app(scope, channel.receive, channel.send)
         except (_Refused, RequestTooLarge):
-            if not exchange.refused:
+            if not channel.exchange.refused:
                 raise
 
+
+class _Channel:
+    """The guarded ``receive`` and ``send`` of one request: the body is counted against
+    ``limit`` and timed out when it stalls, a refusal is answered once (and whatever the
+    route made of it afterwards dropped), and every answer gets the security headers."""
+
+    def __init__(self, receive: Any, send: Any, limit: int, length: str | None) -> None:
+        self.exchange = _Exchange()
+        self._receive = receive
+        self._send = send
+        self._limit = limit
+        self._length = length
+
+    async def refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with ``message`` unless an answer has started; stop the app."""
+        exchange = self.exchange
+        if not exchange.started and not exchange.refused:
+            exchange.refused = True
+            await send_json(self._send, status, message)
+        exchange.refused = True
+        raise _Refused(message)
+
+    async def receive(self) -> dict:
+        """The next body message, counted against the cap and timed out when it stalls."""
+        exchange = self.exchange
+        if exchange.body_done or exchange.refused:
+            return await self._receive()  # after the body: only the disconnect remains
+        try:
+            message = await asyncio.wait_for(self._receive(), BODY_IDLE_SECONDS)
+        except TimeoutError:
+            await self.refuse(408, f"the request body stalled for {BODY_IDLE_SECONDS:.0f} s; "
+                              "send it again")
+        if message["type"] == "http.request":
+            exchange.received += len(message.get("body", b""))
+            if exchange.received > self._limit:
+                await self.refuse(413, too_large(self._limit))
+            exchange.body_done = not message.get("more_body", False)
+        return message
+
+    async def send(self, message: dict) -> None:
+        """Pass the app's answer on with the security headers, unless the guard answered."""
+        exchange = self.exchange
+        if exchange.refused:
+            return  # the guard has answered; whatever the route made of it is dropped
+        if message["type"] == "http.response.start" and message["status"] >= 400 \
+                and self._length is None and not exchange.body_done:
+            # a chunked body refused before its end (a parser gave up on it): read on
+            # up to the cap, so that an oversize body is told 413, not a parse error
+            with contextlib.suppress(_Refused):
+                while not exchange.body_done:
+                    await self.receive()
+            if exchange.refused:
+                return
+        if message["type"] == "http.response.start":
+            exchange.started = True
+            message = {**message, "headers": _with_security_headers(message.get("headers"))}
+        await self._send(message)
 
 def _with_security_headers(headers: Any) -> list:
     present = {bytes(k).lower() for k, _v in headers or ()}

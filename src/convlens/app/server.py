@@ -139,11 +139,7 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
         A FastAPI application; serve it with :func:`convlens.app.runner.serve` (``convlens
         serve`` does), which also stops running computations on SIGTERM.
     """
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-    from fastapi.staticfiles import StaticFiles
-    from starlette.exceptions import HTTPException
+    from fastapi import FastAPI
 
     settings = settings or ServeSettings()
     from convlens.app.atlases import AtlasFolder
@@ -154,6 +150,24 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
     state.info = _info(state)  # once, now: later requests never wait for the model
     app = FastAPI(title="convlens", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.convlens = state
+
+    _add_error_handlers(app)
+    _add_page_routes(app)
+    _add_image_routes(app, state)
+    _add_audit_routes(app, state)
+    _add_atlas_routes(app, state)
+
+    # The guard wraps everything, error handlers included, so refusals never reach a route.
+    app.add_middleware(Guard, settings=settings)
+    return app
+
+
+def _add_error_handlers(app: Any) -> None:
+    """Every failure answers one JSON line ``{"error": ...}`` with its status code."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(ConvlensError)
     async def _convlens_error(_request: Request, error: ConvlensError) -> JSONResponse:
@@ -179,6 +193,12 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
         return JSONResponse({"error": str(error.args[0]) if error.args else "not found"},
                             status_code=400)
 
+
+def _add_page_routes(app: Any) -> None:
+    """The page itself: ``/``, the favicon and ``/static``."""
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
     @app.get("/")
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -189,6 +209,12 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
                             headers={"cache-control": "max-age=86400"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def _add_image_routes(app: Any, state: _State) -> None:
+    """What the server has, photos in (upload, samples) and out, explain and visualize."""
+    from fastapi import Request
+    from fastapi.responses import Response, StreamingResponse
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
@@ -208,7 +234,7 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
         name = Path(upload.filename or "upload").name
         await upload.close()
         image, original = await asyncio.to_thread(decode_upload, name, data,
-                                                  settings.max_pixels)
+                                                  state.settings.max_pixels)
         del data
         return await _register_image(state, request, name, image, original)
 
@@ -239,6 +265,11 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
         return StreamingResponse(_visualize_stream(state, request, objective, steps, size),
                                  media_type="application/x-ndjson")
 
+
+def _add_audit_routes(app: Any, state: _State) -> None:
+    """Browsing the audit folders the server was started with (``--audit DIR``)."""
+    from fastapi.responses import Response
+
     def _audit(audit: int) -> AuditFolder:
         if not 0 <= audit < len(state.audits):
             raise AuditNotFound(f"no audit {audit}: this server has {len(state.audits)} "
@@ -263,6 +294,12 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
         return Response(_audit(audit).thumbnail(index), media_type="image/jpeg",
                         headers={"cache-control": "max-age=3600"})
 
+
+def _add_atlas_routes(app: Any, state: _State) -> None:
+    """Browsing the concept atlases the server was started with (``--atlas DIR``)."""
+    from fastapi import Request
+    from fastapi.responses import Response
+
     def _atlas(atlas: int) -> Any:
         from convlens.app.atlases import AtlasNotFound
 
@@ -285,10 +322,6 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
         folder = _atlas(atlas)
         png = await run_model(state.gate, request, lambda: folder.patch(channel, mode, rank))
         return Response(png, media_type="image/png", headers={"cache-control": "max-age=3600"})
-
-    # The guard wraps everything, error handlers included, so refusals never reach a route.
-    app.add_middleware(Guard, settings=settings)
-    return app
 
 
 async def _json_object(request: Any) -> dict[str, Any]:

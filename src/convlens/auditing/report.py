@@ -302,7 +302,7 @@ def write_report(audit: AuditView, target: Path, *, progress: ProgressCallback |
                  batch_size: int | None = None) -> Path:
     """Write ``target`` (HTML) and its files under ``target.parent / report-files``."""
     from convlens.errors import ConvlensError
-    from convlens.present.audit_figures import confusion_figure, eigenvalue_figure, prototype
+    from convlens.present.audit_figures import confusion_figure, eigenvalue_figure
     from convlens.present.html import render_page
 
     if audit.classifier is None or audit.dataset is None or audit.settings is None:
@@ -359,31 +359,13 @@ def write_report(audit: AuditView, target: Path, *, progress: ProgressCallback |
                                       "more": max(0, k["size"] - EXAMPLES)})
         shown_classes.append(entry)
 
-    pairs: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for image in data["images"]:
-        if image["correct"] is False:
-            pairs[(image["label"], image["predicted"])].append(image["path"])
-    mistakes = []
-    for (label, predicted), paths in sorted(pairs.items(), key=lambda kv: (-len(kv[1]), kv[0])
-                                            )[:MISTAKE_PAIRS]:
-        examples = [{"path": p, "predicted_src": maps.want(p, index_of.get(predicted)),
-                     "true_src": maps.want(p, index_of.get(label))}
-                    for p in paths[:MISTAKE_EXAMPLES]]
-        mistakes.append({"label": label, "predicted": predicted, "count": len(paths),
-                         "examples": examples, "more": max(0, len(paths) - MISTAKE_EXAMPLES)})
+    mistakes = _mistake_section(data, maps, index_of)
 
     maps.render(folder, batch_size or audit.settings.batch_size, progress)
     blocks = concept_blocks(audit, strategies, folder, batch_size or audit.settings.batch_size,
                             progress)
     strategies = [{**s, "concept_block": blocks.get(s["id"])} for s in strategies]
-    for path, members, heat in pending_prototypes:
-        photos = []
-        for m in members:
-            thumb = folder / _name(m, ".jpg")
-            if thumb.is_file():
-                with Image.open(thumb) as opened:
-                    photos.append(opened.convert("RGB"))
-        prototype(photos, np.asarray(heat), path)
+    _draw_prototypes(pending_prototypes, folder)
     confusion = None
     if data.get("accuracy") is not None and data["confusion"]["classes"]:
         confusion_figure(data["confusion"]["classes"], data["confusion"]["matrix"],
@@ -400,6 +382,39 @@ def write_report(audit: AuditView, target: Path, *, progress: ProgressCallback |
     write_text_atomic(target, html)
     emit(progress, "report", 1, 1, f"wrote {target}")
     return target
+
+
+def _mistake_section(data: dict, maps: _Maps, index_of: dict[str, int]) -> list[dict]:
+    """The report's mistakes: the most frequent (label, predicted) confusions, each with a
+    few examples whose maps for the predicted and the true class are asked of ``maps``."""
+    pairs: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for image in data["images"]:
+        if image["correct"] is False:
+            pairs[(image["label"], image["predicted"])].append(image["path"])
+    mistakes = []
+    for (label, predicted), paths in sorted(pairs.items(), key=lambda kv: (-len(kv[1]), kv[0])
+                                            )[:MISTAKE_PAIRS]:
+        examples = [{"path": p, "predicted_src": maps.want(p, index_of.get(predicted)),
+                     "true_src": maps.want(p, index_of.get(label))}
+                    for p in paths[:MISTAKE_EXAMPLES]]
+        mistakes.append({"label": label, "predicted": predicted, "count": len(paths),
+                         "examples": examples, "more": max(0, len(paths) - MISTAKE_EXAMPLES)})
+    return mistakes
+
+
+def _draw_prototypes(pending: list[tuple[Path, list[str], Any]], folder: Path) -> None:
+    """Draw each prototype picture from its members' rendered thumbnails (a member whose
+    thumbnail is missing is left out) and its mean map."""
+    from convlens.present.audit_figures import prototype
+
+    for path, members, heat in pending:
+        photos = []
+        for m in members:
+            thumb = folder / _name(m, ".jpg")
+            if thumb.is_file():
+                with Image.open(thumb) as opened:
+                    photos.append(opened.convert("RGB"))
+        prototype(photos, np.asarray(heat), path)
 
 
 def unestablished(data: dict) -> list[str]:

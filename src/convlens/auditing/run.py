@@ -121,7 +121,6 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         unknown_labels,
     )
     from convlens.models.classifier import Classifier
-    from convlens.models.layers import resolve_layer
     from convlens.progress import text_progress
 
     if not isinstance(classifier, Classifier):
@@ -132,10 +131,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
     from convlens.auditing.spray import check_neighbours
 
     check_neighbours(neighbours)
-    if max_cluster_maps is not None and (not isinstance(max_cluster_maps, int)
-                                         or max_cluster_maps < 100):
-        raise ConvlensError(f"max_cluster_maps must be an integer of at least 100 (or None for "
-                            f"no cap), got {max_cluster_maps!r}")
+    _check_cluster_cap(max_cluster_maps)
     if progress is None:
         progress = notebook_progress() if in_notebook() else None
     elif progress is True:
@@ -158,27 +154,14 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
     check_output(out)  # before the model's work: a file in the way, no permission, a user's
     check_grouping(data, group_by, dataset.layout, dataset.entries)
     if dataset.layout != "plain":
-        unknown = unknown_labels(dataset, classifier.labels or [])
-        if unknown:
-            valid = classifier.labels or []
-            shown = ", ".join(valid[:40]) + (f", ... ({len(valid) - 40} more)"
-                                              if len(valid) > 40 else "")
-            raise LabelMismatchError(
-                f"{len(unknown)} label(s) of {data} are not among the model's labels: "
-                f"{', '.join(unknown)}; valid labels: {shown or '(the model has no labels)'}. "
-                "Rename the folders (or CSV labels) to the model's class names, or pass "
-                "--labels")
+        _check_labels(classifier, data, unknown_labels(dataset, classifier.labels or []))
     engine_options = dict(engine_options or {})
     if engine in (None, "local"):
         engine_options.setdefault("workers", workers)
     runner = get_engine(engine, **engine_options)
     height, width = classifier.preprocessing.input_size
     shape = (classifier.preprocessing.channels, height, width)
-    if spec.needs_layer:
-        layer_name = (resolve_layer(classifier.module, layer)[0] if layer is not None
-                      else classifier.default_layer(shape))
-    else:
-        layer_name = None
+    layer_name = _map_layer(classifier, spec, layer, shape)
     feature_layer = layer_name if layer_name is not None else _feature_layer(classifier, shape)
     concept_layer, concept_rule = _concept_settings(classifier, concepts, spec, layer_name,
                                                     shape)
@@ -259,6 +242,39 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         del content  # its image rows were made while written: read back when asked for
         return Audit(None, out, classifier=classifier, dataset=dataset, settings=settings,
                      store=store, engine=runner)
+
+
+def _check_cluster_cap(max_cluster_maps: int | None) -> None:
+    """Refuse a SpRAy cap that is not an integer of at least 100 (None: no cap)."""
+    if max_cluster_maps is not None and (not isinstance(max_cluster_maps, int)
+                                         or max_cluster_maps < 100):
+        raise ConvlensError(f"max_cluster_maps must be an integer of at least 100 (or None for "
+                            f"no cap), got {max_cluster_maps!r}")
+
+
+def _check_labels(classifier: Any, data: Any, unknown: Sequence[str]) -> None:
+    """Refuse labels of ``data`` the model does not know, listing the ones it does."""
+    if unknown:
+        valid = classifier.labels or []
+        shown = ", ".join(valid[:40]) + (f", ... ({len(valid) - 40} more)"
+                                          if len(valid) > 40 else "")
+        raise LabelMismatchError(
+            f"{len(unknown)} label(s) of {data} are not among the model's labels: "
+            f"{', '.join(unknown)}; valid labels: {shown or '(the model has no labels)'}. "
+            "Rename the folders (or CSV labels) to the model's class names, or pass "
+            "--labels")
+
+
+def _map_layer(classifier: Any, spec: Any, layer: str | None, shape: tuple[int, int, int]
+               ) -> str | None:
+    """The layer the audit's method reads (``layer`` or the model's default), or None for a
+    method that reads no layer."""
+    from convlens.models.layers import resolve_layer
+
+    if not spec.needs_layer:
+        return None
+    return (resolve_layer(classifier.module, layer)[0] if layer is not None
+            else classifier.default_layer(shape))
 
 
 def _concept_settings(classifier: Any, concepts: bool | str | None, spec: Any,

@@ -297,6 +297,23 @@ def mistake_directions(features: Any, correct: Sequence[bool | None], *, seed: i
                 continue
         candidates.append((auc, len(group), positive, scores, cut, source, channel))
     candidates.sort(key=lambda c: (-c[0], -c[1]))
+    directions, stopped = _pick_directions(candidates, n, min_auc=min_auc,
+                                           max_strategies=max_strategies,
+                                           min_mistakes=min_mistakes)
+    if not directions:
+        best = max((t["auc"] for t in tried), default=0.0)
+        stopped = (f"no set of mistakes shares a direction: none reached a cross-validated "
+                   f"AUC of {min_auc} with the images it ranks high wrong clearly more often "
+                   f"than the {base:.0%} overall (best AUC {best:.2f})")
+    return Search(directions, stopped, tried)
+
+
+def _pick_directions(candidates: list[tuple[float, int, np.ndarray, np.ndarray, float, str,
+                                            int | None]],
+                     n: int, *, min_auc: float, max_strategies: int, min_mistakes: int
+                     ) -> tuple[list[Direction], str]:
+    """One strategy per family of qualified candidates (best AUC first), keeping only the
+    images no earlier strategy holds; and why the search stopped."""
     taken = np.zeros(n, dtype=bool)
     directions: list[Direction] = []
     stopped = "every candidate set of mistakes was looked at"
@@ -318,12 +335,7 @@ def mistake_directions(features: Any, correct: Sequence[bool | None], *, seed: i
         directions.append(Direction(np.flatnonzero(inside), auc, size, cut, scores, source,
                                     channel))
         taken |= inside
-    if not directions:
-        best = max((t["auc"] for t in tried), default=0.0)
-        stopped = (f"no set of mistakes shares a direction: none reached a cross-validated "
-                   f"AUC of {min_auc} with the images it ranks high wrong clearly more often "
-                   f"than the {base:.0%} overall (best AUC {best:.2f})")
-    return Search(directions, stopped, tried)
+    return directions, stopped
 
 
 def search_sample(correct: Sequence[bool | None], max_images: int | None, seed: int
