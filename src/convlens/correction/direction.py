@@ -48,6 +48,13 @@ class Direction:
     layer: str
     classes: dict[str, tuple[int, int]]
 
+    def position(self, activations: torch.Tensor) -> torch.Tensor:
+        """Each image's position along the direction, ``(N,)``: 0 at the reference (the clean
+        images' mean), 1 at the strategy's images' mean (the vector is their difference)."""
+        vector = self.vector.flatten().float().cpu()
+        shifted = (activations.float().cpu() - self.reference.float().cpu()).flatten(1)
+        return shifted @ vector / (float(vector @ vector) or 1.0)
+
 
 def layer_activations(classifier, x: torch.Tensor, layer: str, *, batch_size: int = 64,
                       shape: str = "map") -> torch.Tensor:

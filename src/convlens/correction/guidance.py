@@ -52,16 +52,12 @@ def training_rows(classifier: Any, direction: Any, train: str | os.PathLike[str]
 
     dataset = read_dataset(train)
     entries = list(dataset.entries)
-    vector = direction.vector.flatten().float()
-    scale = float(vector @ vector) or 1.0
-    scores = []
+    scores: list[float] = []
     for start in range(0, len(entries), batch_size):
         chunk = entries[start:start + batch_size]
         x = classifier.preprocess([str(e.path) for e in chunk])
-        acts = layer_activations(classifier, x, direction.layer, batch_size=batch_size,
-                                 shape=shape).float()
-        shifted = (acts - direction.reference.float()).flatten(1)
-        scores.extend((shifted @ vector / scale).tolist())
+        scores.extend(direction.position(layer_activations(
+            classifier, x, direction.layer, batch_size=batch_size, shape=shape)).tolist())
     order = torch.tensor(scores).argsort(descending=True)[:top].tolist()
     return [{"path": str(entries[i].path), "source": "training", "label": entries[i].label,
              "predicted": "", "action": "check for the artefact: this training image lies "

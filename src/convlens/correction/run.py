@@ -88,14 +88,11 @@ def flag_along_direction(classifier: Any, direction: Direction, data: TrainingSe
                          batch_size: int) -> torch.Tensor:
     """Which images of ``data`` lie along the strategy's direction (see
     :data:`FLAG_THRESHOLD`)."""
-    vector = direction.vector.flatten().float()
-    scale = float(vector @ vector) or 1.0
     scores = []
     for start in range(0, len(data), batch_size):
         x = data.images(classifier, range(start, min(start + batch_size, len(data))))
-        acts = layer_activations(classifier, x, direction.layer, batch_size=batch_size,
-                                 shape=shape).float().cpu()
-        scores.append((acts - direction.reference.float().cpu()).flatten(1) @ vector / scale)
+        scores.append(direction.position(layer_activations(
+            classifier, x, direction.layer, batch_size=batch_size, shape=shape)))
     return torch.cat(scores) > FLAG_THRESHOLD
 
 
