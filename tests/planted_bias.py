@@ -197,3 +197,16 @@ def planted_classifier(planted: dict):
 
     return cl.Classifier(planted["case"].model, labels=CLASSES, input_size=32, mean=(0, 0, 0),
                          std=(1, 1, 1), resize="squash", device="cpu")
+
+
+def audited_by_cli(root) -> tuple[dict, object]:
+    """The planted folder (every second image) audited through the CLI, as a user would:
+    ``(write_planted_folder's dict, the audit's folder)``."""
+    from cli_support import run
+
+    planted = write_planted_folder(root, planted_case(), every=2)
+    out = root / "audit"
+    done = run("audit", str(planted["data"]), "--out", str(out), "--batch-size", "50",
+               *planted["model"])
+    assert done.returncode == 0, done.stderr
+    return planted, out

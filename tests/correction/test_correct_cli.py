@@ -13,13 +13,7 @@ planted_bias = pytest.importorskip("planted_bias")
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
-    root = tmp_path_factory.mktemp("correct-cli")
-    planted = planted_bias.write_planted_folder(root, planted_bias.planted_case(), every=2)
-    out = root / "audit"
-    done = run("audit", str(planted["data"]), "--out", str(out), "--batch-size", "50",
-               *planted["model"])
-    assert done.returncode == 0, done.stderr
-    return planted, out
+    return planted_bias.audited_by_cli(tmp_path_factory.mktemp("correct-cli"))
 
 
 def test_correct_writes_a_folder_every_command_loads(audited, tmp_path) -> None:

@@ -54,11 +54,7 @@ def _pct(value: float) -> str:
 @pytest.fixture(scope="module")
 def fixed(tmp_path_factory):
     root = tmp_path_factory.mktemp("correct-report")
-    planted = planted_bias.write_planted_folder(root, planted_bias.planted_case(), every=2)
-    audit = root / "audit"
-    done = run("audit", str(planted["data"]), "--out", str(audit), "--batch-size", "50",
-               *planted["model"])
-    assert done.returncode == 0, done.stderr
+    planted, audit = planted_bias.audited_by_cli(root)
     out = root / "FIXED"
     done = run("correct", str(audit), "--strategy", "1", "--out", str(out), "--train",
                str(planted["data"]), *planted["model"])
