@@ -10,10 +10,12 @@ is the leftmost layer, it imports nothing from the layers to its right):
 * **plain**: files and folders, walked recursively, without labels
   (:func:`scan_inputs`, what ``convlens explain`` reads).
 
-Walking never follows symlinked folders (a link loop cannot hang it), skips hidden entries,
-the ``exclude`` paths (e.g. a job's own output folder) and every folder holding the marker
-file :data:`OUTPUT_MARKER` that convlens puts in each output folder it creates: a job never
-reads its own output. Broken symbolic links are recorded as problems with the reason.
+Folders are walked by the one folder walker, :mod:`convlens.io.walk` (its rules:
+docs/architecture.md, "Finding images"): symlinked folders are never followed (a link loop
+cannot hang it), hidden entries, the ``exclude`` paths (e.g. a job's own output folder) and
+every folder holding the marker file :data:`OUTPUT_MARKER` that convlens puts in each output
+folder it creates are skipped (a job never reads its own output), and broken symbolic links
+are recorded as problems with the reason.
 
 :func:`batches` decodes with a :class:`torch.utils.data.DataLoader` (``workers`` processes;
 0 decodes in this process): a file that fails to decode becomes an
@@ -33,7 +35,6 @@ import csv
 import hashlib
 import io
 import os
-import stat
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,17 @@ import torch
 from PIL import Image
 
 from convlens.errors import ConvlensError
-from convlens.io.images import InputProblem, is_image_file, load_image
+from convlens.io.images import load_image
+from convlens.io.walk import (
+    OUTPUT_MARKER,
+    Exclusion,
+    InputProblem,
+    file_problem,
+    find_images,
+    identity,
+    top_level,
+    walk_images,
+)
 from convlens.preprocessing import Geometry, Preprocessing
 
 __all__ = [
@@ -63,9 +74,6 @@ __all__ = [
     "scan_inputs",
     "unknown_labels",
 ]
-
-OUTPUT_MARKER = ".convlens-output"
-"""Marker file in every output folder convlens creates (same value as convlens.store)."""
 
 LAYOUTS = ("auto", "imagefolder", "csv", "plain")
 
@@ -129,126 +137,24 @@ def _posix(path: Path | str) -> str:
     return Path(path).as_posix()
 
 
-def _identity(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):
-        return path.absolute()
-
-
-class _Walker:
-    """Walks folders under the rules in the module docstring, collecting problems."""
-
-    def __init__(self, exclude: Iterable[str | os.PathLike[str]]) -> None:
-        self.exclude = {_identity(Path(p)) for p in exclude}
-        self.problems: list[InputProblem] = []
-
-    def excluded(self, path: Path, identity: Path | None = None) -> bool:
-        """Whether ``path`` (resolved: ``identity``, when known) is or lies in an excluded one."""
-        identity = _identity(path) if identity is None else identity
-        return identity in self.exclude or any(e in identity.parents for e in self.exclude)
-
-    def walk(self, folder: Path) -> list[Path]:
-        """Image files under ``folder`` (sorted), skipping what the rules skip."""
-        found: list[Path] = []
-
-        def report(error: OSError) -> None:
-            where = Path(error.filename) if error.filename else folder
-            self.problems.append(InputProblem(where, f"cannot read folder ({error.strerror})"))
-
-        for directory, subdirs, files in os.walk(folder, onerror=report):
-            here = Path(directory)
-            if OUTPUT_MARKER in files or self.excluded(here):
-                subdirs[:] = []
-                continue
-            kept = []
-            for name in sorted(subdirs):
-                if name.startswith("."):
-                    continue
-                sub = here / name
-                if sub.is_symlink():
-                    self.problems.append(InputProblem(sub, "symbolic link to a folder, not "
-                                                           "followed; pass its target instead"))
-                    continue
-                kept.append(name)
-            subdirs[:] = kept
-            for name in sorted(files):
-                if name.startswith(".") or not is_image_file(name):
-                    continue
-                candidate = here / name
-                problem = self.file_problem(candidate)
-                if problem is not None:
-                    self.problems.append(problem)
-                elif not self.excluded(candidate):
-                    found.append(candidate)
-        return found
-
-    @staticmethod
-    def file_problem(path: Path) -> InputProblem | None:
-        """A problem for broken links and non-regular files; ``None`` for regular files."""
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            if path.is_symlink():
-                target = os.readlink(path)
-                return InputProblem(path, f"broken symbolic link (its target {target} does "
-                                          "not exist)")
-            return InputProblem(path, "not found")
-        except OSError as error:
-            return InputProblem(path, f"cannot access path ({error.strerror})")
-        if not stat.S_ISREG(info.st_mode):
-            return InputProblem(path, "not a regular file (device, pipe or socket)")
-        return None
-
-
 def scan_inputs(paths: Sequence[str | os.PathLike[str]], *,
                 exclude: Iterable[str | os.PathLike[str]] = ()) -> Dataset:
     """Plain layout: image files among ``paths`` and, recursively, in the folders among them.
 
-    Like :func:`convlens.io.images.expand_inputs`, a file reached twice is listed once,
-    files named explicitly are kept even if hidden, and a folder without images is a
-    problem; unlike it, ``exclude`` paths, marked output folders and broken links are
-    handled as the module docstring says. ``relpath`` is the path as written, joined with
-    the walk (forward slashes).
+    The one walker's :func:`~convlens.io.walk.find_images` (its rules: the module docstring
+    of :mod:`convlens.io.walk`): the same files and problems as
+    :func:`convlens.io.images.expand_inputs`. ``relpath`` is the path as written, joined
+    with the walk (forward slashes).
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    walker = _Walker(exclude)
-    found: dict[Path, Entry] = {}
-    for raw in paths:
-        path = Path(os.fsdecode(os.fspath(raw)))
-        if path.is_dir():
-            if walker.excluded(path) or (path / OUTPUT_MARKER).exists():
-                walker.problems.append(InputProblem(path, "is a convlens output folder (or "
-                                                          "inside one); not read as input"))
-                continue
-            before = len(walker.problems)
-            images = walker.walk(path)
-            if not images and len(walker.problems) == before:
-                walker.problems.append(InputProblem(
-                    path, "no images found in folder or its sub-folders (hidden files and "
-                          "convlens output folders skipped)"))
-            for image in images:
-                found.setdefault(_identity(image), Entry(image, _posix(image)))
-            continue
-        problem = walker.file_problem(path)
-        if problem is not None:
-            walker.problems.append(problem)
-        elif not is_image_file(path):
-            walker.problems.append(InputProblem(
-                path, f"not an image file (extension {path.suffix!r})"))
-        elif walker.excluded(path):
-            walker.problems.append(InputProblem(path, "is inside the output folder; not read "
-                                                      "as input"))
-        else:
-            found.setdefault(_identity(path), Entry(path, _posix(path)))
-    entries = sorted(found.values(), key=lambda e: e.relpath)
-    return Dataset(Path("."), "plain", entries, walker.problems)
+    images, problems = find_images(paths, exclude=exclude)
+    return Dataset(Path("."), "plain", [Entry(p, _posix(p)) for p in images], problems)
 
 
 def read_dataset(source: str | os.PathLike[str], *, layout: str = "auto",
                  exclude: Iterable[str | os.PathLike[str]] = ()) -> Dataset:
     """Find the images (and labels) of a dataset.
+
+    Folders are walked by :func:`convlens.io.walk.walk_images`, under its rules.
 
     Args:
         source: A folder, or a CSV file with ``path`` and ``label`` columns.
@@ -270,23 +176,28 @@ def read_dataset(source: str | os.PathLike[str], *, layout: str = "auto",
         return _read_csv(root, exclude)
     if not root.is_dir():
         raise ConvlensError(f"{root}: the {layout} layout needs a folder")
-    walker = _Walker(exclude)
-    if layout == "plain":
-        entries = [Entry(p, _posix(p.relative_to(root))) for p in walker.walk(root)]
-    else:
-        entries = []
-        for child in sorted(root.iterdir()):
-            if child.name.startswith("."):
-                continue
-            if child.is_dir() and not child.is_symlink():
-                entries.extend(Entry(p, _posix(p.relative_to(root)), child.name)
-                               for p in walker.walk(child))
-            elif is_image_file(child.name):
-                walker.problems.append(InputProblem(
-                    child, "image directly in the dataset folder; ImageFolder expects "
-                           "ROOT/CLASS/image files (move it into its class folder)"))
+    images, problems = walk_images(root, exclude=exclude)
+    entries = [Entry(p, _posix(p.relative_to(root))) for p in images]
+    if layout == "imagefolder":
+        entries, misplaced = _labelled_by_folder(entries)
+        problems.extend(misplaced)
     entries.sort(key=lambda e: e.relpath)
-    return Dataset(root, layout, entries, walker.problems)
+    return Dataset(root, layout, entries, problems)
+
+
+def _labelled_by_folder(entries: list[Entry]) -> tuple[list[Entry], list[InputProblem]]:
+    """ImageFolder: each image is labelled with its top folder under the root; an image
+    directly in the root is a problem, not a guess."""
+    labelled, problems = [], []
+    for entry in entries:
+        label, inside, _ = entry.relpath.partition("/")
+        if inside:
+            labelled.append(Entry(entry.path, entry.relpath, label))
+        else:
+            problems.append(InputProblem(
+                entry.path, "image directly in the dataset folder; ImageFolder expects "
+                            "ROOT/CLASS/image files (move it into its class folder)"))
+    return labelled, problems
 
 
 def detect_layout(source: str | os.PathLike[str], layout: str = "auto") -> str:
@@ -308,10 +219,8 @@ def detect_layout(source: str | os.PathLike[str], layout: str = "auto") -> str:
 def _detect_layout(root: Path) -> str:
     if root.is_file():
         return "csv" if root.suffix.lower() == ".csv" else "plain"
-    children = [c for c in root.iterdir() if not c.name.startswith(".")]
-    has_images = any(c.is_file() and is_image_file(c.name) for c in children)
-    has_folders = any(c.is_dir() for c in children)
-    return "imagefolder" if has_folders and not has_images else "plain"
+    images, folders = top_level(root)
+    return "imagefolder" if folders and not images else "plain"
 
 
 def _read_csv(path: Path, exclude: Iterable[str | os.PathLike[str]]) -> Dataset:
@@ -322,7 +231,8 @@ def _read_csv(path: Path, exclude: Iterable[str | os.PathLike[str]]) -> Dataset:
     one is true?), naming both lines. A row repeating an earlier one exactly (same file,
     same label) is read once: nothing is lost, and the image is not counted twice.
     """
-    walker = _Walker(exclude)
+    rules = Exclusion(exclude)
+    problems: list[InputProblem] = []
     accepted = "expected UTF-8 text with a header line 'path,label'"
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -346,25 +256,25 @@ def _read_csv(path: Path, exclude: Iterable[str | os.PathLike[str]]) -> Dataset:
     for number, row in rows:
         written = (row.get("path") or "").strip()
         if not written:
-            walker.problems.append(InputProblem(path, f"line {number}: empty path"))
+            problems.append(InputProblem(path, f"line {number}: empty path"))
             continue
         file = Path(written) if Path(written).is_absolute() else path.parent / written
         label = (row.get("label") or "").strip() or None
-        identity = _identity(file)
-        if identity in seen:
-            first, first_label = seen[identity]
+        resolved = identity(file)
+        if resolved in seen:
+            first, first_label = seen[resolved]
             if first_label == label:
                 continue  # the same row again: read once
             raise ConvlensError(
                 f"{path}: lines {first} and {number} list {written} with different labels "
                 f"({first_label!r} and {label!r}); give each image one label (remove one of "
                 "the lines)")
-        seen[identity] = (number, label)
-        if walker.excluded(file, identity):
+        seen[resolved] = (number, label)
+        if rules.covers(file, resolved):
             continue
         entries.append(Entry(file, written.replace("\\", "/"), label))
     entries.sort(key=lambda e: e.relpath)
-    return Dataset(path, "csv", entries, walker.problems)
+    return Dataset(path, "csv", entries, problems)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -465,7 +375,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         entry = self.entries[index]
-        problem = _Walker.file_problem(entry.path)
+        problem = file_problem(entry.path)
         if problem is not None:
             return ("bad", problem)
         try:

@@ -12,9 +12,11 @@ and ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set, so a truncated file fails 
 instead of being padded with grey.
 
 Batch helpers live here too: :func:`expand_inputs` turns files and folders into a sorted
-list of image files (reporting bad inputs instead of raising, so one typo does not stop a
-batch), and :func:`safe_output_name` derives output file names that cannot escape the
-output directory.
+list of image files through the one folder walker, :mod:`convlens.io.walk` (reporting bad
+inputs instead of raising, so one typo does not stop a batch); :data:`IMAGE_EXTENSIONS`,
+:func:`is_image_file` and :class:`InputProblem` live there and are re-exported here; and
+:func:`safe_output_name` derives output file names that cannot escape the output
+directory.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import struct
 import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeAlias
 
@@ -34,6 +35,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from convlens.errors import ImageError
+from convlens.io.walk import IMAGE_EXTENSIONS, InputProblem, find_images, is_image_file
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -51,9 +53,6 @@ __all__ = [
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Largest image (width x height) :func:`load_image` decodes unless told otherwise."""
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-"""File extensions (lower case, with the dot) that count as image files."""
 
 ImageSource: TypeAlias = str | os.PathLike[str] | Image.Image | np.ndarray
 """Anything :func:`load_image` accepts."""
@@ -571,46 +570,15 @@ def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------ batch helpers
 
 
-@dataclass(frozen=True)
-class InputProblem:
-    """An input path that yielded no images, and why; reported instead of raised.
-
-    Attributes:
-        path: The path as the user gave it (or the sub-folder that could not be read).
-        reason: What went wrong, in words.
-    """
-
-    path: Path
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-def is_image_file(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` has an image file extension (case-insensitive).
-
-    Only the name is looked at, so this is cheap enough for walking large folders; the
-    content is checked later, by :func:`load_image`.
-
-    Args:
-        path: A file path; it need not exist.
-
-    Returns:
-        True for .jpg, .jpeg, .png, .bmp, .gif, .tif, .tiff and .webp.
-    """
-    return Path(os.fsdecode(os.fspath(path))).suffix.lower() in IMAGE_EXTENSIONS
-
-
 def expand_inputs(
     paths: Sequence[str | os.PathLike[str]], *, recursive: bool = True
 ) -> tuple[list[Path], list[InputProblem]]:
     """Turn the files and folders a user named into a sorted list of image files.
 
-    Folders are walked (into sub-folders when ``recursive``), skipping hidden files and
-    folders and anything without an image extension; symlinked folders are not followed,
-    so a link loop cannot hang the walk. Files named explicitly are kept even when hidden.
-    A file reached twice (named twice, or named and inside a named folder) is listed once.
+    The folders are walked by the one walker, :func:`convlens.io.walk.find_images`, under
+    its rules (docs/architecture.md, "Finding images"): hidden entries, symbolic links to
+    folders and convlens output folders are skipped, files named explicitly are kept even
+    when hidden, a file reached twice is listed once.
 
     Bad inputs do not raise: each becomes an :class:`InputProblem`, so a batch job can
     process what it found and report the rest.
@@ -621,86 +589,10 @@ def expand_inputs(
 
     Returns:
         ``(images, problems)``: the image files sorted by path, and one problem per missing
-        path, per non-image file, per folder without images and per unreadable sub-folder,
-        in input order.
+        path, per non-image file, per folder without images, per broken link and per
+        unreadable sub-folder, in input order.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    found: dict[Path, Path] = {}
-    problems: list[InputProblem] = []
-    for raw in paths:
-        images, issues = _expand_one(Path(os.fsdecode(os.fspath(raw))), recursive)
-        problems.extend(issues)
-        for image in images:
-            found.setdefault(_identity(image), image)
-    return sorted(found.values()), problems
-
-
-def _expand_one(path: Path, recursive: bool) -> tuple[list[Path], list[InputProblem]]:
-    """Expand a single user-given path into image files and problems."""
-    try:
-        info = path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        return [], [InputProblem(path, "not found")]
-    except (OSError, ValueError) as error:
-        return [], [InputProblem(path, f"cannot access path ({_one_line(error)})")]
-    if stat.S_ISDIR(info.st_mode):
-        return _expand_folder(path, recursive)
-    if not stat.S_ISREG(info.st_mode):
-        return [], [InputProblem(path, "not a regular file or folder")]
-    if not is_image_file(path):
-        return [], [
-            InputProblem(
-                path,
-                f"not an image file (extension {path.suffix!r}); "
-                f"expected one of {_extension_list()}",
-            )
-        ]
-    return [path], []
-
-
-def _expand_folder(folder: Path, recursive: bool) -> tuple[list[Path], list[InputProblem]]:
-    """Walk a folder for image files; an image-less folder is a problem too."""
-    images, problems = _walk_images(folder, recursive)
-    if not images and not problems:
-        where = "in folder or its sub-folders" if recursive else "directly in folder"
-        problems.append(
-            InputProblem(
-                folder,
-                f"no images found {where} (looked for {_extension_list()}; hidden files skipped)",
-            )
-        )
-    return images, problems
-
-
-def _walk_images(folder: Path, recursive: bool) -> tuple[list[Path], list[InputProblem]]:
-    """Image files under ``folder``, skipping hidden entries; unreadable folders reported."""
-    images: list[Path] = []
-    problems: list[InputProblem] = []
-
-    def report(error: OSError) -> None:
-        where = Path(error.filename) if error.filename else folder
-        problems.append(InputProblem(where, f"cannot read folder ({_one_line(error)})"))
-
-    for directory, subdirs, files in os.walk(folder, onerror=report):
-        subdirs[:] = [] if not recursive else [d for d in subdirs if not d.startswith(".")]
-        for name in files:
-            candidate = Path(directory) / name
-            if not name.startswith(".") and is_image_file(name) and candidate.is_file():
-                images.append(candidate)
-    return images, problems
-
-
-def _identity(path: Path) -> Path:
-    """A canonical key for de-duplicating files reached by different spellings."""
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):
-        return path.absolute()
-
-
-def _extension_list() -> str:
-    return ", ".join(sorted(IMAGE_EXTENSIONS))
+    return find_images(paths, recursive=recursive)
 
 
 # ---------------------------------------------------------------------- output naming
