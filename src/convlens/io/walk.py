@@ -43,6 +43,7 @@ __all__ = [
     "InputProblem",
     "file_problem",
     "find_images",
+    "identity",
     "is_image_file",
     "top_level",
     "walk_images",
@@ -88,7 +89,8 @@ def is_image_file(path: PathLike) -> bool:
         >>> is_image_file("holiday/IMG_0001.JPG"), is_image_file("notes.txt")
         (True, False)
     """
-    return Path(os.fsdecode(os.fspath(path))).suffix.lower() in IMAGE_EXTENSIONS
+    name = os.path.basename(os.fsdecode(os.fspath(path)))  # no pathlib: called per file
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def identity(path: Path) -> Path:
@@ -157,12 +159,18 @@ def walk_images(folder: PathLike, *, exclude: Iterable[PathLike] | Exclusion = (
     Example:
         >>> images, problems = walk_images("photos", exclude=["photos/out"])  # doctest: +SKIP
     """
-    root = _as_path(folder)
     rules = exclude if isinstance(exclude, Exclusion) else Exclusion(exclude)
+    images, problems = _walk(_as_path(folder), rules, recursive)
+    return [path for path, _ in images], problems
+
+
+def _walk(root: Path, rules: Exclusion, recursive: bool
+          ) -> tuple[list[tuple[Path, Path]], list[InputProblem]]:
+    """:func:`walk_images` with each image's real path (what de-duplication compares)."""
     tree = identity(root)
     if rules.covers(root, tree) or (root / OUTPUT_MARKER).exists():
         return [], [InputProblem(root, OUTPUT_FOLDER)]
-    images: list[Path] = []
+    images: list[tuple[Path, Path]] = []
     problems: list[InputProblem] = []
     pending = [(root, tree)]
     while pending:
@@ -170,7 +178,7 @@ def walk_images(folder: PathLike, *, exclude: Iterable[PathLike] | Exclusion = (
         images.extend(listing.images)
         problems.extend(listing.problems)
         pending.extend(reversed(listing.folders))  # depth first, in name order
-    return sorted(images, key=_order), problems
+    return sorted(images, key=lambda pair: _order(pair[0])), problems
 
 
 def top_level(folder: PathLike) -> tuple[list[Path], list[Path]]:
@@ -184,14 +192,16 @@ def top_level(folder: PathLike) -> tuple[list[Path], list[Path]]:
     if (root / OUTPUT_MARKER).exists():
         return [], []
     listing = _list_folder(root, tree, Exclusion(), tree, recursive=True)
-    return sorted(listing.images, key=_order), [path for path, _ in listing.folders]
+    return sorted((path for path, _ in listing.images), key=_order), [
+        path for path, _ in listing.folders]
 
 
 @dataclass
 class _Listing:
-    """One folder's share of a walk: its images, the sub-folders to enter, its problems."""
+    """One folder's share of a walk: its images and the sub-folders to enter (each with its
+    real path), its problems."""
 
-    images: list[Path] = field(default_factory=list)
+    images: list[tuple[Path, Path]] = field(default_factory=list)
     folders: list[tuple[Path, Path]] = field(default_factory=list)
     problems: list[InputProblem] = field(default_factory=list)
 
@@ -211,18 +221,22 @@ def _list_folder(directory: Path, resolved: Path, rules: Exclusion, tree: Path,
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        path, where = directory / entry.name, resolved / entry.name
         if _is_folder(entry):
+            path, where = directory / entry.name, resolved / entry.name
             if entry.is_symlink():
                 listing.problems.extend(_linked_folder(path, tree) if recursive else [])
             elif recursive and not rules.covers(path, where):
                 listing.folders.append((path, where))
         elif is_image_file(entry.name):
-            if rules.covers(path, identity(path) if entry.is_symlink() else where):
+            path, where = directory / entry.name, resolved / entry.name
+            link = entry.is_symlink()
+            real = identity(path) if link else where
+            if rules.covers(path, real):
                 continue
-            problem = file_problem(path)
+            # a plain regular file is known from the listing; anything else is looked at
+            problem = file_problem(path) if link or not _is_regular(entry) else None
             if problem is None:
-                listing.images.append(path)
+                listing.images.append((path, real))
             else:
                 listing.problems.append(problem)
     return listing
@@ -260,15 +274,15 @@ def find_images(paths: Sequence[PathLike] | PathLike, *,
         images, issues = (_named_folder(path, rules, recursive) if _is_dir(path)
                           else _named_file(path, rules))
         problems.extend(issues)
-        for image in images:
-            found.setdefault(identity(image), image)
+        for image, real in images:
+            found.setdefault(real, image)
     return sorted(found.values(), key=_order), problems
 
 
 def _named_folder(folder: Path, rules: Exclusion, recursive: bool
-                  ) -> tuple[list[Path], list[InputProblem]]:
+                  ) -> tuple[list[tuple[Path, Path]], list[InputProblem]]:
     """A folder the user named: walked; one where nothing was found is a problem too."""
-    images, problems = walk_images(folder, exclude=rules, recursive=recursive)
+    images, problems = _walk(folder, rules, recursive)
     if not images and not problems:
         where = "in folder or its sub-folders" if recursive else "directly in folder"
         problems.append(InputProblem(folder, f"no images found {where} (looked for "
@@ -277,7 +291,8 @@ def _named_folder(folder: Path, rules: Exclusion, recursive: bool
     return images, problems
 
 
-def _named_file(path: Path, rules: Exclusion) -> tuple[list[Path], list[InputProblem]]:
+def _named_file(path: Path, rules: Exclusion
+                ) -> tuple[list[tuple[Path, Path]], list[InputProblem]]:
     """A file the user named: kept even when hidden, if it is a readable image file."""
     problem = file_problem(path)
     if problem is None and not is_image_file(path):
@@ -285,7 +300,7 @@ def _named_file(path: Path, rules: Exclusion) -> tuple[list[Path], list[InputPro
                                      f"expected one of {_extensions()}")
     if problem is None and rules.covers(path):
         problem = InputProblem(path, "is inside the output folder; not read as input")
-    return ([], [problem]) if problem is not None else ([path], [])
+    return ([], [problem]) if problem is not None else ([(path, identity(path))], [])
 
 
 def _linked_folder(path: Path, tree: Path) -> list[InputProblem]:
@@ -300,6 +315,13 @@ def _linked_folder(path: Path, tree: Path) -> list[InputProblem]:
 def _is_folder(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_dir()  # follows links: a link to a folder is a folder here
+    except OSError:
+        return False
+
+
+def _is_regular(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=False)  # from the listing: no system call
     except OSError:
         return False
 
