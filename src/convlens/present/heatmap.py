@@ -1,14 +1,15 @@
 """From a raw attribution tensor to a 2-D map in [0, 1]: the presentation side.
 
 Computation returns raw, signed, unnormalised tensors; every decision about how to show
-them lives here: how colour channels are reduced, which sign is shown, and whether maps are
-scaled per image (each map uses the full colour range) or per batch (maps of the same
-method share one scale, so a weak explanation looks weak: per-image scaling alone hides
-magnitudes, a common complaint about peer libraries).
+them lives here: which sign is shown, and whether maps are scaled per image (each map uses
+the full colour range) or per batch (maps of the same method share one scale, so a weak
+explanation looks weak: per-image scaling alone hides magnitudes, a common complaint about
+peer libraries).
 
-How a method's raw output becomes a per-pixel map (channels reduced, offset removed) is the
-method's own :meth:`convlens.attribution.registry.Method.to_map`, shared with the audit and
-the metrics; :func:`reduce_channels` and :func:`remove_offset` are its steps, named here too.
+How a method's raw output becomes a per-pixel map (channels reduced, offset removed) is not
+a presentation choice but the method's own :meth:`convlens.attribution.registry.Method.to_map`,
+shared with the audit and the metrics; :func:`reduce_channels` and :func:`remove_offset`, its
+steps, are re-exported here.
 """
 
 from __future__ import annotations
