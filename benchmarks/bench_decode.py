@@ -43,7 +43,7 @@ import convlens
 from convlens.attribution.core import attribute, get_method
 from convlens.io.images import load_reduced
 from convlens.io.samples import sample_images
-from convlens.present.heatmap import apply_sign, reduce_channels
+from convlens.present.heatmap import apply_sign
 
 SIZE = (4000, 3000)
 MARGINS = {"full": None, "margin 1": 1, "margin 2": 2}
@@ -108,7 +108,7 @@ def time_decoding(preprocessings: dict, photos: list[Path], rounds: int) -> None
 def _gradcam(classifier, x: torch.Tensor, target: int) -> torch.Tensor:
     spec = get_method("gradcam")
     raw = attribute(classifier, x[None], "gradcam", target=torch.tensor([target]))
-    return apply_sign(reduce_channels(raw, spec.channel_reduction), "positive")[0].double()
+    return apply_sign(spec.to_map(raw), "positive")[0].double()
 
 
 def compare_maps(classifier, preprocessings: dict, photos: list[Path]) -> None:

@@ -6,11 +6,11 @@ then additionally the head convolution, ``blocks.15``, ``blocks.14``, ... down t
 always on a deep copy of the bundled EfficientNet-Lite0 (the original is checked unchanged at
 the end). After each stage, every method's map for the same images and the same target (the
 original model's prediction) is compared with the map of the trained model by Spearman rank
-correlation, on the 2-D presentation map: channels reduced as presentation does
-(``convlens.present.heatmap.reduce_channels`` with the method's ``channel_reduction``), then the
-absolute value, as in the paper; layer-space maps are bilinearly upsampled to the input size
-first. A low correlation means the method is sensitive to the weights (it passes); a method
-whose maps barely change (guided backprop in the paper) is mostly showing the input.
+correlation, on the 2-D presentation map: the method's own map (``Method.to_map``: channels
+reduced by the method's ``channel_reduction``, RISE's offset removed; layer-space maps bilinearly
+upsampled to the input size), then the absolute value, as in the paper. A low correlation
+means the method is sensitive to the weights (it passes); a method whose maps barely change
+(guided backprop in the paper) is mostly showing the input.
 
 Re-initialisation follows the model's own (TensorFlow EfficientNet) scheme, drawn from a seeded
 ``torch.Generator``: convolution kernels ~ N(0, 2 / fan_out), the classifier ~ U(+-1/sqrt(1000)),
@@ -44,7 +44,6 @@ sys.path.insert(0, str(HERE))
 from _timing import format_facts, machine_facts  # noqa: E402
 
 import convlens  # noqa: E402
-from convlens.present.heatmap import reduce_channels, upsample  # noqa: E402
 
 # Options that keep each stage affordable on 2 CPU cores (documented in the output).
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -89,9 +88,8 @@ def reinitialise(module: nn.Module, generator: torch.Generator) -> None:
 
 def presentation(method: convlens.Method, attribution: torch.Tensor, size: tuple[int, int]
                  ) -> np.ndarray:
-    """(N, H, W) |channel-reduced map|, layer maps upsampled to the input size."""
-    maps = reduce_channels(attribution.detach().float().cpu(), method.channel_reduction)
-    return upsample(maps, size).abs().numpy()
+    """(N, H, W) |the method's map| (``Method.to_map``), layer maps upsampled to the input."""
+    return method.to_map(attribution.detach().float().cpu(), size).abs().numpy()
 
 
 def fingerprint(model: nn.Module) -> str:

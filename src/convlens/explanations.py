@@ -46,8 +46,6 @@ from convlens.present.heatmap import (
     display_percentile,
     image_peaks,
     is_empty,
-    reduce_channels,
-    remove_offset,
     to_unit,
 )
 
@@ -553,11 +551,8 @@ def _probabilities(classifier: Classifier, outputs: torch.Tensor) -> torch.Tenso
 
 
 def _shown_maps(attribution: torch.Tensor, spec: Method, sign: str) -> torch.Tensor:
-    """``(N, H, W)`` maps as shown: channels reduced, offset removed, sign applied."""
-    maps = reduce_channels(attribution, spec.channel_reduction)
-    if spec.offset:
-        maps = remove_offset(maps)
-    return apply_sign(maps, sign)
+    """``(N, H, W)`` maps as shown: the method's map (:meth:`Method.to_map`), sign applied."""
+    return apply_sign(spec.to_map(attribution), sign)
 
 
 def _notes(exp: Explanation, classifier: Classifier,

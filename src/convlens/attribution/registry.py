@@ -9,20 +9,56 @@ This module imports nothing of the family modules (as timm's ``_registry.py``): 
 import :func:`register` from here, and the package (``convlens/attribution/__init__.py``)
 imports every family once, so any lookup through ``convlens.attribution`` sees them all.
 ``attribution/core.py`` re-exports these names (docs/architecture.md, "Layers").
+
+:meth:`Method.to_map` is the one map reduction: every consumer of a method's raw output
+(presentation, the audit's stored maps and scores, the metrics, the randomisation tests)
+turns it into per-pixel maps through it, so they all see the same map.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from convlens.errors import MethodError, check_finite_options, unknown_choice
 
 FAMILIES = ("gradient", "cam", "perturbation", "relevance")
+CHANNEL_REDUCTIONS = ("sum", "max_abs")
+
+
+def reduce_channels(attribution: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """``(N, C, H, W)`` -> ``(N, H, W)``: sum over channels, or max of absolute values.
+
+    A single ``(C, H, W)`` map is taken as a batch of one. The dtype is kept, so a caller
+    that wants float64 maps converts before reducing.
+    """
+    if attribution.dim() == 3:
+        attribution = attribution.unsqueeze(0)
+    if reduction == "max_abs":
+        return attribution.abs().amax(dim=1)
+    if reduction == "sum":
+        return attribution.sum(dim=1)
+    raise MethodError(f"unknown channel reduction {reduction!r}; valid: "
+                      f"{', '.join(CHANNEL_REDUCTIONS)} (set on the method's registration)")
+
+
+def remove_offset(maps: torch.Tensor) -> torch.Tensor:
+    """Subtract each ``(N, H, W)`` map's minimum (for methods whose maps carry an offset)."""
+    return maps - maps.flatten(1).amin(dim=1).view(-1, 1, 1)
+
+
+def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of ``(N, h, w)`` maps to ``size`` = (H, W), dtype kept; unchanged
+    when already that size."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode="bilinear",
+                         align_corners=False).squeeze(1)
 
 
 @dataclass(frozen=True)
@@ -40,9 +76,10 @@ class Method:
         compute: ``compute(problem, **options)`` for ordinary methods.
         combine: ``combine(activations, gradients, **options)`` for gradient-weighted CAMs.
         signed: Whether the raw map carries a meaningful sign (presentation uses it).
-        channel_reduction: How presentation turns (C, H, W) into (H, W): ``"max_abs"`` or ``"sum"``.
+        channel_reduction: How :meth:`to_map` turns (C, H, W) into (H, W): ``"max_abs"`` or
+            ``"sum"``.
         offset: The map carries an arbitrary constant offset (RISE's is the mean class
-            probability); presentation subtracts each map's minimum before scaling.
+            probability); :meth:`to_map` subtracts each map's minimum.
         needs_class_index: Why the method needs a class index (e.g. it weighs by the
             class's softmax probability over all classes), or ``None`` when it explains any
             score; score-function targets are refused with this reason.
@@ -82,6 +119,25 @@ class Method:
         check_finite_options(self.name, options, self.options, MethodError)
         return {**self.options, **options}
 
+    def to_map(self, raw: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+        """The method's raw output -> per-pixel maps ``(N, H, W)``: the one map reduction.
+
+        Channels (colour channels of an input-space map, concepts of a ``concepts`` map) are
+        reduced by :attr:`channel_reduction`, an arbitrary offset (:attr:`offset`, RISE) is
+        removed by subtracting each map's minimum, and with ``size`` the maps are resized
+        bilinearly (a layer map to the input). No sign is applied and nothing is normalised:
+        that is each consumer's choice. The dtype is kept (convert ``raw`` first for float64).
+
+        Example:
+            >>> import convlens as cl, torch
+            >>> cl.get_method("saliency").to_map(torch.ones(2, 3, 4, 4)).shape
+            torch.Size([2, 4, 4])
+        """
+        maps = reduce_channels(raw, self.channel_reduction)
+        if self.offset:
+            maps = remove_offset(maps)
+        return maps if size is None else upsample_maps(maps, size)
+
 
 _REGISTRY: dict[str, Method] = {}
 
@@ -97,6 +153,8 @@ def register(name: str, *, family: str, space: str = "input", reference: str, su
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}")
+    if channel_reduction not in CHANNEL_REDUCTIONS:
+        raise ValueError(f"channel_reduction must be one of {CHANNEL_REDUCTIONS}")
 
     def decorate(fn: Callable) -> Callable:
         options = {

@@ -69,17 +69,12 @@ class _Recorder(nn.Module):
 def downsize(raw: torch.Tensor, spec: Method, size: int) -> np.ndarray:
     """Raw attributions ``(N, C, H, W)`` -> float16 maps ``(N, size, size)`` for storage.
 
-    Channels are reduced as presentation does (``spec.channel_reduction``), an offset
-    (RISE) is removed, and the map is resized with area averaging (shrinking) or bilinear
+    The map is the method's own (:meth:`Method.to_map`: channels reduced as presentation
+    does, an offset (RISE) removed), resized with area averaging (shrinking) or bilinear
     interpolation (a 7x7 CAM growing to 32x32). Values are not normalised: SpRAy does that,
     and a weak map stays weak. Values are clipped to the float16 range.
     """
-    maps = raw.detach().float()
-    if maps.shape[1] > 1:
-        maps = maps.abs().amax(dim=1, keepdim=True) if spec.channel_reduction == "max_abs" \
-            else maps.sum(dim=1, keepdim=True)
-    if spec.offset:
-        maps = maps - maps.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
+    maps = spec.to_map(raw.detach().float()).unsqueeze(1)
     if maps.shape[-1] >= size and maps.shape[-2] >= size:
         maps = F.adaptive_avg_pool2d(maps, size)
     else:

@@ -140,7 +140,7 @@ class _ReportMapWorker:
     def __call__(self, batch: Any) -> list[tuple[int, int, np.ndarray]]:
         """``(entry index, target, map (H, W) float32)`` for every wanted pair of the batch."""
         from convlens.attribution.core import attribute
-        from convlens.present.heatmap import apply_sign, reduce_channels, remove_offset, upsample
+        from convlens.present.heatmap import apply_sign, upsample
 
         f, spec = self.factory, self.spec
         pairs = [(position, target) for position, item in enumerate(batch.items)
@@ -152,10 +152,7 @@ class _ReportMapWorker:
         layer = f.layer if spec.needs_layer else None
         raw = attribute(classifier, x, spec.name, target=torch.tensor([t for _, t in pairs]),
                         layer=layer, **f.options)
-        maps = reduce_channels(raw, spec.channel_reduction)
-        if spec.offset:
-            maps = remove_offset(maps)
-        maps = apply_sign(maps, "positive")
+        maps = apply_sign(spec.to_map(raw), "positive")
         maps = upsample(maps, tuple(x.shape[-2:])).cpu().numpy()
         return [(batch.items[p].index, t, maps[k]) for k, (p, t) in enumerate(pairs)]
 

@@ -196,18 +196,14 @@ def bootstrap_interval(values: np.ndarray, resamples: int, seed: int
 
 
 def two_d_maps(method: str, a: torch.Tensor) -> torch.Tensor:
-    """The map as presentation reads it: ``(N, 1, h, w)``, channels reduced, offset removed.
+    """The map as presentation reads it: ``(N, 1, h, w)``, the method's
+    :meth:`~convlens.attribution.registry.Method.to_map` (channels reduced, offset removed).
 
     Public so that the audit (:mod:`convlens.auditing.scoring`) scores exactly the maps
     ``evaluate`` scores."""
     from convlens.attribution.core import get_method
 
-    spec = get_method(method)
-    maps = a.abs().amax(1, keepdim=True) if spec.channel_reduction == "max_abs" else a.sum(
-        1, keepdim=True)
-    if spec.offset:
-        maps = maps - maps.flatten(1).amin(1).view(-1, 1, 1, 1)
-    return maps
+    return get_method(method).to_map(a).unsqueeze(1)
 
 
 _two_d = two_d_maps

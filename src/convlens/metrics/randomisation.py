@@ -61,14 +61,11 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 def presentation_maps(method: str, attribution: torch.Tensor, size: Sequence[int],
                       absolute: bool = True) -> torch.Tensor:
-    """``(N, H, W)`` float64: channels reduced as presentation does, upsampled, |.|."""
+    """``(N, H, W)`` float64: the map as presentation reads it (:meth:`Method.to_map`:
+    channels reduced, offset removed), upsampled to ``size``, |.| when ``absolute``."""
     from convlens.attribution.core import get_method
 
-    a = attribution.detach().double()
-    maps = a.abs().amax(1) if get_method(method).channel_reduction == "max_abs" else a.sum(1)
-    if tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear",
-                             align_corners=False)[:, 0]
+    maps = get_method(method).to_map(attribution.detach().double(), size)
     return maps.abs() if absolute else maps
 
 

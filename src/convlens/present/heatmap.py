@@ -1,10 +1,15 @@
 """From a raw attribution tensor to a 2-D map in [0, 1]: the presentation side.
 
 Computation returns raw, signed, unnormalised tensors; every decision about how to show
-them lives here: how colour channels are reduced, which sign is shown, and whether maps are
-scaled per image (each map uses the full colour range) or per batch (maps of the same
-method share one scale, so a weak explanation looks weak: per-image scaling alone hides
-magnitudes, a common complaint about peer libraries).
+them lives here: which sign is shown, and whether maps are scaled per image (each map uses
+the full colour range) or per batch (maps of the same method share one scale, so a weak
+explanation looks weak: per-image scaling alone hides magnitudes, a common complaint about
+peer libraries).
+
+How a method's raw output becomes a per-pixel map (channels reduced, offset removed) is not
+a presentation choice but the method's own :meth:`convlens.attribution.registry.Method.to_map`,
+shared with the audit and the metrics; :func:`reduce_channels` and :func:`remove_offset`, its
+steps, are re-exported here.
 """
 
 from __future__ import annotations
@@ -12,29 +17,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
+from convlens.attribution.registry import (  # noqa: F401  (the two steps re-exported)
+    reduce_channels,
+    remove_offset,
+    upsample_maps,
+)
 from convlens.errors import MethodError
 
 SIGNS = ("positive", "negative", "absolute", "all")
 NORMALIZATIONS = ("image", "batch")
-
-
-def reduce_channels(attribution: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """``(N, C, H, W)`` -> ``(N, H, W)``: sum over channels, or max of absolute values."""
-    if attribution.dim() == 3:
-        attribution = attribution.unsqueeze(0)
-    if reduction == "max_abs":
-        return attribution.abs().amax(dim=1)
-    if reduction == "sum":
-        return attribution.sum(dim=1)
-    raise MethodError(f"unknown channel reduction {reduction!r}; valid: sum, max_abs "
-                      "(set on the method's registration)")
-
-
-def remove_offset(maps: torch.Tensor) -> torch.Tensor:
-    """Subtract each ``(N, H, W)`` map's minimum (for methods whose maps carry an offset)."""
-    return maps - maps.flatten(1).amin(dim=1).view(-1, 1, 1)
 
 
 def apply_sign(maps: torch.Tensor, sign: str) -> torch.Tensor:
@@ -51,11 +43,10 @@ def apply_sign(maps: torch.Tensor, sign: str) -> torch.Tensor:
 
 
 def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of ``(N, h, w)`` maps to ``size`` = (H, W)."""
+    """Bilinear resize of ``(N, h, w)`` maps to ``size`` = (H, W), in float32 for display."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
-    return F.interpolate(maps.unsqueeze(1).float(), size=tuple(size), mode="bilinear",
-                         align_corners=False).squeeze(1)
+    return upsample_maps(maps.float(), size)
 
 
 def image_peaks(maps: torch.Tensor, percentile: float = 100.0) -> torch.Tensor:
