@@ -62,8 +62,6 @@ MODULE_LAYER = {"convlens.objectives": "visualization", "convlens.preprocessing"
 # imports (importer, imported), from issue 19. Remove an entry when the code stops doing it.
 KNOWN_CYCLES: set[frozenset[str]] = {
     frozenset({"convlens.metrics.display", "convlens.metrics.evaluate"}),
-    # load_model reads a corrected model's folder, which loads its base model by load_model.
-    frozenset({"convlens.models.corrected", "convlens.models.loading"}),
 }
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 
