@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens._hooks import HookSession, evaluation_mode
+from convlens.attribution.core import attribute, get_method
 from convlens.attribution.targets import TargetLike
 from convlens.metrics.core import (
     MetricError,
@@ -62,8 +63,6 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 def presentation_maps(method: str, attribution: torch.Tensor, size: Sequence[int],
                       absolute: bool = True) -> torch.Tensor:
     """``(N, H, W)`` float64: channels reduced as presentation does, upsampled, |.|."""
-    from convlens.attribution.core import get_method
-
     a = attribution.detach().double()
     maps = a.abs().amax(1) if get_method(method).channel_reduction == "max_abs" else a.sum(1)
     if tuple(maps.shape[-2:]) != tuple(size):
@@ -193,8 +192,6 @@ def model_randomisation(model: nn.Module, x: torch.Tensor, method: str,
         Scores whose ``stages`` hold the per-image similarity after each cumulative stage
         (names ``"classifier"``, ``"+head"``, ...) and whose values are their mean.
     """
-    from convlens.attribution.core import attribute
-
     check_choice("similarity", similarity, ("spearman", "pearson", "ssim"))
     options = dict(units=None if units is None else list(units), stages=stages,
                    similarity=similarity, absolute=absolute, seed=seed)
@@ -271,8 +268,6 @@ def random_logit(model: nn.Module, x: torch.Tensor, method: str, target: TargetL
         method_options: The method's options.
         maps: The method's maps for the explained class, when already computed.
     """
-    from convlens.attribution.core import attribute
-
     check_choice("similarity", similarity, ("ssim", "spearman", "pearson"))
     options = dict(similarity=similarity, absolute=absolute, seed=seed)
     module, labels = unwrap(model)
