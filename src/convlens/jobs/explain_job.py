@@ -95,7 +95,7 @@ class JobOutcome:
         skipped: Images skipped because an earlier run had finished them.
         problems: Bad inputs of this run: ``{"path", "error"}``.
         results: ``OUT/results.json``.
-        page: ``OUT/index.html`` when the page module is installed, else ``None``.
+        page: ``OUT/index.html``, or ``None`` when the job was asked for no page.
     """
 
     records: int
@@ -140,8 +140,8 @@ class ExplainJob:
     Files written (``NAME`` is a sanitised stem, unique in ``out``, that cannot escape it):
     ``NAME.METHOD.png`` per method (``NAME.classC.METHOD.png`` with ``top:K``, one per
     class C), ``NAME.grid.png`` per image (with ``top:K`` one grid holding the K classes,
-    one row each), ``results.json``, ``records/`` (the store) and ``index.html`` (when
-    :mod:`convlens.present.pages` is installed). See the module docstring for resuming,
+    one row each), ``results.json``, ``records/`` (the store) and ``index.html``
+    (:mod:`convlens.present.pages`). See the module docstring for resuming,
     ``normalize="batch"`` and how results are laid out.
 
     Args:
