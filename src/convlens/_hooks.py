@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from convlens.errors import LayerError, UnsupportedModelError
+
 
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
@@ -84,8 +86,6 @@ class Capture:
     def output(self) -> torch.Tensor:
         """The output of the last call; a clear error if the module never ran."""
         if not self.outputs:
-            from convlens.errors import LayerError
-
             raise LayerError(
                 f"layer {self.name!r} did not run during the forward pass; choose a layer "
                 "that the model's forward actually calls (see `convlens layers`)"
@@ -125,8 +125,6 @@ class HookSession:
         try:
             handle = module.register_forward_hook(hook)
         except (RuntimeError, AttributeError) as error:  # TorchScript modules refuse hooks
-            from convlens.errors import UnsupportedModelError
-
             raise UnsupportedModelError(
                 f"cannot hook module {type(module).__name__}: {error}. Layer-based methods "
                 "need an eager nn.Module; load the architecture in Python (factory + weights) "
@@ -167,8 +165,6 @@ class HookSession:
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> torch.Tensor:
             if not isinstance(output, torch.Tensor):
-                from convlens.errors import LayerError
-
                 raise LayerError(
                     f"layer {name!r} returns {type(output).__name__}, not a tensor; "
                     "choose a layer with a single tensor output"
@@ -188,8 +184,6 @@ def named_module(model: nn.Module, module: nn.Module) -> str:
     for name, candidate in model.named_modules():
         if candidate is module:
             return name
-    from convlens.errors import LayerError
-
     raise LayerError(
         f"module {type(module).__name__} is not part of the model; pass one of its layers "
         "or a dotted name from `convlens layers`"

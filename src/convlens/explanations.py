@@ -36,7 +36,10 @@ from convlens.attribution.targets import (
     score_name,
 )
 from convlens.errors import ConvlensWarning, MethodError, TargetError
+from convlens.files import ensure_folder, save_image_atomic
+from convlens.io.images import load_image
 from convlens.models.classifier import Classifier, ImageLike, Prepared, as_classifier
+from convlens.models.layers import resolve_layer
 from convlens.preprocessing import Geometry, coverage_mask, map_to_original
 from convlens.present import figures
 from convlens.present.heatmap import (
@@ -116,8 +119,6 @@ class Explanation:
             return self.photo
         if self.source is None:
             raise ValueError("this explanation has neither a photo nor a source file")
-        from convlens.io.images import load_image
-
         return load_image(self.source)
 
     def display_image(self, max_side: int = DISPLAY_SIDE) -> Image.Image:
@@ -211,8 +212,6 @@ class Explanation:
 
     def save(self, directory: str | Path, *, prefix: str | None = None) -> list[Path]:
         """Write one overlay PNG per method and the grid into ``directory``."""
-        from convlens.files import ensure_folder, save_image_atomic
-
         directory = ensure_folder(directory)
         stem = prefix or self.name
         written = [save_image_atomic(self.overlay(name), directory / f"{stem}.{name}.png")
@@ -599,8 +598,6 @@ def _concepts_note(name: str, layer: str | None, options: Mapping[str, Any]) -> 
 
 
 def _layer_name(classifier: Classifier, layer: Any, x: torch.Tensor) -> str:
-    from convlens.models.layers import resolve_layer
-
     if layer is None:
         return classifier.default_layer(x.shape[1:])
     if isinstance(layer, (list, tuple)):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from convlens.errors import ModelLoadError, non_finite
+from convlens.io.images import DEFAULT_MAX_PIXELS, load_image, load_reduced
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -243,8 +244,6 @@ class Preprocessing:
         Raises:
             ImageError: the file cannot be read (see :func:`convlens.io.images.load_image`).
         """
-        from convlens.io.images import DEFAULT_MAX_PIXELS, load_image, load_reduced
-
         cap = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
         image, full = load_reduced(path, self.decode_size, max_pixels=cap)
         resized, geometry = self.resize_image(image, full_size=full)

@@ -216,16 +216,16 @@ def test_as_classifier_wraps_modules_without_touching_them(snapshot) -> None:
 
 
 def test_the_default_layer_is_derived_once_per_input_shape(monkeypatch) -> None:
-    import convlens.models.layers as layers
+    import convlens.models.classifier as classifier_module
 
     calls = []
-    original = layers.default_layer_name
+    original = classifier_module.default_layer_name
 
     def counting(*args, **kwargs):
         calls.append(args[1])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(layers, "default_layer_name", counting)
+    monkeypatch.setattr(classifier_module, "default_layer_name", counting)
     clf = cl.Classifier(seeded(TinyVGG(), dtype=torch.float32), input_size=16, device="cpu")
     x = _x().float()
     for _ in range(3):

@@ -44,6 +44,7 @@ from convlens.errors import (
     MethodError,
     TargetError,
 )
+from convlens.models.classifier import as_classifier
 from convlens.models.layers import resolve_layer
 from convlens.models.outputs import OutputKey, model_failure, select_output
 from convlens.models.tokens import TokenLayout, infer_layout, to_grid
@@ -232,8 +233,6 @@ def attribute(model: nn.Module, x: torch.Tensor, method: str | Sequence[str], ta
     Example:
         >>> a = attribute(model, x, "integrated_gradients", target=281, steps=32)  # doctest: +SKIP
     """
-    from convlens.models.classifier import as_classifier
-
     classifier = as_classifier(model)
     module, labels = classifier.module, classifier.labels
     if output is None:

@@ -41,6 +41,7 @@ from convlens.attribution.relevance.methods import RulesOption, _factory
 from convlens.attribution.relevance.propagation import Propagation
 from convlens.attribution.targets import TargetLike
 from convlens.errors import ConvlensWarning, LayerError, MethodError, UnsupportedModelError
+from convlens.models.classifier import as_classifier
 from convlens.models.outputs import OutputKey
 
 _CRP = ("Achtibat et al. 2023, From attribution maps to human-understandable explanations "
@@ -264,8 +265,6 @@ def conditional_maps(graph: _LayerGraph, channels: int | Sequence[int] | None, t
 
 def _problem(model: nn.Module, layer: Any, output: OutputKey) -> tuple[Any, nn.Module, OutputKey]:
     """The Classifier, its module and the output to explain; one layer only."""
-    from convlens.models.classifier import as_classifier
-
     classifier = as_classifier(model)
     module = classifier.module
     if isinstance(layer, (list, tuple)):

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from convlens.errors import ImageError
+from convlens.files import ensure_folder, save_image_atomic
 from convlens.io.images import load_image
 
 __all__ = ["SAMPLE_NAMES", "sample_images", "sample_paths"]
@@ -86,8 +87,6 @@ def sample_paths(directory: Path) -> list[Path]:
         ImageError: The sample data could not be read.
         OSError: The directory or a file could not be written.
     """
-    from convlens.files import ensure_folder, save_image_atomic
-
     directory = ensure_folder(directory)
     return [save_image_atomic(image, directory / f"{name}.png", format="PNG")
             for name, image in sample_images().items()]

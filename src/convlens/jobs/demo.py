@@ -19,8 +19,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from convlens.attribution.core import get_method
+from convlens.attribution.core import methods as registered
 from convlens.errors import ConvlensError
+from convlens.explanations import explain
 from convlens.files import check_output, claim_output, save_image_atomic, write_text_atomic
+from convlens.io.samples import SAMPLE_NAMES, sample_images
+from convlens.models import loading
+from convlens.preprocessing import coverage_mask
+from convlens.present.html import data_uri
+from convlens.present.pages import describe_options, group_by_family, method_info, panel, render
+from convlens.present.views import dimmed_overlay, is_pixel_level, map_image
+from convlens.visualization.gallery import demo_gallery, precomputed_gallery
 
 DEFAULT_SAMPLES = ("chelsea", "coffee")
 
@@ -78,11 +88,6 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
     Raises:
         ConvlensError: An unknown method or sample name.
     """
-    from convlens.attribution.core import get_method
-    from convlens.attribution.core import methods as registered
-    from convlens.io.samples import SAMPLE_NAMES
-    from convlens.models.loading import load_model
-
     started, cpu_started = time.perf_counter(), time.process_time()
     out = Path(out)
     check_output(out, option="--out")
@@ -98,7 +103,7 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
     if unknown:
         raise ConvlensError(f"unknown sample(s) {unknown}; valid: {', '.join(SAMPLE_NAMES)}")
     options = FULL_OPTIONS if full else LIGHT_OPTIONS
-    classifier = load_model(device=device)
+    classifier = loading.load_model(device=device)  # by module: a test swaps in a tiny model
     with claim_output(out, what="convlens demo"):
         return _write_demo(out, classifier, chosen, names, options, full, features,
                            started, cpu_started)
@@ -108,8 +113,6 @@ def _write_demo(out: Path, classifier: Any, chosen: list[str], names: list[str],
                 options: Mapping[str, Mapping[str, Any]], full: bool, features: bool,
                 started: float, cpu_started: float) -> Path:
     """The demo's files, written into the claimed folder ``out``."""
-    from convlens.io.samples import sample_images
-
     photos = sample_images()
     paths = [save_image_atomic(photos[sample], out / "samples" / f"{sample}.png")
              for sample in chosen]
@@ -131,8 +134,6 @@ def _write_demo(out: Path, classifier: Any, chosen: list[str], names: list[str],
          "methods; `convlens demo --full` shows everything"),
         ("generated in", f"{wall:.0f} s wall, {cpu:.0f} s CPU (this process)"),
     ]
-    from convlens.present.pages import render
-
     page = out / "index.html"
     write_text_atomic(page, render({
         "title": "convlens demo", "header": header, "samples": sample_sections,
@@ -146,8 +147,6 @@ def _explain_each(classifier: Any, paths: list[Path], names: list[str],
                   ) -> tuple[dict[str, list[Any]], dict[str, tuple[float, float]]]:
     """One explain() call per method, so each method's time can be shown on the page."""
     from rich.progress import Progress
-
-    from convlens.explanations import explain
 
     per_method: dict[str, list[Any]] = {}
     timings: dict[str, tuple[float, float]] = {}
@@ -165,11 +164,6 @@ def _explain_each(classifier: Any, paths: list[Path], names: list[str],
 def _sample_section(out: Path, path: Path, index: int, names: list[str],
                     per_method: dict[str, list[Any]], timings: dict[str, tuple[float, float]],
                     options: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from convlens.preprocessing import coverage_mask
-    from convlens.present.html import data_uri
-    from convlens.present.pages import describe_options, group_by_family, method_info, panel
-    from convlens.present.views import dimmed_overlay, is_pixel_level, map_image
-
     count = len(per_method[names[0]])
     first = per_method[names[0]][index]
     panels = []
@@ -205,9 +199,6 @@ def _sample_section(out: Path, path: Path, index: int, names: list[str],
 
 def _feature_groups(classifier: Any, out: Path, full: bool) -> list[dict[str, Any]]:
     """The feature section: the committed set, or (``full``) the live gallery."""
-    from convlens.present.html import data_uri
-    from convlens.visualization.gallery import demo_gallery, precomputed_gallery
-
     if full:
         records = demo_gallery(classifier, out / "features")
         made = "rendered live by `convlens demo --full`"

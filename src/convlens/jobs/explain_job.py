@@ -35,7 +35,6 @@ files (``errors``) and every record (``images``). To read all records without it
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import warnings
@@ -48,12 +47,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from convlens import explanations as explanations_module
+from convlens.attribution.core import get_method
 from convlens.errors import ConvlensError, ConvlensWarning, OutputError
 from convlens.files import atomic_output, claim_output, write_json_atomic
 from convlens.io.datasets import Batch, Entry, batches, scan_inputs
 from convlens.io.images import InputProblem, load_image, safe_output_name
 from convlens.models.classifier import Classifier, Prepared
 from convlens.preprocessing import Geometry, coverage_mask, map_to_original
+from convlens.present import figures, pages
+from convlens.present import views as views_module
+from convlens.present.heatmap import is_empty, to_unit
 from convlens.present.views import is_pixel_level
 from convlens.progress import ProgressCallback, emit
 from convlens.store import ResultStore
@@ -91,7 +95,7 @@ class JobOutcome:
         skipped: Images skipped because an earlier run had finished them.
         problems: Bad inputs of this run: ``{"path", "error"}``.
         results: ``OUT/results.json``.
-        page: ``OUT/index.html`` when the page module is installed, else ``None``.
+        page: ``OUT/index.html``, or ``None`` when the job was asked for no page.
     """
 
     records: int
@@ -120,8 +124,6 @@ def group_methods(methods: Sequence[str], options: Mapping[str, Mapping[str, Any
 
 def _validate_options(methods: Sequence[str], options: Mapping[str, Mapping[str, Any]]
                       ) -> dict[str, dict[str, Any]]:
-    from convlens.attribution.core import get_method
-
     unknown = sorted(set(options) - set(methods))
     if unknown:
         raise ConvlensError(f"options given for {', '.join(unknown)}, which is not among the "
@@ -138,8 +140,8 @@ class ExplainJob:
     Files written (``NAME`` is a sanitised stem, unique in ``out``, that cannot escape it):
     ``NAME.METHOD.png`` per method (``NAME.classC.METHOD.png`` with ``top:K``, one per
     class C), ``NAME.grid.png`` per image (with ``top:K`` one grid holding the K classes,
-    one row each), ``results.json``, ``records/`` (the store) and ``index.html`` (when
-    :mod:`convlens.present.pages` is installed). See the module docstring for resuming,
+    one row each), ``results.json``, ``records/`` (the store) and ``index.html``
+    (:mod:`convlens.present.pages`). See the module docstring for resuming,
     ``normalize="batch"`` and how results are laid out.
 
     Args:
@@ -302,8 +304,6 @@ class ExplainJob:
     def _explain_batch(self, batch: Batch, names: Mapping[str, str]
                        ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Explain the decoded items of one batch: records (+ stored maps for batch scaling)."""
-        from convlens.explanations import explain
-
         stems = [names[item.relpath] for item in batch.items]
         images = [batch.image(k) for k in range(len(batch.items))]
         # the batch's own network inputs (load_file: the same pixels as audit's), not a
@@ -315,11 +315,10 @@ class ExplainJob:
             layer = opts.pop("layer", self.layer)
             with warnings.catch_warnings():  # the notes go into the records instead
                 warnings.simplefilter("ignore", ConvlensWarning)
-                per_group.append((methods, explain(self.classifier, prepared, methods,
-                                                   target=self.target, layer=layer,
-                                                   normalize="image", sign=_SIGN,
-                                                   names=stems, batch_size=self.batch_size,
-                                                   method_options=opts)))
+                per_group.append((methods, explanations_module.explain(
+                    self.classifier, prepared, methods, target=self.target, layer=layer,
+                    normalize="image", sign=_SIGN, names=stems, batch_size=self.batch_size,
+                    method_options=opts)))
         rows = len(per_group[0][1])
         per_image = rows // len(batch.items)
         records: list[dict[str, Any]] = []
@@ -387,9 +386,6 @@ class ExplainJob:
                       views: Sequence[tuple[dict[str, Any], dict[str, torch.Tensor]]],
                       scales: Mapping[str, float] | None) -> None:
         """Overlays per target and method, then one grid for the image (all its targets)."""
-        from convlens.present import figures
-        from convlens.present import views as views_module
-
         rows = []
         seen = coverage_mask(geometry)
         for record, maps in views:
@@ -502,11 +498,7 @@ class ExplainJob:
             raise
 
     def _write_page(self, store: ResultStore, problems: list[dict[str, str]]) -> Path | None:
-        """``index.html`` via :mod:`convlens.present.pages`, when that module is installed."""
-        if importlib.util.find_spec("convlens.present.pages") is None:
-            return None
-        from convlens.present import pages
-
+        """``index.html`` via :mod:`convlens.present.pages`."""
         header = {**self.header(), "errors": problems}
         return pages.write_explain_page(self.out, header, list(self._final_records(store)))
 
@@ -519,15 +511,11 @@ def _problem(problem: InputProblem) -> dict[str, str]:
 
 
 def _is_empty(raw: torch.Tensor) -> bool:
-    from convlens.present.heatmap import is_empty
-
     return bool(is_empty(raw[None])[0])
 
 
 def _heatmap(raw: torch.Tensor, scale: float, geometry: Geometry) -> np.ndarray:
     """A raw 2-D map at model resolution -> [0, 1] at the photo's size, with ``scale`` as 1."""
-    from convlens.present.heatmap import to_unit
-
     unit = to_unit(raw[None].float(), torch.tensor([float(scale)]), _SIGN)[0]
     return map_to_original(unit, geometry)
 

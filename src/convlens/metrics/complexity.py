@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from convlens.attribution.targets import TargetLike
-from convlens.metrics.core import Scores, finish, pixel_maps, register_metric
+from convlens.metrics.core import Scores, check_input, finish, pixel_maps, register_metric
 
 BHATT = ("Bhatt, Weller, Moura. Evaluating and Aggregating Feature-based Model Explanations. "
          "IJCAI 2020")
@@ -26,8 +26,6 @@ ZERO = "all-zero map: no distribution of relevance"
 
 
 def _absolute(x: torch.Tensor, maps: object) -> torch.Tensor:
-    from convlens.metrics.core import check_input
-
     return pixel_maps(maps, check_input(x)).flatten(1).double().abs()
 
 

@@ -1,6 +1,10 @@
 """Presentation of an :class:`~convlens.metrics.evaluate.Evaluation`: figures (matplotlib),
 the self-contained HTML page (``present/templates/evaluation.html.j2``), the notebook view
 and the files written by ``Evaluation.save``. Nothing here runs the model.
+
+``evaluate.py`` imports this module (its ``Evaluation.save`` / ``html`` call it); this module
+reads an evaluation through the :class:`EvaluationView` protocol and never imports
+``evaluate.py``, so the dependency runs one way.
 """
 
 from __future__ import annotations
@@ -9,13 +13,44 @@ import base64
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from convlens.metrics.evaluate import Evaluation, Summary
+from convlens.files import write_bytes_atomic, write_text_atomic
+from convlens.metrics.core import Scores
+from convlens.present.html import render_page
+
+
+class SummaryView(Protocol):
+    """What a ranking row shows of a :class:`~convlens.metrics.evaluate.Summary`."""
+
+    method: str
+    mean: float | None
+    low: float | None
+    high: float | None
+    count: int
+    undefined: dict[str, int]
+    rank: int | None
+    settings_id: str
+
+
+class EvaluationView(Protocol):
+    """What the figures, the page and the saved files read of an
+    :class:`~convlens.metrics.evaluate.Evaluation`."""
+
+    methods: list[str]
+    metrics: list[str]
+    images: list[str]
+    target_labels: list[str]
+    scores: dict[tuple[str, str], Scores]
+    cards: dict[str, dict[str, Any]]
+
+    def ranking(self, metric: str) -> Sequence[SummaryView]: ...
+
+    def to_json(self, path: str | Path | None = None) -> str: ...
 
 
 def _pyplot() -> Any:
@@ -27,7 +62,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def curve_figure(evaluation: Evaluation, metric: str) -> Any | None:
+def curve_figure(evaluation: EvaluationView, metric: str) -> Any | None:
     """Mean curve per method (one panel per curve kind) for deletion, insertion, ROAD."""
     scores = [evaluation.scores[(m, metric)] for m in evaluation.methods]
     if not scores or not scores[0].curves:
@@ -50,7 +85,7 @@ def curve_figure(evaluation: Evaluation, metric: str) -> Any | None:
     return fig
 
 
-def stage_figure(evaluation: Evaluation, metric: str, method: str) -> Any | None:
+def stage_figure(evaluation: EvaluationView, metric: str, method: str) -> Any | None:
     """Similarity to the trained model's map after each randomisation stage."""
     s = evaluation.scores[(method, metric)]
     if not s.stages:
@@ -83,7 +118,7 @@ def _uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _figures(evaluation: Evaluation) -> list[tuple[str, str, bytes]]:
+def _figures(evaluation: EvaluationView) -> list[tuple[str, str, bytes]]:
     """(file stem, caption, png) for every figure of the evaluation."""
     out = []
     for metric in evaluation.metrics:
@@ -106,7 +141,7 @@ def _number(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
-def _row(summary: Summary) -> dict[str, Any]:
+def _row(summary: SummaryView) -> dict[str, Any]:
     interval = ("-" if summary.low is None else f"[{summary.low:.3f}, {summary.high:.3f}]")
     undefined = "; ".join(f"{n} x {reason}" for reason, n in summary.undefined.items())
     return {"method": summary.method, "mean": _number(summary.mean), "interval": interval,
@@ -114,7 +149,7 @@ def _row(summary: Summary) -> dict[str, Any]:
             "settings_id": summary.settings_id}
 
 
-def stage_tables(evaluation: Evaluation) -> list[dict[str, Any]]:
+def stage_tables(evaluation: EvaluationView) -> list[dict[str, Any]]:
     """Per randomisation metric: stage names and one row of mean similarities per method."""
     tables = []
     for metric in evaluation.metrics:
@@ -130,7 +165,7 @@ def stage_tables(evaluation: Evaluation) -> list[dict[str, Any]]:
     return tables
 
 
-def _context(evaluation: Evaluation, figures: list[tuple[str, str, bytes]]) -> dict[str, Any]:
+def _context(evaluation: EvaluationView, figures: list[tuple[str, str, bytes]]) -> dict[str, Any]:
     metrics = []
     for metric in evaluation.metrics:
         card = evaluation.cards[metric]
@@ -145,26 +180,20 @@ def _context(evaluation: Evaluation, figures: list[tuple[str, str, bytes]]) -> d
             "images": list(zip(evaluation.images, evaluation.target_labels))}
 
 
-def evaluation_page(evaluation: Evaluation, figures: list | None = None) -> str:
+def evaluation_page(evaluation: EvaluationView, figures: list | None = None) -> str:
     """The self-contained HTML page."""
-    from convlens.present.html import render_page
-
     figures = _figures(evaluation) if figures is None else figures
     return render_page("evaluation.html.j2", _context(evaluation, figures))
 
 
-def notebook_html(evaluation: Evaluation) -> str:
+def notebook_html(evaluation: EvaluationView) -> str:
     """Ranking tables and figures, for Jupyter."""
-    from convlens.present.html import render_page
-
     context = _context(evaluation, _figures(evaluation))
     return render_page("evaluation.html.j2", {**context, "fragment": True})
 
 
-def save_evaluation(evaluation: Evaluation, directory: Path) -> list[Path]:
+def save_evaluation(evaluation: EvaluationView, directory: Path) -> list[Path]:
     """``evaluation.json``, ``evaluation.html`` and one PNG per figure under ``directory``."""
-    from convlens.files import write_bytes_atomic, write_text_atomic
-
     figures = _figures(evaluation)
     written = [directory / "evaluation.json"]
     evaluation.to_json(written[0])

@@ -25,9 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from convlens import __version__
+from convlens.attribution.core import attribute, get_method
 from convlens.attribution.targets import TargetLike
+from convlens.engines import get_engine
 from convlens.files import claim_output, finite_json, write_text_atomic
+from convlens.io.datasets import scan_inputs
 from convlens.metrics.core import Metric, MetricError, Scores, get_metric, resolve, unwrap
+from convlens.metrics.display import evaluation_page, notebook_html, save_evaluation
 
 DEFAULT_METRICS = ("deletion", "insertion")
 
@@ -137,20 +142,14 @@ class Evaluation:
         ``directory`` is claimed as an output folder (docs/architecture.md, "Output
         folders"): new, empty or convlens's; every file written atomically.
         """
-        from convlens.metrics.display import save_evaluation
-
         with claim_output(directory, what="convlens evaluate"):
             return save_evaluation(self, Path(directory))
 
     def html(self) -> str:
         """The self-contained evaluation page."""
-        from convlens.metrics.display import evaluation_page
-
         return evaluation_page(self)
 
     def _repr_html_(self) -> str:  # notebook display
-        from convlens.metrics.display import notebook_html
-
         return notebook_html(self)
 
     def __repr__(self) -> str:
@@ -201,8 +200,6 @@ def two_d_maps(method: str, a: torch.Tensor) -> torch.Tensor:
 
     Public so that the audit (:mod:`convlens.auditing.scoring`) scores exactly the maps
     ``evaluate`` scores."""
-    from convlens.attribution.core import get_method
-
     return get_method(method).to_map(a).unsqueeze(1)
 
 
@@ -240,8 +237,6 @@ class Request:
 def score_images(module: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor,
                  request: Request) -> dict[tuple[str, str], Scores]:
     """Every method's maps of ``x`` for ``classes``, scored by every metric: one batch."""
-    from convlens.attribution.core import attribute
-
     out: dict[tuple[str, str], Scores] = {}
     for method in request.methods:
         options = request.method_options.get(method, {})
@@ -391,8 +386,6 @@ def _request(methods: Sequence[str] | str, metrics: Sequence[str] | str, target:
              layer: Any, method_options: Mapping[str, Mapping[str, Any]] | None,
              metric_options: Mapping[str, Mapping[str, Any]] | None) -> Request:
     """Validate names and bind options before any image is read."""
-    from convlens.attribution.core import get_method
-
     if isinstance(methods, str):
         methods = [methods]
     if isinstance(metrics, str):
@@ -423,9 +416,6 @@ def _run_on_engine(classifier: Any, images: Any, request: Request, image_batch: 
                    ) -> tuple[dict[tuple[str, str], Scores], list[int], list[str],
                               list[dict[str, str]], str]:
     """Stream image files through an engine; per-unit results put back in file order."""
-    from convlens.engines import get_engine
-    from convlens.io.datasets import scan_inputs
-
     if not hasattr(classifier, "preprocessing"):
         raise MetricError("an engine decodes image files with the classifier's "
                           "preprocessing: pass a convlens.Classifier")
@@ -497,9 +487,6 @@ def _card(classifier: Any, module: torch.nn.Module, input_shape: list[int], coun
           parsed: tuple[Metric, str | None], options: dict[str, Any], methods: list[str],
           method_options: dict[str, dict[str, Any]], layer: Any, target: TargetLike,
           bootstrap: int) -> dict[str, Any]:
-    from convlens import __version__
-    from convlens.attribution.core import get_method
-
     metric, preset = parsed
     card = {
         "metric": metric.name, "preset": preset, "family": metric.family,

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens._hooks import HookSession, evaluation_mode
+from convlens.attribution.core import attribute, get_method
 from convlens.attribution.targets import TargetLike
 from convlens.metrics.core import (
     MetricError,
@@ -63,8 +64,6 @@ def presentation_maps(method: str, attribution: torch.Tensor, size: Sequence[int
                       absolute: bool = True) -> torch.Tensor:
     """``(N, H, W)`` float64: the map as presentation reads it (:meth:`Method.to_map`:
     channels reduced, offset removed), upsampled to ``size``, |.| when ``absolute``."""
-    from convlens.attribution.core import get_method
-
     maps = get_method(method).to_map(attribution.detach().double(), size)
     return maps.abs() if absolute else maps
 
@@ -190,8 +189,6 @@ def model_randomisation(model: nn.Module, x: torch.Tensor, method: str,
         Scores whose ``stages`` hold the per-image similarity after each cumulative stage
         (names ``"classifier"``, ``"+head"``, ...) and whose values are their mean.
     """
-    from convlens.attribution.core import attribute
-
     check_choice("similarity", similarity, ("spearman", "pearson", "ssim"))
     options = dict(units=None if units is None else list(units), stages=stages,
                    similarity=similarity, absolute=absolute, seed=seed)
@@ -268,8 +265,6 @@ def random_logit(model: nn.Module, x: torch.Tensor, method: str, target: TargetL
         method_options: The method's options.
         maps: The method's maps for the explained class, when already computed.
     """
-    from convlens.attribution.core import attribute
-
     check_choice("similarity", similarity, ("ssim", "spearman", "pearson"))
     options = dict(similarity=similarity, absolute=absolute, seed=seed)
     module, labels = unwrap(model)

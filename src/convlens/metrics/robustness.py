@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from convlens.attribution.core import attribute
 from convlens.attribution.targets import TargetLike
 from convlens.metrics.core import (
     MetricError,
@@ -128,8 +129,6 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, method: str, target: Targ
         method_options: The method's options.
         maps: The method's maps on ``x``, when already computed (saves one call).
     """
-    from convlens.attribution.core import attribute
-
     check_positive("samples", samples)
     check_positive("radius", radius, integer=False)
     check_choice("norm", norm, ("fro", "inf"))

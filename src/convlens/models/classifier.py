@@ -18,8 +18,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from convlens._hooks import evaluation_mode
 from convlens.errors import ConvlensError, LayerError, ModelLoadError, UnsupportedModelError
-from convlens.models.layers import LayerInfo, list_layers
+from convlens.io.images import load_image
+from convlens.models.layers import LayerInfo, default_layer_name, list_layers
 from convlens.models.outputs import OutputKey, model_failure, select_output
 from convlens.preprocessing import Geometry, Preprocessing
 
@@ -143,8 +145,6 @@ class Classifier:
             LayerError: when no layer has a spatial output for that shape.
             InputShapeError: when the model fails on an input of that shape.
         """
-        from convlens.models.layers import default_layer_name
-
         key = tuple(int(v) for v in (sample_shape or self.sample_shape))
         if key not in self._default_layers:
             try:
@@ -159,8 +159,6 @@ class Classifier:
     @torch.no_grad()
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
         """The selected output (see ``output``) in eval mode, unchecked: any shape."""
-        from convlens._hooks import evaluation_mode
-
         with evaluation_mode(self.module):
             return select_output(self.module(x), self.output)
 
@@ -178,8 +176,6 @@ class Classifier:
         size, the same pixels as audit and evaluate); their entry in ``images`` is None
         (decode the photo with :func:`~convlens.io.images.load_image` to display it).
         """
-        from convlens.io.images import load_image
-
         items = images if isinstance(images, (list, tuple)) else [images]
         if not items:
             raise ModelLoadError("no images given")
@@ -203,8 +199,6 @@ class Classifier:
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits in eval mode, leaving the module's training flags as they were."""
-        from convlens._hooks import evaluation_mode
-
         with evaluation_mode(self.module):
             out = select_output(self.module(x), self.output)
         self._check_outputs(out)

@@ -16,12 +16,16 @@ against their SHA-256 and the network's keys and shapes).
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from convlens.errors import ModelLoadError
 from convlens.io.datasets import file_digest as sha256_of
+from convlens.models.classifier import Classifier
+from convlens.models.projection import insert_projection
 
 CARD = "card.json"
 PROJECTION = "projection.safetensors"
@@ -38,19 +42,18 @@ def is_correction(path: str | os.PathLike[str]) -> bool:
     return folder.is_dir() and (folder / CARD).is_file()
 
 
-def load_correction(folder: str | os.PathLike[str], *, device: Any = "auto") -> Any:
+def load_correction(folder: str | os.PathLike[str], load_base: Callable[..., Classifier], *,
+                    device: Any = "auto") -> Classifier:
     """The corrected Classifier of ``folder`` (see the module doc).
+
+    ``load_base`` rebuilds the original model from the card's source (``load_model``, passed
+    in by :mod:`convlens.models.loading`, which reads this folder: the dependency runs one way).
 
     Raises:
         ModelLoadError: an unreadable card, a missing or changed weights file, a projection
             that does not fit the layer.
     """
-    import json
-
     from safetensors.torch import load_file
-
-    from convlens.models.loading import load_model
-    from convlens.models.projection import insert_projection
 
     folder = Path(os.fspath(folder))
     try:
@@ -74,7 +77,7 @@ def load_correction(folder: str | os.PathLike[str], *, device: Any = "auto") -> 
             raise ModelLoadError(f"{weights} changed since the correction (SHA-256 differs): "
                                  "the projection was estimated for the old weights; correct "
                                  "the new model again")
-    original = load_model(source["model"], weights=weights, labels=card.get("labels"),
+    original = load_base(source["model"], weights=weights, labels=card.get("labels"),
                           device=device, trust_model=bool(source.get("trust_model")),
                           **{k: tuple(v) if isinstance(v, list) else v
                              for k, v in preprocessing.items() if v is not None})

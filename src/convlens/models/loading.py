@@ -30,7 +30,11 @@ import torch
 from torch import nn
 
 from convlens.errors import ModelLoadError, UnsafeCheckpointError
+from convlens.models import efficientnet_lite as zoo
 from convlens.models.classifier import Classifier
+from convlens.models.corrected import is_correction, load_correction
+from convlens.models.onnx_models import load_onnx
+from convlens.models.timm_models import load_timm
 from convlens.models.weights import (
     _FOUND,
     _is_torchscript,
@@ -333,18 +337,16 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
         >>> clf = load_model()                                   # doctest: +SKIP
         >>> clf.predict("cat.jpg", top=3)                        # doctest: +SKIP
     """
-    if isinstance(spec, (str, Path)):
-        from convlens.models.corrected import is_correction, load_correction
-
-        if is_correction(spec):  # a folder `convlens correct` wrote (docs/architecture.md)
-            given = [name for name, value in (("weights", weights), ("labels", labels),
-                                              ("input_size", input_size), ("mean", mean),
-                                              ("std", std), ("resize", resize)) if value]
-            if given:
-                raise ModelLoadError(
-                    f"{spec} is a corrected model: its card fixes the weights, labels and "
-                    f"preprocessing; drop {', '.join(given)}")
-            return load_correction(spec, device=device)
+    # a folder `convlens correct` wrote (docs/architecture.md)
+    if isinstance(spec, (str, Path)) and is_correction(spec):
+        given = [name for name, value in (("weights", weights), ("labels", labels),
+                                          ("input_size", input_size), ("mean", mean),
+                                          ("std", std), ("resize", resize)) if value]
+        if given:
+            raise ModelLoadError(
+                f"{spec} is a corrected model: its card fixes the weights, labels and "
+                f"preprocessing; drop {', '.join(given)}")
+        return load_correction(spec, load_model, device=device)
     check_model_options(spec, weights=weights, trust_model=trust_model)
     if input_size is not None:
         check_input_size(input_size)  # before a model is built or a file read
@@ -355,8 +357,6 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
     if isinstance(spec, nn.Module):
         module, name = spec, type(spec).__name__
     elif spec in BUNDLED:
-        from convlens.models import efficientnet_lite as zoo
-
         module, name = zoo.efficientnet_lite0(pretrained=True), spec
         defaults = {"input_size": zoo.INPUT_SIZE, "resize_size": zoo.RESIZE,
                     "mean": zoo.MEAN, "std": zoo.STD,
@@ -364,14 +364,10 @@ def load_model(spec: str | nn.Module = "efficientnet_lite0", *, weights: str | P
         options = {**defaults, **options}
         labels = imagenet_labels() if labels is None else labels
     elif model_source(spec) == "timm":  # docs/architecture.md, "Models"
-        from convlens.models.timm_models import load_timm
-
         name = str(spec).split(":", 1)[1]
         module, defaults = load_timm(name, weights, trust_model=trust_model)
         options = {**defaults, **options}
     elif model_source(spec) == "file" and str(spec).lower().endswith(".onnx"):
-        from convlens.models.onnx_models import load_onnx
-
         module, defaults = load_onnx(spec, weights=weights, trust_model=trust_model)
         name, options = Path(spec).stem, {**defaults, **options}
     elif isinstance(spec, (str, Path)):

@@ -25,9 +25,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from convlens.attribution.registry import get_method
 from convlens.errors import ConvlensError
 from convlens.files import ensure_folder, remove_written, write_text_atomic
 from convlens.present.figures import DEFAULT_CMAP
+from convlens.present.heatmap import display_percentile
 from convlens.present.html import render_page
 from convlens.present.views import PIXEL_CMAP, colorbar, is_pixel_level
 
@@ -39,8 +41,6 @@ PER_PAGE = 50
 
 def method_info(method: str) -> dict[str, Any]:
     """Family, space, paper and default options of a registered method (blanks if unknown)."""
-    from convlens.attribution.core import get_method
-
     try:
         spec = get_method(method)
     except ConvlensError:
@@ -71,8 +71,6 @@ def panel(method: str, *, overlay: str | None, scale: float | None, empty: bool,
         cmap: The images' colour map (default: :data:`~convlens.present.views.PIXEL_CMAP`
             when ``map_src`` is given, else the overlays' jet).
     """
-    from convlens.present.heatmap import display_percentile
-
     info = method_info(method)
     percentile = display_percentile(info["space"]) if info["space"] else 100.0
     return {

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from convlens.errors import InputShapeError
+from convlens.attribution.registry import get_method
+from convlens.errors import ConvlensError, InputShapeError
 from convlens.files import ensure_folder, save_image_atomic
+from convlens.preprocessing import coverage_mask
 from convlens.present.figures import DEFAULT_CMAP, colorize
 
 PIXEL_CMAP = "inferno"
@@ -38,9 +40,6 @@ def is_pixel_level(method: str) -> bool:
     Unknown names (a method registered elsewhere and since gone) count as not pixel-level:
     the page then shows the ordinary overlay only.
     """
-    from convlens.attribution.core import get_method
-    from convlens.errors import ConvlensError
-
     if method in SMOOTH_INPUT_METHODS:
         return False
     try:
@@ -99,8 +98,6 @@ def save_readable_maps(explanation: Any, directory: str | Path, *, prefix: str |
         ``{method: {"map": "NAME.METHOD.map.png", "overlay": "NAME.METHOD.dim.png"}}`` for
         the pixel-level methods only (file names relative to ``directory``).
     """
-    from convlens.preprocessing import coverage_mask
-
     directory = ensure_folder(directory)
     stem = prefix or explanation.name
     seen = coverage_mask(explanation.geometry)

@@ -32,7 +32,7 @@ import torch
 from convlens.errors import ConvlensError
 from convlens.files import ensure_folder, save_image_atomic
 from convlens.visualization import objectives as obj
-from convlens.visualization.inspection import file_stem
+from convlens.visualization.inspection import file_stem, image_grid
 from convlens.visualization.optimize import visualize
 
 EARLY, MIDDLE, LATE = "blocks.2", "blocks.8", "blocks.14"
@@ -220,7 +220,6 @@ def gallery_figure(records: list[dict[str, Any]], *, tile: int | None = None,
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    from convlens.visualization.inspection import image_grid
 
     font = ImageFont.load_default()
     rows = []

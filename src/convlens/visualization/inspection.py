@@ -22,7 +22,9 @@ from torch import nn
 
 from convlens._hooks import HookSession, evaluation_mode
 from convlens.errors import InputShapeError, LayerError, UnsupportedModelError
+from convlens.models.classifier import Classifier, as_classifier
 from convlens.models.layers import resolve_layer
+from convlens.present.figures import colorize
 
 __all__ = ["activation_grid", "activation_maps", "file_stem", "filter_grid",
            "first_layer_filters", "image_grid", "maps_grid", "to_pil"]
@@ -101,8 +103,6 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
 # --- activations -----------------------------------------------------------------------
 def _prepare(model: Any, image: Any) -> tuple[nn.Module, torch.Tensor]:
     """The module and a preprocessed ``(1, C, H, W)`` batch for ``image``."""
-    from convlens.models.classifier import Classifier, as_classifier
-
     if not isinstance(model, (Classifier, nn.Module)):
         raise UnsupportedModelError(f"expected a Classifier or an nn.Module, got "
                                     f"{type(model).__name__}")
@@ -179,8 +179,6 @@ def maps_grid(maps: torch.Tensor, order: torch.Tensor, *, top: int | None = 64,
               columns: int | None = None, normalize: str = "layer", cmap: str = "viridis",
               tile: int = 64, captions: bool = True) -> Image.Image:
     """The picture of :func:`activation_grid` from maps already computed."""
-    from convlens.present.figures import colorize
-
     if normalize not in ("layer", "channel"):
         raise InputShapeError(f"normalize must be 'layer' or 'channel', got {normalize!r}")
     if top is not None:
@@ -213,8 +211,6 @@ def first_layer_filters(model: Any, layer: str | nn.Module | None = None) -> tor
     (grey is zero, so filters compare). Needs 1 or 3 input channels: later layers' filters
     act on feature maps, not colours, and are better seen through :func:`visualize`.
     """
-    from convlens.models.classifier import Classifier
-
     module = model.module if isinstance(model, Classifier) else model
     if not isinstance(module, nn.Module):
         raise UnsupportedModelError(f"expected a Classifier or an nn.Module, got "

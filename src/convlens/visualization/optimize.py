@@ -35,6 +35,8 @@ from convlens.errors import (
     UnsupportedModelError,
 )
 from convlens.files import ensure_folder, save_image_atomic
+from convlens.io.images import load_image
+from convlens.models.classifier import Classifier, as_classifier
 from convlens.models.layers import resolve_layer
 from convlens.progress import (
     ProgressCallback,
@@ -44,6 +46,7 @@ from convlens.progress import (
     text_progress,
 )
 from convlens.visualization import transforms as transforms_module
+from convlens.visualization.inspection import file_stem, image_grid, to_pil
 from convlens.visualization.objectives import LOGITS, Context, Objective, as_objective
 from convlens.visualization.param import ImageParam, make_param
 
@@ -73,22 +76,16 @@ class Visualization:
 
     def pil(self) -> list[Image.Image]:
         """The images as RGB PIL images."""
-        from convlens.visualization.inspection import to_pil
-
         return [to_pil(image) for image in self.images]
 
     def grid(self, columns: int | None = None, *, captions: bool = True,
              tile: int | None = None) -> Image.Image:
         """All images in one grid, captioned with the objective names when K matches."""
-        from convlens.visualization.inspection import image_grid
-
         labels = self.names if captions and len(self.names) == len(self.images) else None
         return image_grid(self.pil(), columns=columns, captions=labels, tile=tile)
 
     def save(self, directory: str | Path, *, grid: bool = True) -> list[Path]:
         """Write one PNG per image (named after its objective) and ``grid.png``."""
-        from convlens.visualization.inspection import file_stem
-
         directory = ensure_folder(directory)
         paths, used = [], set()
         for index, image in enumerate(self.pil()):
@@ -193,8 +190,6 @@ class _ModelParts:
 
 def _model_parts(model: Any, mean: Sequence[float] | None, std: Sequence[float] | None
                  ) -> _ModelParts:
-    from convlens.models.classifier import Classifier, as_classifier
-
     if not isinstance(model, (Classifier, nn.Module)):
         raise UnsupportedModelError(f"visualize needs a convlens Classifier or a torch.nn.Module, "
                                     f"got {type(model).__name__}")
@@ -251,8 +246,6 @@ def _init_images(init: Any, size: tuple[int, int] | None, batch: int, parts: _Mo
         if size is not None and tuple(images.shape[-2:]) != size:
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     else:
-        from convlens.io.images import load_image
-
         items = init if isinstance(init, (list, tuple)) else [init]
         tensors = []
         for item in items:
