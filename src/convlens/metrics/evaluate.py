@@ -263,29 +263,14 @@ def score_images(module: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor
     return out
 
 
-@dataclass
-class EvaluateWorkerFactory:
-    """Builds the per-batch worker of :func:`evaluate` on an engine (picklable).
-
-    See :class:`convlens.engines.WorkerFactory`.
-    """
-
-    classifier: Any
-    request: Request
-
-    def build(self, device: str | None = None) -> Callable[[Any], dict[str, Any]]:
-        if device is not None:
-            self.classifier.to(device)
-        module, labels = unwrap(self.classifier)
-        request = self.request
-
-        def work(batch: Any) -> dict[str, Any]:
-            x = batch.x.to(getattr(self.classifier, "device", "cpu"))
-            _, classes = resolve(module, x, request.target, labels)
-            return {"classes": classes.cpu(), "scores": score_images(module, x, classes, request),
-                    "device": str(x.device)}
-
-        return work
+def evaluate_batch(classifier: Any, batch: Any, *, request: Request) -> dict[str, Any]:
+    """:func:`evaluate`'s per-batch work on an engine (:class:`convlens.engines.WorkerFactory`):
+    the batch's classes, its per-method, per-metric :class:`Scores` and the device used."""
+    module, labels = unwrap(classifier)
+    x = batch.x.to(getattr(classifier, "device", "cpu"))
+    _, classes = resolve(module, x, request.target, labels)
+    return {"classes": classes.cpu(), "scores": score_images(module, x, classes, request),
+            "device": str(x.device)}
 
 
 def evaluate(classifier: Any, images: Any, methods: Sequence[str] = ("gradcam", "saliency"),
@@ -427,7 +412,7 @@ def _run_on_engine(classifier: Any, images: Any, request: Request, image_batch: 
                    ) -> tuple[dict[tuple[str, str], Scores], list[int], list[str],
                               list[dict[str, str]], str]:
     """Stream image files through an engine; per-unit results put back in file order."""
-    from convlens.engines import get_engine
+    from convlens.engines import WorkerFactory, get_engine
     from convlens.io.datasets import scan_inputs
 
     if not hasattr(classifier, "preprocessing"):
@@ -450,7 +435,7 @@ def _run_on_engine(classifier: Any, images: Any, request: Request, image_batch: 
 
     errors = [record(p) for p in dataset.problems]
     for done in runner.map_units(dataset.entries, classifier.preprocessing,
-                                 EvaluateWorkerFactory(classifier, request),
+                                 WorkerFactory(evaluate_batch, classifier, request=request),
                                  batch_size=image_batch):
         errors += [record(p) for p in done.batch.problems]
         if done.result is not None:
