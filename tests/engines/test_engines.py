@@ -147,7 +147,7 @@ def test_a_foreign_error_in_a_worker_becomes_one_line_naming_it():
                           "allocate 2.00 GiB")
 
 
-@pytest.mark.parametrize("command", ["audit", "evaluate"])
+@pytest.mark.parametrize("command", ["explain", "audit", "evaluate"])
 @pytest.mark.parametrize(("flags", "message"), [
     (["--engine", "spark"], "--engine must be one of local, ray; got 'spark'"),
     (["--actors", "2"], "--actors only apply with --engine ray"),
