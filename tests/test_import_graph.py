@@ -20,7 +20,7 @@ PACKAGE = "convlens"
 
 # docs/architecture.md, "Layers and the direction data flows": the chain
 #   io (with preprocessing.py) -> models -> attribution -> present -> visualization
-#   -> explanations -> jobs -> engines -> metrics -> concepts -> auditing -> correction
+#   -> explanations -> engines -> jobs -> metrics -> concepts -> auditing -> correction
 #   -> cli / app
 # with the leaves any module may import. A module may import its own layer and those to its left.
 LAYER_RANK: dict[str, int] = {
@@ -31,8 +31,8 @@ LAYER_RANK: dict[str, int] = {
     "present": 4,
     "visualization": 5,
     "explanations": 6,
-    "jobs": 7,
-    "engines": 8,
+    "engines": 7,
+    "jobs": 8,
     "metrics": 9,
     "concepts": 10,
     "auditing": 11,

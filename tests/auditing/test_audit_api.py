@@ -109,7 +109,7 @@ def test_the_audit_writes_the_causal_table_and_reuses_it(small_audit, monkeypatc
     def no_forwards(*args, **kwargs):
         raise AssertionError("a rerun must read the stored check")
 
-    monkeypatch.setattr(causal.CausalWorker, "__call__", no_forwards)
+    monkeypatch.setattr(causal, "causal_batch", no_forwards)
     again = cl.audit(result.classifier, result.dataset.root, out=result.out, batch_size=25)
     assert again.data == result.data
 
@@ -119,7 +119,7 @@ def test_the_report_computes_its_maps_through_the_audits_engine(small_audit, tmp
     same path as the pass and the causal check); every image the page links is written."""
     import re
 
-    from convlens.auditing.report import ReportMapFactory
+    from convlens.auditing.report import report_maps
     from convlens.engines.local import LocalEngine
 
     seen = []
@@ -135,7 +135,7 @@ def test_the_report_computes_its_maps_through_the_audits_engine(small_audit, tmp
         path = result.report(tmp_path / "r.html")
     finally:
         result.engine = original
-    assert [type(f) for f in seen] == [ReportMapFactory]
+    assert [f.function for f in seen] == [report_maps]
     linked = set(re.findall(r'src="(report-files/[^"]+\.jpg)"', path.read_text("utf-8")))
     assert any(re.search(r"-\d+\.jpg$", src) for src in linked)      # map overlays
     assert all((tmp_path / src).is_file() for src in linked)

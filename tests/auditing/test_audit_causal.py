@@ -162,7 +162,7 @@ def test_the_check_runs_through_the_engine_whatever_the_batching(tagged, snapsho
             results.append(ca.run_check(engine, classifier, entries, keys, predicted, heat,
                                         seed=5, batch_size=batch_size))
             (factory,) = engine.factories
-            assert isinstance(factory, ca.CausalWorkerFactory)
+            assert factory.function is ca.causal_batch
         snap.assert_unchanged()
     finally:
         model.fc.weight.requires_grad_(True)

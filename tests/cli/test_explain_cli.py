@@ -158,6 +158,9 @@ def test_another_configuration_needs_overwrite(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args,needle", [
     (["--normalize", "run"], "--normalize must be 'image' or 'batch'"),
     (["--option", "gradcam"], "--option takes METHOD.NAME=VALUE"),
+    (["--engine", "spark"], "--engine must be one of local, ray; got 'spark'"),
+    (["--actors", "2"], "--actors only apply with --engine ray"),
+    (["--engine", "ray", "--workers", "2"], "--workers sets the local engine's decoding"),
 ])
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
     photos(tmp_path / "in", 1)
@@ -188,3 +191,25 @@ def test_pixel_maps_get_a_readable_view_on_the_page(tmp_path: Path) -> None:
     for name in record["views"]["saliency"].values():
         assert (tmp_path / "out" / name).is_file()
         assert name in page
+
+
+def test_engine_local_writes_what_the_default_run_writes(tmp_path: Path) -> None:
+    """``convlens explain --engine local --workers 1`` (the installed script) writes the files
+    the default command writes."""
+    from cli_support import TINY as SCRIPT_TINY
+    from cli_support import run
+
+    photos(tmp_path / "in", 3)
+    args = ["explain", str(tmp_path / "in"), "--method", "gradcam,saliency", "--batch-size",
+            "2", *SCRIPT_TINY]
+    for name, extra in (("default", []), ("engine", ["--engine", "local", "--workers", "1"])):
+        done = run(*args, *extra, "--out", str(tmp_path / name))
+        assert done.returncode == 0, done.stderr
+        assert "explain: 3/3" in done.stdout
+
+    def files(out: Path) -> dict[str, bytes]:
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+                if p.is_file() and not p.name.startswith(".")}
+
+    assert files(tmp_path / "engine") == files(tmp_path / "default")
+    assert "results.json" in files(tmp_path / "default")

@@ -11,8 +11,8 @@ import pytest
 from planted_bias import planted_classifier, planted_folder_with_a_broken_file
 
 import convlens as cl
-from convlens.auditing.passes import AuditWorkerFactory, PassSettings
-from convlens.engines import EngineError, get_engine
+from convlens.auditing.passes import PassSettings, audit_batch
+from convlens.engines import EngineError, WorkerFactory, get_engine
 from convlens.engines.local import LocalEngine
 from convlens.engines.ray import RayEngine, UnitActor, decode_units, ship_code_by_value
 from convlens.io.datasets import batches, read_dataset
@@ -75,7 +75,7 @@ def test_decoding_and_the_actor_give_the_local_batches_and_results(folder, class
     engine's batches and the worker's output exactly (same items, same bytes)."""
     dataset = read_dataset(folder["data"])
     settings = PassSettings(method="gradcam", layer=classifier.default_layer(), batch_size=4)
-    factory = AuditWorkerFactory(classifier, settings)
+    factory = WorkerFactory(audit_batch, classifier, settings=settings)
     local = list(LocalEngine().map_units(dataset.entries, classifier.preprocessing, factory,
                                          batch_size=4, salt="s"))
     entries = dataset.entries
@@ -130,7 +130,7 @@ def test_model_code_from_local_files_travels_by_value(classifier):
     class FakeRay:
         cloudpickle = FakeCloudpickle()
 
-    factory = AuditWorkerFactory(classifier, PassSettings())
+    factory = WorkerFactory(audit_batch, classifier, settings=PassSettings())
     names = ship_code_by_value(FakeRay(), factory)
     assert names == ["planted_bias"] == registered  # tests/planted_bias.py, not torch.nn
 
@@ -147,7 +147,7 @@ def test_a_foreign_error_in_a_worker_becomes_one_line_naming_it():
                           "allocate 2.00 GiB")
 
 
-@pytest.mark.parametrize("command", ["audit", "evaluate"])
+@pytest.mark.parametrize("command", ["explain", "audit", "evaluate"])
 @pytest.mark.parametrize(("flags", "message"), [
     (["--engine", "spark"], "--engine must be one of local, ray; got 'spark'"),
     (["--actors", "2"], "--actors only apply with --engine ray"),

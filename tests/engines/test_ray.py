@@ -125,3 +125,34 @@ def test_cli_audit_on_ray_matches_the_local_cli(planted, ray_session):
         assert "broken.png" in result.output
         outs[engine] = json.loads(_text(out))
     assert outs["ray"] == outs["local"]
+
+
+def test_ray_explain_job_writes_the_default_runs_files(planted, classifier, ray_session,
+                                                       tmp_path):
+    """``ExplainJob`` (``convlens explain``) on Ray, units out of order across 2 actors,
+    writes byte for byte the files of the default run, the broken file recorded; a rerun on
+    Ray skips every photo."""
+    from convlens.jobs.explain_job import ExplainJob
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in [*sorted((planted["data"] / "circle").glob("0*.png"))[:6],
+                 planted["data"] / "circle" / "broken.png"]:
+        shutil.copy(path, folder / path.name)
+
+    def files(out):
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+                if p.is_file() and not p.name.startswith(".")}
+
+    written = {}
+    for name, engine in (("default", {}),
+                         ("ray", {"engine": "ray", "engine_options": {"actors": 2}})):
+        job = ExplainJob(classifier, ["gradcam", "saliency"], tmp_path / name, batch_size=2,
+                         grids=False, **engine)
+        outcome = job.run([folder])
+        assert (outcome.new, len(outcome.problems)) == (6, 1)
+        written[name] = files(tmp_path / name)
+    assert written["ray"] == written["default"]
+    again = ExplainJob(classifier, ["gradcam", "saliency"], tmp_path / "ray", batch_size=2,
+                       grids=False, engine="ray", engine_options={"actors": 1}).run([folder])
+    assert (again.new, again.skipped) == (0, 6)

@@ -309,3 +309,69 @@ def test_photo_gone_before_pass_two_is_a_problem(tmp_path: Path, monkeypatch) ->
     assert [Path(p["path"]).name for p in outcome.problems] == ["p00.png"]
     assert "cannot draw its maps" in outcome.problems[0]["error"]
     assert (tmp_path / "out" / "p01.gradcam.png").is_file()
+
+
+def folder_files(out: Path) -> dict[str, bytes]:
+    """Every file the job wrote (records, PNGs, results.json, the page), by relative path."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+class LastFirstEngine:
+    """The local engine's units, yielded last first: engines may yield in any order."""
+
+    name = "last_first"
+
+    def map_units(self, entries, preprocessing, factory, **options):
+        from convlens.engines.local import LocalEngine
+
+        yield from reversed(list(LocalEngine().map_units(entries, preprocessing, factory,
+                                                         **options)))
+
+
+@pytest.mark.parametrize(("normalize", "target"), [("image", None), ("batch", "top:2")])
+def test_an_engine_runs_the_job_and_writes_the_same_files(tmp_path: Path, normalize: str,
+                                                          target: str | None) -> None:
+    """ExplainJob on an engine (by name with its options, or an engine object yielding units
+    out of order) writes byte for byte what the default run writes, bad files included."""
+    folder = tmp_path / "in"
+    photos(folder, 5)
+    (folder / "bad.png").write_bytes(b"nope")
+    runs = {"default": {}, "local": {"engine": "local", "engine_options": {"workers": 1}},
+            "object": {"engine": LastFirstEngine()}}
+    written = {}
+    for name, engine in runs.items():
+        job = ExplainJob(classifier(), ["gradcam", "saliency"], tmp_path / name, batch_size=2,
+                         normalize=normalize, target=target, **engine)
+        outcome = job.run([folder])
+        assert (outcome.new, outcome.skipped, len(outcome.problems)) == (
+            outcome.records, 0, 1)
+        written[name] = folder_files(tmp_path / name)
+    assert "results.json" in written["default"] and "records/000003.jsonl" in written["default"]
+    assert written["local"] == written["default"]
+    assert written["object"] == written["default"]
+
+
+def test_a_run_resumes_on_another_engine_as_on_the_default_one(tmp_path: Path) -> None:
+    """A folder started by a default run and resumed on another engine ends with the files
+    of the same two runs on the default engine: the finished photos are skipped."""
+    folder = tmp_path / "in"
+    photos(folder, 3)
+    for name in ("default", "object"):
+        ExplainJob(classifier(), ["gradcam"], tmp_path / name, batch_size=2).run([folder])
+    photos(folder, 2, prefix="q")
+    outcomes = {name: ExplainJob(classifier(), ["gradcam"], tmp_path / name, batch_size=2,
+                                 **engine).run([folder])
+                for name, engine in (("default", {}), ("object", {"engine": LastFirstEngine()}))}
+    assert [(o.records, o.new, o.skipped) for o in outcomes.values()] == [(5, 2, 3)] * 2
+    assert folder_files(tmp_path / "object") == folder_files(tmp_path / "default")
+
+
+def test_an_unknown_engine_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from convlens.errors import EngineError
+
+    with pytest.raises(EngineError, match="unknown engine 'spark'.*local"):
+        ExplainJob(classifier(), ["gradcam"], tmp_path / "out", engine="spark")
+    with pytest.raises(EngineError, match="LocalEngine"):
+        ExplainJob(classifier(), ["gradcam"], tmp_path / "out", engine_options={"actors": 2})
+    assert not (tmp_path / "out").exists()

@@ -35,8 +35,8 @@ controls' intervals *and* both paired tests give p < 0.05 / (number of sizes). T
 holds, else the smallest size tried, and the sentence then says "not shown to matter"
 instead of quoting two rates as if they differed.
 
-The forwards run through an engine (:mod:`convlens.engines`): :class:`CausalWorkerFactory`
-is picklable like the pass's :class:`~convlens.auditing.passes.AuditWorkerFactory`, so on
+The forwards run through an engine (:mod:`convlens.engines`): a picklable
+:class:`~convlens.engines.WorkerFactory` over :func:`causal_batch`, like the pass's, so on
 Ray the covering forwards run in the actors. See docs/architecture.md, "Audit": forwards
 only (no autograd), in eval mode, the model left as found.
 """
@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens._hooks import evaluation_mode
+from convlens.engines import WorkerFactory
 from convlens.errors import ConvlensError
 
 SIZES = (1 / 16, 1 / 8, 1 / 4)
@@ -464,49 +465,30 @@ def _decide(table: list[CausalRow], members: int) -> CausalResult:
 # ----------------------------------------------------------------------------- engine
 
 
-@dataclass
-class CausalWorkerFactory:
-    """Builds the check's per-batch worker; picklable, so every engine worker builds its own.
+def causal_batch(model: Any, batch: Any, *, regions: Regions, predicted: list[int],
+                 seeds: list[int], infills: tuple[str, ...] = INFILLS,
+                 labels: list[int] | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """The check's per-batch work on an engine (:class:`convlens.engines.WorkerFactory`):
+    a decoded batch in; its entry indices, flips ``(n, sizes, infills, KINDS)`` and
+    :func:`restored_labels` out.
 
-    Attributes:
-        model: A Classifier (moved to ``device`` when the engine gives one) or an
+    Args:
+        model: A Classifier (moved to the worker's device by the factory) or an
             ``nn.Module``.
+        batch: A decoded batch of the entries given to the engine.
         regions: From :func:`cluster_regions` at the input size.
         predicted: Per entry given to the engine, the prediction to compare with.
         seeds: Per entry, its :func:`member_seed`.
         infills: See :data:`INFILLS`.
+        labels: Per entry the labelled class of a mistake, else -1 (None: no mistakes).
     """
-
-    model: Any
-    regions: Regions
-    predicted: list[int]
-    seeds: list[int]
-    infills: tuple[str, ...] = INFILLS
-    labels: list[int] | None = None  # per entry the labelled class of a mistake, else -1
-
-    def build(self, device: str | None = None) -> CausalWorker:
-        if device is not None:
-            self.model.to(device)
-        return CausalWorker(self)
-
-
-class CausalWorker:
-    """A decoded batch in; its entry indices and flips ``(n, sizes, infills, KINDS)`` out."""
-
-    def __init__(self, factory: CausalWorkerFactory) -> None:
-        self.factory = factory
-        self.module = _module(factory.model)
-        self.device = _device(self.module)
-
-    def __call__(self, batch: Any) -> tuple[list[int], np.ndarray, np.ndarray]:
-        f = self.factory
-        index = [item.index for item in batch.items]
-        before = torch.tensor([f.predicted[i] for i in index], dtype=torch.long)
-        x = batch.x.to(self.device)
-        flips = covered_flips(self.module, x, before, f.regions,
-                              [f.seeds[i] for i in index], f.infills)
-        labels = [f.labels[i] if f.labels else -1 for i in index]
-        return index, flips, restored_labels(self.module, x, labels, f.regions)
+    module = _module(model)
+    index = [item.index for item in batch.items]
+    before = torch.tensor([predicted[i] for i in index], dtype=torch.long)
+    x = batch.x.to(_device(module))
+    flips = covered_flips(module, x, before, regions, [seeds[i] for i in index], infills)
+    wanted = [labels[i] if labels else -1 for i in index]
+    return index, flips, restored_labels(module, x, wanted, regions)
 
 
 def restored_labels(module: nn.Module, x: torch.Tensor, labels: Sequence[int],
@@ -562,9 +544,10 @@ def run_check(engine: Any, classifier: Any, entries: Sequence[Any], keys: Sequen
     """
     height, width = classifier.preprocessing.input_size
     regions = cluster_regions(heat, (height, width), sizes)
-    factory = CausalWorkerFactory(classifier, regions, [int(p) for p in predicted],
-                                  [member_seed(k, seed) for k in keys],
-                                  labels=None if labels is None else [int(v) for v in labels])
+    factory = WorkerFactory(causal_batch, classifier, regions=regions,
+                            predicted=[int(p) for p in predicted],
+                            seeds=[member_seed(k, seed) for k in keys],
+                            labels=None if labels is None else [int(v) for v in labels])
     found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for done in engine.map_units(list(entries), classifier.preprocessing, factory,
                                  batch_size=batch_size):

@@ -39,7 +39,7 @@ from convlens._hooks import HookSession
 from convlens.attribution.core import Method, attribute, get_method, observed_cam_signals
 from convlens.attribution.crp import GRADIENT_X_ACTIVATION
 from convlens.auditing.scoring import score_batch
-from convlens.engines import Engine, get_engine
+from convlens.engines import Engine, WorkerFactory, get_engine
 from convlens.io.datasets import Batch, Dataset
 from convlens.io.images import InputProblem
 from convlens.models.fingerprint import model_fingerprint  # noqa: F401  (kept importable here)
@@ -147,7 +147,7 @@ def run_pass(classifier: Any, dataset: Dataset, store: ResultStore, settings: Pa
     total, seen, computed = len(dataset.entries), 0, 0
     emit(progress, "audit", 0, total)
     for done in engine.map_units(dataset.entries, classifier.preprocessing,
-                                 AuditWorkerFactory(classifier, settings),
+                                 WorkerFactory(audit_batch, classifier, settings=settings),
                                  batch_size=settings.batch_size, salt=store.fingerprint or "",
                                  skip=store.done_keys()):
         batch = done.batch
@@ -163,24 +163,16 @@ def run_pass(classifier: Any, dataset: Dataset, store: ResultStore, settings: Pa
     return PassOutcome(keys, problems, computed)
 
 
-@dataclass
-class AuditWorkerFactory:
-    """Builds the pass's per-batch worker; picklable, so every engine worker builds its own.
-
-    See :class:`convlens.engines.WorkerFactory`.
-    """
-
-    classifier: Any
-    settings: PassSettings
-
-    def build(self, device: str | None = None) -> AuditWorker:
-        if device is not None:
-            self.classifier.to(device)
-        return AuditWorker(self.classifier, self.settings)
+def audit_batch(classifier: Any, batch: Batch, *, settings: PassSettings
+                ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """The pass's per-batch work on an engine (:class:`convlens.engines.WorkerFactory`):
+    one decoded batch in, its records and float16 maps out (nothing written here)."""
+    return AuditWorker(classifier, settings)(batch)
 
 
 class AuditWorker:
-    """One batch in, its records and float16 maps out (nothing written here)."""
+    """One batch in, its records and float16 maps out (nothing written here); built per
+    batch by :func:`audit_batch` (a lookup of the method and the layers, no model work)."""
 
     def __init__(self, classifier: Any, settings: PassSettings) -> None:
         self.classifier = classifier

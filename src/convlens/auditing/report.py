@@ -8,7 +8,7 @@ images because it shows a bounded number of examples (per cluster, per mistake p
 page of classes) and says how many more ``audit.json`` lists.
 
 Full-size maps are recomputed, batched, for the images the report shows (the pass stores
-only 32x32 maps), by the audit's engine (:class:`ReportMapFactory`: decoding and attribution
+only 32x32 maps), by the audit's engine (:func:`report_maps`: decoding and attribution
 where the pass ran, on Ray in its actors); this process draws the thumbnails. This module
 sits above the layers like :mod:`convlens.explanations` (docs/architecture.md, "Layers and
 the direction data flows").
@@ -84,7 +84,7 @@ class _Maps:
     def render(self, folder: Path, batch_size: int, progress: ProgressCallback | None) -> None:
         """Thumbnails and map overlays of the wanted images; the maps are computed by the
         audit's engine (decoding and attribution there, the drawing here)."""
-        from convlens.engines import get_engine
+        from convlens.engines import WorkerFactory, get_engine
         from convlens.present.audit_figures import overlay_thumbnail, thumbnail
 
         audit = self.audit
@@ -92,9 +92,10 @@ class _Maps:
         entries = {e.relpath: e for e in audit.dataset.entries}
         paths = sorted((set(self.wanted) | self.photos) & set(entries))
         emit(progress, "report", 0, len(paths))
-        factory = ReportMapFactory(classifier, settings.method, settings.layer,
-                                   dict(settings.options),
-                                   [sorted(self.wanted.get(p, ())) for p in paths])
+        targets = [sorted(self.wanted.get(p, ())) for p in paths]
+        factory = WorkerFactory(report_maps, classifier, method=settings.method,
+                                layer=settings.layer, options=dict(settings.options),
+                                targets=targets)
         engine = audit.engine or get_engine("local", workers=settings.workers)
         done = 0
         for unit in engine.map_units([entries[p] for p in paths], classifier.preprocessing,
@@ -105,105 +106,68 @@ class _Maps:
                 image = batch.image(position)  # decoded again here: only what is shown
                 if item.relpath in self.photos:
                     thumbnail(image, folder / _name(item.relpath, ".jpg"))
-                targets = factory.targets[item.index]
-                if targets:
+                wanted = targets[item.index]
+                if wanted:
                     view = classifier.preprocessing.resize_image(image)[0]
-                    for target in targets:
+                    for target in wanted:
                         overlay_thumbnail(view, maps[item.index, target],
                                           folder / _name(item.relpath, f"-{target}.jpg"))
             done += batch.size
             emit(progress, "report", done, len(paths))
 
 
-class ReportMapFactory:
-    """Builds the report's map worker (see :class:`convlens.engines.WorkerFactory`):
-    full-size positive maps of the wanted classes, ``targets[i]`` for entry ``i``."""
+def report_maps(classifier: Any, batch: Any, *, method: str, layer: str | None,
+                options: dict[str, Any], targets: list[list[int]]
+                ) -> list[tuple[int, int, np.ndarray]]:
+    """The report's per-batch map work on an engine (:class:`convlens.engines.WorkerFactory`):
+    full-size positive maps of the wanted classes, ``targets[i]`` for entry ``i``, as
+    ``(entry index, target, map (H, W) float32)`` for every wanted pair of the batch."""
+    from convlens.attribution.core import attribute, get_method
+    from convlens.present.heatmap import apply_sign, upsample
 
-    def __init__(self, classifier: Any, method: str, layer: str | None,
-                 options: dict[str, Any], targets: list[list[int]]) -> None:
-        self.classifier, self.method, self.layer = classifier, method, layer
-        self.options, self.targets = options, targets
-
-    def build(self, device: str | None = None) -> _ReportMapWorker:
-        if device is not None:
-            self.classifier.to(device)
-        return _ReportMapWorker(self)
-
-
-class _ReportMapWorker:
-    def __init__(self, factory: ReportMapFactory) -> None:
-        from convlens.attribution.core import get_method
-
-        self.factory = factory
-        self.spec = get_method(factory.method)
-
-    def __call__(self, batch: Any) -> list[tuple[int, int, np.ndarray]]:
-        """``(entry index, target, map (H, W) float32)`` for every wanted pair of the batch."""
-        from convlens.attribution.core import attribute
-        from convlens.present.heatmap import apply_sign, upsample
-
-        f, spec = self.factory, self.spec
-        pairs = [(position, target) for position, item in enumerate(batch.items)
-                 for target in f.targets[item.index]]
-        if not pairs:
-            return []
-        classifier = f.classifier
-        x = batch.x[[p for p, _ in pairs]].to(classifier.device)
-        layer = f.layer if spec.needs_layer else None
-        raw = attribute(classifier, x, spec.name, target=torch.tensor([t for _, t in pairs]),
-                        layer=layer, **f.options)
-        maps = apply_sign(spec.to_map(raw), "positive")
-        maps = upsample(maps, tuple(x.shape[-2:])).cpu().numpy()
-        return [(batch.items[p].index, t, maps[k]) for k, (p, t) in enumerate(pairs)]
+    spec = get_method(method)
+    pairs = [(position, target) for position, item in enumerate(batch.items)
+             for target in targets[item.index]]
+    if not pairs:
+        return []
+    x = batch.x[[p for p, _ in pairs]].to(classifier.device)
+    raw = attribute(classifier, x, spec.name, target=torch.tensor([t for _, t in pairs]),
+                    layer=layer if spec.needs_layer else None, **options)
+    maps = apply_sign(spec.to_map(raw), "positive")
+    maps = upsample(maps, tuple(x.shape[-2:])).cpu().numpy()
+    return [(batch.items[p].index, t, maps[k]) for k, (p, t) in enumerate(pairs)]
 
 
-class ConceptFigureFactory:
-    """Builds the report's concept worker (see :class:`convlens.engines.WorkerFactory`):
-    per entry ``i``, ``requests[i]`` is a list of ``("patch", channel, flat position)`` (the
-    reference patch's box, :func:`convlens.concepts.patches.patch_boxes`) and ``("map",
-    channel, None)`` (the CRP map conditioned on the channel, :func:`convlens.concept_maps`,
-    explaining the predicted class)."""
+def concept_figures(classifier: Any, batch: Any, *, layer: str, rule: str, grid: list[int],
+                    requests: list[list[tuple[str, int, int | None]]]
+                    ) -> list[tuple[int, str, int, int | None, Any]]:
+    """The report's per-batch concept work on an engine
+    (:class:`convlens.engines.WorkerFactory`): per entry ``i``, ``requests[i]`` is a list of
+    ``("patch", channel, flat position)`` (the reference patch's box,
+    :func:`convlens.concepts.patches.patch_boxes`) and ``("map", channel, None)`` (the CRP
+    map conditioned on the channel, :func:`convlens.concept_maps`, explaining the predicted
+    class). Returns ``(entry index, kind, channel, position, box or map (H, W) float32)``."""
+    from convlens.attribution.crp import concept_maps
+    from convlens.concepts.patches import patch_boxes
 
-    def __init__(self, classifier: Any, layer: str, rule: str, grid: list[int],
-                 requests: list[list[tuple[str, int, int | None]]]) -> None:
-        self.classifier, self.layer, self.rule = classifier, layer, rule
-        self.grid, self.requests = grid, requests
-
-    def build(self, device: str | None = None) -> _ConceptFigureWorker:
-        if device is not None:
-            self.classifier.to(device)
-        return _ConceptFigureWorker(self)
-
-
-class _ConceptFigureWorker:
-    def __init__(self, factory: ConceptFigureFactory) -> None:
-        self.factory = factory
-
-    def __call__(self, batch: Any) -> list[tuple[int, str, int, int | None, Any]]:
-        """``(entry index, kind, channel, position, box or map (H, W) float32)``."""
-        from convlens.attribution.crp import concept_maps
-        from convlens.concepts.patches import patch_boxes
-
-        f = self.factory
-        width = f.grid[1] if f.grid and len(f.grid) > 1 else 1
-        out: list[tuple[int, str, int, int | None, Any]] = []
-        for position, item in enumerate(batch.items):
-            wanted = f.requests[item.index]
-            x = batch.x[position:position + 1].to(f.classifier.device)
-            patches = [(c, at) for kind, c, at in wanted if kind == "patch"]
-            if patches:
-                found = patch_boxes(f.classifier, x, f.layer,
-                                    [(c, divmod(int(at), width), "relevance")
-                                     for c, at in patches], rule=f.rule)
-                out.extend((item.index, "patch", c, at, patch.box)
-                           for (c, at), patch in zip(patches, found))
-            channels = [c for kind, c, _ in wanted if kind == "map"]
-            if channels:
-                maps = concept_maps(f.classifier, x, f.layer, channels=channels,
-                                    rule=f.rule).maps[0].float().cpu().numpy()
-                out.extend((item.index, "map", c, None, maps[k])
-                           for k, c in enumerate(channels))
-        return out
+    width = grid[1] if grid and len(grid) > 1 else 1
+    out: list[tuple[int, str, int, int | None, Any]] = []
+    for position, item in enumerate(batch.items):
+        wanted = requests[item.index]
+        x = batch.x[position:position + 1].to(classifier.device)
+        patches = [(c, at) for kind, c, at in wanted if kind == "patch"]
+        if patches:
+            found = patch_boxes(classifier, x, layer,
+                                [(c, divmod(int(at), width), "relevance") for c, at in patches],
+                                rule=rule)
+            out.extend((item.index, "patch", c, at, patch.box)
+                       for (c, at), patch in zip(patches, found))
+        channels = [c for kind, c, _ in wanted if kind == "map"]
+        if channels:
+            maps = concept_maps(classifier, x, layer, channels=channels,
+                                rule=rule).maps[0].float().cpu().numpy()
+            out.extend((item.index, "map", c, None, maps[k]) for k, c in enumerate(channels))
+    return out
 
 
 def _clipped(heat: np.ndarray, quantile: float = 99.0) -> np.ndarray:
@@ -225,7 +189,7 @@ def concept_blocks(audit: AuditView, strategies: list[dict], folder: Path, batch
     maps (CRP, LRP where the model has rules) on the strategy's first prototype images.
     Computed by the audit's engine for these few images only; drawn here."""
     from convlens.concepts.patches import crop_patch
-    from convlens.engines import get_engine
+    from convlens.engines import WorkerFactory, get_engine
     from convlens.present.audit_figures import overlay_thumbnail, patch_grid
 
     data = audit.data
@@ -246,9 +210,9 @@ def concept_blocks(audit: AuditView, strategies: list[dict], folder: Path, batch
     # The maps and patch boxes use CRP's own rule ("auto": LRP where the model has rules):
     # the channel is the one the recorded relevances ranked; conditioned input x gradient
     # (the free path's rule) is a few speckled pixels on a real network, LRP shows the region.
-    factory = ConceptFigureFactory(classifier, header["layer"], "auto",
-                                   list(header.get("grid") or []),
-                                   [sorted(wanted[p]) for p in paths])
+    factory = WorkerFactory(concept_figures, classifier, layer=header["layer"], rule="auto",
+                            grid=list(header.get("grid") or []),
+                            requests=[sorted(wanted[p]) for p in paths])
     engine = audit.engine or get_engine("local", workers=audit.settings.workers)
     patches: dict[tuple[str, int, int], Image.Image] = {}
     views: dict[tuple[str, int], str] = {}

@@ -1,4 +1,5 @@
-"""The ``--engine`` options of ``audit`` and ``evaluate`` (one definition for both)."""
+"""The ``--engine`` options of ``explain``, ``audit``, ``concepts`` and ``evaluate`` (one
+definition for all)."""
 
 from __future__ import annotations
 

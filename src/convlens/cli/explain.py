@@ -24,6 +24,13 @@ from convlens.cli._common import (
     report_problems,
     with_model_options,
 )
+from convlens.cli._engine import (
+    actors_option,
+    engine_option,
+    engine_settings,
+    gpus_per_actor_option,
+    ray_address_option,
+)
 
 
 def _parse_target(text: str) -> Any:
@@ -63,6 +70,10 @@ def explain(
         help="Skip photos finished by an earlier run of the same command (default); "
              "--no-resume recomputes everything (same as --overwrite)."),
     max_pixels: int | None = max_pixels_option(),
+    engine: str = engine_option(),
+    ray_address: str | None = ray_address_option(),
+    actors: int | None = actors_option(),
+    gpus_per_actor: float | None = gpus_per_actor_option(),
     *, model_options: ModelOptions,
 ) -> None:
     """Write heatmaps (one PNG per method), a grid per image, results.json and index.html."""
@@ -70,6 +81,10 @@ def explain(
     from convlens.files import check_output
     from convlens.jobs.explain_job import ExplainJob
 
+    engine, engine_options = engine_settings(engine, ray_address, actors, gpus_per_actor)
+    if engine != "local" and workers:
+        fail("--workers sets the local engine's decoding processes; with --engine ray, Ray "
+             "decodes in its own tasks")
     if normalize not in ("image", "batch"):
         fail(f"--normalize must be 'image' or 'batch', got {normalize!r}")
     check_max_pixels(max_pixels)
@@ -81,7 +96,7 @@ def explain(
     job = ExplainJob(classifier, method_names, out, target=target_value, layer=layer,
                      normalize=normalize, batch_size=batch_size, workers=workers,
                      options=options, overwrite=overwrite or not resume, grids=grid,
-                     max_pixels=max_pixels)
+                     max_pixels=max_pixels, engine=engine, engine_options=engine_options)
     with cli_progress() as progress:
         outcome = job.run(images, progress=progress)
     skipped = f", {outcome.skipped} image(s) already done" if outcome.skipped else ""

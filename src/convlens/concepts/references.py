@@ -147,20 +147,11 @@ def top_of_batch(scores: np.ndarray, positions: np.ndarray, k: int,
 # ------------------------------------------------------------------ the worker
 
 
-@dataclass
-class ReferenceWorkerFactory:
-    """Builds the pass's per-batch worker; picklable, so every engine worker builds its own.
-
-    See :class:`convlens.engines.WorkerFactory`.
-    """
-
-    classifier: Any
-    settings: ReferenceSettings
-
-    def build(self, device: str | None = None) -> ReferenceWorker:
-        if device is not None:
-            self.classifier.to(device)
-        return ReferenceWorker(self.classifier, self.settings)
+def reference_batch(classifier: Any, batch: Any, *, settings: ReferenceSettings
+                    ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """The pass's per-batch work on an engine (:class:`convlens.engines.WorkerFactory`):
+    one decoded batch in, its records and per-channel top-k arrays out."""
+    return ReferenceWorker(classifier, settings)(batch)
 
 
 class ReferenceWorker:
@@ -227,7 +218,7 @@ def run_references_pass(classifier: Any, dataset: Any, store: ResultStore,
                         settings: ReferenceSettings, *, engine: Any = None,
                         progress: ProgressCallback | None = None) -> PassResult:
     """Compute the per-batch top-ks of every image of ``dataset`` not yet in ``store``."""
-    from convlens.engines import get_engine
+    from convlens.engines import WorkerFactory, get_engine
 
     engine = engine or get_engine("local")
     keys: list[str] = []
@@ -235,7 +226,7 @@ def run_references_pass(classifier: Any, dataset: Any, store: ResultStore,
     total, seen, computed = len(dataset.entries), 0, 0
     emit(progress, "references", 0, total)
     for done in engine.map_units(dataset.entries, classifier.preprocessing,
-                                 ReferenceWorkerFactory(classifier, settings),
+                                 WorkerFactory(reference_batch, classifier, settings=settings),
                                  batch_size=settings.batch_size, salt=store.fingerprint or "",
                                  skip=store.done_keys()):
         batch = done.batch

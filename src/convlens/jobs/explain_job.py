@@ -2,16 +2,22 @@
 
 :class:`ExplainJob` is what ``convlens explain`` runs. It reads the inputs with
 :func:`convlens.io.datasets.scan_inputs` (the output folder is never read: it is excluded
-and marked), decodes them with a DataLoader (bad files become problems, not crashes),
-explains each batch with :func:`convlens.explanations.explain`, writes the PNGs atomically and
-appends the batch's records to a :class:`~convlens.store.ResultStore` under
-``OUT/records/``. Memory is bounded by the batch size, whatever the number of images.
+and marked) and runs on an engine (:mod:`convlens.engines`, like the audit and ``evaluate``):
+the engine decodes each batch (bad files become problems, not crashes) and its worker
+explains it with :func:`convlens.explanations.explain` (:func:`explain_batch`: the maps at
+model resolution, their peaks, the predictions); this process takes the batches in order,
+draws the PNGs on the photos (decoded again here) atomically and appends the batch's records
+to a :class:`~convlens.store.ResultStore` under ``OUT/records/``. The default engine is the
+local one (``workers`` decoding processes, the model in this process); ``engine="ray"``
+explains on a Ray actor pool with the same files as a result. Memory is bounded by the
+batch size, whatever the number of images.
 
 Resuming. Each record is keyed by the file's relative path, its content (SHA-256) and the
 configuration's fingerprint (model weights, labels, preprocessing, methods, target, layer,
 normalisation, options); a rerun of the same command skips keys already stored, and a
 run with another configuration in the same folder is refused until ``overwrite=True``
-(``--overwrite``). A run killed at any moment (even ``kill -9``) and run again ends with
+(``--overwrite``). The engine is not part of the configuration: a run started on one engine
+resumes on another. A run killed at any moment (even ``kill -9``) and run again ends with
 the same files as an uninterrupted run: every file is written atomically, a batch's
 records are written after its PNGs, and output names are assigned over the whole sorted
 input list before anything runs, so they do not depend on where a run stopped.
@@ -49,9 +55,10 @@ from PIL import Image
 
 from convlens import explanations as explanations_module
 from convlens.attribution.core import get_method
+from convlens.engines import Engine, UnitResult, WorkerFactory, get_engine, in_unit_order
 from convlens.errors import ConvlensError, ConvlensWarning, OutputError
 from convlens.files import atomic_output, claim_output, write_json_atomic
-from convlens.io.datasets import Batch, Entry, batches, scan_inputs
+from convlens.io.datasets import Batch, Entry, scan_inputs
 from convlens.io.images import InputProblem, load_image, safe_output_name
 from convlens.models.classifier import Classifier, Prepared
 from convlens.preprocessing import Geometry, coverage_mask, map_to_original
@@ -62,7 +69,7 @@ from convlens.present.views import is_pixel_level
 from convlens.progress import ProgressCallback, emit
 from convlens.store import ResultStore
 
-__all__ = ["ExplainJob", "JobOutcome", "model_fingerprint"]
+__all__ = ["ExplainJob", "JobOutcome", "explain_batch", "model_fingerprint"]
 
 _SIGN = "positive"  # what the PNGs show: evidence for the class
 
@@ -122,6 +129,54 @@ def group_methods(methods: Sequence[str], options: Mapping[str, Mapping[str, Any
     return list(groups.values())
 
 
+def explain_batch(classifier: Classifier, batch: Batch, *, methods: Sequence[str],
+                  options: Mapping[str, Mapping[str, Any]], target: Any, layer: str | None,
+                  batch_size: int) -> list[list[dict[str, Any]]]:
+    """The explain job's per-batch work on an engine (:class:`convlens.engines.WorkerFactory`).
+
+    Explains the decoded items of ``batch`` (``batch.x``, the network inputs the engine
+    decoded) with every method, one :func:`convlens.explanations.explain` call per group of
+    methods sharing options (:func:`group_methods`). Nothing is drawn or written here: per
+    item, per explained class (one, or K for ``top:K``), a view ``{"predictions", "target",
+    "target_label", "probability", "layer", "notes", "maps", "peaks"}`` whose ``maps`` are
+    the 2-D maps at model resolution (float32 tensors) and ``peaks`` their own percentile
+    peaks; :class:`ExplainJob` turns them into records and PNGs in its own process.
+    """
+    prepared = Prepared(batch.x, [None] * len(batch.items),
+                        [item.geometry for item in batch.items])
+    names = [item.relpath for item in batch.items]
+    per_group = []
+    for group, opts in group_methods(methods, options):
+        opts = dict(opts)
+        group_layer = opts.pop("layer", layer)
+        with warnings.catch_warnings():  # the notes go into the records instead
+            warnings.simplefilter("ignore", ConvlensWarning)
+            per_group.append((group, explanations_module.explain(
+                classifier, prepared, group, target=target, layer=group_layer,
+                normalize="image", sign=_SIGN, names=names, batch_size=batch_size,
+                method_options=opts)))
+    per_image = len(per_group[0][1]) // len(batch.items)
+    return [[_view(per_group, position * per_image + rank) for rank in range(per_image)]
+            for position in range(len(batch.items))]
+
+
+def _view(per_group: Sequence[tuple[list[str], Sequence[Any]]], row: int) -> dict[str, Any]:
+    """Row ``row`` of every group's explanations, as one view of :func:`explain_batch`."""
+    first = per_group[0][1][row]
+    maps, peaks, layer_name, notes = {}, {}, None, []
+    for methods, explanations in per_group:
+        explanation = explanations[row]
+        layer_name = layer_name or explanation.layer
+        notes.extend(n for n in getattr(explanation, "notes", []) if n not in notes)
+        for method in methods:
+            # a copy: the map alone travels back from a Ray worker, not the whole batch's
+            maps[method] = explanation.raw_map(method).float().clone()
+            peaks[method] = float(explanation.scales[method])
+    return {"predictions": first.predictions, "target": first.target,
+            "target_label": first.target_label, "probability": first.probability,
+            "layer": layer_name, "notes": notes, "maps": maps, "peaks": peaks}
+
+
 def _validate_options(methods: Sequence[str], options: Mapping[str, Mapping[str, Any]]
                       ) -> dict[str, dict[str, Any]]:
     unknown = sorted(set(options) - set(methods))
@@ -153,7 +208,7 @@ class ExplainJob:
         normalize: ``image`` (each map to its own peak) or ``batch`` (one scale per method
             over the whole run).
         batch_size: Images explained together; results do not depend on it.
-        workers: Decoding processes (0: decode in this process).
+        workers: Decoding processes of the local engine (0: decode in this process).
         options: Per-method options, ``{"integrated_gradients": {"steps": 25}}``; a
             ``layer`` entry overrides ``layer`` for that method.
         overwrite: Delete an earlier run's results in ``out`` first (needed when its
@@ -161,9 +216,17 @@ class ExplainJob:
         page: Write ``index.html`` at the end when the page module exists.
         grids: Draw the titled grid per image (matplotlib: most of the time per image on
             a CPU); ``False`` writes the overlays only.
+        engine: Where the batches are decoded and explained: ``"local"`` (default: this
+            process, ``workers`` decoding processes), ``"ray"`` (Ray Data: parallel
+            decoding, an actor pool with one model copy each; ``pip install
+            'convlens[ray]'``) or an engine object (:mod:`convlens.engines`). Every engine
+            writes the same files; this process draws and writes them.
+        engine_options: Options of the engine (``workers`` for local; ``address``,
+            ``actors``, ``cpus_per_actor``, ``gpus_per_actor`` for Ray).
 
     Raises:
         ConvlensError: Unknown method, options for a method not run, bad ``normalize``.
+        EngineError: An unknown engine, options it does not take, Ray not installed.
     """
 
     def __init__(self, classifier: Classifier, methods: Sequence[str], out: str | os.PathLike,
@@ -171,7 +234,8 @@ class ExplainJob:
                  batch_size: int = 8, workers: int = 0,
                  options: Mapping[str, Mapping[str, Any]] | None = None,
                  overwrite: bool = False, page: bool = True, grids: bool = True,
-                 max_pixels: int | None = None) -> None:
+                 max_pixels: int | None = None, engine: str | Engine | None = None,
+                 engine_options: Mapping[str, Any] | None = None) -> None:
         if normalize not in ("image", "batch"):
             raise ConvlensError(f"normalize must be 'image' or 'batch', got {normalize!r}")
         if not methods:
@@ -190,6 +254,10 @@ class ExplainJob:
         self.grids = grids
         self.max_pixels = max_pixels
         self.layer_name: str | None = None
+        engine_options = dict(engine_options or {})
+        if engine in (None, "local"):
+            engine_options.setdefault("workers", self.workers)
+        self.engine = get_engine(engine, **engine_options)
 
     def _pixel_cap(self) -> dict[str, int]:
         """``load_image`` keyword for the job's pixel cap (none: the library's default)."""
@@ -266,14 +334,20 @@ class ExplainJob:
         total, seen, new, skipped = len(dataset.entries), 0, 0, 0
         stored = len(done)
         emit(progress, "explain", 0, total)
+        factory = WorkerFactory(explain_batch, self.classifier, methods=self.methods,
+                                options=self.options, target=self.target, layer=self.layer,
+                                batch_size=self.batch_size)
+        units = self.engine.map_units(dataset.entries, self.classifier.preprocessing, factory,
+                                      batch_size=self.batch_size,
+                                      salt=store.fingerprint or "", skip=done,
+                                      max_pixels=self.max_pixels)
         try:
-            for batch in batches(dataset.entries, self.classifier.preprocessing,
-                                 batch_size=self.batch_size, workers=self.workers,
-                                 salt=store.fingerprint or "", skip=done,
-                                 max_pixels=self.max_pixels):
+            # in unit order whatever the engine: one shard per unit, the same files
+            for unit in in_unit_order(units):
+                batch = unit.batch
                 problems.extend(_problem(p) for p in batch.problems)
                 if batch.items:
-                    records, arrays = self._explain_batch(batch, names)
+                    records, arrays = self._store_batch(unit, names)
                     store.append(records, arrays)
                     new += len(records)
                     stored += len(batch.items)
@@ -301,51 +375,29 @@ class ExplainJob:
 
     # ------------------------------------------------------------------ one batch
 
-    def _explain_batch(self, batch: Batch, names: Mapping[str, str]
-                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Explain the decoded items of one batch: records (+ stored maps for batch scaling)."""
+    def _store_batch(self, unit: UnitResult, names: Mapping[str, str]
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """One explained unit (:func:`explain_batch`'s views) -> its records (+ stored maps
+        for batch scaling); with ``normalize="image"`` its PNGs are drawn here, on the photos
+        decoded again in this process (the engine ships no photos)."""
+        batch = unit.batch
         stems = [names[item.relpath] for item in batch.items]
-        images = [batch.image(k) for k in range(len(batch.items))]
-        # the batch's own network inputs (load_file: the same pixels as audit's), not a
-        # second preprocessing of the full-size photos kept for drawing
-        prepared = Prepared(batch.x, images, [item.geometry for item in batch.items])
-        per_group = []
-        for methods, opts in group_methods(self.methods, self.options):
-            opts = dict(opts)
-            layer = opts.pop("layer", self.layer)
-            with warnings.catch_warnings():  # the notes go into the records instead
-                warnings.simplefilter("ignore", ConvlensWarning)
-                per_group.append((methods, explanations_module.explain(
-                    self.classifier, prepared, methods, target=self.target, layer=layer,
-                    normalize="image", sign=_SIGN, names=stems, batch_size=self.batch_size,
-                    method_options=opts)))
-        rows = len(per_group[0][1])
-        per_image = rows // len(batch.items)
         records: list[dict[str, Any]] = []
         maps_to_store: dict[str, np.ndarray] = {}
         for position, item in enumerate(batch.items):
-            image, stem = images[position], stems[position]
+            stem, per_image = stems[position], len(unit.result[position])
             views = []
-            for rank in range(per_image):
-                row = position * per_image + rank
-                first = per_group[0][1][row]
-                maps, peaks, layer_name, notes = {}, {}, None, []
-                for methods, explanations in per_group:
-                    explanation = explanations[row]
-                    layer_name = layer_name or explanation.layer
-                    notes.extend(n for n in getattr(explanation, "notes", []) if n not in notes)
-                    for method in methods:
-                        maps[method] = explanation.raw_map(method).float()
-                        peaks[method] = float(explanation.scales[method])
+            for rank, view in enumerate(unit.result[position]):
+                maps, peaks, layer_name = view["maps"], view["peaks"], view["layer"]
                 self.layer_name = self.layer_name or layer_name
-                prefix = stem if per_image == 1 else f"{stem}.class{first.target}"
+                prefix = stem if per_image == 1 else f"{stem}.class{view['target']}"
                 record = {
                     "path": str(item.path),
                     "name": stem,
                     "predictions": [{"label": label, "probability": round(p, 6)}
-                                    for label, p in first.predictions],
-                    "target": {"index": first.target, "label": first.target_label,
-                               "probability": round(first.probability, 6)},
+                                    for label, p in view["predictions"]],
+                    "target": {"index": view["target"], "label": view["target_label"],
+                               "probability": round(view["probability"], 6)},
                     "empty_maps": [m for m in self.methods if _is_empty(maps[m])],
                     "scales": dict(peaks),
                     "files": {m: f"{prefix}.{m}.png" for m in self.methods},
@@ -356,7 +408,7 @@ class ExplainJob:
                     "peaks": peaks,
                     "layer": layer_name,
                     "geometry": _geometry_record(item.geometry),
-                    "notes": notes,
+                    "notes": view["notes"],
                 }
                 readable = {m: {"map": f"{prefix}.{m}.map.png",
                                 "overlay": f"{prefix}.{m}.dim.png"}
@@ -376,6 +428,7 @@ class ExplainJob:
                 records.append(record)
                 views.append((record, maps))
             if self.normalize == "image":
+                image = load_image(item.path, **self._pixel_cap())
                 self._render_image(image, item.geometry, views, scales=None)
         arrays = {"maps": maps_to_store} if maps_to_store else {}
         return records, arrays

@@ -28,7 +28,7 @@ import torch
 from convlens import __version__
 from convlens.attribution.core import attribute, get_method
 from convlens.attribution.targets import TargetLike
-from convlens.engines import get_engine
+from convlens.engines import WorkerFactory, get_engine
 from convlens.files import claim_output, finite_json, write_text_atomic
 from convlens.io.datasets import scan_inputs
 from convlens.metrics.core import Metric, MetricError, Scores, get_metric, resolve, unwrap
@@ -254,29 +254,14 @@ def score_images(module: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor
     return out
 
 
-@dataclass
-class EvaluateWorkerFactory:
-    """Builds the per-batch worker of :func:`evaluate` on an engine (picklable).
-
-    See :class:`convlens.engines.WorkerFactory`.
-    """
-
-    classifier: Any
-    request: Request
-
-    def build(self, device: str | None = None) -> Callable[[Any], dict[str, Any]]:
-        if device is not None:
-            self.classifier.to(device)
-        module, labels = unwrap(self.classifier)
-        request = self.request
-
-        def work(batch: Any) -> dict[str, Any]:
-            x = batch.x.to(getattr(self.classifier, "device", "cpu"))
-            _, classes = resolve(module, x, request.target, labels)
-            return {"classes": classes.cpu(), "scores": score_images(module, x, classes, request),
-                    "device": str(x.device)}
-
-        return work
+def evaluate_batch(classifier: Any, batch: Any, *, request: Request) -> dict[str, Any]:
+    """:func:`evaluate`'s per-batch work on an engine (:class:`convlens.engines.WorkerFactory`):
+    the batch's classes, its per-method, per-metric :class:`Scores` and the device used."""
+    module, labels = unwrap(classifier)
+    x = batch.x.to(getattr(classifier, "device", "cpu"))
+    _, classes = resolve(module, x, request.target, labels)
+    return {"classes": classes.cpu(), "scores": score_images(module, x, classes, request),
+            "device": str(x.device)}
 
 
 def evaluate(classifier: Any, images: Any, methods: Sequence[str] = ("gradcam", "saliency"),
@@ -436,7 +421,7 @@ def _run_on_engine(classifier: Any, images: Any, request: Request, image_batch: 
 
     errors = [record(p) for p in dataset.problems]
     for done in runner.map_units(dataset.entries, classifier.preprocessing,
-                                 EvaluateWorkerFactory(classifier, request),
+                                 WorkerFactory(evaluate_batch, classifier, request=request),
                                  batch_size=image_batch):
         errors += [record(p) for p in done.batch.problems]
         if done.result is not None:
