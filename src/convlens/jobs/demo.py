@@ -21,6 +21,7 @@ from typing import Any
 
 from convlens.errors import ConvlensError
 from convlens.files import check_output, claim_output, save_image_atomic, write_text_atomic
+from convlens.progress import ProgressCallback, ProgressLike, emit, resolve_progress
 
 DEFAULT_SAMPLES = ("chelsea", "coffee")
 
@@ -59,7 +60,7 @@ FULL_OPTIONS: dict[str, dict[str, Any]] = {
 
 def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str = "auto",
                features: bool = True, full: bool = False,
-               samples: Sequence[str] | None = None) -> Path:
+               samples: Sequence[str] | None = None, progress: ProgressLike = None) -> Path:
     """Explain sample photos and write the self-contained page ``out/index.html``.
 
     Args:
@@ -71,6 +72,10 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
             rendered live with ``full``).
         full: Every method, all four photos, :data:`FULL_OPTIONS`, live feature gallery.
         samples: Sample names (default two, or all four with ``full``).
+        progress: A callback given an ``explain`` :class:`~convlens.progress.ProgressEvent`
+            per method (``done``/``total`` in methods, the method now running as the
+            message), ``True`` (plain lines, or a bar in a notebook), ``False``/None for
+            silence. The demo never draws; ``convlens demo`` draws the events as a bar.
 
     Returns:
         The page's path.
@@ -84,6 +89,7 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
     from convlens.models.loading import load_model
 
     started, cpu_started = time.perf_counter(), time.process_time()
+    callback = resolve_progress(progress)
     out = Path(out)
     check_output(out, option="--out")
     if methods:
@@ -101,22 +107,23 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
     classifier = load_model(device=device)
     with claim_output(out, what="convlens demo"):
         return _write_demo(out, classifier, chosen, names, options, full, features,
-                           started, cpu_started)
+                           started, cpu_started, callback)
 
 
 def _write_demo(out: Path, classifier: Any, chosen: list[str], names: list[str],
                 options: Mapping[str, Mapping[str, Any]], full: bool, features: bool,
-                started: float, cpu_started: float) -> Path:
+                started: float, cpu_started: float,
+                progress: ProgressCallback | None = None) -> Path:
     """The demo's files, written into the claimed folder ``out``."""
     from convlens.io.samples import sample_images
 
     photos = sample_images()
     paths = [save_image_atomic(photos[sample], out / "samples" / f"{sample}.png")
              for sample in chosen]
-    per_method, timings = _explain_each(classifier, paths, names, options)
+    per_method, timings = _explain_each(classifier, paths, names, options, progress)
     sample_sections = [_sample_section(out, path, index, names, per_method, timings, options)
                        for index, path in enumerate(paths)]
-    feature_groups = _feature_groups(classifier, out, full) if features else []
+    feature_groups = _feature_groups(classifier, out, full, progress) if features else []
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     header = [
         ("model", classifier.name),
@@ -142,23 +149,23 @@ def _write_demo(out: Path, classifier: Any, chosen: list[str], names: list[str],
 
 
 def _explain_each(classifier: Any, paths: list[Path], names: list[str],
-                  options: dict[str, dict[str, Any]]
+                  options: Mapping[str, Mapping[str, Any]],
+                  progress: ProgressCallback | None = None
                   ) -> tuple[dict[str, list[Any]], dict[str, tuple[float, float]]]:
-    """One explain() call per method, so each method's time can be shown on the page."""
-    from rich.progress import Progress
+    """One explain() call per method, so each method's time can be shown on the page.
 
+    Emits an ``explain`` event before each method (naming it) and one when all are done.
+    """
     from convlens.explanations import explain
 
     per_method: dict[str, list[Any]] = {}
     timings: dict[str, tuple[float, float]] = {}
-    with Progress(transient=True) as bar:
-        task = bar.add_task("explaining the samples", total=len(names))
-        for name in names:
-            bar.update(task, description=f"{name:>22}")
-            wall, cpu = time.perf_counter(), time.process_time()
-            per_method[name] = explain(classifier, paths, [name], **options.get(name, {}))
-            timings[name] = (time.perf_counter() - wall, time.process_time() - cpu)
-            bar.advance(task)
+    for done, name in enumerate(names):
+        emit(progress, "explain", done, len(names), name)
+        wall, cpu = time.perf_counter(), time.process_time()
+        per_method[name] = explain(classifier, paths, [name], **options.get(name, {}))
+        timings[name] = (time.perf_counter() - wall, time.process_time() - cpu)
+    emit(progress, "explain", len(names), len(names), "all methods explained")
     return per_method, timings
 
 
@@ -203,13 +210,14 @@ def _sample_section(out: Path, path: Path, index: int, names: list[str],
     }
 
 
-def _feature_groups(classifier: Any, out: Path, full: bool) -> list[dict[str, Any]]:
+def _feature_groups(classifier: Any, out: Path, full: bool,
+                    progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
     """The feature section: the committed set, or (``full``) the live gallery."""
     from convlens.present.html import data_uri
     from convlens.visualization.gallery import demo_gallery, precomputed_gallery
 
     if full:
-        records = demo_gallery(classifier, out / "features")
+        records = demo_gallery(classifier, out / "features", progress=progress)
         made = "rendered live by `convlens demo --full`"
     else:
         records = precomputed_gallery()
