@@ -96,6 +96,13 @@ def _files(photos: Path) -> list[str]:
     return sorted(str(p) for p in photos.rglob("*.png"))
 
 
+def test_explain(photos) -> None:
+    events: list[ProgressEvent] = []
+    cl.explain(_classifier(), _files(photos), ["saliency"], batch_size=5, progress=events.append)
+    assert [(e.done, e.total) for e in _stages(events)["explain"]] == [
+        (0, 13), (5, 13), (10, 13), (13, 13)]
+
+
 def test_the_explain_job(photos, tmp_path) -> None:
     events: list[ProgressEvent] = []
     ExplainJob(_classifier(), ["gradcam"], tmp_path / "out", batch_size=5).run(
@@ -181,13 +188,14 @@ def test_true_prints_plain_lines_outside_a_notebook(photos, capsys) -> None:
     assert lines[0] == "evaluate: 0/13" and lines[-1].startswith("evaluate: 13/13 saliency")
 
 
-@pytest.mark.parametrize("job", ["explain job", "audit", "evaluate", "visualize", "demo",
+@pytest.mark.parametrize("job", ["explain", "explain job", "audit", "evaluate", "visualize", "demo",
                                  "correct", "reference_sets", "tcav"])
 def test_a_bad_progress_value_is_one_clear_error(job, photos, audited, tmp_path,
                                                  monkeypatch) -> None:
     monkeypatch.setattr("convlens.models.loading.load_model", lambda device="auto": _classifier())
     clf, bad = _classifier(), "yes"
     calls = {
+        "explain": lambda: cl.explain(clf, _files(photos), progress=bad),
         "explain job": lambda: ExplainJob(clf, ["gradcam"], tmp_path / "o").run(
             [photos], progress=bad),
         "audit": lambda: cl.audit(clf, photos, out=tmp_path / "o", progress=bad),

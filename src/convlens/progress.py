@@ -1,10 +1,10 @@
 """Progress events: the library reports, front ends draw.
 
-Every long job (:class:`~convlens.jobs.explain_job.ExplainJob`, the audit, ``evaluate``,
-``visualize``, the demo, ``correct``, ``reference_sets``, the concept atlas) takes
-``progress: ProgressCallback | bool | None``, turns it into a callback with
-:func:`resolve_progress`, and calls it with a :class:`ProgressEvent` after each unit of
-work; jobs never print or draw. The command line turns events into a Rich bar
+Every long job (``explain``, :class:`~convlens.jobs.explain_job.ExplainJob`, the audit
+and its report, ``evaluate``, ``visualize``, the demo, ``correct``, ``reference_sets``, the
+concept atlas, ``tcav``) takes ``progress: ProgressCallback | bool | None``, turns it into a
+callback with :func:`resolve_progress`, and calls it with a :class:`ProgressEvent` after
+each unit of work; jobs never print or draw. The command line turns events into a Rich bar
 (``convlens.cli._progress``); notebooks get :func:`notebook_progress`; scripts
 :func:`text_progress`. See docs/architecture.md, "Layers and the direction data flows":
 jobs sit left of present/cli.
