@@ -119,6 +119,10 @@ class EngineError(ConvlensError, RuntimeError):
     """An engine cannot start (Ray missing, no cluster at the address) or a worker failed."""
 
 
+class ProgressError(ConvlensError, TypeError):
+    """A long job's ``progress`` argument is none of None, True, False or a callable."""
+
+
 # ------------------------------------------------- the web app (convlens serve)
 
 

@@ -51,6 +51,7 @@ from convlens.present.heatmap import (
     is_empty,
     to_unit,
 )
+from convlens.progress import ProgressCallback, ProgressLike, emit, resolve_progress
 
 #: Longest side of the photo that overlays and grids are drawn on (heatmaps themselves
 #: are returned at the photo's own size).
@@ -313,7 +314,7 @@ def explain(classifier: Classifier, images: ImageLike | Iterable[ImageLike],
             top: int | None = None, layer: Any = None, normalize: str = "image",
             sign: str = "positive", names: Sequence[str] | None = None,
             batch_size: int = 16, method_options: Mapping[str, Any] | None = None,
-            **options: Any) -> list[Explanation]:
+            progress: ProgressLike = None, **options: Any) -> list[Explanation]:
     """Explain the classifier's decision on each image with one or more methods.
 
     Args:
@@ -339,6 +340,9 @@ def explain(classifier: Classifier, images: ImageLike | Iterable[ImageLike],
             is bounded by it.
         method_options: Method options whose names clash with explain's own arguments
             (e.g. ``{"batch_size": 32}`` for occlusion's masked copies per pass).
+        progress: A callback given an ``explain`` :class:`~convlens.progress.ProgressEvent`
+            after each batch of images, ``True`` (plain lines, or a bar in a notebook),
+            ``False``/None for silence (see :func:`convlens.progress.resolve_progress`).
         **options: Method options (``steps=``, ``masks=``...).
 
     Returns:
@@ -351,10 +355,11 @@ def explain(classifier: Classifier, images: ImageLike | Iterable[ImageLike],
         >>> exps = explain(load_model(), ["cat.jpg"], ["gradcam", "saliency"])  # doctest: +SKIP
         >>> exps[0].overlay("gradcam").save("cat-gradcam.png")                  # doctest: +SKIP
     """
+    callback = resolve_progress(progress)
     results = list(_explanations(classifier, images, methods, target=target, top=top,
                                  layer=layer, normalize=normalize, sign=sign, names=names,
                                  batch_size=batch_size, method_options=method_options,
-                                 options=options))
+                                 options=options, progress=callback))
     if normalize == "batch":
         for name in (results[0].methods if results else []):
             shared = max(exp.peaks[name] for exp in results)
@@ -366,8 +371,8 @@ def explain(classifier: Classifier, images: ImageLike | Iterable[ImageLike],
 def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *, target: Any,
                   top: int | None, layer: Any, normalize: str, sign: str,
                   names: Sequence[str] | None, batch_size: int,
-                  method_options: Mapping[str, Any] | None, options: Mapping[str, Any]
-                  ) -> Iterator[Explanation]:
+                  method_options: Mapping[str, Any] | None, options: Mapping[str, Any],
+                  progress: ProgressCallback | None = None) -> Iterator[Explanation]:
     classifier = as_classifier(classifier)
     method_names = [methods] if isinstance(methods, str) else list(methods)
     specs = {name: get_method(name) for name in method_names}
@@ -380,6 +385,7 @@ def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *,
     scorer = is_score_function(target)
     images_per_batch = max(1, batch_size // k)
     layer_name = None
+    emit(progress, "explain", 0, len(items))
     for start in range(0, len(items), images_per_batch):
         chunk = items[start:start + images_per_batch]
         prepared = _prepare_one_by_one(classifier, chunk)
@@ -431,6 +437,7 @@ def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *,
                     warnings.warn(f"{exp.name}: {note}", ConvlensWarning, stacklevel=3)
                 yield exp
         del prepared, raw
+        emit(progress, "explain", start + len(chunk), len(items))
 
 
 def _checked_settings(normalize: str, sign: str, batch_size: int,

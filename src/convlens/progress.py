@@ -1,10 +1,13 @@
 """Progress events: the library reports, front ends draw.
 
-Long jobs (:class:`~convlens.jobs.explain_job.ExplainJob`, the audit) call a
-:data:`ProgressCallback` with a :class:`ProgressEvent` after each unit of work; they never
-print or draw. The command line turns events into a Rich bar (``convlens.cli._progress``);
-notebooks can use :func:`notebook_progress`; scripts :func:`text_progress`. See
-docs/architecture.md, "Layers and the direction data flows": jobs sit left of present/cli.
+Every long job (``explain``, :class:`~convlens.jobs.explain_job.ExplainJob`, the audit
+and its report, ``evaluate``, ``visualize``, the demo, ``correct``, ``reference_sets``, the
+concept atlas, ``tcav``) takes ``progress: ProgressCallback | bool | None``, turns it into a
+callback with :func:`resolve_progress`, and calls it with a :class:`ProgressEvent` after
+each unit of work; jobs never print or draw. The command line turns events into a Rich bar
+(``convlens.cli._progress``); notebooks get :func:`notebook_progress`; scripts
+:func:`text_progress`. See docs/architecture.md, "Layers and the direction data flows":
+jobs sit left of present/cli.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-__all__ = ["ProgressCallback", "ProgressEvent", "emit", "notebook_progress", "text_progress"]
+from convlens.errors import ProgressError
+
+__all__ = ["ProgressCallback", "ProgressEvent", "ProgressLike", "emit", "notebook_progress",
+           "resolve_progress", "text_progress"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,39 @@ class ProgressEvent:
 
 ProgressCallback = Callable[[ProgressEvent], None]
 """What a job calls with each event; its return value is ignored."""
+
+ProgressLike = ProgressCallback | bool | None
+"""What a long job's ``progress`` argument accepts (see :func:`resolve_progress`)."""
+
+
+def resolve_progress(progress: ProgressLike) -> ProgressCallback | None:
+    """The one reading of a long job's ``progress`` argument.
+
+    ``None`` or ``False``: silence (returns ``None``, which :func:`emit` skips). ``True``:
+    bars in a Jupyter kernel (:func:`notebook_progress`), plain lines on stderr elsewhere
+    (:func:`text_progress`). A callable: used as is, called with each
+    :class:`ProgressEvent`.
+
+    Example:
+        >>> got = []
+        >>> emit(resolve_progress(got.append), "explain", 0, 2)
+        >>> got
+        [ProgressEvent(stage='explain', done=0, total=2, message='')]
+        >>> resolve_progress(False) is None
+        True
+
+    Raises:
+        ProgressError: Anything else (a string, a number...).
+    """
+    if progress is None or progress is False:
+        return None
+    if progress is True:
+        return notebook_progress() if in_notebook() else text_progress()
+    if callable(progress):
+        return progress
+    raise ProgressError(f"progress must be None or False (silent), True (text lines, or bars "
+                        f"in a notebook) or a callable taking a ProgressEvent, got "
+                        f"{type(progress).__name__} {progress!r}; pass one of those")
 
 
 def emit(callback: ProgressCallback | None, stage: str, done: int, total: int | None,

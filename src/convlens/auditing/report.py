@@ -81,9 +81,10 @@ class _Maps:
         self.wanted[path].add(target)
         return f"{ASSETS}/{_name(path, f'-{target}.jpg')}"
 
-    def render(self, folder: Path, batch_size: int, progress: ProgressCallback | None) -> None:
+    def render(self, folder: Path, batch_size: int, progress: ProgressCallback | None) -> int:
         """Thumbnails and map overlays of the wanted images; the maps are computed by the
-        audit's engine (decoding and attribution there, the drawing here)."""
+        audit's engine (decoding and attribution there, the drawing here). Returns the
+        number of images (the ``report`` stage's total)."""
         from convlens.engines import WorkerFactory, get_engine
         from convlens.present.audit_figures import overlay_thumbnail, thumbnail
 
@@ -114,6 +115,7 @@ class _Maps:
                                           folder / _name(item.relpath, f"-{target}.jpg"))
             done += batch.size
             emit(progress, "report", done, len(paths))
+        return len(paths)
 
 
 def report_maps(classifier: Any, batch: Any, *, method: str, layer: str | None,
@@ -322,7 +324,7 @@ def write_report(audit: AuditView, target: Path, *, progress: ProgressCallback |
 
     mistakes = _mistake_section(data, maps, index_of)
 
-    maps.render(folder, batch_size or audit.settings.batch_size, progress)
+    drawn = maps.render(folder, batch_size or audit.settings.batch_size, progress)
     blocks = concept_blocks(audit, strategies, folder, batch_size or audit.settings.batch_size,
                             progress)
     strategies = [{**s, "concept_block": blocks.get(s["id"])} for s in strategies]
@@ -341,7 +343,7 @@ def write_report(audit: AuditView, target: Path, *, progress: ProgressCallback |
         "classes_page": [c for c in data["classes"] if c["support"]][:200],
     })
     write_text_atomic(target, html)
-    emit(progress, "report", 1, 1, f"wrote {target}")
+    emit(progress, "report", drawn, drawn, f"wrote {target}")
     return target
 
 

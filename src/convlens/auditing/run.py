@@ -30,7 +30,7 @@ from convlens.auditing.passes import PassSettings, run_pass
 from convlens.errors import ConvlensError, LabelMismatchError, unknown_choice
 from convlens.files import check_not_input, check_output, claim_output, write_json_atomic
 from convlens.models.fingerprint import model_fingerprint
-from convlens.progress import ProgressCallback, emit, in_notebook, notebook_progress
+from convlens.progress import ProgressLike, emit, resolve_progress
 from convlens.store import ResultStore, config_fingerprint
 
 STORE_FOLDER = "store"
@@ -46,7 +46,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
           layer: str | None = None, group_by: str = "predicted",
           out: str | os.PathLike[str] = "convlens-audit", batch_size: int = 32, workers: int = 0,
           overwrite: bool = False, map_size: int = 32, checks: int = 3, seed: int = 0,
-          layout: str = "auto", progress: ProgressCallback | bool | None = None,
+          layout: str = "auto", progress: ProgressLike = None,
           metrics: Sequence[str] | str | None = None,
           metric_options: dict[str, dict[str, Any]] | None = None,
           engine: Any = "local", engine_options: dict[str, Any] | None = None,
@@ -68,8 +68,9 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         checks: How many of the most suspicious strategies get the causal check.
         seed: Seeds SpRAy and the causal check's random regions.
         layout: ``auto``, ``imagefolder``, ``csv`` or ``plain``.
-        progress: A callback, ``True`` (plain lines, or bars in a notebook), ``False``/None
-            for silence (in a notebook, ``None`` shows bars).
+        progress: A callback given each :class:`~convlens.progress.ProgressEvent`, ``True``
+            (plain lines, or bars in a notebook), ``False``/None for silence (see
+            :func:`convlens.progress.resolve_progress`).
         metrics: Maps-based metrics scored per image on the full-resolution map of the
             predicted class, in the same pass: names or ``name:preset`` as in
             :func:`convlens.evaluate` (``["deletion", "insertion:xplique"]`` or
@@ -121,7 +122,6 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         unknown_labels,
     )
     from convlens.models.classifier import Classifier
-    from convlens.progress import text_progress
 
     if not isinstance(classifier, Classifier):
         raise ConvlensError(f"audit needs a convlens.Classifier (cl.load_model() or "
@@ -132,12 +132,7 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
 
     check_neighbours(neighbours)
     _check_cluster_cap(max_cluster_maps)
-    if progress is None:
-        progress = notebook_progress() if in_notebook() else None
-    elif progress is True:
-        progress = notebook_progress() if in_notebook() else text_progress()
-    elif progress is False:
-        progress = None
+    progress = resolve_progress(progress)
     from convlens.attribution.core import get_method
     from convlens.auditing.scoring import config_entry, parse_audit_metrics
     from convlens.engines import get_engine
@@ -415,10 +410,14 @@ class Audit:
                             f"strategies: {ids}")
 
     def report(self, path: str | os.PathLike[str] | None = None, *,
-               progress: ProgressCallback | None = None) -> Path:
-        """Write the HTML report (default ``OUT/report.html``, thumbnails under ``OUT/``)."""
+               progress: ProgressLike = None) -> Path:
+        """Write the HTML report (default ``OUT/report.html``, thumbnails under ``OUT/``).
+
+        ``progress`` as for :func:`audit` (stages ``report`` and, with concepts, ``concepts``).
+        """
         from convlens.auditing.report import write_report
 
+        progress = resolve_progress(progress)
         target = Path(path) if path is not None else self.out / "report.html"
         if target.parent.resolve() != self.out.resolve():
             return write_report(self, target, progress=progress)

@@ -28,6 +28,7 @@ from convlens.cli._engine import (
     gpus_per_actor_option,
     ray_address_option,
 )
+from convlens.cli._progress import cli_progress
 
 concepts_app = typer.Typer(
     help="Concepts: what the model sees (TCAV; reference sets and the concept atlas).",
@@ -88,8 +89,10 @@ def tcav(
     if layer is not None and not layers:
         fail("--layer needs a layer name (see `convlens layers`)")
     classifier = model_options.load()
-    result = run_tcav(classifier, concept, layers, classes, images=images, random=random,
-                      runs=runs, cav=cav, alpha=alpha, seed=seed, batch_size=batch_size)
+    with cli_progress() as progress:
+        result = run_tcav(classifier, concept, layers, classes, images=images, random=random,
+                          runs=runs, cav=cav, alpha=alpha, seed=seed, batch_size=batch_size,
+                          progress=progress)
     table = Table("class", "layer", "cav", "score", "random score", "p-value", "significant")
     for row in result.rows:
         table.add_row(row["class"], row["layer"], row["cav"],
@@ -144,7 +147,6 @@ def atlas(
     Computes the layer's reference sets over DATA in one resumable pass (each channel's
     top-k images by relevance and by activation) and draws OUT/atlas.html: per channel its
     relevance and activation patches and conditional heatmaps (CRP)."""
-    from convlens.cli._progress import cli_progress
     from convlens.concepts.atlas import check_channels, layer_channels, write_atlas
     from convlens.concepts.references import reference_sets
 

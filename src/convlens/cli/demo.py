@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from convlens.cli._common import console, friendly_errors, parse_methods
+from convlens.cli._progress import cli_progress
 
 
 def tune_allocator() -> bool:
@@ -65,7 +66,9 @@ def demo(
     from convlens.jobs.demo import build_demo
 
     methods = None if method.strip().lower() == "default" else parse_methods(method)
-    page = build_demo(out, methods=methods, device=device, features=features, full=full)
+    with cli_progress() as progress:
+        page = build_demo(out, methods=methods, device=device, features=features, full=full,
+                          progress=progress)
     console.print(f"demo page: {page}")
 
 

@@ -29,6 +29,7 @@ from convlens.cli._engine import (
     gpus_per_actor_option,
     ray_address_option,
 )
+from convlens.cli._progress import cli_progress
 
 
 def _value(text: str) -> Any:
@@ -135,12 +136,12 @@ def evaluate(
         from convlens.metrics.evaluate import evaluate as run
 
         classifier = model_options.load()
-        result = run(classifier, [str(path) for path in images], method_names, metric_keys,
-                     target_value, layer=layer, method_options=method_options,
-                     metric_options=metric_options, image_batch=image_batch,
-                     bootstrap=bootstrap,
-                     progress=lambda line: console.print(f"[dim]{line}[/]", highlight=False),
-                     engine=engine, engine_options=engine_options)
+        with cli_progress() as progress:
+            result = run(classifier, [str(path) for path in images], method_names, metric_keys,
+                         target_value, layer=layer, method_options=method_options,
+                         metric_options=metric_options, image_batch=image_batch,
+                         bootstrap=bootstrap, progress=progress, engine=engine,
+                         engine_options=engine_options)
         _print_rankings(result, metric_keys)
         if out is not None:
             written = result.save(out)

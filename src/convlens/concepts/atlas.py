@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from convlens.concepts.patches import crop_patch, patch_boxes
 from convlens.concepts.references import MODES, ReferenceSetError, ReferenceSets
 from convlens.files import claim_output, ensure_folder, save_image_atomic, write_text_atomic
-from convlens.progress import ProgressCallback, emit
+from convlens.progress import ProgressLike, emit, resolve_progress
 
 PAGE = "atlas.html"
 FOLDER = "atlas"
@@ -112,7 +112,7 @@ def _heat_picture(view: Image.Image, relevance: torch.Tensor, box: tuple[int, in
 
 def write_atlas(sets: ReferenceSets, out: str | os.PathLike[str] | None = None, *,
                 channels: Sequence[int] | None = None, top_channels: int = TOP_CHANNELS,
-                heatmaps: int = HEATMAPS, progress: ProgressCallback | None = None) -> Path:
+                heatmaps: int = HEATMAPS, progress: ProgressLike = None) -> Path:
     """Draw ``OUT/atlas.html`` (default: the reference set's folder) and its pictures.
 
     Args:
@@ -121,6 +121,8 @@ def write_atlas(sets: ReferenceSets, out: str | os.PathLike[str] | None = None, 
         channels: Channels to show, in that order; default the ``top_channels`` with the
             most relevance over the data.
         heatmaps: Conditional heatmaps per channel (of its top relevance images).
+        progress: A callback given an ``atlas`` event per image drawn from, ``True`` or
+            ``False``/None (see :func:`convlens.progress.resolve_progress`).
 
     Returns:
         The page's path.
@@ -131,6 +133,7 @@ def write_atlas(sets: ReferenceSets, out: str | os.PathLike[str] | None = None, 
     out = Path(out) if out is not None else sets.out
     if out is None:
         raise ReferenceSetError("give the atlas an output folder")
+    progress = resolve_progress(progress)
     shown = chosen_channels(sets, channels, top_channels)
     requests: dict[int, list[tuple[int, tuple[int, int] | None, str, int]]] = {}
     for channel in shown:

@@ -42,7 +42,7 @@ import torch
 
 from convlens.errors import ReferenceSetError
 from convlens.models.fingerprint import model_fingerprint
-from convlens.progress import ProgressCallback, emit
+from convlens.progress import ProgressCallback, ProgressLike, emit, resolve_progress
 from convlens.store import ResultStore
 
 MODES = ("relevance", "activation")
@@ -418,7 +418,7 @@ def reference_sets(classifier: Any, data: str | os.PathLike[str], layer: str | N
                    engine: Any = "local", engine_options: dict[str, Any] | None = None,
                    batch_size: int = 32, workers: int = 0, rule: str = "auto",
                    layout: str = "auto", overwrite: bool = False,
-                   progress: ProgressCallback | None = None) -> ReferenceSets:
+                   progress: ProgressLike = None) -> ReferenceSets:
     """Every channel's top-``k`` reference images of ``layer`` over ``data``, in one pass.
 
     Args:
@@ -433,6 +433,9 @@ def reference_sets(classifier: Any, data: str | os.PathLike[str], layer: str | N
         batch_size, workers: Images per forward; decoding processes (local engine).
         rule: ``"auto"``, ``"lrp"`` or ``"gradient"``, as for :func:`convlens.concept_maps`.
         overwrite: Replace results of another configuration in ``out``.
+        progress: A callback given a ``references`` event per batch, ``True`` (plain lines,
+            or a bar in a notebook) or ``False``/None (see
+            :func:`convlens.progress.resolve_progress`).
 
     Returns:
         A :class:`ReferenceSets`; ``.top(channel, "relevance")`` lists path, score and box.
@@ -462,6 +465,7 @@ def reference_sets(classifier: Any, data: str | os.PathLike[str], layer: str | N
         raise ReferenceSetError(f"k must be an integer from 1 to 1000, got {k!r}")
     if rule not in RULES:
         raise ReferenceSetError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    progress = resolve_progress(progress)
     layer_name = resolve_layer(classifier.module, layer)[0] if layer is not None \
         else classifier.default_layer()
     out = Path(out)

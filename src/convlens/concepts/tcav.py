@@ -42,6 +42,7 @@ import torch
 
 from convlens.concepts.cav import CAV_KINDS, cav_weights, row_gram
 from convlens.errors import ConceptError, LayerError, TargetError, did_you_mean
+from convlens.progress import ProgressLike, emit, resolve_progress
 
 MAX_DEFAULT_CLASSES = 10  # classes tested when none are named and the images have no labels
 
@@ -453,7 +454,7 @@ def _positive_counts(classifier: Any, layers: list[tuple[str, Any]], tested: _Im
 def tcav(model: Any, concept: Any, layer: str | Sequence[str] | None = None,
          classes: Sequence[str | int] | str | int | None = None, *, images: Any = None,
          random: Any = None, runs: int = 10, cav: str = "both", alpha: float = 0.05,
-         seed: int = 0, batch_size: int = 32) -> TCAVResult:
+         seed: int = 0, batch_size: int = 32, progress: ProgressLike = None) -> TCAVResult:
     """Test a concept's influence on class decisions (TCAV, Kim et al. 2018) with p-values.
 
     Args:
@@ -479,6 +480,10 @@ def tcav(model: Any, concept: Any, layer: str | Sequence[str] | None = None,
         alpha: Significance level, Bonferroni-corrected over classes x layers.
         seed: Seeds the random draws (the CAV fits are deterministic).
         batch_size: Images per forward.
+        progress: A callback given a ``tcav`` event per pass over images (the tested
+            images' predictions, the concept's and the random pool's activations, the
+            directional derivatives: ``total`` 4), ``True`` (plain lines, or a bar in a
+            notebook) or ``False``/None (see :func:`convlens.progress.resolve_progress`).
 
     Returns:
         A :class:`TCAVResult`: ``rows`` with ``class``, ``layer``, ``score``, ``p_value``...
@@ -498,6 +503,7 @@ def tcav(model: Any, concept: Any, layer: str | Sequence[str] | None = None,
     from convlens.models.classifier import as_classifier
 
     classifier = as_classifier(model)
+    progress = resolve_progress(progress)
     kinds = _kinds(cav)
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 2:
         raise ConceptError(f"runs must be an integer of at least 2 (a t-test needs several "
@@ -533,11 +539,14 @@ def tcav(model: Any, concept: Any, layer: str | Sequence[str] | None = None,
     drawn = sorted({p for pair in draws for part in pair for p in part})
     row_of = {p: k for k, p in enumerate(drawn)}
 
+    emit(progress, "tcav", 0, 4, f"predictions on {len(tested)} image(s)")
     outputs, groups, class_indices = _class_groups(classifier, tested, classes, batch_size)
     with evaluation_mode(classifier.module):
         shapes: dict[str, tuple[int, ...]] = {}
+        emit(progress, "tcav", 1, 4, f"activations of {len(concept_set)} concept image(s)")
         concept_acts = _activations(classifier, layers, concept_set, range(len(concept_set)),
                                     batch_size, shapes)
+        emit(progress, "tcav", 2, 4, f"activations of {len(drawn)} random image(s)")
         pool_acts = _activations(classifier, layers, pool, drawn, batch_size, shapes)
         cav_columns, concept_cavs = [], {}
         for (name, _), concept_a, pool_a in zip(layers, concept_acts, pool_acts):
@@ -550,8 +559,10 @@ def tcav(model: Any, concept: Any, layer: str | Sequence[str] | None = None,
                 kind: columns[:, at * 2 * runs:at * 2 * runs + runs].T.reshape(
                     runs, *shapes[name]) for at, kind in enumerate(kinds)}
         del concept_acts, pool_acts
+        emit(progress, "tcav", 3, 4, "directional derivatives")
         positive, counted = _positive_counts(classifier, layers, tested, groups, cav_columns,
                                              batch_size)
+        emit(progress, "tcav", 4, 4, f"{runs} runs x {len(layers)} layer(s) scored")
 
     rows = []
     tests = len(class_indices) * len(layers)

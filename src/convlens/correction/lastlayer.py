@@ -190,6 +190,7 @@ def retrain_head(classifier: Any, direction: Direction, data: TrainingSet, *, se
     fit_part, held = (_augmented(features, targets, flagged, shift, h) for h in halves)
     rows = torch.tensor(sorted({*targets.tolist(), *(int(k) for k in also)}), dtype=torch.long)
     history = []
+    emit(progress, "fit", 0, len(alphas), "the head, per regularisation strength")
     for step, alpha in enumerate(alphas):
         weight, bias = fit_head(fit_part[0], fit_part[1], group_weights(*fit_part[1:]),
                                 weight0, bias0, alpha, rows)

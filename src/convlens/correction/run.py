@@ -31,7 +31,7 @@ from convlens.correction.direction import (
 from convlens.correction.training import Checkpoint, TrainingSet, settings_key, training_set
 from convlens.errors import CorrectionError, MethodError, unknown_choice
 from convlens.models.layers import resolve_layer
-from convlens.progress import ProgressCallback
+from convlens.progress import ProgressLike, resolve_progress
 
 METHODS = ("pclarc", "rrclarc", "last-layer")
 NAMES = {"pclarc": "P-ClArC", "rrclarc": "RR-ClArC", "last-layer": "last layer"}
@@ -102,7 +102,7 @@ def correct(classifier: Any, audit: Any, strategy: int = 1, *, method: str = "pc
             strength: float = 10.0, learning_rate: float = 1e-3, scope: str = "linear",
             seed: int = 0, batch_size: int = 64,
             checkpoint: str | os.PathLike[str] | None = None,
-            progress: ProgressCallback | None = None) -> Correction:
+            progress: ProgressLike = None) -> Correction:
     """Correct ``classifier`` for strategy ``strategy`` of ``audit`` (an Audit or its folder).
 
     Args:
@@ -119,7 +119,11 @@ def correct(classifier: Any, audit: Any, strategy: int = 1, *, method: str = "pc
         seed: Seeds the shuffles, the random signs and the last layer's split.
         checkpoint: A folder for ``rrclarc``'s checkpoint: a killed run given the same
             folder and settings resumes there.
-        progress: Called with the training's progress events.
+        progress: A callback given the training's events (``train`` per epoch for
+            ``rrclarc``; ``features`` then ``fit`` per regularisation strength for
+            ``last-layer``; none for ``pclarc``, which trains nothing), ``True`` (plain
+            lines, or bars in a notebook) or ``False``/None (see
+            :func:`convlens.progress.resolve_progress`).
 
     Raises:
         CorrectionError: unknown strategy, unlabelled images, no class with both the
@@ -127,6 +131,7 @@ def correct(classifier: Any, audit: Any, strategy: int = 1, *, method: str = "pc
     """
     from convlens.models.classifier import as_classifier
 
+    progress = resolve_progress(progress)
     if method not in METHODS:
         raise MethodError(unknown_choice("correction method", method, METHODS))
     if shape not in SHAPES:

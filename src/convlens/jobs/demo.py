@@ -30,6 +30,7 @@ from convlens.preprocessing import coverage_mask
 from convlens.present.html import data_uri
 from convlens.present.pages import describe_options, group_by_family, method_info, panel, render
 from convlens.present.views import dimmed_overlay, is_pixel_level, map_image
+from convlens.progress import ProgressCallback, ProgressLike, emit, resolve_progress
 from convlens.visualization.gallery import demo_gallery, precomputed_gallery
 
 DEFAULT_SAMPLES = ("chelsea", "coffee")
@@ -69,7 +70,7 @@ FULL_OPTIONS: dict[str, dict[str, Any]] = {
 
 def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str = "auto",
                features: bool = True, full: bool = False,
-               samples: Sequence[str] | None = None) -> Path:
+               samples: Sequence[str] | None = None, progress: ProgressLike = None) -> Path:
     """Explain sample photos and write the self-contained page ``out/index.html``.
 
     Args:
@@ -81,6 +82,10 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
             rendered live with ``full``).
         full: Every method, all four photos, :data:`FULL_OPTIONS`, live feature gallery.
         samples: Sample names (default two, or all four with ``full``).
+        progress: A callback given an ``explain`` :class:`~convlens.progress.ProgressEvent`
+            per method (``done``/``total`` in methods, the method now running as the
+            message), ``True`` (plain lines, or a bar in a notebook), ``False``/None for
+            silence. The demo never draws; ``convlens demo`` draws the events as a bar.
 
     Returns:
         The page's path.
@@ -89,6 +94,7 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
         ConvlensError: An unknown method or sample name.
     """
     started, cpu_started = time.perf_counter(), time.process_time()
+    callback = resolve_progress(progress)
     out = Path(out)
     check_output(out, option="--out")
     if methods:
@@ -106,20 +112,21 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
     classifier = loading.load_model(device=device)  # by module: a test swaps in a tiny model
     with claim_output(out, what="convlens demo"):
         return _write_demo(out, classifier, chosen, names, options, full, features,
-                           started, cpu_started)
+                           started, cpu_started, callback)
 
 
 def _write_demo(out: Path, classifier: Any, chosen: list[str], names: list[str],
                 options: Mapping[str, Mapping[str, Any]], full: bool, features: bool,
-                started: float, cpu_started: float) -> Path:
+                started: float, cpu_started: float,
+                progress: ProgressCallback | None = None) -> Path:
     """The demo's files, written into the claimed folder ``out``."""
     photos = sample_images()
     paths = [save_image_atomic(photos[sample], out / "samples" / f"{sample}.png")
              for sample in chosen]
-    per_method, timings = _explain_each(classifier, paths, names, options)
+    per_method, timings = _explain_each(classifier, paths, names, options, progress)
     sample_sections = [_sample_section(out, path, index, names, per_method, timings, options)
                        for index, path in enumerate(paths)]
-    feature_groups = _feature_groups(classifier, out, full) if features else []
+    feature_groups = _feature_groups(classifier, out, full, progress) if features else []
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     header = [
         ("model", classifier.name),
@@ -143,21 +150,21 @@ def _write_demo(out: Path, classifier: Any, chosen: list[str], names: list[str],
 
 
 def _explain_each(classifier: Any, paths: list[Path], names: list[str],
-                  options: dict[str, dict[str, Any]]
+                  options: Mapping[str, Mapping[str, Any]],
+                  progress: ProgressCallback | None = None
                   ) -> tuple[dict[str, list[Any]], dict[str, tuple[float, float]]]:
-    """One explain() call per method, so each method's time can be shown on the page."""
-    from rich.progress import Progress
+    """One explain() call per method, so each method's time can be shown on the page.
 
+    Emits an ``explain`` event before each method (naming it) and one when all are done.
+    """
     per_method: dict[str, list[Any]] = {}
     timings: dict[str, tuple[float, float]] = {}
-    with Progress(transient=True) as bar:
-        task = bar.add_task("explaining the samples", total=len(names))
-        for name in names:
-            bar.update(task, description=f"{name:>22}")
-            wall, cpu = time.perf_counter(), time.process_time()
-            per_method[name] = explain(classifier, paths, [name], **options.get(name, {}))
-            timings[name] = (time.perf_counter() - wall, time.process_time() - cpu)
-            bar.advance(task)
+    for done, name in enumerate(names):
+        emit(progress, "explain", done, len(names), name)
+        wall, cpu = time.perf_counter(), time.process_time()
+        per_method[name] = explain(classifier, paths, [name], **options.get(name, {}))
+        timings[name] = (time.perf_counter() - wall, time.process_time() - cpu)
+    emit(progress, "explain", len(names), len(names), "all methods explained")
     return per_method, timings
 
 
@@ -197,10 +204,11 @@ def _sample_section(out: Path, path: Path, index: int, names: list[str],
     }
 
 
-def _feature_groups(classifier: Any, out: Path, full: bool) -> list[dict[str, Any]]:
+def _feature_groups(classifier: Any, out: Path, full: bool,
+                    progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
     """The feature section: the committed set, or (``full``) the live gallery."""
     if full:
-        records = demo_gallery(classifier, out / "features")
+        records = demo_gallery(classifier, out / "features", progress=progress)
         made = "rendered live by `convlens demo --full`"
     else:
         records = precomputed_gallery()

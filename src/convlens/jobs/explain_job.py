@@ -66,7 +66,7 @@ from convlens.present import figures, pages
 from convlens.present import views as views_module
 from convlens.present.heatmap import is_empty, to_unit
 from convlens.present.views import is_pixel_level
-from convlens.progress import ProgressCallback, emit
+from convlens.progress import ProgressCallback, ProgressLike, emit, resolve_progress
 from convlens.store import ResultStore
 
 __all__ = ["ExplainJob", "JobOutcome", "explain_batch", "model_fingerprint"]
@@ -303,13 +303,15 @@ class ExplainJob:
     # ------------------------------------------------------------------------- run
 
     def run(self, inputs: Iterable[str | os.PathLike[str]], *,
-            progress: ProgressCallback | None = None) -> JobOutcome:
+            progress: ProgressLike = None) -> JobOutcome:
         """Process every input, skipping what an earlier run of this configuration finished.
 
         Args:
             inputs: Image files and folders (walked recursively; ``out`` is skipped).
-            progress: Called with a :class:`~convlens.progress.ProgressEvent` per
-                batch (stage ``explain``, then ``render`` for ``normalize="batch"``).
+            progress: A callback given a :class:`~convlens.progress.ProgressEvent` per
+                batch (stage ``explain``, then ``render`` for ``normalize="batch"``),
+                ``True`` (plain lines, or bars in a notebook), ``False``/None for silence
+                (see :func:`convlens.progress.resolve_progress`).
 
         Returns:
             A :class:`JobOutcome`; bad files are in ``problems`` and in results.json.
@@ -320,9 +322,10 @@ class ExplainJob:
             StoreMismatchError: ``out`` holds results of another configuration.
         """
         inputs = list(inputs)
+        callback = resolve_progress(progress)
         with claim_output(self.out, overwrite=self.overwrite, inputs=inputs,
                           what="convlens explain"):
-            return self._run(inputs, progress)
+            return self._run(inputs, callback)
 
     def _run(self, inputs: list[str | os.PathLike[str]], progress: ProgressCallback | None
              ) -> JobOutcome:

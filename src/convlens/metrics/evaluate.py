@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from convlens.files import claim_output, finite_json, write_text_atomic
 from convlens.io.datasets import scan_inputs
 from convlens.metrics.core import Metric, MetricError, Scores, get_metric, resolve, unwrap
 from convlens.metrics.display import evaluation_page, notebook_html, save_evaluation
+from convlens.progress import ProgressCallback, ProgressLike, emit, resolve_progress
 
 DEFAULT_METRICS = ("deletion", "insertion")
 
@@ -270,7 +271,7 @@ def evaluate(classifier: Any, images: Any, methods: Sequence[str] = ("gradcam", 
              metric_options: Mapping[str, Mapping[str, Any]] | None = None,
              image_batch: int = 16, bootstrap: int = 1000, seed: int = 0,
              names: Sequence[str] | None = None,
-             progress: Callable[[str], None] | None = None,
+             progress: ProgressLike = None,
              engine: Any = None, engine_options: Mapping[str, Any] | None = None
              ) -> Evaluation:
     """Score attribution methods with metrics on a model and images, and rank them.
@@ -294,7 +295,10 @@ def evaluate(classifier: Any, images: Any, methods: Sequence[str] = ("gradcam", 
         seed: Seed of the bootstrap.
         names: One name per image (default: file names, or ``image 0``...); not with an
             engine (names are the paths).
-        progress: Called with a line of text after each batch, method and metric.
+        progress: A callback given an ``evaluate`` :class:`~convlens.progress.ProgressEvent`
+            after each batch (``done``/``total`` in images, the batch's means as the
+            message), ``True`` (plain lines, or a bar in a notebook), ``False``/None for
+            silence (see :func:`convlens.progress.resolve_progress`).
         engine: None (everything in memory, in this process), ``"local"`` (files decoded
             in batches, unreadable files recorded in ``errors``), ``"ray"`` (the same on
             Ray Data: parallel decoding, an actor pool with one model copy each; ``pip
@@ -310,19 +314,20 @@ def evaluate(classifier: Any, images: Any, methods: Sequence[str] = ("gradcam", 
     request = _request(methods, metrics, target, layer, method_options, metric_options)
     if not isinstance(image_batch, int) or image_batch < 1:
         raise MetricError(f"image_batch must be a positive integer, got {image_batch!r}")
-    say = progress or (lambda _line: None)
+    callback = resolve_progress(progress)
     if engine is None:
         x, image_names = _inputs(classifier, images, names)
         module, labels = unwrap(classifier)
         _, classes = resolve(module, x, target, labels) if x.shape[0] else (None, None)
         parts: dict[tuple[str, str], list[Scores]] = {}
+        emit(callback, "evaluate", 0, x.shape[0])
         for first in range(0, x.shape[0], image_batch):
             xb = x[first:first + image_batch]
             cb = classes[first:first + image_batch]
-            for k, scores in score_images(module, xb, cb, request).items():
+            batch_scores = score_images(module, xb, cb, request)
+            for k, scores in batch_scores.items():
                 parts.setdefault(k, []).append(scores)
-                say(f"images {first + 1}-{first + xb.shape[0]}: {k[0]} / {k[1]}: mean "
-                    f"{_fmt(scores.mean)}")
+            emit(callback, "evaluate", first + xb.shape[0], x.shape[0], _means(batch_scores))
         scores = {k: _concat(v) for k, v in parts.items()}
         shape, device, errors = list(x.shape[1:]), str(x.device), []
         class_list = [int(c) for c in classes] if classes is not None else []
@@ -331,7 +336,7 @@ def evaluate(classifier: Any, images: Any, methods: Sequence[str] = ("gradcam", 
             raise MetricError("names are the image paths when an engine runs the evaluation; "
                               "leave names out")
         scores, class_list, image_names, errors, device = _run_on_engine(
-            classifier, images, request, image_batch, engine, engine_options, say)
+            classifier, images, request, image_batch, engine, engine_options, callback)
         module, labels = unwrap(classifier)
         shape = list(classifier.sample_shape)
     cards = {key: _card(classifier, module, shape, len(image_names), device, key,
@@ -397,7 +402,7 @@ def _request(methods: Sequence[str] | str, metrics: Sequence[str] | str, target:
 
 def _run_on_engine(classifier: Any, images: Any, request: Request, image_batch: int,
                    engine: Any, engine_options: Mapping[str, Any] | None,
-                   say: Callable[[str], None]
+                   callback: ProgressCallback | None
                    ) -> tuple[dict[tuple[str, str], Scores], list[int], list[str],
                               list[dict[str, str]], str]:
     """Stream image files through an engine; per-unit results put back in file order."""
@@ -420,15 +425,18 @@ def _run_on_engine(classifier: Any, images: Any, request: Request, image_batch: 
         return {"path": str(problem.path), "reason": problem.reason}
 
     errors = [record(p) for p in dataset.problems]
+    total, seen = len(dataset.entries), 0
+    emit(callback, "evaluate", 0, total)
     for done in runner.map_units(dataset.entries, classifier.preprocessing,
                                  WorkerFactory(evaluate_batch, classifier, request=request),
                                  batch_size=image_batch):
         errors += [record(p) for p in done.batch.problems]
         if done.result is not None:
             units[done.unit] = (done.batch, done.result)
-            say(f"images of batch {done.unit + 1}: " + ", ".join(
-                f"{m} / {k}: mean {_fmt(s.mean)}" for (m, k), s in
-                done.result["scores"].items()))
+        seen += done.batch.size
+        emit(callback, "evaluate", seen, total,
+             _means(done.result["scores"]) if done.result is not None
+             else f"{len(done.batch.problems)} unreadable")
     if not units:
         raise MetricError("no readable image among the inputs"
                           + (f": {errors[0]['path']}: {errors[0]['reason']}" if errors else ""))
@@ -439,6 +447,11 @@ def _run_on_engine(classifier: Any, images: Any, request: Request, image_batch: 
     names = [item.relpath for batch, _ in ordered for item in batch.items]
     return scores, classes, names, sorted(errors, key=lambda e: e["path"]), ordered[0][1][
         "device"]
+
+
+def _means(scores: Mapping[tuple[str, str], Scores]) -> str:
+    """One batch's means for a progress line: ``gradcam / deletion: mean 0.1234, ...``."""
+    return ", ".join(f"{m} / {k}: mean {_fmt(s.mean)}" for (m, k), s in scores.items())
 
 
 def _fmt(value: float | None) -> str:

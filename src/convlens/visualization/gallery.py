@@ -31,6 +31,7 @@ import torch
 
 from convlens.errors import ConvlensError
 from convlens.files import ensure_folder, save_image_atomic
+from convlens.progress import ProgressLike, emit, resolve_progress
 from convlens.visualization import objectives as obj
 from convlens.visualization.inspection import file_stem, image_grid
 from convlens.visualization.optimize import visualize
@@ -139,7 +140,8 @@ def precomputed_gallery(folder: Path | None = None) -> list[dict[str, Any]]:
 
 
 def demo_gallery(classifier: Any, out_dir: str | Path, *, budget_seconds: float | None = None,
-                 size: int = 128, steps: int = 256, seed: int = 0) -> list[dict[str, Any]]:
+                 size: int = 128, steps: int = 256, seed: int = 0,
+                 progress: ProgressLike = None) -> list[dict[str, Any]]:
     """Render the full gallery live and write it as PNG files.
 
     Args:
@@ -152,6 +154,8 @@ def demo_gallery(classifier: Any, out_dir: str | Path, *, budget_seconds: float 
         size: Image side in pixels.
         steps: Optimiser steps per group.
         seed: Seed of every run.
+        progress: As for :func:`~convlens.visualization.optimize.visualize`; one ``features``
+            event per group (``done``/``total`` in groups, the group now rendering named).
 
     Returns:
         One record per group: ``title``, ``caption``, ``path`` (the group's grid PNG),
@@ -163,7 +167,9 @@ def demo_gallery(classifier: Any, out_dir: str | Path, *, budget_seconds: float 
     groups = _groups()
     records: list[dict[str, Any]] = []
     used: set[str] = set()
+    callback = resolve_progress(progress)
     for index, (title, key, goals) in enumerate(groups):
+        emit(callback, "features", index, len(groups), title)
         share = None
         if budget_seconds is not None:
             left = budget_seconds - (time.perf_counter() - began)
@@ -190,6 +196,7 @@ def demo_gallery(classifier: Any, out_dir: str | Path, *, budget_seconds: float 
             caption += f" (stopped by the time budget after {done} of {steps} steps)"
         records.append({"title": title, "caption": caption, "path": str(grid_path),
                         "stopped_early": done < steps, "items": items})
+    emit(callback, "features", len(groups), len(groups), "gallery rendered")
     return records
 
 

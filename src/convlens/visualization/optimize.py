@@ -15,7 +15,6 @@ network the objectives need, plus the parameterisation (an inverse FFT) and the 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,13 +37,7 @@ from convlens.files import ensure_folder, save_image_atomic
 from convlens.io.images import load_image
 from convlens.models.classifier import Classifier, as_classifier
 from convlens.models.layers import resolve_layer
-from convlens.progress import (
-    ProgressCallback,
-    emit,
-    in_notebook,
-    notebook_progress,
-    text_progress,
-)
+from convlens.progress import ProgressCallback, ProgressLike, emit, resolve_progress
 from convlens.visualization import transforms as transforms_module
 from convlens.visualization.inspection import file_stem, image_grid, to_pil
 from convlens.visualization.objectives import LOGITS, Context, Objective, as_objective
@@ -335,7 +328,7 @@ def visualize(
     std: Sequence[float] | None = None,
     snapshots: Iterable[int] = (),
     time_limit: float | None = None,
-    progress: bool | ProgressCallback | None = None,
+    progress: ProgressLike = None,
     callback: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None,
 ) -> Visualization:
     """Optimise images to maximise an objective (activation maximisation, Lucid-style).
@@ -367,9 +360,9 @@ def visualize(
         mean, std: Override the normalisation applied before the forward.
         snapshots: Steps after which to keep a copy of the images.
         time_limit: Stop early after this many seconds (the trace is then shorter).
-        progress: A :data:`~convlens.progress.ProgressCallback` receiving events
-            every few steps, ``True`` (plain lines, or a bar in a notebook), ``False``; default:
-            lines when stderr is a terminal.
+        progress: A :data:`~convlens.progress.ProgressCallback` receiving ``visualize``
+            events every few steps, ``True`` (plain lines, or a bar in a notebook),
+            ``False``/None for silence (see :func:`convlens.progress.resolve_progress`).
         callback: Called after every step as ``callback(step, images, values)`` with that
             step's images (before its update, detached, untransformed) and the K objective
             values; for live previews, custom logging or timing.
@@ -402,43 +395,42 @@ def visualize(
     kept: dict[int, torch.Tensor] = {}
     values_per_step: list[torch.Tensor] = []
     began = time.perf_counter()
-    bar = _progress(progress, steps)
-    try:  # parameters are made with autograd on, even inside the caller's inference_mode
-        with HookSession() as hooks, evaluation_mode(parts.module), gradients_enabled():
-            image_param = make_param(param, batch, size_hw, generator=generator,
-                                     device=parts.device, dtype=parts.dtype,
-                                     decorrelate=decorrelate, init=start)
-            tensors = image_param.parameters()
-            optimizer = torch.optim.Adam(tensors,
-                                         lr=image_param.default_lr if lr is None else lr)
-            tap = _Tap(hooks, parts.module, keys - {LOGITS}, LOGITS in keys)
-            for step in range(steps):
-                if step in keep:
-                    kept[step] = image_param().detach()
-                image = image_param()
-                x = transform(image, generator) if transform is not None else image
-                if parts.mean.shape[1] == 1:
-                    x = x.mean(dim=1, keepdim=True)
-                activations = tap.run((x - parts.mean) / parts.std)
-                context = Context(activations, image, parts.labels)
-                values = torch.stack([goal(context).reshape(()) for goal in goals])
-                if not values.requires_grad:
-                    raise ObjectiveError("the objective does not depend on the image; check "
-                                         "the layers and objectives given")
-                grads = torch.autograd.grad(-values.sum(), tensors, allow_unused=True)
-                for tensor, grad in zip(tensors, grads):
-                    tensor.grad = torch.zeros_like(tensor) if grad is None else grad
-                optimizer.step()
-                values_per_step.append(values.detach())
-                bar.advance(step, values_per_step)
-                if callback is not None:
-                    callback(step, image.detach(), values.detach())
-                if time_limit is not None and time.perf_counter() - began > time_limit:
-                    break
-            with torch.no_grad():
-                images = image_param().detach()
-    finally:
-        bar.close()
+    bar = _StepProgress(resolve_progress(progress), steps)
+    # parameters are made with autograd on, even inside the caller's inference_mode
+    with HookSession() as hooks, evaluation_mode(parts.module), gradients_enabled():
+        image_param = make_param(param, batch, size_hw, generator=generator,
+                                 device=parts.device, dtype=parts.dtype,
+                                 decorrelate=decorrelate, init=start)
+        tensors = image_param.parameters()
+        optimizer = torch.optim.Adam(tensors,
+                                     lr=image_param.default_lr if lr is None else lr)
+        tap = _Tap(hooks, parts.module, keys - {LOGITS}, LOGITS in keys)
+        for step in range(steps):
+            if step in keep:
+                kept[step] = image_param().detach()
+            image = image_param()
+            x = transform(image, generator) if transform is not None else image
+            if parts.mean.shape[1] == 1:
+                x = x.mean(dim=1, keepdim=True)
+            activations = tap.run((x - parts.mean) / parts.std)
+            context = Context(activations, image, parts.labels)
+            values = torch.stack([goal(context).reshape(()) for goal in goals])
+            if not values.requires_grad:
+                raise ObjectiveError("the objective does not depend on the image; check "
+                                     "the layers and objectives given")
+            grads = torch.autograd.grad(-values.sum(), tensors, allow_unused=True)
+            for tensor, grad in zip(tensors, grads):
+                tensor.grad = torch.zeros_like(tensor) if grad is None else grad
+            optimizer.step()
+            values_per_step.append(values.detach())
+            bar.advance(step, values_per_step)
+            if callback is not None:
+                callback(step, image.detach(), values.detach())
+            if time_limit is not None and time.perf_counter() - began > time_limit:
+                break
+        with torch.no_grad():
+            images = image_param().detach()
+    bar.finish(len(values_per_step))
     if steps in keep or len(values_per_step) in keep:
         kept[len(values_per_step)] = images
     trace = (torch.stack(values_per_step).float().cpu() if values_per_step
@@ -447,41 +439,24 @@ def visualize(
     return Visualization(images, trace, names, time.perf_counter() - began, kept)
 
 
-class _Progress:
-    """Reports optimisation steps as progress events, every few steps (reading the objective
-    value syncs CUDA, so not at every step)."""
+class _StepProgress:
+    """Reports optimisation steps as ``visualize`` events, every few steps (reading the
+    objective value syncs CUDA, so not at every step). The library never draws; the CLI
+    passes its own callback (docs/architecture.md, "Layers and the direction data flows")."""
 
-    def __init__(self, callback: ProgressCallback, steps: int) -> None:
-        self.callback = callback
+    def __init__(self, callback: ProgressCallback | None, steps: int) -> None:
+        self.callback = callback if steps > 0 else None
         self.steps = steps
         self.every = max(1, steps // 50)
-        emit(callback, "visualize", 0, steps)
+        emit(self.callback, "visualize", 0, steps)
 
     def advance(self, step: int, values: list[torch.Tensor]) -> None:
-        if step % self.every == 0 or step == self.steps - 1:
+        if self.callback is not None and (step % self.every == 0 or step == self.steps - 1):
             emit(self.callback, "visualize", step + 1, self.steps,
                  f"objective {float(values[-1].mean()):.3g}")
 
-    def close(self) -> None:
-        pass
-
-
-class _NoProgress:
-    def advance(self, step: int, values: list[torch.Tensor]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(progress: bool | ProgressCallback | None, steps: int) -> _Progress | _NoProgress:
-    """``progress``: a callback, True (text lines or a notebook bar), False, or None (True
-    when stderr is a terminal). The library never draws Rich bars itself; the CLI passes
-    its own callback (docs/architecture.md, "Layers and the direction data flows")."""
-    if steps <= 0 or progress is False:
-        return _NoProgress()
-    if callable(progress):
-        return _Progress(progress, steps)
-    if progress is None and not sys.stderr.isatty():
-        return _NoProgress()
-    return _Progress(notebook_progress() if in_notebook() else text_progress(), steps)
+    def finish(self, reached: int) -> None:
+        """A run stopped early by ``time_limit`` ends its stage at the steps it reached."""
+        if self.callback is not None and reached < self.steps:
+            emit(self.callback, "visualize", reached, reached,
+                 f"stopped early: {reached} of {self.steps} steps")
