@@ -29,6 +29,7 @@ from convlens.cli._engine import (
     gpus_per_actor_option,
     ray_address_option,
 )
+from convlens.files import claim_output
 
 
 def _value(text: str) -> Any:
@@ -119,8 +120,6 @@ def evaluate(
     *, model_options: ModelOptions,
 ) -> None:
     """Score methods with metrics on these images; print a ranking per metric."""
-    from convlens.files import claim_output
-
     method_names = parse_methods(method)
     metric_keys = parse_metrics(metric)
     metric_options = parse_options(option, "--option", metric_keys)
@@ -132,7 +131,7 @@ def evaluate(
     # --out is claimed before the model loads: a file, a read-only or a user's folder, or
     # another run in it, fails before any work
     with claim_output(out, inputs=images, what="convlens evaluate") if out else nullcontext():
-        from convlens.metrics.evaluate import evaluate as run
+        from convlens.metrics.evaluate import evaluate as run  # lazy: --help start-up
 
         classifier = model_options.load()
         result = run(classifier, [str(path) for path in images], method_names, metric_keys,
@@ -176,7 +175,7 @@ def list_metrics() -> None:
     """Every metric: family, options with defaults, presets, paper."""
     from rich.table import Table
 
-    from convlens.metrics import metrics
+    from convlens.metrics import metrics  # lazy: --help start-up (torch)
 
     table = Table("metric", "family", "needs", "options (defaults)", "presets", "reference")
     for m in metrics():
