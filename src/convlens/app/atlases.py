@@ -20,6 +20,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from convlens.app.audits import _roots
+from convlens.concepts.patches import crop_patch, patch_box
 from convlens.concepts.references import MODES, ReferenceSets
 from convlens.errors import AtlasNotFound
 
@@ -91,8 +92,6 @@ class AtlasFolder:
         return self._patches[key]
 
     def _cut(self, image: int, channel: int, position: tuple[int, int], mode: str) -> Any:
-        from convlens.concepts.patches import crop_patch, patch_box
-
         sets = self.sets
         classifier = sets.classifier
         path = self._image_path(image)

@@ -19,6 +19,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from convlens.errors import AuditError, AuditNotFound
+from convlens.io.images import load_image
 
 THUMBNAIL_SIZE = 160
 MAX_PAGE = 200
@@ -205,8 +206,6 @@ def _schema_problem(data: Any) -> str | None:
 
 @lru_cache(maxsize=2048)
 def _thumbnail(path: str) -> bytes:
-    from convlens.io.images import load_image
-
     image = load_image(path)
     image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     buffer = io.BytesIO()

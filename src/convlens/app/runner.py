@@ -18,6 +18,9 @@ import errno
 import socket
 from typing import Any
 
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
 from convlens.errors import PortError
 
 KEEP_ALIVE_SECONDS = 5
@@ -51,8 +54,6 @@ def bind(host: str, port: int) -> socket.socket:
 def serve_app(app: Any, sock: socket.socket) -> None:
     """Serve ``app`` (from :func:`convlens.app.server.create_app`) on a socket from
     :func:`bind` until SIGTERM or Ctrl-C."""
-    import uvicorn
-
     config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_keep_alive=KEEP_ALIVE_SECONDS,
                             timeout_graceful_shutdown=GRACEFUL_SECONDS,
@@ -62,8 +63,6 @@ def serve_app(app: Any, sock: socket.socket) -> None:
 
 def _slow_client_protocol() -> type:
     """uvicorn's h11 protocol with a deadline for each request's line and headers."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
     class SlowClientDeadline(H11Protocol):
         _deadline: Any = None
 
@@ -103,8 +102,6 @@ def _slow_client_protocol() -> type:
 
 
 def _server_class() -> type:
-    import uvicorn
-
     class Server(uvicorn.Server):
         """uvicorn's server, cancelling the app's computations as soon as it is told to stop."""
 

@@ -47,14 +47,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.exceptions import HTTPException
 
+import convlens
+from convlens import objectives as obj
+from convlens.app.atlases import AtlasFolder, AtlasNotFound
 from convlens.app.audits import AuditFolder, AuditNotFound
 from convlens.app.guard import Guard, RequestTooLarge
 from convlens.app.uploads import PhotoStore, decode_upload, working_copy
 from convlens.app.work import Cancelled, ModelGate, run_model
-from convlens.errors import BadRequest, ConvlensError, ConvlensWarning, ImageError, TooMuchWork
+from convlens.errors import (
+    BadRequest,
+    ConvlensError,
+    ConvlensWarning,
+    ImageError,
+    ObjectiveError,
+    TooMuchWork,
+)
+from convlens.explanations import parse_target
 from convlens.io.images import DEFAULT_MAX_PIXELS
+from convlens.io.samples import SAMPLE_NAMES, sample_images
+from convlens.present.figures import colorize
 
 STATIC = Path(__file__).parent / "static"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -139,11 +158,7 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
         A FastAPI application; serve it with :func:`convlens.app.runner.serve` (``convlens
         serve`` does), which also stops running computations on SIGTERM.
     """
-    from fastapi import FastAPI
-
     settings = settings or ServeSettings()
-    from convlens.app.atlases import AtlasFolder
-
     state = _State(classifier, settings, [AuditFolder.open(a) for a in audits],
                    ModelGate(classifier.module),
                    [AtlasFolder.open(a, classifier) for a in atlases])
@@ -164,11 +179,6 @@ def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
 
 def _add_error_handlers(app: Any) -> None:
     """Every failure answers one JSON line ``{"error": ...}`` with its status code."""
-    from fastapi import Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException
-
     @app.exception_handler(ConvlensError)
     async def _convlens_error(_request: Request, error: ConvlensError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=_status(error))
@@ -196,9 +206,6 @@ def _add_error_handlers(app: Any) -> None:
 
 def _add_page_routes(app: Any) -> None:
     """The page itself: ``/``, the favicon and ``/static``."""
-    from fastapi.responses import FileResponse
-    from fastapi.staticfiles import StaticFiles
-
     @app.get("/")
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -213,9 +220,6 @@ def _add_page_routes(app: Any) -> None:
 
 def _add_image_routes(app: Any, state: _State) -> None:
     """What the server has, photos in (upload, samples) and out, explain and visualize."""
-    from fastapi import Request
-    from fastapi.responses import Response, StreamingResponse
-
     @app.get("/api/info")
     def info() -> dict[str, Any]:
         return state.info | {"audits": [{"id": i, "name": a.folder.name}
@@ -240,8 +244,6 @@ def _add_image_routes(app: Any, state: _State) -> None:
 
     @app.post("/api/samples/{name}")
     async def sample(request: Request, name: str) -> dict[str, Any]:
-        from convlens.io.samples import SAMPLE_NAMES, sample_images
-
         if name not in SAMPLE_NAMES:
             raise ImageError(None, f"unknown sample {name!r}; samples: {', '.join(SAMPLE_NAMES)}")
         image = sample_images()[name]
@@ -268,8 +270,6 @@ def _add_image_routes(app: Any, state: _State) -> None:
 
 def _add_audit_routes(app: Any, state: _State) -> None:
     """Browsing the audit folders the server was started with (``--audit DIR``)."""
-    from fastapi.responses import Response
-
     def _audit(audit: int) -> AuditFolder:
         if not 0 <= audit < len(state.audits):
             raise AuditNotFound(f"no audit {audit}: this server has {len(state.audits)} "
@@ -297,12 +297,7 @@ def _add_audit_routes(app: Any, state: _State) -> None:
 
 def _add_atlas_routes(app: Any, state: _State) -> None:
     """Browsing the concept atlases the server was started with (``--atlas DIR``)."""
-    from fastapi import Request
-    from fastapi.responses import Response
-
     def _atlas(atlas: int) -> Any:
-        from convlens.app.atlases import AtlasNotFound
-
         if not 0 <= atlas < len(state.atlases):
             raise AtlasNotFound(f"no atlas {atlas}: this server has {len(state.atlases)} "
                                 "(start it with --atlas DIR)")
@@ -339,9 +334,6 @@ async def _json_object(request: Any) -> dict[str, Any]:
 
 
 def _info(state: _State) -> dict[str, Any]:
-    import convlens
-    from convlens.io.samples import SAMPLE_NAMES
-
     classifier = state.classifier
     families: dict[str, list[dict[str, Any]]] = {}
     for method in convlens.methods():
@@ -358,8 +350,6 @@ def _info(state: _State) -> dict[str, Any]:
 
 
 def _num_outputs(classifier: Any) -> int:
-    import torch
-
     height, width = classifier.preprocessing.input_size
     x = torch.zeros(1, classifier.preprocessing.channels, height, width,
                     device=classifier.device)
@@ -389,9 +379,6 @@ def _target(value: Any) -> Any:
 def _explain_job(state: _State, body: dict[str, Any]) -> Any:
     """Check an explain request (photo, methods, the work cap) and return the computation,
     a function to run through the model gate."""
-    import convlens
-    from convlens.explanations import parse_target
-
     stored = state.photos.get(body.get("image"))
     methods = body.get("methods") or ["gradcam"]
     if isinstance(methods, str) or not isinstance(methods, list) or \
@@ -422,8 +409,6 @@ def _explain_job(state: _State, body: dict[str, Any]) -> Any:
 
 def _draw(explanations: list[Any], body: dict[str, Any]) -> dict[str, Any]:
     """The explain response: per explanation, per method, the coloured map and its scale."""
-    from convlens.present.figures import colorize
-
     sign = body.get("sign", "positive")
     results = []
     for exp in explanations:
@@ -441,9 +426,6 @@ def _draw(explanations: list[Any], body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _objective(state: _State, body: dict[str, Any]) -> tuple[Any, int, int]:
-    from convlens import objectives as obj
-    from convlens.errors import ObjectiveError
-
     steps = body.get("steps", 128)
     size = body.get("size", 128)
     if not isinstance(steps, int) or not 1 <= steps <= MAX_VISUALIZE_STEPS:
@@ -469,8 +451,6 @@ async def _visualize_stream(state: _State, request: Any, objective: Any, steps: 
     raises at the next forward pass, visualize's ``finally`` removes its hooks and the
     lock is released.
     """
-    import convlens
-
     events: queue.Queue = queue.Queue()
     cancel = threading.Event()
     every = max(1, steps // 32)

@@ -23,6 +23,7 @@ from PIL import Image
 from convlens.app.work import give_back_memory
 from convlens.errors import ImageError
 from convlens.files import write_bytes_atomic
+from convlens.io.images import load_image
 
 WORKING_SIDE = 1024
 MAX_STORED_IMAGES = 64
@@ -59,8 +60,6 @@ def decode_upload(name: str, data: bytes, max_pixels: int) -> tuple[Image.Image,
     """Decode uploaded bytes with the CLI's loader; return the working copy and the
     original ``(width, height)``. At most two full-size decodes run at once, so that many
     large uploads arriving together cannot multiply the peak."""
-    from convlens.io.images import load_image
-
     if not data:
         raise ImageError(name, "the upload is empty; choose a photo file")
     with _DECODES, tempfile.TemporaryDirectory(prefix="convlens-upload-") as folder:

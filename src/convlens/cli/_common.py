@@ -27,6 +27,16 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from convlens.errors import (
+    ConvlensError,
+    MethodError,
+    OutputError,
+    did_you_mean,
+    finite_message,
+    non_finite,
+)
+from convlens.files import check_output
+
 console = Console(soft_wrap=True)  # a line of ours stays one line in any log (terminals wrap)
 errors = Console(stderr=True)  # for notes on stderr; error lines go through error_line()
 
@@ -78,8 +88,6 @@ def fail(message: str, code: int = EXIT_ERROR) -> None:
 
 def friendly_errors(command: Callable) -> Callable:
     """Turn our exceptions (and Ctrl-C) into one-line errors with the documented exit codes."""
-    from convlens.errors import ConvlensError
-
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -111,7 +119,7 @@ class ModelOptions:
 
     def load(self) -> Any:
         """The Classifier these options describe (a ConvlensError when they don't fit)."""
-        from convlens.models.loading import load_model
+        from convlens.models.loading import load_model  # lazy: --help start-up
 
         return load_model(
             self.model, weights=self.weights, labels=self.labels, input_size=self.input_size,
@@ -227,7 +235,7 @@ def report_problems(problems: Sequence[Any]) -> None:
 
 def parse_methods(text: str) -> list[str]:
     """``"gradcam,saliency"`` or ``"all"`` -> registered method names (unknown ones refused)."""
-    from convlens.attribution.core import get_method, methods
+    from convlens.attribution.core import get_method, methods  # lazy: --help start-up
 
     if text.strip() == "all":
         return [m.name for m in methods()]
@@ -249,7 +257,7 @@ def max_pixels_option() -> Any:
 
 def check_max_pixels(max_pixels: int | None) -> None:
     """Refuse a ``--max-pixels`` above what Pillow will ever decode (exit 2, before any work)."""
-    from convlens.io.images import pillow_pixel_ceiling
+    from convlens.io.images import pillow_pixel_ceiling  # lazy: --help start-up (Pillow)
 
     ceiling = pillow_pixel_ceiling()
     if max_pixels is not None and ceiling is not None and max_pixels > ceiling:
@@ -259,7 +267,7 @@ def check_max_pixels(max_pixels: int | None) -> None:
 
 def read_photo(path: Path, max_pixels: int | None) -> Any:
     """``load_image`` with the CLI's ``--max-pixels`` (None: the library default)."""
-    from convlens.io.images import DEFAULT_MAX_PIXELS, load_image
+    from convlens.io.images import load_image  # lazy: --help start-up (Pillow)
 
     return load_image(path, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
 
@@ -281,9 +289,6 @@ def prepare_out(out: Path, option: str = "--out") -> Path:
     library and the CLI (writable; new, empty or convlens's): its OutputError becomes the
     one-line error ``OPTION: cannot write OUT: REASON`` (exit 2).
     """
-    from convlens.errors import OutputError
-    from convlens.files import check_output
-
     try:
         return check_output(out, option=option)
     except OutputError as error:
@@ -498,8 +503,6 @@ def parse_registry_options(
             them in the library), or a value of the wrong type; the message lists the
             entry's options with their defaults.
     """
-    from convlens.errors import ConvlensError, did_you_mean, finite_message, non_finite
-
     keys = list(run or {})
     parsed: dict[str, dict[str, Any]] = {key: {} for key in keys}
     upper = kind.upper()
@@ -585,8 +588,7 @@ def parse_method_options(values: list[str], methods: list[str], *, flag: str = "
         >>> parse_method_options(["integrated_gradients.steps=16"], ["integrated_gradients"])
         {'integrated_gradients': {'steps': 16}}
     """
-    from convlens.attribution.core import get_method
-    from convlens.errors import MethodError
+    from convlens.attribution.core import get_method  # lazy: --help start-up (torch)
 
     run = {name: method_settables(get_method(name)) for name in methods}
     return parse_registry_options(

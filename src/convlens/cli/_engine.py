@@ -44,7 +44,7 @@ def engine_settings(engine: str, ray_address: str | None, actors: int | None,
     The names come from the engine registry, read here rather than at import so that
     ``--help`` imports nothing heavy.
     """
-    from convlens.engines.registry import engine_names
+    from convlens.engines.registry import engine_names  # lazy: --help start-up
 
     if engine not in engine_names():
         fail(f"--engine must be one of {', '.join(engine_names())}; got {engine!r}")

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 
 import typer
 
+from convlens import __version__
+from convlens.cli._common import EXIT_ERROR, error_line
+
 # Modules under convlens.cli with a ``register(app)`` function, in the order --help lists them.
 COMMAND_MODULES = ("models", "explain", "audit", "concepts", "correct", "evaluate", "visualize",
                    "demo", "serve")
@@ -32,8 +35,6 @@ def _version(value: bool) -> None:
         try:
             typer.echo(f"convlens {version('convlens')}")
         except PackageNotFoundError:  # pragma: no cover - running from a source tree
-            from convlens import __version__
-
             typer.echo(f"convlens {__version__}")
         raise typer.Exit()
 
@@ -62,8 +63,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         from typer._click import exceptions as click
     except ImportError:  # pragma: no cover - older Typer on top of Click
         from click import exceptions as click
-
-    from convlens.cli._common import EXIT_ERROR, error_line
 
     command = typer.main.get_command(app)
     try:

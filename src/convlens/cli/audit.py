@@ -22,6 +22,8 @@ from convlens.cli._engine import (
     gpus_per_actor_option,
     ray_address_option,
 )
+from convlens.cli._progress import cli_progress
+from convlens.cli.evaluate import parse_options
 
 
 @friendly_errors
@@ -67,9 +69,9 @@ def audit(
     """Audit a dataset: find the strategies the model relies on (across classes: what its
     mistakes share; per class: SpRAy clusters), check the top ones causally, and write
     OUT/audit.json and OUT/report.html; resumes an interrupted run."""
-    from convlens.auditing.analysis import GROUP_BY
-    from convlens.auditing.run import audit as run_audit
-    from convlens.cli._progress import cli_progress
+    # lazy: --help start-up (torch)
+    from convlens.auditing import run as auditing
+    from convlens.auditing.request import check_request
 
     engine, engine_options = engine_settings(engine, ray_address, actors, gpus_per_actor)
     if 0 < max_cluster_maps < 100:
@@ -78,36 +80,26 @@ def audit(
     if engine != "local" and workers:
         fail("--workers sets the local engine's decoding processes; with --engine ray, Ray "
              "decodes in its own tasks")
-    if group_by not in GROUP_BY:
-        fail(f"--group-by must be one of {', '.join(GROUP_BY)}; got {group_by!r}")
+    if group_by not in auditing.GROUP_BY:
+        fail(f"--group-by must be one of {', '.join(auditing.GROUP_BY)}; got {group_by!r}")
     if "," in method:
         fail("audit takes one --method (e.g. gradcam)")
-    from convlens.attribution.core import get_method
-
-    get_method(method)
-    from convlens.auditing.scoring import parse_audit_metrics
-    from convlens.cli.evaluate import parse_options
-
     metric_keys = [k.strip() for k in (metrics or "").split(",") if k.strip()]
     if metrics is not None and not metric_keys:
         fail("--metrics needs at least one metric name (see `convlens metrics`)")
     metric_options = parse_options(metric_option, "--metric-option", metric_keys,
                                    listed_by="--metrics")
-    parse_audit_metrics(metric_keys, metric_options)  # refuse bad names before loading
-    from convlens.auditing.run import check_grouping
-    from convlens.io.datasets import detect_layout
-
-    check_grouping(data, group_by, detect_layout(data))  # a missing DATA, too
+    check_request(data, method=method, group_by=group_by, metrics=metric_keys,
+                  metric_options=metric_options)  # refuse bad input before loading
     classifier = model_options.load()
     with cli_progress() as progress:
-        result = run_audit(classifier, data, method=method, layer=layer, group_by=group_by,
-                           out=out, batch_size=batch_size, workers=workers,
-                           overwrite=overwrite, progress=progress, metrics=metric_keys,
-                           metric_options=metric_options, engine=engine,
-                           engine_options=engine_options, neighbours=neighbours,
-                           max_cluster_maps=max_cluster_maps or None,
-                           concepts=concept_layer if concept_layer else (True if concepts
-                                                                         else None))
+        result = auditing.audit(
+            classifier, data, method=method, layer=layer, group_by=group_by, out=out,
+            batch_size=batch_size, workers=workers, overwrite=overwrite, progress=progress,
+            metrics=metric_keys, metric_options=metric_options, engine=engine,
+            engine_options=engine_options, neighbours=neighbours,
+            max_cluster_maps=max_cluster_maps or None,
+            concepts=concept_layer if concept_layer else (True if concepts else None))
         report = result.report(progress=progress)
     strategies = result.data.get("strategies") or []
     console.print(f"audited {len(result.images)} image(s): {out / 'audit.json'}, {report}")

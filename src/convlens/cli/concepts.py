@@ -80,8 +80,7 @@ def tcav(
     """
     from rich.table import Table
 
-    from convlens.concepts.tcav import format_p
-    from convlens.concepts.tcav import tcav as run_tcav
+    from convlens.concepts import tcav as concept_tcav  # lazy: --help start-up (torch)
 
     if out is not None and out.is_dir():
         fail(f"--out {out} is a folder; pass a file name such as tcav.json")
@@ -90,15 +89,16 @@ def tcav(
         fail("--layer needs a layer name (see `convlens layers`)")
     classifier = model_options.load()
     with cli_progress() as progress:
-        result = run_tcav(classifier, concept, layers, classes, images=images, random=random,
-                          runs=runs, cav=cav, alpha=alpha, seed=seed, batch_size=batch_size,
-                          progress=progress)
+        result = concept_tcav.tcav(classifier, concept, layers, classes, images=images,
+                                   random=random, runs=runs, cav=cav, alpha=alpha, seed=seed,
+                                   batch_size=batch_size, progress=progress)
     table = Table("class", "layer", "cav", "score", "random score", "p-value", "significant")
     for row in result.rows:
         table.add_row(row["class"], row["layer"], row["cav"],
                       f"{row['score']:.3f} ± {row['score_std']:.3f}",
                       f"{row['random_score']:.3f} ± {row['random_score_std']:.3f}",
-                      format_p(row["p_value"]), "yes" if row["significant"] else "no")
+                      concept_tcav.format_p(row["p_value"]),
+                      "yes" if row["significant"] else "no")
     console.print(table)
     console.print(result.verdict(), markup=False, highlight=False)
     if out is not None:
@@ -147,8 +147,7 @@ def atlas(
     Computes the layer's reference sets over DATA in one resumable pass (each channel's
     top-k images by relevance and by activation) and draws OUT/atlas.html: per channel its
     relevance and activation patches and conditional heatmaps (CRP)."""
-    from convlens.concepts.atlas import check_channels, layer_channels, write_atlas
-    from convlens.concepts.references import reference_sets
+    from convlens.concepts.atlas import build_atlas  # lazy: --help start-up (torch)
 
     engine, engine_options = engine_settings(engine, ray_address, actors, gpus_per_actor)
     if engine != "local" and workers:
@@ -160,16 +159,12 @@ def atlas(
     if not data.exists():
         fail(f"{data} does not exist; give a folder of images or a CSV with path,label")
     classifier = model_options.load()
-    name, count = layer_channels(classifier, layer)
-    if chosen is not None:
-        chosen = check_channels(chosen, name, count)
     with cli_progress() as progress:
-        sets = reference_sets(classifier, data, name, k=k, out=out, engine=engine,
-                              engine_options=engine_options, batch_size=batch_size,
-                              workers=workers, overwrite=overwrite, progress=progress)
-        page = write_atlas(sets, out, channels=chosen, top_channels=top_channels,
-                           progress=progress)
-    console.print(f"reference sets of {sets.channels} channels of {name} over "
+        sets, page = build_atlas(classifier, data, layer, k=k, out=out, channels=chosen,
+                                 top_channels=top_channels, engine=engine,
+                                 engine_options=engine_options, batch_size=batch_size,
+                                 workers=workers, overwrite=overwrite, progress=progress)
+    console.print(f"reference sets of {sets.channels} channels of {sets.layer} over "
                   f"{sets.meta['count']} image(s): {out / 'references.json'}, {page}",
                   markup=False, highlight=False)
     report_problems(sets.meta.get("errors", []))

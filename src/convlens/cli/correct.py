@@ -14,6 +14,7 @@ from convlens.cli._common import (
     friendly_errors,
     with_model_options,
 )
+from convlens.cli._progress import cli_progress
 
 
 @friendly_errors
@@ -64,18 +65,8 @@ def correct(
     OUT/audit-after/), OUT/guidance.csv the images to relabel, remove or augment. A killed
     rrclarc run resumes when run again with the same options (--overwrite starts again).
     Give the same model options as the audit."""
-    from convlens.cli._progress import cli_progress
-    from convlens.correction.audits import audit_data, strategy_entry
-    from convlens.correction.direction import SHAPES
-    from convlens.correction.evidence import gather_evidence
-    from convlens.correction.folder import model_source, save_correction
-    from convlens.correction.guidance import audit_rows, training_rows, write_guidance
-    from convlens.correction.report import write_correction_report
-    from convlens.correction.rrclarc import SCOPES
-    from convlens.correction.run import METHODS
-    from convlens.correction.run import correct as run_correct
-    from convlens.correction.training import Checkpoint
-    from convlens.files import claim_output
+    # lazy: --help start-up (torch)
+    from convlens.correction.pipeline import METHODS, SCOPES, SHAPES, correct_to_folder
 
     if method not in METHODS:
         fail(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -93,26 +84,15 @@ def correct(
     if not (audit_dir / "audit.json").is_file():
         fail(f"{audit_dir} holds no audit.json; give the folder `convlens audit` wrote (--out)")
     classifier = model_options.load()
-    source = model_source(model_options.model, weights=model_options.weights,
-                          trust_model=model_options.trust_model)
-    inputs = [audit_dir, *(p for p in (data, train) if p is not None)]
-    with claim_output(out, overwrite=overwrite, inputs=inputs, what="convlens correct"), \
-            cli_progress() as progress:
-        fixed = run_correct(classifier, audit_dir, strategy, method=method, layer=layer,
-                            shape=shape, data=data, epochs=epochs, strength=strength,
-                            learning_rate=learning_rate, scope=scope, seed=seed,
-                            batch_size=batch_size, checkpoint=out, progress=progress)
-        save_correction(fixed, out, source=source, audit=audit_dir)
-        Checkpoint(out, "").remove()
-        content, _ = audit_data(audit_dir)
-        rows = audit_rows(content, strategy_entry(content, strategy))
-        if train is not None or data is not None:
-            rows += training_rows(classifier, fixed.direction, train or data,
-                                  batch_size=batch_size, shape=shape)
-        write_guidance(out / "guidance.csv", rows)
-        evidence = gather_evidence(classifier, fixed.classifier, audit_dir, strategy, out=out,
-                                   seed=seed, report=True)
-        page = write_correction_report(out)
+    source = {"model": model_options.model, "weights": model_options.weights,
+              "trust_model": model_options.trust_model}
+    with cli_progress() as progress:
+        written = correct_to_folder(
+            classifier, audit_dir, strategy, out, source=source, method=method, layer=layer,
+            shape=shape, data=data, epochs=epochs, strength=strength,
+            learning_rate=learning_rate, scope=scope, seed=seed, batch_size=batch_size,
+            train=train, overwrite=overwrite, progress=progress)
+    fixed = written.correction
     classes = ", ".join(f"{k} ({m} of the strategy, {o} others)"
                         for k, (m, o) in fixed.direction.classes.items())
     for note in fixed.notes:
@@ -122,10 +102,10 @@ def correct(
     console.print(f"corrected for strategy {strategy} at {fixed.direction.layer} "
                   f"({method}, {shape}{trained}); direction from {classes}: {out}/ "
                   f"(load it with --model {out}); what to relabel, remove or augment: "
-                  f"{out / 'guidance.csv'} ({len(rows)} images)", markup=False,
+                  f"{written.guidance} ({written.guidance_rows} images)", markup=False,
                   highlight=False)
-    console.print(f"{evidence_line(evidence)}; the page to decide on: {page}", markup=False,
-                  highlight=False)
+    console.print(f"{evidence_line(written.evidence)}; the page to decide on: {written.page}",
+                  markup=False, highlight=False)
 
 
 def evidence_line(evidence: dict) -> str:

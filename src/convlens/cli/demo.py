@@ -63,7 +63,7 @@ def demo(
     # shared (measured: saliency took 20x its one-thread CPU time on a loaded 2-core machine).
     # Read when torch loads its OpenMP runtime, which has not happened yet in this command.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from convlens.jobs.demo import build_demo
+    from convlens.jobs.demo import build_demo  # lazy: after OMP_WAIT_POLICY, before torch
 
     methods = None if method.strip().lower() == "default" else parse_methods(method)
     with cli_progress() as progress:

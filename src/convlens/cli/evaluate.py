@@ -30,6 +30,7 @@ from convlens.cli._engine import (
     ray_address_option,
 )
 from convlens.cli._progress import cli_progress
+from convlens.files import claim_output
 
 
 def _value(text: str) -> Any:
@@ -120,8 +121,6 @@ def evaluate(
     *, model_options: ModelOptions,
 ) -> None:
     """Score methods with metrics on these images; print a ranking per metric."""
-    from convlens.files import claim_output
-
     method_names = parse_methods(method)
     metric_keys = parse_metrics(metric)
     metric_options = parse_options(option, "--option", metric_keys)
@@ -133,7 +132,7 @@ def evaluate(
     # --out is claimed before the model loads: a file, a read-only or a user's folder, or
     # another run in it, fails before any work
     with claim_output(out, inputs=images, what="convlens evaluate") if out else nullcontext():
-        from convlens.metrics.evaluate import evaluate as run
+        from convlens.metrics.evaluate import evaluate as run  # lazy: --help start-up
 
         classifier = model_options.load()
         with cli_progress() as progress:
@@ -177,7 +176,7 @@ def list_metrics() -> None:
     """Every metric: family, options with defaults, presets, paper."""
     from rich.table import Table
 
-    from convlens.metrics import metrics
+    from convlens.metrics import metrics  # lazy: --help start-up (torch)
 
     table = Table("metric", "family", "needs", "options (defaults)", "presets", "reference")
     for m in metrics():

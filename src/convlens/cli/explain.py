@@ -8,7 +8,6 @@ atomically. Progress is drawn by :mod:`convlens.cli._progress`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -31,13 +30,8 @@ from convlens.cli._engine import (
     gpus_per_actor_option,
     ray_address_option,
 )
-
-
-def _parse_target(text: str) -> Any:
-    from convlens.explanations import parse_target
-
-    parse_target(text)  # validates top:K
-    return int(text) if text.strip().lstrip("-").isdigit() else text
+from convlens.cli._progress import cli_progress
+from convlens.files import check_output
 
 
 @friendly_errors
@@ -77,8 +71,7 @@ def explain(
     *, model_options: ModelOptions,
 ) -> None:
     """Write heatmaps (one PNG per method), a grid per image, results.json and index.html."""
-    from convlens.cli._progress import cli_progress
-    from convlens.files import check_output
+    from convlens.explanations import parse_target  # lazy: --help start-up (torch)
     from convlens.jobs.explain_job import ExplainJob
 
     engine, engine_options = engine_settings(engine, ray_address, actors, gpus_per_actor)
@@ -90,7 +83,8 @@ def explain(
     check_max_pixels(max_pixels)
     method_names = parse_methods(method)
     options = parse_method_options(option, method_names)
-    target_value = _parse_target(target)
+    parse_target(target)  # validates top:K
+    target_value = int(target) if target.strip().lstrip("-").isdigit() else target
     check_output(out, inputs=images)  # a file in the way fails before the model loads
     classifier = model_options.load()
     job = ExplainJob(classifier, method_names, out, target=target_value, layer=layer,

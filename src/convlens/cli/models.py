@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+import convlens
 from convlens.cli._common import (
     ModelOptions,
     check_max_pixels,
@@ -16,6 +17,7 @@ from convlens.cli._common import (
     report_problems,
     with_model_options,
 )
+from convlens.errors import ImageError
 
 
 @friendly_errors
@@ -29,8 +31,7 @@ def predict(
     """Print the top classes of each image."""
     from rich.table import Table
 
-    from convlens.errors import ImageError
-    from convlens.io.images import expand_inputs
+    from convlens.io.images import expand_inputs  # lazy: --help start-up (Pillow)
 
     check_max_pixels(max_pixels)
     files, problems = expand_inputs(images)
@@ -56,8 +57,6 @@ def layers(*, model_options: ModelOptions) -> None:
     """List every layer's name, type and output shape, to choose --layer."""
     from rich.table import Table
 
-    import convlens
-
     classifier = model_options.load()
     default = classifier.default_layer()
     table = Table("layer", "type", "output shape", "parameters")
@@ -77,7 +76,7 @@ def list_methods() -> None:
     """
     from rich.table import Table
 
-    from convlens.attribution.core import methods
+    from convlens.attribution.core import methods  # lazy: --help start-up (torch)
 
     table = Table("method", "family", "output", "options", "reference",
                   caption="pass options with --option METHOD.NAME=VALUE (e.g. --option "

@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from convlens.cli._common import (
+    DEFAULT_MAX_PIXELS,
     ModelOptions,
     check_max_pixels,
     console,
@@ -45,17 +46,13 @@ def serve(
 ) -> None:
     """Serve a local page: upload a photo, compare maps, visualize features, browse audits
     and concept atlases."""
-    try:
-        import uvicorn  # noqa: F401 - checked here, used by convlens.app.runner
-
+    try:  # lazy: --help start-up, and the serve extra is optional
         from convlens.app.runner import bind, serve_app
         from convlens.app.server import ServeSettings, allowed_hosts_for, create_app
     except ImportError as error:
         fail(f"serve needs FastAPI and uvicorn ({error.name} is missing); install them with "
              "pip install 'convlens[serve]'")
         return
-    from convlens.io.images import DEFAULT_MAX_PIXELS
-
     check_max_pixels(max_pixels)
     classifier = model_options.load()
     settings = ServeSettings(allowed_hosts=allowed_hosts_for(host, allow_host),

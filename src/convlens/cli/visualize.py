@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -31,74 +30,9 @@ from convlens.cli._common import (
     read_photo,
     with_model_options,
 )
+from convlens.cli._progress import cli_progress
 from convlens.errors import ObjectiveError
 from convlens.files import claim_output, save_image_atomic, write_json_atomic
-
-MAX_DEFAULT_CHANNELS = 16
-
-
-def parse_channels(text: str) -> list[int]:
-    """``"0-15"``, ``"3,5,9"`` or ``"0-3,8"`` -> channel indices, in the order given.
-
-    Example:
-        >>> parse_channels("0-2,7")
-        [0, 1, 2, 7]
-    """
-    channels: list[int] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        first, sep, last = part.partition("-")
-        try:
-            low = int(first)
-            high = int(last) if sep else low
-        except ValueError:
-            raise ObjectiveError(f"--channels takes indices and ranges like 0-15 or 3,5,9; "
-                                 f"got {text!r}") from None
-        if low < 0 or high < low:
-            raise ObjectiveError(f"--channels: bad range {part!r} (expected LOW-HIGH with "
-                                 "0 <= LOW <= HIGH)")
-        channels.extend(range(low, high + 1))
-    if not channels:
-        raise ObjectiveError("--channels needs at least one index, e.g. 0-15")
-    return channels
-
-
-def _layer_channels(classifier: Any, layer: str) -> int:
-    """The number of channels of ``layer``'s output (a clear error for a bad name)."""
-    import convlens
-    from convlens.models.layers import resolve_layer
-
-    name, _ = resolve_layer(classifier.module, layer)
-    for info in convlens.layers(classifier):
-        if info.name == name and info.output_shape:
-            return int(info.output_shape[0])
-    raise ObjectiveError(f"layer {layer!r} did not produce a tensor output; choose another "
-                         "(see `convlens layers`)")
-
-
-def _objectives(classifier: Any, layer: str | None, channels: str | None, classes: list[str],
-                neuron: bool, deepdream: bool) -> list[Any]:
-    from convlens.visualization import objectives as obj
-
-    if (layer is None) == (not classes):
-        raise ObjectiveError("give either --layer LAYER (channels of a layer) or --class "
-                             "NAME|INDEX (output classes), not both and not neither")
-    if classes:
-        if neuron or channels:
-            raise ObjectiveError("--neuron and --channels go with --layer, not --class")
-        return [obj.class_logit(c) for c in classes]
-    if channels is None and deepdream and not neuron:
-        return [obj.layer(layer)]
-    count = _layer_channels(classifier, layer)
-    indices = (parse_channels(channels) if channels is not None
-               else list(range(min(count, MAX_DEFAULT_CHANNELS))))
-    bad = [k for k in indices if k >= count]
-    if bad:
-        raise ObjectiveError(f"channel {bad[0]} is out of range: layer {layer!r} has {count} "
-                             f"channels (valid: 0..{count - 1})")
-    make = obj.neuron if neuron else obj.channel
-    return [make(layer, k) for k in indices]
 
 
 @friendly_errors
@@ -140,10 +74,11 @@ def visualize(
     starts as the model sees it: at --input-size, cropped, squashed or padded); without
     --deepdream there is no photo and they are refused.
     """
-    from convlens.visualization.optimize import check_arguments
-    from convlens.visualization.optimize import visualize as render
+    # lazy: --help start-up (torch)
+    from convlens.visualization import optimize
+    from convlens.visualization.goals import objectives_for, start_photo
 
-    check_arguments(steps=steps, size=size, lr=lr, seed=seed)
+    optimize.check_arguments(steps=steps, size=size, lr=lr, seed=seed)
     if deepdream is None:
         given = [name for name, value in (("--resize", model_options.resize),
                                           ("--max-pixels", max_pixels)) if value is not None]
@@ -154,18 +89,15 @@ def visualize(
     photo = read_photo(deepdream, max_pixels) if deepdream is not None else None
     prepare_out(out)
     classifier = model_options.load()
-    goals = _objectives(classifier, layer, channels, classes, neuron, deepdream is not None)
-    init = None
-    if photo is not None:
-        init = (classifier.preprocessing.resize_image(photo)[0]
-                if model_options.resize is not None
-                else _start_size(photo, size, classifier.preprocessing.input_size))
-    from convlens.cli._progress import cli_progress
-
+    goals = objectives_for(classifier, layer=layer, channels=channels, classes=classes,
+                           neuron=neuron, whole_layer=deepdream is not None)
+    init = None if photo is None else start_photo(classifier, photo, size=size,
+                                                  resize=model_options.resize is not None)
     on_terminal = sys.stderr.isatty()  # a bar on a terminal; nothing in pipes and logs
     with cli_progress(terminal=True) if on_terminal else nullcontext(False) as progress:
-        res = render(classifier, goals, size=size, steps=steps, seed=seed, lr=lr, param=param,
-                     transforms=transforms, init=init, progress=progress)
+        res = optimize.visualize(classifier, goals, size=size, steps=steps, seed=seed, lr=lr,
+                                 param=param, transforms=transforms, init=init,
+                                 progress=progress)
     final_values = res.trace[-1].tolist() if len(res.trace) else [None] * len(goals)
     with claim_output(out, what="convlens visualize"):  # every file atomic and listed
         paths = res.save(out)
@@ -181,23 +113,6 @@ def visualize(
         })
     console.print(f"wrote {len(goals)} visualization(s) and grid.png to {out}/ "
                   f"({res.seconds:.0f} s)", markup=False, highlight=False)
-
-
-def _start_size(photo: Any, size: int | None, input_size: tuple[int, int]) -> Any:
-    """The DeepDream start photo at the size the optimisation will use.
-
-    ``--size`` squares it; without it the aspect ratio stays and the shorter side becomes
-    the model's input size (as :func:`convlens.visualize` does for a photo), so a large
-    photo allowed by ``--max-pixels`` is shrunk here rather than checked again.
-    """
-    from PIL import Image
-
-    if size is not None:
-        target = (size, size)
-    else:
-        scale = min(input_size) / min(photo.size)
-        target = (max(8, round(photo.width * scale)), max(8, round(photo.height * scale)))
-    return photo if photo.size == target else photo.resize(target, Image.Resampling.BICUBIC)
 
 
 @friendly_errors
@@ -222,6 +137,7 @@ def activations(
     IMAGE goes through the model's preprocessing, so --input-size, --resize, --mean and
     --std change what the layer sees.
     """
+    # lazy: --help start-up (torch, Pillow)
     from convlens.io.images import safe_output_name
     from convlens.visualization.inspection import activation_maps, filter_grid, maps_grid
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from convlens.concepts.patches import crop_patch, patch_boxes
-from convlens.concepts.references import MODES, ReferenceSetError, ReferenceSets
+from convlens.concepts.references import MODES, ReferenceSetError, ReferenceSets, reference_sets
 from convlens.files import claim_output, ensure_folder, save_image_atomic, write_text_atomic
 from convlens.progress import ProgressLike, emit, resolve_progress
 
@@ -200,3 +200,45 @@ def _context(sets: ReferenceSets, shown: list[int], cells: dict[tuple[int, str, 
               ("activation score", meta["scores"]["activation"])]
     return {"title": f"Concept atlas: {sets.layer}", "csp": CSP, "header": header,
             "channels": sections, "errors": meta.get("errors", [])}
+
+
+def build_atlas(classifier: Any, data: str | os.PathLike[str], layer: str | None = None, *,
+                k: int = 8, out: str | os.PathLike[str] = "convlens-atlas",
+                channels: Sequence[int] | None = None, top_channels: int = TOP_CHANNELS,
+                engine: Any = "local", engine_options: dict[str, Any] | None = None,
+                batch_size: int = 32, workers: int = 0, overwrite: bool = False,
+                progress: ProgressCallback | None = None) -> tuple[ReferenceSets, Path]:
+    """The concept atlas of ``layer`` over ``data`` in ``out``: what ``convlens concepts
+    atlas`` does, as one call.
+
+    The layer and ``channels`` are checked first (one probing forward), then the reference
+    sets are computed in one resumable pass (:func:`~convlens.concepts.references.
+    reference_sets`, ``OUT/references.json``) and the page is drawn (:func:`write_atlas`).
+
+    Args:
+        classifier: A Classifier.
+        data: A folder of images (plain or ImageFolder) or a CSV.
+        layer: The layer whose channels are the concepts (default: the model's default).
+        k: Reference images per channel.
+        out: The output folder (reference sets and page).
+        channels, top_channels: As :func:`write_atlas`.
+        engine, engine_options, batch_size, workers, overwrite: As
+            :func:`~convlens.concepts.references.reference_sets`.
+        progress: Called with the pass's and the page's progress events.
+
+    Returns:
+        ``(reference sets, the page's path)``.
+
+    Raises:
+        ReferenceSetError: A layer without a spatial output, a channel it lacks, or what
+            :func:`~convlens.concepts.references.reference_sets` refuses.
+    """
+    name, count = layer_channels(classifier, layer)
+    if channels is not None:
+        channels = check_channels(channels, name, count)
+    sets = reference_sets(classifier, data, name, k=k, out=out, engine=engine,
+                          engine_options=engine_options, batch_size=batch_size,
+                          workers=workers, overwrite=overwrite, progress=progress)
+    page = write_atlas(sets, out, channels=channels, top_channels=top_channels,
+                       progress=progress)
+    return sets, page
