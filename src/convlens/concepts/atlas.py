@@ -207,7 +207,7 @@ def build_atlas(classifier: Any, data: str | os.PathLike[str], layer: str | None
                 channels: Sequence[int] | None = None, top_channels: int = TOP_CHANNELS,
                 engine: Any = "local", engine_options: dict[str, Any] | None = None,
                 batch_size: int = 32, workers: int = 0, overwrite: bool = False,
-                progress: ProgressCallback | None = None) -> tuple[ReferenceSets, Path]:
+                progress: ProgressLike = None) -> tuple[ReferenceSets, Path]:
     """The concept atlas of ``layer`` over ``data`` in ``out``: what ``convlens concepts
     atlas`` does, as one call.
 
@@ -224,7 +224,8 @@ def build_atlas(classifier: Any, data: str | os.PathLike[str], layer: str | None
         channels, top_channels: As :func:`write_atlas`.
         engine, engine_options, batch_size, workers, overwrite: As
             :func:`~convlens.concepts.references.reference_sets`.
-        progress: Called with the pass's and the page's progress events.
+        progress: The pass's and the page's progress: a callback, ``True`` or ``False``/None
+            (see :func:`convlens.progress.resolve_progress`).
 
     Returns:
         ``(reference sets, the page's path)``.
@@ -233,6 +234,7 @@ def build_atlas(classifier: Any, data: str | os.PathLike[str], layer: str | None
         ReferenceSetError: A layer without a spatial output, a channel it lacks, or what
             :func:`~convlens.concepts.references.reference_sets` refuses.
     """
+    progress = resolve_progress(progress)
     name, count = layer_channels(classifier, layer)
     if channels is not None:
         channels = check_channels(channels, name, count)
