@@ -27,7 +27,24 @@ import numpy as np
 import torch
 from PIL import Image
 
+from convlens.attribution.core import attribute, get_method
+from convlens.attribution.crp import concept_maps
+from convlens.concepts.patches import crop_patch, patch_boxes
+from convlens.engines import get_engine
+from convlens.errors import ConvlensError
 from convlens.files import write_text_atomic
+from convlens.present.audit_figures import (
+    confusion_figure,
+    eigenvalue_figure,
+    overlay_thumbnail,
+    patch_grid,
+    prototype,
+    thumbnail,
+)
+from convlens.present.audit_figures import unit as unit_scaled
+from convlens.present.figures import colorize
+from convlens.present.heatmap import apply_sign, reduce_channels, remove_offset, upsample
+from convlens.present.html import render_page
 from convlens.progress import ProgressCallback, emit
 from convlens.store import config_fingerprint
 
@@ -84,9 +101,6 @@ class _Maps:
     def render(self, folder: Path, batch_size: int, progress: ProgressCallback | None) -> None:
         """Thumbnails and map overlays of the wanted images; the maps are computed by the
         audit's engine (decoding and attribution there, the drawing here)."""
-        from convlens.engines import get_engine
-        from convlens.present.audit_figures import overlay_thumbnail, thumbnail
-
         audit = self.audit
         classifier, settings = audit.classifier, audit.settings
         entries = {e.relpath: e for e in audit.dataset.entries}
@@ -132,16 +146,11 @@ class ReportMapFactory:
 
 class _ReportMapWorker:
     def __init__(self, factory: ReportMapFactory) -> None:
-        from convlens.attribution.core import get_method
-
         self.factory = factory
         self.spec = get_method(factory.method)
 
     def __call__(self, batch: Any) -> list[tuple[int, int, np.ndarray]]:
         """``(entry index, target, map (H, W) float32)`` for every wanted pair of the batch."""
-        from convlens.attribution.core import attribute
-        from convlens.present.heatmap import apply_sign, reduce_channels, remove_offset, upsample
-
         f, spec = self.factory, self.spec
         pairs = [(position, target) for position, item in enumerate(batch.items)
                  for target in f.targets[item.index]]
@@ -184,9 +193,6 @@ class _ConceptFigureWorker:
 
     def __call__(self, batch: Any) -> list[tuple[int, str, int, int | None, Any]]:
         """``(entry index, kind, channel, position, box or map (H, W) float32)``."""
-        from convlens.attribution.crp import concept_maps
-        from convlens.concepts.patches import patch_boxes
-
         f = self.factory
         width = f.grid[1] if f.grid and len(f.grid) > 1 else 1
         out: list[tuple[int, str, int, int | None, Any]] = []
@@ -227,10 +233,6 @@ def concept_blocks(audit: AuditView, strategies: list[dict], folder: Path, batch
     audit's own images, cropped around the recorded hottest position) and its conditional
     maps (CRP, LRP where the model has rules) on the strategy's first prototype images.
     Computed by the audit's engine for these few images only; drawn here."""
-    from convlens.concepts.patches import crop_patch
-    from convlens.engines import get_engine
-    from convlens.present.audit_figures import overlay_thumbnail, patch_grid
-
     data = audit.data
     header = data.get("concepts") or {}
     chosen = [s for s in strategies if s.get("concepts")][:CONCEPT_STRATEGIES]
@@ -301,10 +303,6 @@ def concept_blocks(audit: AuditView, strategies: list[dict], folder: Path, batch
 def write_report(audit: AuditView, target: Path, *, progress: ProgressCallback | None = None,
                  batch_size: int | None = None) -> Path:
     """Write ``target`` (HTML) and its files under ``target.parent / report-files``."""
-    from convlens.errors import ConvlensError
-    from convlens.present.audit_figures import confusion_figure, eigenvalue_figure
-    from convlens.present.html import render_page
-
     if audit.classifier is None or audit.dataset is None or audit.settings is None:
         raise ConvlensError("this Audit has no classifier and dataset attached; run "
                             "cl.audit(classifier, data, ...) to write a report")
@@ -405,8 +403,6 @@ def _mistake_section(data: dict, maps: _Maps, index_of: dict[str, int]) -> list[
 def _draw_prototypes(pending: list[tuple[Path, list[str], Any]], folder: Path) -> None:
     """Draw each prototype picture from its members' rendered thumbnails (a member whose
     thumbnail is missing is left out) and its mean map."""
-    from convlens.present.audit_figures import prototype
-
     for path, members, heat in pending:
         photos = []
         for m in members:
@@ -450,10 +446,7 @@ def unestablished(data: dict) -> list[str]:
 
 
 def _png_uri(heat: np.ndarray, side: int = 64) -> str:
-    from convlens.present.audit_figures import unit
-    from convlens.present.figures import colorize
-
-    image = Image.fromarray(colorize(unit(heat))).resize((side, side), Image.BILINEAR)
+    image = Image.fromarray(colorize(unit_scaled(heat))).resize((side, side), Image.BILINEAR)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
