@@ -257,6 +257,33 @@ def test_function_level_imports_are_counted() -> None:
     assert graph.function_level
 
 
+# Issue 19 item 4: imports at the top of a file. In these folders a function-level import of a
+# convlens module needs its reason on its line ("# lazy: <why>"): an optional extra, or a
+# measured start-up cost. Avoiding a cycle is no reason: break the cycle instead.
+TOP_IMPORT_PACKAGES = ("convlens.auditing", "convlens.concepts", "convlens.correction")
+
+
+def _module_path(module: str, src: Path = SRC) -> Path:
+    base = src.joinpath(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def test_imports_sit_at_the_top_in_concepts_auditing_and_correction() -> None:
+    graph = build_graph(SRC)
+    unexplained = []
+    for module, line, imported in graph.function_level:
+        if not module.startswith(TOP_IMPORT_PACKAGES):
+            continue
+        source = _module_path(module).read_text(encoding="utf-8").splitlines()[line - 1]
+        if "# lazy:" not in source:
+            unexplained.append(f"{module}:{line} ({imported})")
+    assert not unexplained, (
+        "function-level convlens imports without a '# lazy: <why>' comment (move them to the "
+        "top of the module; docs/architecture.md, \"Layers and the direction data flows\"): "
+        f"{unexplained}"
+    )
+
+
 def _write(root: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         path = root / name

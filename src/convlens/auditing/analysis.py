@@ -24,6 +24,13 @@ from typing import Any, overload
 
 import numpy as np
 
+from convlens.auditing.concept_ranking import (
+    concept_sentence,
+    outlier_concepts,
+    rank_concepts,
+    reference_images,
+    relevance_shares,
+)
 from convlens.auditing.groups import GroupClusters, cluster_group
 from convlens.auditing.scoring import mean_of, summary
 from convlens.auditing.strategies import (
@@ -327,8 +334,6 @@ def concept_data(images: Sequence[StoredImage], reader: MapReader, layer: str | 
                  ) -> ConceptData | None:
     """The audit's concepts (None without them): shares and outlier channels, whose classes
     are the labels (the predicted classes where an image has none)."""
-    from convlens.auditing.concept_ranking import outlier_concepts, relevance_shares
-
     found = reader.concepts(images) if layer else None
     if found is None or layer is None:
         return None
@@ -511,8 +516,6 @@ def attach_concepts(strategy: Strategy, groups: dict[str, list[int]], concepts: 
     """A strategy's concepts (:func:`convlens.auditing.concept_ranking.rank_concepts`:
     members against the rest of its groups, or against every other image when its groups
     hold no other) and the words that name them."""
-    from convlens.auditing.concept_ranking import concept_sentence, rank_concepts
-
     inside = set(strategy.positions)
     rest = sorted({p for name in strategy.groups for p in groups.get(name, [])} - inside)
     named_rest = bool(rest)
@@ -528,8 +531,6 @@ def concept_entries(strategy: Strategy, images: Sequence[StoredImage],
     """``strategies[].concepts``: per concept its figures and its reference images (the
     audit's top images of the recorded column, with the hottest position's flat index and
     the relevance)."""
-    from convlens.auditing.concept_ranking import reference_images
-
     entries = []
     for concept in strategy.concepts or []:
         references = [{"path": images[p].record["path"],

@@ -37,7 +37,7 @@ from torch import nn
 
 from convlens._hooks import HookSession
 from convlens.attribution.core import Method, attribute, get_method, observed_cam_signals
-from convlens.attribution.crp import GRADIENT_X_ACTIVATION
+from convlens.attribution.crp import GRADIENT_X_ACTIVATION, layer_relevance
 from convlens.auditing.scoring import score_batch
 from convlens.engines import Engine, WorkerFactory, get_engine
 from convlens.io.datasets import Batch, Dataset
@@ -267,7 +267,6 @@ class AuditWorker:
             _names, (activation,), (gradient,) = signals[0]
             gradient = torch.zeros_like(activation) if gradient is None else gradient
             return activation * gradient, GRADIENT_X_ACTIVATION
-        from convlens.attribution.crp import layer_relevance
 
         return layer_relevance(self.classifier, x, self.settings.concept_layer,
                                target=predicted.to(x.device), rule=self.settings.concept_rule)

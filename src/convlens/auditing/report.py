@@ -27,7 +27,24 @@ import numpy as np
 import torch
 from PIL import Image
 
+from convlens.attribution.core import attribute, get_method
+from convlens.attribution.crp import concept_maps
+from convlens.concepts.patches import crop_patch, patch_boxes
+from convlens.engines import WorkerFactory, get_engine
+from convlens.errors import ConvlensError
 from convlens.files import write_text_atomic
+from convlens.present.audit_figures import (
+    confusion_figure,
+    eigenvalue_figure,
+    overlay_thumbnail,
+    patch_grid,
+    prototype,
+    thumbnail,
+)
+from convlens.present.audit_figures import unit as unit_scaled
+from convlens.present.figures import colorize
+from convlens.present.heatmap import apply_sign, upsample
+from convlens.present.html import render_page
 from convlens.progress import ProgressCallback, emit
 from convlens.store import config_fingerprint
 
@@ -85,9 +102,6 @@ class _Maps:
         """Thumbnails and map overlays of the wanted images; the maps are computed by the
         audit's engine (decoding and attribution there, the drawing here). Returns the
         number of images (the ``report`` stage's total)."""
-        from convlens.engines import WorkerFactory, get_engine
-        from convlens.present.audit_figures import overlay_thumbnail, thumbnail
-
         audit = self.audit
         classifier, settings = audit.classifier, audit.settings
         entries = {e.relpath: e for e in audit.dataset.entries}
@@ -124,9 +138,6 @@ def report_maps(classifier: Any, batch: Any, *, method: str, layer: str | None,
     """The report's per-batch map work on an engine (:class:`convlens.engines.WorkerFactory`):
     full-size positive maps of the wanted classes, ``targets[i]`` for entry ``i``, as
     ``(entry index, target, map (H, W) float32)`` for every wanted pair of the batch."""
-    from convlens.attribution.core import attribute, get_method
-    from convlens.present.heatmap import apply_sign, upsample
-
     spec = get_method(method)
     pairs = [(position, target) for position, item in enumerate(batch.items)
              for target in targets[item.index]]
@@ -149,9 +160,6 @@ def concept_figures(classifier: Any, batch: Any, *, layer: str, rule: str, grid:
     :func:`convlens.concepts.patches.patch_boxes`) and ``("map", channel, None)`` (the CRP
     map conditioned on the channel, :func:`convlens.concept_maps`, explaining the predicted
     class). Returns ``(entry index, kind, channel, position, box or map (H, W) float32)``."""
-    from convlens.attribution.crp import concept_maps
-    from convlens.concepts.patches import patch_boxes
-
     width = grid[1] if grid and len(grid) > 1 else 1
     out: list[tuple[int, str, int, int | None, Any]] = []
     for position, item in enumerate(batch.items):
@@ -190,10 +198,6 @@ def concept_blocks(audit: AuditView, strategies: list[dict], folder: Path, batch
     audit's own images, cropped around the recorded hottest position) and its conditional
     maps (CRP, LRP where the model has rules) on the strategy's first prototype images.
     Computed by the audit's engine for these few images only; drawn here."""
-    from convlens.concepts.patches import crop_patch
-    from convlens.engines import WorkerFactory, get_engine
-    from convlens.present.audit_figures import overlay_thumbnail, patch_grid
-
     data = audit.data
     header = data.get("concepts") or {}
     chosen = [s for s in strategies if s.get("concepts")][:CONCEPT_STRATEGIES]
@@ -264,10 +268,6 @@ def concept_blocks(audit: AuditView, strategies: list[dict], folder: Path, batch
 def write_report(audit: AuditView, target: Path, *, progress: ProgressCallback | None = None,
                  batch_size: int | None = None) -> Path:
     """Write ``target`` (HTML) and its files under ``target.parent / report-files``."""
-    from convlens.errors import ConvlensError
-    from convlens.present.audit_figures import confusion_figure, eigenvalue_figure
-    from convlens.present.html import render_page
-
     if audit.classifier is None or audit.dataset is None or audit.settings is None:
         raise ConvlensError("this Audit has no classifier and dataset attached; run "
                             "cl.audit(classifier, data, ...) to write a report")
@@ -368,8 +368,6 @@ def _mistake_section(data: dict, maps: _Maps, index_of: dict[str, int]) -> list[
 def _draw_prototypes(pending: list[tuple[Path, list[str], Any]], folder: Path) -> None:
     """Draw each prototype picture from its members' rendered thumbnails (a member whose
     thumbnail is missing is left out) and its mean map."""
-    from convlens.present.audit_figures import prototype
-
     for path, members, heat in pending:
         photos = []
         for m in members:
@@ -413,10 +411,7 @@ def unestablished(data: dict) -> list[str]:
 
 
 def _png_uri(heat: np.ndarray, side: int = 64) -> str:
-    from convlens.present.audit_figures import unit
-    from convlens.present.figures import colorize
-
-    image = Image.fromarray(colorize(unit(heat))).resize((side, side), Image.BILINEAR)
+    image = Image.fromarray(colorize(unit_scaled(heat))).resize((side, side), Image.BILINEAR)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

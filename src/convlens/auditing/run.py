@@ -24,12 +24,26 @@ from typing import Any
 
 import numpy as np
 
+from convlens.attribution.core import get_method
 from convlens.auditing.analysis import GROUP_BY, MapReader, StoredImage, build_audit, stored_images
 from convlens.auditing.causal import CausalResult, run_check
 from convlens.auditing.passes import PassSettings, run_pass
-from convlens.errors import ConvlensError, LabelMismatchError, unknown_choice
+from convlens.auditing.report import notebook_html, write_report
+from convlens.auditing.scoring import card, config_entry, parse_audit_metrics
+from convlens.auditing.spray import check_neighbours
+from convlens.engines import get_engine
+from convlens.errors import ConvlensError, LabelMismatchError, LayerError, unknown_choice
 from convlens.files import check_not_input, check_output, claim_output, write_json_atomic
+from convlens.io.datasets import (
+    dataset_relative_path,
+    detect_layout,
+    no_images_message,
+    read_dataset,
+    unknown_labels,
+)
+from convlens.models.classifier import Classifier
 from convlens.models.fingerprint import model_fingerprint
+from convlens.models.layers import resolve_layer
 from convlens.progress import ProgressLike, emit, resolve_progress
 from convlens.store import ResultStore, config_fingerprint
 
@@ -114,28 +128,15 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
         EngineError: The engine cannot start (Ray not installed, no cluster at the
             address) or one of its workers failed.
     """
-    from convlens.io.datasets import (
-        dataset_relative_path,
-        detect_layout,
-        no_images_message,
-        read_dataset,
-        unknown_labels,
-    )
-    from convlens.models.classifier import Classifier
-
     if not isinstance(classifier, Classifier):
         raise ConvlensError(f"audit needs a convlens.Classifier (cl.load_model() or "
                             f"cl.Classifier(module, labels=...)), got {type(classifier).__name__}")
     if group_by not in GROUP_BY:
         raise ConvlensError(unknown_choice("group-by value", group_by, GROUP_BY))
-    from convlens.auditing.spray import check_neighbours
 
     check_neighbours(neighbours)
     _check_cluster_cap(max_cluster_maps)
     progress = resolve_progress(progress)
-    from convlens.attribution.core import get_method
-    from convlens.auditing.scoring import config_entry, parse_audit_metrics
-    from convlens.engines import get_engine
 
     spec = get_method(method)
     spec.bind(options)
@@ -223,8 +224,6 @@ def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradc
                   "clustering": {"neighbours": neighbours, "max_maps": max_cluster_maps}}
         cards = None
         if chosen:
-            from convlens.auditing.scoring import card
-
             cards = {m.key: card(m, method=method, layer=layer_name, model=classifier.name,
                                  images=len(images)) for m in chosen}
         content = build_audit(images, reader, header=header, errors=errors, group_by=group_by,
@@ -264,8 +263,6 @@ def _map_layer(classifier: Any, spec: Any, layer: str | None, shape: tuple[int, 
                ) -> str | None:
     """The layer the audit's method reads (``layer`` or the model's default), or None for a
     method that reads no layer."""
-    from convlens.models.layers import resolve_layer
-
     if not spec.needs_layer:
         return None
     return (resolve_layer(classifier.module, layer)[0] if layer is not None
@@ -278,8 +275,6 @@ def _concept_settings(classifier: Any, concepts: bool | str | None, spec: Any,
     """The concept layer (resolved) and the rule asked of CRP: ``"gradient"`` when a gradient
     CAM's own layer is the concept layer (its capture gives gradient x activation for free),
     ``"auto"`` otherwise (LRP where the model has rules)."""
-    from convlens.models.layers import resolve_layer
-
     if concepts is None or concepts is False:
         return None, "auto"
     if concepts is True:
@@ -315,8 +310,6 @@ def _mistake_label(record: dict[str, Any], classifier: Any) -> int:
 def _feature_layer(classifier: Any, shape: tuple[int, ...]) -> str | None:
     """The layer whose pooled activations the pass records for a method without a layer:
     the model's default (last spatial) layer, or None when it has none."""
-    from convlens.errors import LayerError
-
     try:
         return classifier.default_layer(shape)
     except LayerError:
@@ -415,8 +408,6 @@ class Audit:
 
         ``progress`` as for :func:`audit` (stages ``report`` and, with concepts, ``concepts``).
         """
-        from convlens.auditing.report import write_report
-
         progress = resolve_progress(progress)
         target = Path(path) if path is not None else self.out / "report.html"
         if target.parent.resolve() != self.out.resolve():
@@ -425,6 +416,4 @@ class Audit:
             return write_report(self, target, progress=progress)
 
     def _repr_html_(self) -> str:
-        from convlens.auditing.report import notebook_html
-
         return notebook_html(self)

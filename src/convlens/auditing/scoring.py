@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from convlens import __version__
 from convlens.metrics.core import Metric, MetricError, metrics
 from convlens.metrics.evaluate import bootstrap_interval, parse_metric, two_d_maps
 
@@ -108,8 +109,6 @@ def score_batch(module: nn.Module, x: torch.Tensor, raw: torch.Tensor, method: s
 def card(m: AuditMetric, *, method: str, layer: str | None, model: str,
          images: int) -> dict[str, Any]:
     """What a number means and every setting behind it (like ``evaluate``'s card)."""
-    from convlens import __version__
-
     return {"metric": m.metric.name, "preset": m.preset, "family": m.metric.family,
             "options": m.options, "reference": m.metric.reference,
             "summary": m.metric.summary, "higher_is_better": m.metric.higher_is_better,

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from convlens.auditing.causal import wilson as interval
 from convlens.auditing.suspicion import ClusterScore
 
 MIN_MISTAKES = 8
@@ -118,8 +119,6 @@ def _classifier(seed: int):  # noqa: ANN202 - scikit-learn estimator
 
 def wilson(successes: int, trials: int) -> tuple[float, float]:
     """Wilson 95 % interval of a proportion (:func:`convlens.auditing.causal.wilson`)."""
-    from convlens.auditing.causal import wilson as interval
-
     return interval(successes, trials)
 
 

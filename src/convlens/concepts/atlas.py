@@ -28,6 +28,10 @@ from PIL import Image, ImageDraw
 from convlens.concepts.patches import crop_patch, patch_boxes
 from convlens.concepts.references import MODES, ReferenceSetError, ReferenceSets, reference_sets
 from convlens.files import claim_output, ensure_folder, save_image_atomic, write_text_atomic
+from convlens.models.layers import list_layers, resolve_layer
+from convlens.present.audit_figures import unit
+from convlens.present.html import render_page
+from convlens.present.views import dimmed_overlay
 from convlens.progress import ProgressLike, emit, resolve_progress
 
 PAGE = "atlas.html"
@@ -53,8 +57,6 @@ def chosen_channels(sets: ReferenceSets, channels: Sequence[int] | None,
 def layer_channels(classifier: Any, layer: str | None) -> tuple[str, int]:
     """The layer's dotted name and channel count (one probing forward pass); refuses a layer
     without a spatial ``(C, h, w)`` output before any work."""
-    from convlens.models.layers import list_layers, resolve_layer
-
     name = resolve_layer(classifier.module, layer)[0] if layer is not None \
         else classifier.default_layer()
     shapes = {info.name: info.output_shape
@@ -99,9 +101,6 @@ def _heat_picture(view: Image.Image, relevance: torch.Tensor, box: tuple[int, in
                   ) -> Image.Image:
     """The positive conditional relevance (3x3 mean: LRP maps are pixel-sparse) over the
     dimmed view, the relevance patch outlined."""
-    from convlens.present.audit_figures import unit
-    from convlens.present.views import dimmed_overlay
-
     smooth = torch.nn.functional.avg_pool2d(relevance.float().cpu()[None, None], 3, stride=1,
                                             padding=1, count_include_pad=False)[0, 0]
     picture = dimmed_overlay(view, unit(smooth.numpy()))
@@ -168,7 +167,6 @@ def write_atlas(sets: ReferenceSets, out: str | os.PathLike[str] | None = None, 
                 cells[(channel, mode, rank)] = {"src": f"{FOLDER}/{name}", "box": patch.box}
             emit(progress, "atlas", done, len(requests))
         context = _context(sets, shown, cells, heatmaps)
-        from convlens.present.html import render_page
 
         page = write_text_atomic(out / PAGE, render_page(TEMPLATE, context))
     return page

@@ -42,7 +42,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from convlens._hooks import evaluation_mode, gradients_enabled
+from convlens.attribution.core import Problem, _prepare_x
+from convlens.attribution.crp import _lrp_parameters, _problem, layer_graph
 from convlens.errors import LayerError, PatchError
+from convlens.models.layers import resolve_layer
 
 Box = tuple[int, int, int, int]
 """``(left, top, right, bottom)`` in pixels, right and bottom exclusive (PIL's order)."""
@@ -91,8 +95,6 @@ def _structural_copy(model: nn.Module) -> nn.Module:
 
 
 def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
-    from convlens.models.layers import resolve_layer
-
     return resolve_layer(model, layer)[0]
 
 
@@ -234,10 +236,6 @@ def patch_boxes(classifier: Any, x: torch.Tensor, layer: str | nn.Module | None,
     """:func:`patch_box` for several ``(channel, position, mode)`` of one image, from one
     forward pass. ``position=None`` conditions on the whole channel (the CRP map of the
     channel), boxed over the whole image."""
-    from convlens._hooks import evaluation_mode, gradients_enabled
-    from convlens.attribution.core import Problem, _prepare_x
-    from convlens.attribution.crp import _lrp_parameters, _problem, layer_graph
-
     if x.dim() != 4 or x.shape[0] != 1:
         raise PatchError(f"patch boxes take one image, shape (1, C, H, W); got {tuple(x.shape)}")
     if not 0 <= threshold < 1:

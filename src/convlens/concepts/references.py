@@ -40,8 +40,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from convlens._hooks import evaluation_mode, gradients_enabled
+from convlens.attribution.core import Problem, _prepare_x
+from convlens.attribution.crp import RULES, _lrp_parameters, layer_graph
+from convlens.concepts.patches import patch_box
+from convlens.engines import WorkerFactory, get_engine
 from convlens.errors import ReferenceSetError
+from convlens.files import (
+    check_not_input,
+    check_output,
+    claim_output,
+    write_array_atomic,
+    write_json_atomic,
+)
+from convlens.io.datasets import dataset_relative_path, no_images_message, read_dataset
+from convlens.models.classifier import Classifier
 from convlens.models.fingerprint import model_fingerprint
+from convlens.models.layers import resolve_layer
 from convlens.progress import ProgressCallback, ProgressLike, emit, resolve_progress
 from convlens.store import ResultStore
 
@@ -164,10 +179,6 @@ class ReferenceWorker:
     def layer_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                       torch.Tensor, str]:
         """Activations, relevances (both ``(N, C, h, w)``), logits and the rule, one pass."""
-        from convlens._hooks import evaluation_mode, gradients_enabled
-        from convlens.attribution.core import Problem, _prepare_x
-        from convlens.attribution.crp import _lrp_parameters, layer_graph
-
         classifier, settings = self.classifier, self.settings
         module = classifier.module
         with evaluation_mode(module), gradients_enabled():
@@ -218,8 +229,6 @@ def run_references_pass(classifier: Any, dataset: Any, store: ResultStore,
                         settings: ReferenceSettings, *, engine: Any = None,
                         progress: ProgressCallback | None = None) -> PassResult:
     """Compute the per-batch top-ks of every image of ``dataset`` not yet in ``store``."""
-    from convlens.engines import WorkerFactory, get_engine
-
     engine = engine or get_engine("local")
     keys: list[str] = []
     problems = list(dataset.problems)
@@ -372,8 +381,6 @@ class ReferenceSets:
         """The patch box of ``channel`` in image ``image`` (cached)."""
         key = (channel, image, mode)
         if key not in self._boxes:
-            from convlens.concepts.patches import patch_box
-
             position = next(p for i, _s, p in self.entries(channel, mode) if i == image)
             x = self.load(image)[0]
             self._boxes[key] = patch_box(self.classifier, x, self.layer, channel, position,
@@ -444,19 +451,6 @@ def reference_sets(classifier: Any, data: str | os.PathLike[str], layer: str | N
         >>> refs = cl.reference_sets(clf, "photos/", k=8, out="refs")  # doctest: +SKIP
         >>> refs.top(refs.ranked_channels()[0])[0].path                # doctest: +SKIP
     """
-    from convlens.attribution.crp import RULES
-    from convlens.engines import get_engine
-    from convlens.files import (
-        check_not_input,
-        check_output,
-        claim_output,
-        write_array_atomic,
-        write_json_atomic,
-    )
-    from convlens.io.datasets import dataset_relative_path, no_images_message, read_dataset
-    from convlens.models.classifier import Classifier
-    from convlens.models.layers import resolve_layer
-
     if not isinstance(classifier, Classifier):
         raise ReferenceSetError(f"reference_sets needs a convlens.Classifier (cl.load_model() or "
                              f"cl.Classifier(module, labels=...)), got "

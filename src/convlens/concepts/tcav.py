@@ -40,8 +40,14 @@ from typing import Any
 
 import torch
 
+from convlens._hooks import HookSession, evaluation_mode, gradients_enabled
 from convlens.concepts.cav import CAV_KINDS, cav_weights, row_gram
 from convlens.errors import ConceptError, LayerError, TargetError, did_you_mean
+from convlens.files import write_json_atomic
+from convlens.io.datasets import read_dataset
+from convlens.io.images import is_image_file
+from convlens.models.classifier import as_classifier
+from convlens.models.layers import resolve_layer
 from convlens.progress import ProgressLike, emit, resolve_progress
 
 MAX_DEFAULT_CLASSES = 10  # classes tested when none are named and the images have no labels
@@ -85,9 +91,6 @@ def _identity(path: Path) -> Path:
 
 def _gather(source: Any, what: str) -> _ImageSet:
     """Read ``source`` (folder, ImageFolder tree, CSV, image file, list, tensor) as a set."""
-    from convlens.io.datasets import read_dataset
-    from convlens.io.images import is_image_file
-
     if isinstance(source, torch.Tensor):
         if source.dim() != 4:
             raise ConceptError(f"{what} as a tensor must be a preprocessed batch (N, C, H, W); "
@@ -167,8 +170,6 @@ class TCAVResult:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_json` to ``path`` (atomically); returns the path."""
-        from convlens.files import write_json_atomic
-
         return write_json_atomic(path, self.to_json())
 
     def table(self) -> str:
@@ -223,8 +224,6 @@ def _kinds(cav: str) -> tuple[str, ...]:
 
 
 def _layers(classifier: Any, layer: Any, sample_shape: Sequence[int]) -> list[tuple[str, Any]]:
-    from convlens.models.layers import resolve_layer
-
     if layer is None:
         layer = classifier.default_layer(tuple(sample_shape))
     names = [layer] if isinstance(layer, (str, torch.nn.Module)) else list(layer)
@@ -368,8 +367,6 @@ def _activations(classifier: Any, layers: list[tuple[str, Any]], images: _ImageS
                  shapes: dict[str, tuple[int, ...]]) -> list[torch.Tensor]:
     """Per layer, the flattened float32 activations ``(len(positions), d)`` (no gradients);
     each layer's ``(C, H, W)`` goes into ``shapes``."""
-    from convlens._hooks import HookSession
-
     parts: list[list[torch.Tensor]] = [[] for _ in layers]
     with HookSession() as hooks, torch.no_grad():
         captures = [hooks.capture(module, name) for name, module in layers]
@@ -421,8 +418,6 @@ def _positive_counts(classifier: Any, layers: list[tuple[str, Any]], tested: _Im
     the layer (``grad_from_here``: the forward below it records nothing); with several the
     graph runs from the input, so that each layer's gradient sees the layers above it.
     """
-    from convlens._hooks import HookSession, gradients_enabled
-
     single = len(layers) == 1
     classes = [k for _, wanted in groups for k in wanted]
     positive = {k: [torch.zeros(cols.shape[1], device=cols.device) for cols in cav_columns]
@@ -499,9 +494,6 @@ def tcav(model: Any, concept: Any, layer: str | Sequence[str] | None = None,
         >>> result.rows[0]["score"], result.rows[0]["p_value"]             # doctest: +SKIP
         (0.93, 2.1e-07)
     """
-    from convlens._hooks import evaluation_mode
-    from convlens.models.classifier import as_classifier
-
     classifier = as_classifier(model)
     progress = resolve_progress(progress)
     kinds = _kinds(cav)

@@ -12,13 +12,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from convlens.auditing.run import Audit
 from convlens.errors import CorrectionError
 
 
 def audit_data(audit: Any) -> tuple[dict[str, Any], Path]:
     """``audit.json``'s content and the audit's folder, from an Audit or its folder."""
-    from convlens.auditing.run import Audit
-
     if isinstance(audit, Audit):
         return audit.data, audit.out
     folder = Path(os.fspath(audit))

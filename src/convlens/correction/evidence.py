@@ -46,9 +46,11 @@ import torch
 
 from convlens._hooks import evaluation_mode
 from convlens.auditing.causal import _r, causal_check, cluster_regions, cover, wilson
+from convlens.auditing.run import audit as run_audit
 from convlens.correction.audits import audit_data, strategy_entry
 from convlens.correction.direction import DirectionError
-from convlens.files import ensure_folder, write_json_atomic
+from convlens.files import ensure_folder, write_bytes_atomic, write_json_atomic
+from convlens.models.classifier import as_classifier
 
 SIZES = (1 / 16, 1 / 8)
 """Areas of the hot region the artefact test pastes and removes (fractions of the image)."""
@@ -132,8 +134,6 @@ def _label(names: Sequence[str], index: int) -> str:
 def _save_example(classifier: Any, x: torch.Tensor, path: Path) -> None:
     """One preprocessed image as a PNG (back in pixel units)."""
     from PIL import Image
-
-    from convlens.files import write_bytes_atomic
 
     pixels = classifier.preprocessing.unnormalize(x[None].float())[0].clamp(0, 1)
     image = Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
@@ -389,9 +389,6 @@ def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
         >>> ev = gather_evidence(clf, fixed.classifier, audit, 1, out="fixed")  # doctest: +SKIP
         >>> ev["artefact_test"]["table"][0]["after"]["pasted_to_class"]["rate"]  # doctest: +SKIP
     """
-    import convlens as cl
-    from convlens.models.classifier import as_classifier
-
     original, corrected = as_classifier(original), as_classifier(corrected)
     data, folder = audit_data(audit)
     entry = strategy_entry(data, strategy)
@@ -417,8 +414,8 @@ def gather_evidence(original: Any, corrected: Any, audit: Any, strategy: int, *,
                "group_by": data.get("group_by", "predicted"),
                "map_size": data.get("map_size", 32), "layout": data.get("layout", "auto"),
                "overwrite": True, **(reaudit_options or {})}
-    reaudited = cl.audit(corrected, data["data"], out=out / "audit-after", seed=seed,
-                         **options)
+    reaudited = run_audit(corrected, data["data"], out=out / "audit-after", seed=seed,
+                          **options)
     after = reaudited.data
     reaudit = _reaudit(data, after, entry)
     reaudit["folder"] = "audit-after"

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from convlens import __version__
+from convlens.files import atomic_output, write_json_atomic
 from convlens.models.corrected import CARD, FORMAT, PROJECTION, WEIGHTS, sha256_of
 
 _PREPROCESSING = ("input_size", "resize", "resize_size", "mean", "std", "interpolation")
@@ -32,9 +34,6 @@ def save_correction(correction: Any, out: str | os.PathLike[str], *, source: dic
                     audit: str | os.PathLike[str] | None = None) -> Path:
     """Write ``correction`` (a :class:`~convlens.correction.run.Correction`) into ``out``."""
     from safetensors.torch import save_file
-
-    from convlens import __version__
-    from convlens.files import atomic_output, write_json_atomic
 
     folder = Path(os.fspath(out))
     folder.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
+from convlens.correction.direction import layer_activations
 from convlens.files import write_text_atomic
+from convlens.io.datasets import read_dataset
 
 FIELDS = ("path", "source", "label", "predicted", "action", "score")
 
@@ -47,9 +49,6 @@ def training_rows(classifier: Any, direction: Any, train: str | os.PathLike[str]
                   top: int = 50, batch_size: int = 64, shape: str = "map"
                   ) -> list[dict[str, Any]]:
     """The ``top`` training images furthest along the direction (see the module doc)."""
-    from convlens.correction.direction import layer_activations
-    from convlens.io.datasets import read_dataset
-
     dataset = read_dataset(train)
     entries = list(dataset.entries)
     scores: list[float] = []

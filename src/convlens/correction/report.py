@@ -25,6 +25,8 @@ from typing import Any
 from convlens.correction.training import AUDIT_IMAGES
 from convlens.errors import CorrectionReportError
 from convlens.files import write_text_atomic
+from convlens.present.audit_figures import before_after_figure
+from convlens.present.html import render_page
 
 ASSETS = "report-files"
 DROP = 0.01
@@ -167,8 +169,6 @@ def _accuracy(evidence: dict[str, Any]) -> dict[str, Any]:
 
 def _artefact(evidence: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Section 3: per region size and measure, before and after with intervals; the figure."""
-    from convlens.present.audit_figures import before_after_figure
-
     test = evidence.get("artefact_test") or {}
     rows, bars = [], []
     for entry in test.get("table") or []:
@@ -315,8 +315,6 @@ def write_correction_report(folder: str | os.PathLike[str]) -> Path:
         >>> write_correction_report("fixed")  # doctest: +SKIP
         PosixPath('fixed/report.html')
     """
-    from convlens.present.html import render_page
-
     folder = Path(os.fspath(folder))
     card = _read_json(folder / "card.json")
     evidence = _read_json(folder / "correction.json")

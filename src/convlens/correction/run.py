@@ -28,8 +28,12 @@ from convlens.correction.direction import (
     class_matched_direction,
     layer_activations,
 )
+from convlens.correction.lastlayer import retrain_head
+from convlens.correction.pclarc import project
+from convlens.correction.rrclarc import fine_tune
 from convlens.correction.training import Checkpoint, TrainingSet, settings_key, training_set
 from convlens.errors import CorrectionError, MethodError, unknown_choice
+from convlens.models.classifier import as_classifier
 from convlens.models.layers import resolve_layer
 from convlens.progress import ProgressLike, resolve_progress
 
@@ -129,8 +133,6 @@ def correct(classifier: Any, audit: Any, strategy: int = 1, *, method: str = "pc
         CorrectionError: unknown strategy, unlabelled images, no class with both the
             strategy's images and others, training labels the model does not know.
     """
-    from convlens.models.classifier import as_classifier
-
     progress = resolve_progress(progress)
     if method not in METHODS:
         raise MethodError(unknown_choice("correction method", method, METHODS))
@@ -148,8 +150,6 @@ def correct(classifier: Any, audit: Any, strategy: int = 1, *, method: str = "pc
     result = Correction(classifier, method, strategy, direction, shape, len(rows), settings)
     title = f"{classifier.name} ({NAMES[method]}: strategy {strategy} at {name})"
     if method == "pclarc":
-        from convlens.correction.pclarc import project
-
         result.classifier = classifier.with_module(project(classifier, direction, shape=shape),
                                                    name=title)
         result.projection = True
@@ -159,8 +159,6 @@ def correct(classifier: Any, audit: Any, strategy: int = 1, *, method: str = "pc
                    "fingerprint": settings_key({"files": images.files,
                                                 "targets": images.targets.tolist()})}
     if method == "rrclarc":
-        from convlens.correction.rrclarc import fine_tune
-
         settings.update(epochs=epochs, strength=strength, learning_rate=learning_rate,
                         scope=scope)
         key = settings_key({**settings, "method": method, "strategy": strategy,
@@ -171,8 +169,6 @@ def correct(classifier: Any, audit: Any, strategy: int = 1, *, method: str = "pc
                             batch_size=min(batch_size, 32), seed=seed,
                             checkpoint=Checkpoint(checkpoint, key), progress=progress)
     else:
-        from convlens.correction.lastlayer import retrain_head
-
         if data is not None:
             images.flagged = flag_along_direction(classifier, direction, images, shape,
                                                   batch_size)

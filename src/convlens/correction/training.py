@@ -29,6 +29,8 @@ from torch import nn
 
 from convlens._hooks import HookSession
 from convlens.errors import CorrectionError
+from convlens.files import atomic_output
+from convlens.io.datasets import read_dataset
 
 AUDIT_IMAGES = "the audit's labelled images"
 """The training data's source (card and page) when no ``--data`` is given."""
@@ -91,8 +93,6 @@ def training_set(classifier: Any, data: str | os.PathLike[str] | None,
         flagged = [r["path"] in members for r in audit_images]
         source = AUDIT_IMAGES
     else:
-        from convlens.io.datasets import read_dataset
-
         dataset = read_dataset(data)
         entries = [e for e in dataset.entries if e.label is not None]
         if not entries:
@@ -212,7 +212,6 @@ class Checkpoint:
         """Replace the checkpoint with ``state`` (atomically)."""
         if self.path is None:
             return
-        from convlens.files import atomic_output
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(self.path) as temporary:
