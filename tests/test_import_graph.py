@@ -51,6 +51,7 @@ LEAF_MODULES = {
     PACKAGE,
     "convlens.errors",
     "convlens.files",
+    "convlens.option_types",
     "convlens.progress",
     "convlens.store",
     "convlens._hooks",
