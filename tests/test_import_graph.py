@@ -50,6 +50,7 @@ LAYER_RANK: dict[str, int] = {
 LEAF_MODULES = {
     PACKAGE,
     "convlens.errors",
+    "convlens.discovery",
     "convlens.files",
     "convlens.option_types",
     "convlens.progress",

@@ -21,12 +21,13 @@ worker with fewer threads than this process may differ in the last rounded digit
 probability (1e-6 on the bundled model, 2 threads against 1; BENCHMARKS.md).
 
 Each engine module registers its class (``@register_engine``, :mod:`convlens.engines.registry`);
-this package imports the built-in ones once. See docs/architecture.md, "Engines": engines sit
+this package imports every module of its folder once (:func:`convlens.discovery.import_modules`),
+so a new engine is one new file. See docs/architecture.md, "Engines": engines sit
 between jobs and metrics; they import io only, and the audit (pass and causal check) and
 ``evaluate`` pass them a :class:`WorkerFactory`.
 """
 
-from convlens.engines import local, ray  # noqa: F401  (importing an engine registers it)
+from convlens.discovery import import_modules
 from convlens.engines.base import BatchWorker, Engine, UnitResult, WorkerFactory
 from convlens.engines.registry import engine_names, get_engine, register_engine
 from convlens.errors import EngineError
@@ -34,4 +35,5 @@ from convlens.errors import EngineError
 __all__ = ["ENGINES", "BatchWorker", "Engine", "EngineError", "UnitResult", "WorkerFactory",
            "engine_names", "get_engine", "register_engine"]
 
+import_modules(__name__)  # importing an engine module registers it
 ENGINES = engine_names()  # the built-in engines; engine_names() also sees ones added later

@@ -85,22 +85,27 @@ _REGISTRY: dict[str, Metric] = {}
 
 
 def register_metric(name: str, *, family: str, needs: str, reference: str, summary: str,
-                    higher_is_better: bool, raw_maps: bool = False
+                    higher_is_better: bool, raw_maps: bool = False,
+                    presets: Mapping[str, Mapping[str, Any]] | None = None
                     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Registration decorator; options and defaults come from the keyword-only parameters."""
+    """Registration decorator; options and defaults come from the keyword-only parameters.
+
+    ``presets`` (``{"rise": {"step": 224}}``) are the metric's named option sets, written in
+    its own file; the built-ins' are in :mod:`convlens.metrics.presets`.
+    """
     if family not in FAMILIES or needs not in ("maps", "method"):
         raise ValueError(f"family must be one of {FAMILIES}, needs 'maps' or 'method'")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         options = {p.name: p.default for p in inspect.signature(fn).parameters.values()
                    if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _COMMON}
-        presets = PRESETS.get(name, {})
-        for preset, values in presets.items():
+        named = {**PRESETS.get(name, {}), **(presets or {})}
+        for preset, values in named.items():
             bad = set(values) - set(options)
             if bad:
                 raise ValueError(f"preset {name}:{preset} sets unknown options {sorted(bad)}")
         _REGISTRY[name] = Metric(name=name, family=family, needs=needs, options=options,
-                                 presets=presets, reference=reference, summary=summary,
+                                 presets=named, reference=reference, summary=summary,
                                  higher_is_better=higher_is_better, compute=fn,
                                  raw_maps=raw_maps, types=option_types(fn, options))
         return fn
