@@ -1,19 +1,21 @@
-"""CONTRIBUTING.md's recipes, followed literally (issue 19, item 6).
+"""CONTRIBUTING.md's recipes, followed literally (issue 19, items 1 and 6).
 
-Each code block marked ``<!-- recipe: NAME -->`` in CONTRIBUTING.md is written to a temporary
-module file and imported, as a contributor's new file would be; the method then runs through
-``cl.attribute``, the metric through the metrics API and ``cl.evaluate``, the engine through
-``get_engine`` and ``cl.evaluate(engine=...)``. The recipe's
-"today also edit" step (adding the module to the built-in import line) is replaced by importing
-the file directly. The registries are copied before and restored after each test, so nothing
-registered here leaks into other tests.
+Each code block marked ``<!-- recipe: NAME -> src/convlens/PACKAGE/FILE.py -->`` in
+CONTRIBUTING.md is one new file and nothing else: it is written as ``FILE.py`` into a
+temporary folder added to ``convlens.PACKAGE.__path__``, and the package's own discovery
+(:func:`convlens.discovery.import_modules`, what importing the package runs) finds and
+imports it, as it would find the file dropped into ``src/``; nothing else is edited. The
+method then runs through ``cl.attribute``, the metric through the metrics API and
+``cl.evaluate``, the engine through ``get_engine`` and ``cl.evaluate(engine=...)``. The
+registries are copied before and restored after each test, and the new module is forgotten,
+so nothing registered here leaks into other tests.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -25,6 +27,9 @@ from tiny_models import TinyVGG, seeded
 
 import convlens as cl
 from convlens.attribution import registry as method_registry
+from convlens.attribution.relevance import composites as composite_registry
+from convlens.attribution.relevance import rules as rule_registry
+from convlens.discovery import import_modules
 from convlens.engines import registry as engine_registry
 from convlens.engines.registry import engine_names, get_engine
 from convlens.metrics import registry as metric_registry
@@ -32,32 +37,52 @@ from convlens.metrics import registry as metric_registry
 GUIDE = Path(__file__).parents[1] / "CONTRIBUTING.md"
 
 
-def recipe(name: str) -> str:
-    """The fenced Python block that follows ``<!-- recipe: name -->`` in CONTRIBUTING.md."""
-    found = re.search(rf"<!-- recipe: {name} -->\s*```python\n(.*?)```", GUIDE.read_text(),
-                      re.S)
-    assert found, f"CONTRIBUTING.md has no python block marked <!-- recipe: {name} -->"
-    return found.group(1)
+def recipe(name: str) -> tuple[str, str]:
+    """The file named by ``<!-- recipe: name -> path -->`` in CONTRIBUTING.md, and the fenced
+    Python block that follows it."""
+    found = re.search(rf"<!-- recipe: {name} -> (\S+) -->\s*```python\n(.*?)```",
+                      GUIDE.read_text(), re.S)
+    assert found, f"CONTRIBUTING.md has no python block marked <!-- recipe: {name} -> PATH -->"
+    return found.group(1), found.group(2)
 
 
 @pytest.fixture
-def follow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
-    """Write a recipe to a module file and import it, on copies of the registries."""
+def follow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+           ) -> Iterator[Callable[[str], ModuleType]]:
+    """Drop a recipe's file into its package (a temporary folder on the package's path) and
+    let the package's discovery import it, on copies of the registries."""
     cl.methods()
     cl.metrics.metrics()  # the built-ins are registered before the copies are taken
     monkeypatch.setattr(method_registry, "_REGISTRY", dict(method_registry._REGISTRY))
     monkeypatch.setattr(metric_registry, "_REGISTRY", dict(metric_registry._REGISTRY))
     monkeypatch.setattr(engine_registry, "_REGISTRY", dict(engine_registry._REGISTRY))
+    monkeypatch.setattr(rule_registry, "_RULES", dict(rule_registry._RULES))
+    monkeypatch.setattr(composite_registry, "_COMPOSITES", dict(composite_registry._COMPOSITES))
+    added: list[str] = []
 
     def load(name: str) -> ModuleType:
-        path = tmp_path / f"contributed_{name}.py"
-        path.write_text(recipe(name))
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        path, code = recipe(name)
+        folder, _, file = path.rpartition("/")
+        assert folder.startswith("src/convlens/") and file.endswith(".py"), path
+        package = folder.removeprefix("src/").replace("/", ".")
+        assert (GUIDE.parent / folder).is_dir(), f"{path}: no such package folder"
+        assert not (GUIDE.parent / path).exists(), f"{path} exists: pick a new name"
+        extra = tmp_path / package
+        extra.mkdir()
+        (extra / file).write_text(code)
+        monkeypatch.setattr(sys.modules[package], "__path__",
+                            [*sys.modules[package].__path__, str(extra)])
+        module = f"{package}.{file.removesuffix('.py')}"
+        added.append(module)
+        assert module.rpartition(".")[2] in import_modules(package)  # nothing else edited
+        return sys.modules[module]
 
-    return load
+    yield load
+    for module in added:
+        sys.modules.pop(module, None)
+        package, _, attribute = module.rpartition(".")
+        if hasattr(sys.modules[package], attribute):
+            delattr(sys.modules[package], attribute)
 
 
 def _problem() -> tuple[torch.nn.Module, torch.Tensor]:
@@ -122,3 +147,19 @@ def test_the_engine_recipe_adds_an_engine_evaluate_runs_on(follow, monkeypatch,
                                   local.scores[("saliency", "deletion")].values)
     monkeypatch.undo()
     assert "toy_reversed" not in engine_names()
+
+
+def test_the_rule_recipe_adds_a_rule_and_a_composite_lrp_uses(follow, monkeypatch) -> None:
+    """CONTRIBUTING.md, "Add an LRP rule or composite": one file of relevance/ registers both;
+    the composite equals epsilon_plus with epsilon 0.5 on the dense layers."""
+    follow("rule")
+    assert "toy_wide_epsilon" in rule_registry.rule_names()
+    assert "toy_plus_wide" in composite_registry.composite_names()
+    model, x = _problem()
+    got = cl.attribute(model, x, "lrp", target=1, composite="toy_plus_wide")
+    expected = cl.attribute(model, x, "lrp", target=1, composite="epsilon_plus", epsilon=0.5)
+    torch.testing.assert_close(got, expected)
+    assert not torch.equal(got, cl.attribute(model, x, "lrp", target=1,
+                                             composite="epsilon_plus"))
+    monkeypatch.undo()
+    assert "toy_plus_wide" not in composite_registry.composite_names()

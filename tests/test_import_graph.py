@@ -49,7 +49,9 @@ LAYER_RANK: dict[str, int] = {
 LEAF_MODULES = {
     PACKAGE,
     "convlens.errors",
+    "convlens.discovery",
     "convlens.files",
+    "convlens.option_types",
     "convlens.progress",
     "convlens.store",
     "convlens._hooks",

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 
 class ConvlensError(Exception):
@@ -271,18 +270,3 @@ def finite_message(option: str, value: object, default: object = None) -> str:
     shown = "" if default is None else f" (default {default!r})"
     return (f"{option} takes a finite number{shown}, got {value!r}: inf, nan and numbers "
             "beyond +-1.8e308 (such as 1e999) are refused")
-
-
-def check_finite_options(owner: str, options: Mapping[str, Any],
-                         defaults: Mapping[str, Any], error: type[ConvlensError]) -> None:
-    """Refuse the first option of ``options`` that is (or holds) an infinite or NaN number.
-
-    Args:
-        owner: The registry entry, for the message (``"smoothgrad"``).
-        options: The options given.
-        defaults: The entry's defaults (shown in the message).
-        error: The exception to raise (``MethodError``, ``MetricError``).
-    """
-    for name, value in options.items():
-        if non_finite(value):
-            raise error(finite_message(f"{owner}.{name}", value, defaults.get(name)))

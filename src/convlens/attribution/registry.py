@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from convlens.errors import MethodError, check_finite_options, unknown_choice
+from convlens.errors import MethodError, unknown_choice
+from convlens.option_types import OptionType, check_option, option_types
 
 FAMILIES = ("gradient", "cam", "perturbation", "relevance")
 CHANNEL_REDUCTIONS = ("sum", "max_abs")
@@ -83,6 +84,8 @@ class Method:
         needs_class_index: Why the method needs a class index (e.g. it weighs by the
             class's softmax probability over all classes), or ``None`` when it explains any
             score; score-function targets are refused with this reason.
+        types: What each option takes, from the registered function's annotations
+            (:func:`convlens.option_types.option_types`); :meth:`bind` checks values by it.
     """
 
     name: str
@@ -97,6 +100,7 @@ class Method:
     channel_reduction: str = "sum"
     offset: bool = False
     needs_class_index: str | None = None
+    types: Mapping[str, OptionType] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def needs_layer(self) -> bool:
@@ -108,15 +112,23 @@ class Method:
         return self.space in ("input", "concepts")
 
     def bind(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The full option set: defaults overridden by ``options``; unknown names and
-        infinite or NaN numbers refused."""
+        """The full option set: defaults overridden by ``options``.
+
+        Unknown names, values of a type the option does not take (by the registered
+        function's annotations) and infinite or NaN numbers are refused with one line
+        naming the method, the option, the value and what it takes
+        (:func:`convlens.option_types.check_option`, which the CLI's ``--option`` uses too).
+        """
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             valid = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
             raise MethodError(
                 f"method {self.name!r} has no option {unknown[0]!r}; its options are: {valid}"
             )
-        check_finite_options(self.name, options, self.options, MethodError)
+        types = self.types or option_types(self.compute or self.combine, self.options)
+        for name, value in options.items():
+            check_option(self.name, name, value, types[name], options=self.options,
+                         error=MethodError)
         return {**self.options, **options}
 
     def to_map(self, raw: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
@@ -167,6 +179,7 @@ def register(name: str, *, family: str, space: str = "input", reference: str, su
             summary=summary, signed=signed, channel_reduction=channel_reduction, offset=offset,
             needs_class_index=needs_class_index,
             compute=None if gradient_cam else fn, combine=fn if gradient_cam else None,
+            types=option_types(fn, options),
         )
         return fn
 

@@ -32,10 +32,9 @@ from convlens.errors import (
     MethodError,
     OutputError,
     did_you_mean,
-    finite_message,
-    non_finite,
 )
 from convlens.files import check_output
+from convlens.option_types import OptionType, check_option, from_text, listing, option_types
 
 console = Console(soft_wrap=True)  # a line of ours stays one line in any log (terminals wrap)
 errors = Console(stderr=True)  # for notes on stderr; error lines go through error_line()
@@ -299,161 +298,11 @@ def prepare_out(out: Path, option: str = "--out") -> Path:
 # ------------------------------------------------------- method and metric options
 
 
-@dataclass(frozen=True)
-class Settable:
-    """One option that ``--option``-like flags may set on a registry entry (method, metric).
-
-    Attributes:
-        default: Its default (shown in messages; judges the value's type when there is no
-            annotation).
-        annotation: Its declared type as written in the registered function's signature
-            (``"int | None"``), or None when there is none.
-    """
-
-    default: Any
-    annotation: str | None = None
-
-
-def settables(function: Callable | None, defaults: Mapping[str, Any]) -> dict[str, Settable]:
-    """``defaults`` (option -> default) with the annotations ``function`` declares for them.
-
-    Both registries take their options from the keyword-only parameters of the registered
-    function (``convlens.attribution.core.register``, ``convlens.metrics.core.register_metric``),
-    so its signature also says which types each option takes: ``deletion``'s ``step`` is
-    ``int | None`` although its default is 224, ``occlusion``'s ``window`` ``int |
-    tuple[int, int]``.
-    """
-    parameters = inspect.signature(function).parameters if function is not None else {}
-    found: dict[str, Settable] = {}
-    for name, default in defaults.items():
-        parameter = parameters.get(name)
-        annotation = None if parameter is None else parameter.annotation
-        if annotation is inspect.Parameter.empty:
-            annotation = None
-        elif annotation is not None and not isinstance(annotation, str):
-            annotation = getattr(annotation, "__name__", None) if isinstance(
-                annotation, type) else str(annotation).replace("typing.", "")
-        found[name] = Settable(default, annotation)
-    return found
-
-
-def _split(text: str, separator: str) -> list[str]:
-    """Split ``text`` at ``separator`` outside brackets: ``"int | tuple[int, int]"``."""
-    parts, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        depth += (char == "[") - (char == "]")
-        if char == separator and depth == 0:
-            parts.append(text[start:i].strip())
-            start = i + 1
-    parts.append(text[start:].strip())
-    return [part for part in parts if part]
-
-
-_SEQUENCES = ("list", "Sequence", "Iterable", "Collection", "MutableSequence")
-
-
-def _fits(annotation: str, value: Any) -> bool | None:
-    """Whether ``value`` has the type ``annotation`` names; None where we cannot judge it
-    (``object``, ``Any``, a project type alias...): such an option takes anything here and
-    the registered function checks it."""
-    verdicts: list[bool | None] = []
-    for alternative in _split(annotation, "|"):
-        base, bracket, inner = alternative.partition("[")
-        base = base.strip().rsplit(".", 1)[-1]
-        inner = inner[:-1] if bracket and inner.endswith("]") else ""
-        if base in ("Optional", "Union"):
-            verdicts.append(_fits(" | ".join(_split(inner, ",") + (["None"] * (
-                base == "Optional"))), value))
-        elif base in ("None", "NoneType"):
-            verdicts.append(value is None)
-        elif base == "bool":
-            verdicts.append(isinstance(value, bool))
-        elif base == "int":
-            verdicts.append(isinstance(value, int) and not isinstance(value, bool))
-        elif base == "float":
-            verdicts.append(isinstance(value, (int, float)) and not isinstance(value, bool))
-        elif base == "str":
-            verdicts.append(isinstance(value, str))
-        elif base == "tuple" or base in _SEQUENCES:
-            verdicts.append(_fits_items(base, _split(inner, ","), value))
-        else:
-            verdicts.append(None)
-    if True in verdicts:
-        return True
-    return None if None in verdicts else False
-
-
-def _fits_items(base: str, items: list[str], value: Any) -> bool | None:
-    """A tuple or list whose items fit ``items`` (``tuple[int, int]``, ``tuple[int, ...]``,
-    ``Sequence[float]``); no items given: any tuple or list."""
-    if not isinstance(value, (tuple, list)):
-        return False
-    if base == "tuple" and items and items[-1] != "...":
-        if len(value) != len(items):
-            return False
-        pairs = list(zip(items, value, strict=True))
-    else:
-        pairs = [(items[0], item) for item in value] if items else []
-    verdicts = [_fits(kind, item) for kind, item in pairs]
-    if False in verdicts:
-        return False
-    return None if None in verdicts else True
-
-
-def _accepts(option: Settable, value: Any) -> bool:
-    """Whether ``value`` has a type the option takes: its annotation, else its default's type
-    (a default of None: anything)."""
-    if option.annotation is not None:
-        return _fits(option.annotation, value) is not False
-    default = option.default
-    if default is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, (tuple, list)):
-        return isinstance(value, (tuple, list))
-    return isinstance(value, type(default))
-
-
-def _kind_of(option: Settable) -> str:
-    """``"an int"``, ``"an int or None"``, ``"a tuple (int, int) or an int"``: for messages."""
-    if option.annotation is None:
-        kind = type(option.default).__name__
-        return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
-    words = []
-    for alternative in _split(option.annotation, "|"):
-        base, _, inner = alternative.partition("[")
-        base = base.strip().rsplit(".", 1)[-1]
-        inner = inner[:-1].strip() if inner.endswith("]") else ""
-        if base in ("None", "NoneType"):
-            words.append("None")
-        elif base == "tuple":
-            words.append(f"a tuple ({inner})" if inner else "a tuple")
-        elif base in _SEQUENCES:
-            words.append(f"a list of {inner}" if inner else "a list")
-        else:
-            words.append(f"{'an' if base[:1] in 'aeiou' else 'a'} {base}")
-    return " or ".join(words)
-
-
-def _listing(options: Mapping[str, Settable]) -> str:
-    return ", ".join(f"{k}={v.default!r}" for k, v in options.items()) or "none"
-
-
-def _number_in(value: Any) -> Any:
-    """The float a plain string spells (``"inf"``, ``"nan"``, ``"-Infinity"``), else None:
-    an option that takes no such string (``max_sensitivity.norm=inf`` does) is told the
-    number is not finite, rather than that a string is the wrong type."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
+def settables(function: Callable | None, defaults: Mapping[str, Any]) -> dict[str, OptionType]:
+    """``defaults`` (option -> default) with the types ``function``'s annotations give them
+    (:func:`convlens.option_types.option_types`, the one judge of option values for the
+    library's ``bind`` and for ``--option``)."""
+    return option_types(function, defaults)
 
 
 def literal_value(text: str) -> Any:
@@ -466,7 +315,7 @@ def literal_value(text: str) -> Any:
 
 
 def parse_registry_options(
-    values: Sequence[str], run: Mapping[str, Mapping[str, Settable]] | None, *, kind: str,
+    values: Sequence[str], run: Mapping[str, Mapping[str, OptionType]] | None, *, kind: str,
     flag: str, listed_by: str, example: str, lookup: Callable[[str], object],
     error: type[Exception], read_value: Callable[[str], Any] = literal_value,
     bare: bool = True,
@@ -541,24 +390,24 @@ def parse_registry_options(
                 raise error(f"{flag} {raw!r}: {kind} {target!r} has no option {name!r}"
                             f"{did_you_mean(name, options)}; its options are: "
                             f"{_listing(options)}")
-            accepted = _accepts(options[name], value)
-            number = value if accepted or isinstance(value, float) else _number_in(value)
-            if non_finite(number):
-                raise error(f"{flag} {raw!r}: "
-                            f"{finite_message(f'{target}.{name}', value, options[name].default)}")
-            if not accepted:
-                raise error(f"{flag} {raw!r}: {target}.{name} takes {_kind_of(options[name])} "
-                            f"(default {options[name].default!r}), got {value!r}; its options "
-                            f"are: {_listing(options)}")
-            parsed[target][name] = value
+            try:
+                parsed[target][name] = check_option(
+                    target, name, from_text(options[name], text, read_value), options[name],
+                    options={k: v.default for k, v in options.items()}, error=error)
+            except ConvlensError as wrong:
+                raise error(f"{flag} {raw!r}: {wrong}") from None
     return parsed
 
 
-def method_settables(method: Any) -> dict[str, Settable]:
-    """What ``--option`` may set on ``method``: its own options, plus ``layer`` for CAM-like
-    ones."""
-    defaults = {**method.options, "layer": None} if method.needs_layer else dict(method.options)
-    return settables(method.compute or method.combine, defaults)
+def method_settables(method: Any) -> dict[str, OptionType]:
+    """What ``--option`` may set on ``method``: its own options (typed as ``Method.bind``
+    checks them), plus ``layer`` for CAM-like ones (any value)."""
+    found = dict(method.types or settables(method.compute or method.combine, method.options))
+    return {**found, "layer": OptionType(None)} if method.needs_layer else found
+
+
+def _listing(options: Mapping[str, OptionType]) -> str:
+    return listing({name: option.default for name, option in options.items()})
 
 
 def parse_method_options(values: list[str], methods: list[str], *, flag: str = "--option"

@@ -21,14 +21,15 @@ worker with fewer threads than this process may differ in the last rounded digit
 probability (1e-6 on the bundled model, 2 threads against 1; BENCHMARKS.md).
 
 Each engine module registers its class (``@register_engine``, :mod:`convlens.engines.registry`);
-this package imports the built-in ones once. See docs/architecture.md, "Engines": engines sit
-below the jobs (``convlens explain``, the audit's pass, causal check and report, reference
-sets, ``evaluate``) and import io only; every job passes them one :class:`WorkerFactory`
-over its own per-batch function, and :func:`in_unit_order` puts units back in order for a
-job whose output depends on it.
+this package imports every module of its folder once (:func:`convlens.discovery.import_modules`),
+so a new engine is one new file. See docs/architecture.md, "Engines": engines sit below the
+jobs (``convlens explain``, the audit's pass, causal check and report, reference sets,
+``evaluate``) and import io only; every job passes them one :class:`WorkerFactory` over its
+own per-batch function, and :func:`in_unit_order` puts units back in order for a job whose
+output depends on it.
 """
 
-from convlens.engines import local, ray  # noqa: F401  (importing an engine registers it)
+from convlens.discovery import import_modules
 from convlens.engines.base import BatchWorker, Engine, UnitResult, WorkerFactory, in_unit_order
 from convlens.engines.registry import engine_names, get_engine, register_engine
 from convlens.errors import EngineError
@@ -36,4 +37,5 @@ from convlens.errors import EngineError
 __all__ = ["ENGINES", "BatchWorker", "Engine", "EngineError", "UnitResult", "WorkerFactory",
            "engine_names", "get_engine", "in_unit_order", "register_engine"]
 
+import_modules(__name__)  # importing an engine module registers it
 ENGINES = engine_names()  # the built-in engines; engine_names() also sees ones added later

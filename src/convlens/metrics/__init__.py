@@ -1,38 +1,30 @@
 """Trust in a heatmap, measured: faithfulness, robustness, randomisation and complexity metrics.
 
 Functional core (one module per family, each metric a pure function of model, images, maps or
-method, and target, registered in :mod:`convlens.metrics.core`) plus :func:`evaluate`, which
-ranks methods on a user's model and photos (docs/architecture.md, "Layers").
+method, and target, registered in :mod:`convlens.metrics.registry`) plus :func:`evaluate`,
+which ranks methods on a user's model and photos (docs/architecture.md, "Layers").
+
+Importing this package imports every module of its folder once
+(:func:`convlens.discovery.import_modules`), and every registered metric's function is
+exported under its own name (``convlens.metrics.deletion``), so a new metric is one new file.
 """
 
-from convlens.metrics.complexity import complexity, sparseness
-from convlens.metrics.core import MetricError, Scores
-from convlens.metrics.deletion_insertion import deletion, insertion
-from convlens.metrics.evaluate import Evaluation, Summary, evaluate
-from convlens.metrics.faithfulness import faithfulness_correlation, mufidelity
-from convlens.metrics.randomisation import model_randomisation, random_logit
-from convlens.metrics.registry import Metric, get_metric, metrics
-from convlens.metrics.road import road
-from convlens.metrics.robustness import infidelity, max_sensitivity
+from convlens.discovery import import_modules
+from convlens.metrics.registry import Metric as Metric
+from convlens.metrics.registry import get_metric as get_metric
+from convlens.metrics.registry import metrics
 
-__all__ = [
-    "Evaluation",
-    "Summary",
-    "evaluate",
-    "Metric",
-    "MetricError",
-    "Scores",
-    "complexity",
-    "deletion",
-    "faithfulness_correlation",
-    "get_metric",
-    "infidelity",
-    "insertion",
-    "max_sensitivity",
-    "metrics",
-    "model_randomisation",
-    "mufidelity",
-    "random_logit",
-    "road",
-    "sparseness",
-]
+import_modules(__name__)  # importing a family registers its metrics
+
+# After the import above: a module named like its function (complexity, road, evaluate) is
+# bound on the package by that import, and the function must win.
+from convlens.metrics.core import MetricError as MetricError  # noqa: E402
+from convlens.metrics.core import Scores as Scores  # noqa: E402
+from convlens.metrics.evaluate import Evaluation as Evaluation  # noqa: E402
+from convlens.metrics.evaluate import Summary as Summary  # noqa: E402
+from convlens.metrics.evaluate import evaluate as evaluate  # noqa: E402
+
+globals().update({metric.compute.__name__: metric.compute for metric in metrics()})
+
+__all__ = sorted({"Evaluation", "Summary", "evaluate", "Metric", "MetricError", "Scores",
+                  "get_metric", "metrics", *(metric.compute.__name__ for metric in metrics())})

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from convlens.errors import MetricError, check_finite_options, unknown_choice
+from convlens.errors import MetricError, unknown_choice
 from convlens.metrics.presets import PRESETS
+from convlens.option_types import OptionType, check_option, option_types
 
 FAMILIES = ("faithfulness", "robustness", "randomisation", "complexity")
 
@@ -38,6 +39,8 @@ class Metric:
         compute: The functional core.
         raw_maps: The metric takes the raw ``(N, C, H, W)`` attribution (infidelity's
             inner product), not the 2-D presentation map.
+        types: What each option takes, from the function's annotations
+            (:func:`convlens.option_types.option_types`); :meth:`bind` checks values by it.
     """
 
     name: str
@@ -50,11 +53,16 @@ class Metric:
     higher_is_better: bool
     compute: Callable[..., Any]  # returns convlens.metrics.core.Scores
     raw_maps: bool = False
+    types: Mapping[str, OptionType] = field(default_factory=dict, compare=False, repr=False)
 
     def bind(self, options: Mapping[str, Any] | None = None, preset: str | None = None
              ) -> dict[str, Any]:
-        """Defaults, overridden by the preset's options, overridden by ``options``; unknown
-        names and infinite or NaN numbers refused."""
+        """Defaults, overridden by the preset's options, overridden by ``options``.
+
+        Unknown names, values of a type the option does not take and infinite or NaN
+        numbers are refused as ``Method.bind`` refuses them
+        (:func:`convlens.option_types.check_option`).
+        """
         options = dict(options or {})
         if preset is not None and preset not in self.presets:
             raise MetricError(
@@ -65,32 +73,41 @@ class Metric:
             valid = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
             raise MetricError(
                 f"metric {self.name!r} has no option {unknown[0]!r}; its options are: {valid}")
-        check_finite_options(self.name, options, self.options, MetricError)
-        return {**self.options, **(self.presets[preset] if preset else {}), **options}
+        defaults = {**self.options, **(self.presets[preset] if preset else {})}
+        types = self.types or option_types(self.compute, self.options)
+        owner = self.name if preset is None else f"{self.name}:{preset}"
+        for name, value in options.items():
+            check_option(owner, name, value, types[name], options=defaults, error=MetricError)
+        return {**defaults, **options}
 
 
 _REGISTRY: dict[str, Metric] = {}
 
 
 def register_metric(name: str, *, family: str, needs: str, reference: str, summary: str,
-                    higher_is_better: bool, raw_maps: bool = False
+                    higher_is_better: bool, raw_maps: bool = False,
+                    presets: Mapping[str, Mapping[str, Any]] | None = None
                     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Registration decorator; options and defaults come from the keyword-only parameters."""
+    """Registration decorator; options and defaults come from the keyword-only parameters.
+
+    ``presets`` (``{"rise": {"step": 224}}``) are the metric's named option sets, written in
+    its own file; the built-ins' are in :mod:`convlens.metrics.presets`.
+    """
     if family not in FAMILIES or needs not in ("maps", "method"):
         raise ValueError(f"family must be one of {FAMILIES}, needs 'maps' or 'method'")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         options = {p.name: p.default for p in inspect.signature(fn).parameters.values()
                    if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _COMMON}
-        presets = PRESETS.get(name, {})
-        for preset, values in presets.items():
+        named = {**PRESETS.get(name, {}), **(presets or {})}
+        for preset, values in named.items():
             bad = set(values) - set(options)
             if bad:
                 raise ValueError(f"preset {name}:{preset} sets unknown options {sorted(bad)}")
         _REGISTRY[name] = Metric(name=name, family=family, needs=needs, options=options,
-                                 presets=presets, reference=reference, summary=summary,
+                                 presets=named, reference=reference, summary=summary,
                                  higher_is_better=higher_is_better, compute=fn,
-                                 raw_maps=raw_maps)
+                                 raw_maps=raw_maps, types=option_types(fn, options))
         return fn
 
     return decorate

@@ -12,14 +12,24 @@ Importing this package registers ``lrp_epsilon``, ``lrp_zplus``, ``lrp_alpha_bet
   ``torch.flatten``, ``F.relu``...);
 * ``methods.py``: the registered methods.
 
+Importing this package imports every module of its folder once
+(:func:`convlens.discovery.import_modules`), so a new rule (``@register_layer_rule``) or
+composite (``register_composite(...)``) may also be a new file here, with nothing else to edit.
+``RULE_NAMES`` and ``COMPOSITES`` are taken after that import: they name every rule and
+composite of the folder.
+
 Example:
     >>> import convlens as cl                                      # doctest: +SKIP
     >>> r = cl.attribute(model, x, "lrp", composite="epsilon_gamma_box")  # doctest: +SKIP
     >>> r = cl.attribute(model, x, "lrp", rules={"blocks.3.se": "pass"})  # doctest: +SKIP
 """
 
-from convlens.attribution.relevance import methods  # noqa: F401  (registers the methods)
-from convlens.attribution.relevance.composites import COMPOSITES, register_rule
-from convlens.attribution.relevance.rules import RULE_NAMES, LayerRule
+from convlens.attribution.relevance.composites import composite_names, register_rule
+from convlens.attribution.relevance.rules import LayerRule, rule_names
+from convlens.discovery import import_modules
+
+import_modules(__name__)  # registers the methods, and rules or composites of added files
+RULE_NAMES = rule_names()
+COMPOSITES = composite_names()
 
 __all__ = ["COMPOSITES", "RULE_NAMES", "LayerRule", "register_rule"]

@@ -159,7 +159,12 @@ register_composite("epsilon_alpha2_beta1_flat", conv="alpha_beta", dense="epsilo
                    first="flat", reference=_KOHLBRENNER)
 
 #: Composite names (the registry's keys, for display).
-COMPOSITES = tuple(_COMPOSITES)
+COMPOSITES = tuple(_COMPOSITES)  # the composites of this file; composite_names(): all
+
+
+def composite_names() -> tuple[str, ...]:
+    """Every registered composite name, in registration order."""
+    return tuple(_COMPOSITES)
 
 
 def composite_entry(name: object) -> CompositeEntry:
