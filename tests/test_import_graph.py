@@ -256,13 +256,17 @@ def test_function_level_imports_are_counted() -> None:
     graph = build_graph(SRC)
     # Printed for the record (pytest -s); issue 19 asks for this number to be halved.
     print(f"function-level imports of convlens modules: {len(graph.function_level)}")
-    assert graph.function_level
+    assert len(graph.function_level) <= FUNCTION_LEVEL_BEFORE // 2
 
 
-# Issue 19 item 4: imports at the top of a file. In these folders a function-level import of a
-# convlens module needs its reason on its line ("# lazy: <why>"): an optional extra, or a
-# measured start-up cost. Avoiding a cycle is no reason: break the cycle instead.
-TOP_IMPORT_PACKAGES = ("convlens.auditing", "convlens.concepts", "convlens.correction")
+# Issue 19 item 4: imports at the top of a file. Anywhere in the package, a function-level import
+# of a convlens module needs its reason on its line ("# lazy: <why>"): an optional extra, or a
+# measured start-up cost (cli/: `convlens --help` imports no torch). Avoiding a cycle is no
+# reason: break the cycle instead.
+TOP_IMPORT_PACKAGES = (PACKAGE,)
+# Issue 19's proof: function-level convlens imports halved at least (230 when it was filed, by
+# build_graph's count; 28 after, all in cli/ for --help's start-up).
+FUNCTION_LEVEL_BEFORE = 230
 
 
 def _module_path(module: str, src: Path = SRC) -> Path:
@@ -270,14 +274,24 @@ def _module_path(module: str, src: Path = SRC) -> Path:
     return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
 
-def test_imports_sit_at_the_top_in_concepts_auditing_and_correction() -> None:
+def _explained(lines: list[str], line: int) -> bool:
+    """A ``# lazy: <why>`` on the import's line, or on a comment line just above the run of
+    import lines it belongs to (one reason for a block of lazy imports)."""
+    if "# lazy:" in lines[line - 1]:
+        return True
+    above = line - 2
+    while above >= 0 and lines[above].strip().startswith(("from ", "import ")):
+        above -= 1
+    return above >= 0 and lines[above].strip().startswith("# lazy:")
+
+
+def test_imports_sit_at_the_top_unless_a_comment_says_why() -> None:
     graph = build_graph(SRC)
     unexplained = []
     for module, line, imported in graph.function_level:
         if not module.startswith(TOP_IMPORT_PACKAGES):
             continue
-        source = _module_path(module).read_text(encoding="utf-8").splitlines()[line - 1]
-        if "# lazy:" not in source:
+        if not _explained(_module_path(module).read_text(encoding="utf-8").splitlines(), line):
             unexplained.append(f"{module}:{line} ({imported})")
     assert not unexplained, (
         "function-level convlens imports without a '# lazy: <why>' comment (move them to the "

@@ -38,7 +38,7 @@ from convlens.attribution.targets import (
 from convlens.errors import ConvlensWarning, MethodError, TargetError
 from convlens.files import ensure_folder, save_image_atomic
 from convlens.io.images import load_image
-from convlens.models.classifier import Classifier, ImageLike, Prepared, as_classifier
+from convlens.models.classifier import Classifier, ImageLike, ModelLike, Prepared, as_classifier
 from convlens.models.layers import resolve_layer
 from convlens.preprocessing import Geometry, coverage_mask, map_to_original
 from convlens.present import figures
@@ -368,7 +368,7 @@ def explain(classifier: Classifier, images: ImageLike | Iterable[ImageLike],
     return results
 
 
-def _explanations(classifier: Any, images: Any, methods: str | Sequence[str], *, target: Any,
+def _explanations(classifier: ModelLike, images: Any, methods: str | Sequence[str], *, target: Any,
                   top: int | None, layer: Any, normalize: str, sign: str,
                   names: Sequence[str] | None, batch_size: int,
                   method_options: Mapping[str, Any] | None, options: Mapping[str, Any],

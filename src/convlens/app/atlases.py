@@ -23,6 +23,7 @@ from convlens.app.audits import _roots
 from convlens.concepts.patches import crop_patch, patch_box
 from convlens.concepts.references import MODES, ReferenceSets
 from convlens.errors import AtlasNotFound
+from convlens.models.classifier import Classifier
 
 PATCH_SIDE = 128
 MAX_CHANNELS = 512
@@ -40,7 +41,7 @@ class AtlasFolder:
                                                                repr=False)
 
     @classmethod
-    def open(cls, folder: str | Path, classifier: Any) -> AtlasFolder:
+    def open(cls, folder: str | Path, classifier: Classifier) -> AtlasFolder:
         """Read the reference set with ``classifier`` (ReferenceSetError when it is missing
         or was computed by another model)."""
         sets = ReferenceSets.load_folder(folder, classifier)

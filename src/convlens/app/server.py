@@ -73,6 +73,7 @@ from convlens.errors import (
 from convlens.explanations import parse_target
 from convlens.io.images import DEFAULT_MAX_PIXELS
 from convlens.io.samples import SAMPLE_NAMES, sample_images
+from convlens.models.classifier import Classifier
 from convlens.present.figures import colorize
 
 STATIC = Path(__file__).parent / "static"
@@ -102,7 +103,7 @@ class ServeSettings:
 
 @dataclass
 class _State:
-    classifier: Any
+    classifier: Classifier
     settings: ServeSettings
     audits: list[AuditFolder]
     gate: ModelGate
@@ -141,7 +142,7 @@ def _status(error: ConvlensError) -> int:
     return 400
 
 
-def create_app(classifier: Any, *, audits: Sequence[str | Path] = (),
+def create_app(classifier: Classifier, *, audits: Sequence[str | Path] = (),
                settings: ServeSettings | None = None,
                atlases: Sequence[str | Path] = ()) -> Any:
     """Build the FastAPI app serving ``classifier`` (and the audit folders, for browsing).
@@ -349,7 +350,7 @@ def _info(state: _State) -> dict[str, Any]:
             "limits": {"targets": MAX_TARGETS, "maps": MAX_MAPS}}
 
 
-def _num_outputs(classifier: Any) -> int:
+def _num_outputs(classifier: Classifier) -> int:
     height, width = classifier.preprocessing.input_size
     x = torch.zeros(1, classifier.preprocessing.channels, height, width,
                     device=classifier.device)

@@ -44,7 +44,7 @@ from convlens.errors import (
     MethodError,
     TargetError,
 )
-from convlens.models.classifier import as_classifier
+from convlens.models.classifier import Classifier, as_classifier
 from convlens.models.layers import resolve_layer
 from convlens.models.outputs import OutputKey, model_failure, select_output
 from convlens.models.tokens import TokenLayout, infer_layout, to_grid
@@ -68,7 +68,7 @@ class Problem:
     labels: Sequence[str] | None = None
     layer: Any = None
     output: OutputKey = None
-    classifier: Any = None
+    classifier: Classifier | None = None
     _indices: torch.Tensor | None = field(default=None, repr=False)
     _layer_names: list[str] | None = field(default=None, repr=False)
     _modules: list[nn.Module] = field(default_factory=list, repr=False)

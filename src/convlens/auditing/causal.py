@@ -57,6 +57,7 @@ from torch import nn
 from convlens._hooks import evaluation_mode
 from convlens.engines import WorkerFactory
 from convlens.errors import ConvlensError
+from convlens.models.classifier import Classifier, ModelLike
 
 SIZES = (1 / 16, 1 / 8, 1 / 4)
 """Fractions of the image covered, smallest first; none may exceed a quarter."""
@@ -465,7 +466,7 @@ def _decide(table: list[CausalRow], members: int) -> CausalResult:
 # ----------------------------------------------------------------------------- engine
 
 
-def causal_batch(model: Any, batch: Any, *, regions: Regions, predicted: list[int],
+def causal_batch(model: Classifier, batch: Any, *, regions: Regions, predicted: list[int],
                  seeds: list[int], infills: tuple[str, ...] = INFILLS,
                  labels: list[int] | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:
     """The check's per-batch work on an engine (:class:`convlens.engines.WorkerFactory`):
@@ -508,7 +509,7 @@ def restored_labels(module: nn.Module, x: torch.Tensor, labels: Sequence[int],
     return out
 
 
-def _module(model: Any) -> nn.Module:
+def _module(model: ModelLike) -> nn.Module:
     module = getattr(model, "module", model)
     if not isinstance(module, nn.Module):
         raise ConvlensError(f"the causal check needs an nn.Module or a Classifier, got "
@@ -524,7 +525,7 @@ def _device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def run_check(engine: Any, classifier: Any, entries: Sequence[Any], keys: Sequence[str],
+def run_check(engine: Any, classifier: Classifier, entries: Sequence[Any], keys: Sequence[str],
               predicted: Sequence[int], heat: np.ndarray, *, seed: int, batch_size: int,
               sizes: Sequence[float] = SIZES, labels: Sequence[int] | None = None
               ) -> CausalResult:
@@ -565,7 +566,7 @@ def run_check(engine: Any, classifier: Any, entries: Sequence[Any], keys: Sequen
     return result
 
 
-def causal_check(model: nn.Module | Any, x: torch.Tensor, heat: np.ndarray,
+def causal_check(model: ModelLike, x: torch.Tensor, heat: np.ndarray,
                  predicted: Sequence[int] | torch.Tensor | None = None, *,
                  keys: Sequence[str] | None = None, seed: int = 0, batch_size: int = 64,
                  sizes: Sequence[float] = SIZES) -> CausalResult:

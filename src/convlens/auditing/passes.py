@@ -42,6 +42,7 @@ from convlens.auditing.scoring import score_batch
 from convlens.engines import Engine, WorkerFactory, get_engine
 from convlens.io.datasets import Batch, Dataset
 from convlens.io.images import InputProblem
+from convlens.models.classifier import Classifier
 from convlens.models.fingerprint import model_fingerprint  # noqa: F401  (kept importable here)
 from convlens.progress import ProgressCallback, emit
 from convlens.store import ResultStore
@@ -126,7 +127,8 @@ class PassOutcome:
     computed: int
 
 
-def run_pass(classifier: Any, dataset: Dataset, store: ResultStore, settings: PassSettings, *,
+def run_pass(classifier: Classifier, dataset: Dataset, store: ResultStore,
+             settings: PassSettings, *,
              progress: ProgressCallback | None = None, engine: Engine | None = None
              ) -> PassOutcome:
     """Predict and attribute every image of ``dataset`` not yet in ``store``.
@@ -163,7 +165,7 @@ def run_pass(classifier: Any, dataset: Dataset, store: ResultStore, settings: Pa
     return PassOutcome(keys, problems, computed)
 
 
-def audit_batch(classifier: Any, batch: Batch, *, settings: PassSettings
+def audit_batch(classifier: Classifier, batch: Batch, *, settings: PassSettings
                 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """The pass's per-batch work on an engine (:class:`convlens.engines.WorkerFactory`):
     one decoded batch in, its records and float16 maps out (nothing written here)."""
@@ -174,7 +176,7 @@ class AuditWorker:
     """One batch in, its records and float16 maps out (nothing written here); built per
     batch by :func:`audit_batch` (a lookup of the method and the layers, no model work)."""
 
-    def __init__(self, classifier: Any, settings: PassSettings) -> None:
+    def __init__(self, classifier: Classifier, settings: PassSettings) -> None:
         self.classifier = classifier
         self.settings = settings
         self.spec = get_method(settings.method)

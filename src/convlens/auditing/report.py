@@ -33,6 +33,7 @@ from convlens.concepts.patches import crop_patch, patch_boxes
 from convlens.engines import WorkerFactory, get_engine
 from convlens.errors import ConvlensError
 from convlens.files import write_text_atomic
+from convlens.models.classifier import Classifier
 from convlens.present.audit_figures import (
     confusion_figure,
     eigenvalue_figure,
@@ -57,7 +58,7 @@ class AuditView(Protocol):
     """
 
     out: Path
-    classifier: Any
+    classifier: Classifier
     dataset: Any
     settings: Any
     engine: Any
@@ -132,7 +133,7 @@ class _Maps:
         return len(paths)
 
 
-def report_maps(classifier: Any, batch: Any, *, method: str, layer: str | None,
+def report_maps(classifier: Classifier, batch: Any, *, method: str, layer: str | None,
                 options: dict[str, Any], targets: list[list[int]]
                 ) -> list[tuple[int, int, np.ndarray]]:
     """The report's per-batch map work on an engine (:class:`convlens.engines.WorkerFactory`):
@@ -151,7 +152,7 @@ def report_maps(classifier: Any, batch: Any, *, method: str, layer: str | None,
     return [(batch.items[p].index, t, maps[k]) for k, (p, t) in enumerate(pairs)]
 
 
-def concept_figures(classifier: Any, batch: Any, *, layer: str, rule: str, grid: list[int],
+def concept_figures(classifier: Classifier, batch: Any, *, layer: str, rule: str, grid: list[int],
                     requests: list[list[tuple[str, int, int | None]]]
                     ) -> list[tuple[int, str, int, int | None, Any]]:
     """The report's per-batch concept work on an engine

@@ -41,7 +41,7 @@ from convlens.io.datasets import (
     read_dataset,
     unknown_labels,
 )
-from convlens.models.classifier import Classifier
+from convlens.models.classifier import Classifier, ModelLike
 from convlens.models.fingerprint import model_fingerprint
 from convlens.models.layers import resolve_layer
 from convlens.progress import ProgressLike, emit, resolve_progress
@@ -56,7 +56,7 @@ MAX_CLUSTER_MAPS = 50_000
 
 
 
-def audit(classifier: Any, data: str | os.PathLike[str], *, method: str = "gradcam",
+def audit(classifier: ModelLike, data: str | os.PathLike[str], *, method: str = "gradcam",
           layer: str | None = None, group_by: str = "predicted",
           out: str | os.PathLike[str] = "convlens-audit", batch_size: int = 32, workers: int = 0,
           overwrite: bool = False, map_size: int = 32, checks: int = 3, seed: int = 0,
@@ -246,7 +246,7 @@ def _check_cluster_cap(max_cluster_maps: int | None) -> None:
                             f"no cap), got {max_cluster_maps!r}")
 
 
-def _check_labels(classifier: Any, data: Any, unknown: Sequence[str]) -> None:
+def _check_labels(classifier: Classifier, data: Any, unknown: Sequence[str]) -> None:
     """Refuse labels of ``data`` the model does not know, listing the ones it does."""
     if unknown:
         valid = classifier.labels or []
@@ -259,7 +259,7 @@ def _check_labels(classifier: Any, data: Any, unknown: Sequence[str]) -> None:
             "--labels")
 
 
-def _map_layer(classifier: Any, spec: Any, layer: str | None, shape: tuple[int, int, int]
+def _map_layer(classifier: Classifier, spec: Any, layer: str | None, shape: tuple[int, int, int]
                ) -> str | None:
     """The layer the audit's method reads (``layer`` or the model's default), or None for a
     method that reads no layer."""
@@ -269,7 +269,7 @@ def _map_layer(classifier: Any, spec: Any, layer: str | None, shape: tuple[int, 
             else classifier.default_layer(shape))
 
 
-def _concept_settings(classifier: Any, concepts: bool | str | None, spec: Any,
+def _concept_settings(classifier: Classifier, concepts: bool | str | None, spec: Any,
                       layer_name: str | None, shape: tuple[int, ...]
                       ) -> tuple[str | None, str]:
     """The concept layer (resolved) and the rule asked of CRP: ``"gradient"`` when a gradient
@@ -299,7 +299,7 @@ def concept_header(store: ResultStore, layer: str) -> dict[str, Any]:
     return {"layer": layer, "rule": None, "grid": None}
 
 
-def _mistake_label(record: dict[str, Any], classifier: Any) -> int:
+def _mistake_label(record: dict[str, Any], classifier: Classifier) -> int:
     """The labelled class index of a mistake (-1 for a correct or unlabelled prediction)."""
     if record.get("correct") is not False:
         return -1
@@ -307,7 +307,7 @@ def _mistake_label(record: dict[str, Any], classifier: Any) -> int:
         if record["label"] in (classifier.labels or []) else -1
 
 
-def _feature_layer(classifier: Any, shape: tuple[int, ...]) -> str | None:
+def _feature_layer(classifier: Classifier, shape: tuple[int, ...]) -> str | None:
     """The layer whose pooled activations the pass records for a method without a layer:
     the model's default (last spatial) layer, or None when it has none."""
     try:
@@ -346,7 +346,8 @@ class Audit:
         out: The output folder.
     """
 
-    def __init__(self, data: dict[str, Any] | None, out: Path, *, classifier: Any = None,
+    def __init__(self, data: dict[str, Any] | None, out: Path, *,
+                 classifier: Classifier | None = None,
                  dataset: Any = None, settings: PassSettings | None = None,
                  store: ResultStore | None = None, engine: Any = None) -> None:
         self._data = data

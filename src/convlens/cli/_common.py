@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -35,6 +35,9 @@ from convlens.errors import (
 )
 from convlens.files import check_output
 from convlens.option_types import OptionType, check_option, from_text, listing, option_types
+
+if TYPE_CHECKING:  # the type only: importing it loads torch, which --help must not
+    from convlens.models.classifier import Classifier
 
 console = Console(soft_wrap=True)  # a line of ours stays one line in any log (terminals wrap)
 errors = Console(stderr=True)  # for notes on stderr; error lines go through error_line()
@@ -271,7 +274,7 @@ def read_photo(path: Path, max_pixels: int | None) -> Any:
     return load_image(path, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
 
 
-def model_input(classifier: Any, photo: Any) -> Any:
+def model_input(classifier: Classifier, photo: Any) -> Any:
     """A decoded photo -> the ``(1, C, H, W)`` tensor the classifier sees (its preprocessing:
     --input-size, --resize, --mean, --std), without decoding or size-checking it again."""
     resized, _ = classifier.preprocessing.resize_image(photo)

@@ -62,6 +62,7 @@ def parse_options(items: list[str], flag: str, metrics: Sequence[str] | None = N
             annotations of the metric's function); the message lists the metric's options
             with their defaults (the preset's, for ``NAME:PRESET``).
     """
+    # lazy: --help start-up (torch)
     from convlens.metrics.core import MetricError
     from convlens.metrics.evaluate import parse_metric
 
@@ -80,6 +81,7 @@ def parse_options(items: list[str], flag: str, metrics: Sequence[str] | None = N
 
 def parse_metrics(text: str) -> list[str]:
     """``"deletion,insertion:xplique"`` or ``"all"`` -> metric keys (unknown ones refused)."""
+    # lazy: --help start-up (torch)
     from convlens.metrics import metrics
     from convlens.metrics.evaluate import parse_metric
 

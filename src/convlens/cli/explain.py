@@ -71,7 +71,8 @@ def explain(
     *, model_options: ModelOptions,
 ) -> None:
     """Write heatmaps (one PNG per method), a grid per image, results.json and index.html."""
-    from convlens.explanations import parse_target  # lazy: --help start-up (torch)
+    # lazy: --help start-up (torch)
+    from convlens.explanations import parse_target
     from convlens.jobs.explain_job import ExplainJob
 
     engine, engine_options = engine_settings(engine, ray_address, actors, gpus_per_actor)

@@ -46,7 +46,8 @@ def serve(
 ) -> None:
     """Serve a local page: upload a photo, compare maps, visualize features, browse audits
     and concept atlases."""
-    try:  # lazy: --help start-up, and the serve extra is optional
+    try:
+        # lazy: --help start-up, and the serve extra (fastapi, uvicorn) is optional
         from convlens.app.runner import bind, serve_app
         from convlens.app.server import ServeSettings, allowed_hosts_for, create_app
     except ImportError as error:

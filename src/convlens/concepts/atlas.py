@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 from convlens.concepts.patches import crop_patch, patch_boxes
 from convlens.concepts.references import MODES, ReferenceSetError, ReferenceSets, reference_sets
 from convlens.files import claim_output, ensure_folder, save_image_atomic, write_text_atomic
+from convlens.models.classifier import Classifier
 from convlens.models.layers import list_layers, resolve_layer
 from convlens.present.audit_figures import unit
 from convlens.present.html import render_page
@@ -54,7 +55,7 @@ def chosen_channels(sets: ReferenceSets, channels: Sequence[int] | None,
     return sets.ranked_channels()[:top_channels]
 
 
-def layer_channels(classifier: Any, layer: str | None) -> tuple[str, int]:
+def layer_channels(classifier: Classifier, layer: str | None) -> tuple[str, int]:
     """The layer's dotted name and channel count (one probing forward pass); refuses a layer
     without a spatial ``(C, h, w)`` output before any work."""
     name = resolve_layer(classifier.module, layer)[0] if layer is not None \
@@ -200,7 +201,7 @@ def _context(sets: ReferenceSets, shown: list[int], cells: dict[tuple[int, str, 
             "channels": sections, "errors": meta.get("errors", [])}
 
 
-def build_atlas(classifier: Any, data: str | os.PathLike[str], layer: str | None = None, *,
+def build_atlas(classifier: Classifier, data: str | os.PathLike[str], layer: str | None = None, *,
                 k: int = 8, out: str | os.PathLike[str] = "convlens-atlas",
                 channels: Sequence[int] | None = None, top_channels: int = TOP_CHANNELS,
                 engine: Any = "local", engine_options: dict[str, Any] | None = None,

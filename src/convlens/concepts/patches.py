@@ -46,6 +46,7 @@ from convlens._hooks import evaluation_mode, gradients_enabled
 from convlens.attribution.core import Problem, _prepare_x
 from convlens.attribution.crp import _lrp_parameters, _problem, layer_graph
 from convlens.errors import LayerError, PatchError
+from convlens.models.classifier import ModelLike
 from convlens.models.layers import resolve_layer
 
 Box = tuple[int, int, int, int]
@@ -229,7 +230,7 @@ class Patch:
     mode: str
 
 
-def patch_boxes(classifier: Any, x: torch.Tensor, layer: str | nn.Module | None,
+def patch_boxes(classifier: ModelLike, x: torch.Tensor, layer: str | nn.Module | None,
                 requests: Sequence[tuple[int, tuple[int, int] | None, str]], *,
                 target: Any = None, rule: str = "auto", threshold: float = THRESHOLD,
                 min_side: int | None = None) -> list[Patch]:
@@ -277,7 +278,7 @@ def patch_boxes(classifier: Any, x: torch.Tensor, layer: str | nn.Module | None,
     return patches
 
 
-def patch_box(classifier: Any, image_tensor: torch.Tensor, layer: str | nn.Module | None,
+def patch_box(classifier: ModelLike, image_tensor: torch.Tensor, layer: str | nn.Module | None,
               channel: int, position: tuple[int, int], mode: str = "relevance", *,
               target: Any = None, rule: str = "auto", threshold: float = THRESHOLD,
               min_side: int | None = None) -> Box:

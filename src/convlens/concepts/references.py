@@ -54,7 +54,7 @@ from convlens.files import (
     write_json_atomic,
 )
 from convlens.io.datasets import dataset_relative_path, no_images_message, read_dataset
-from convlens.models.classifier import Classifier
+from convlens.models.classifier import Classifier, ModelLike
 from convlens.models.fingerprint import model_fingerprint
 from convlens.models.layers import resolve_layer
 from convlens.progress import ProgressCallback, ProgressLike, emit, resolve_progress
@@ -162,7 +162,7 @@ def top_of_batch(scores: np.ndarray, positions: np.ndarray, k: int,
 # ------------------------------------------------------------------ the worker
 
 
-def reference_batch(classifier: Any, batch: Any, *, settings: ReferenceSettings
+def reference_batch(classifier: Classifier, batch: Any, *, settings: ReferenceSettings
                     ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """The pass's per-batch work on an engine (:class:`convlens.engines.WorkerFactory`):
     one decoded batch in, its records and per-channel top-k arrays out."""
@@ -172,7 +172,7 @@ def reference_batch(classifier: Any, batch: Any, *, settings: ReferenceSettings
 class ReferenceWorker:
     """One batch in; its records and its per-channel top-k arrays out (nothing written)."""
 
-    def __init__(self, classifier: Any, settings: ReferenceSettings) -> None:
+    def __init__(self, classifier: Classifier, settings: ReferenceSettings) -> None:
         self.classifier = classifier
         self.settings = settings
 
@@ -225,7 +225,7 @@ class PassResult:
     computed: int
 
 
-def run_references_pass(classifier: Any, dataset: Any, store: ResultStore,
+def run_references_pass(classifier: Classifier, dataset: Any, store: ResultStore,
                         settings: ReferenceSettings, *, engine: Any = None,
                         progress: ProgressCallback | None = None) -> PassResult:
     """Compute the per-batch top-ks of every image of ``dataset`` not yet in ``store``."""
@@ -329,7 +329,7 @@ class ReferenceSets:
     images: list[dict[str, Any]]
     meta: dict[str, Any]
     out: Path | None = None
-    classifier: Any = None
+    classifier: Classifier | None = None
     _boxes: dict[tuple[int, int, str], tuple[int, int, int, int]] = field(
         default_factory=dict, repr=False)
 
@@ -395,7 +395,8 @@ class ReferenceSets:
         return tensor[None].to(self.classifier.device), geometry, photo
 
     @classmethod
-    def load_folder(cls, out: str | os.PathLike[str], classifier: Any = None) -> ReferenceSets:
+    def load_folder(cls, out: str | os.PathLike[str], classifier: Classifier | None = None
+                    ) -> ReferenceSets:
         """Read ``OUT/references.json`` and ``OUT/references.npz``."""
         out = Path(out)
         path = out / REFERENCES_JSON
@@ -420,7 +421,7 @@ class ReferenceSets:
                    out, classifier)
 
 
-def reference_sets(classifier: Any, data: str | os.PathLike[str], layer: str | None = None, *,
+def reference_sets(classifier: ModelLike, data: str | os.PathLike[str], layer: str | None = None, *,
                    k: int = 8, out: str | os.PathLike[str] = "convlens-references",
                    engine: Any = "local", engine_options: dict[str, Any] | None = None,
                    batch_size: int = 32, workers: int = 0, rule: str = "auto",

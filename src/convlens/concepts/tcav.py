@@ -46,7 +46,7 @@ from convlens.errors import ConceptError, LayerError, TargetError, did_you_mean
 from convlens.files import write_json_atomic
 from convlens.io.datasets import read_dataset
 from convlens.io.images import is_image_file
-from convlens.models.classifier import as_classifier
+from convlens.models.classifier import Classifier, ModelLike, as_classifier
 from convlens.models.layers import resolve_layer
 from convlens.progress import ProgressLike, emit, resolve_progress
 
@@ -121,7 +121,7 @@ def _gather(source: Any, what: str) -> _ImageSet:
                        f"or a preprocessed tensor (N, C, H, W); got {type(source).__name__}")
 
 
-def _batches(classifier: Any, images: _ImageSet, positions: Sequence[int],
+def _batches(classifier: Classifier, images: _ImageSet, positions: Sequence[int],
              batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
     """``(positions, x)`` per batch: decoded and preprocessed by the Classifier, on its device."""
     positions = list(positions)
@@ -223,7 +223,8 @@ def _kinds(cav: str) -> tuple[str, ...]:
                        "(mean difference) or both")
 
 
-def _layers(classifier: Any, layer: Any, sample_shape: Sequence[int]) -> list[tuple[str, Any]]:
+def _layers(classifier: Classifier, layer: Any, sample_shape: Sequence[int]
+            ) -> list[tuple[str, Any]]:
     if layer is None:
         layer = classifier.default_layer(tuple(sample_shape))
     names = [layer] if isinstance(layer, (str, torch.nn.Module)) else list(layer)
@@ -232,7 +233,7 @@ def _layers(classifier: Any, layer: Any, sample_shape: Sequence[int]) -> list[tu
     return [resolve_layer(classifier.module, name) for name in names]
 
 
-def _class_index(item: Any, classifier: Any, outputs: int) -> int:
+def _class_index(item: Any, classifier: Classifier, outputs: int) -> int:
     labels = classifier.labels
     if isinstance(item, str) and not item.strip().lstrip("-").isdigit():
         if labels is None:
@@ -278,7 +279,7 @@ def _requested(classes: Any) -> list[Any] | None:
     return list(dict.fromkeys(classes))
 
 
-def _class_groups(classifier: Any, tested: _ImageSet, classes: Any, batch_size: int
+def _class_groups(classifier: Classifier, tested: _ImageSet, classes: Any, batch_size: int
                   ) -> tuple[int, list[tuple[list[int], list[int]]], list[int]]:
     """The model's output count, ``(image positions, class indices)`` groups, the classes.
 
@@ -362,7 +363,7 @@ def _p_value(scores: torch.Tensor, random_scores: torch.Tensor) -> float:
         return float(ttest_ind(a, b).pvalue)
 
 
-def _activations(classifier: Any, layers: list[tuple[str, Any]], images: _ImageSet,
+def _activations(classifier: Classifier, layers: list[tuple[str, Any]], images: _ImageSet,
                  positions: Sequence[int], batch_size: int,
                  shapes: dict[str, tuple[int, ...]]) -> list[torch.Tensor]:
     """Per layer, the flattened float32 activations ``(len(positions), d)`` (no gradients);
@@ -408,7 +409,7 @@ def _fit_cavs(rows: torch.Tensor, n_concept: int,
     return cavs / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
-def _positive_counts(classifier: Any, layers: list[tuple[str, Any]], tested: _ImageSet,
+def _positive_counts(classifier: Classifier, layers: list[tuple[str, Any]], tested: _ImageSet,
                      groups: list[tuple[list[int], list[int]]], cav_columns: list[torch.Tensor],
                      batch_size: int) -> tuple[dict[int, list[torch.Tensor]], dict[int, int]]:
     """Per class and layer, how many tested images have ``grad_k . v > 0``, per CAV column;
@@ -446,7 +447,7 @@ def _positive_counts(classifier: Any, layers: list[tuple[str, Any]], tested: _Im
     return positive, counted
 
 
-def tcav(model: Any, concept: Any, layer: str | Sequence[str] | None = None,
+def tcav(model: ModelLike, concept: Any, layer: str | Sequence[str] | None = None,
          classes: Sequence[str | int] | str | int | None = None, *, images: Any = None,
          random: Any = None, runs: int = 10, cav: str = "both", alpha: float = 0.05,
          seed: int = 0, batch_size: int = 32, progress: ProgressLike = None) -> TCAVResult:

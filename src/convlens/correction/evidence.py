@@ -50,7 +50,7 @@ from convlens.auditing.run import audit as run_audit
 from convlens.correction.audits import audit_data, strategy_entry
 from convlens.correction.direction import DirectionError
 from convlens.files import ensure_folder, write_bytes_atomic, write_json_atomic
-from convlens.models.classifier import as_classifier
+from convlens.models.classifier import Classifier, as_classifier
 
 SIZES = (1 / 16, 1 / 8)
 """Areas of the hot region the artefact test pastes and removes (fractions of the image)."""
@@ -68,12 +68,12 @@ def _base(data: dict[str, Any]) -> Path:
     return root if root.is_dir() else root.parent
 
 
-def _decode(classifier: Any, base: Path, paths: Sequence[str]) -> torch.Tensor:
+def _decode(classifier: Classifier, base: Path, paths: Sequence[str]) -> torch.Tensor:
     return classifier.preprocess([str(base / p) for p in paths])
 
 
 @torch.no_grad()
-def _predict(classifier: Any, x: torch.Tensor) -> torch.Tensor:
+def _predict(classifier: Classifier, x: torch.Tensor) -> torch.Tensor:
     with evaluation_mode(classifier.module):
         return classifier.module(x.to(classifier.device)).argmax(1).cpu()
 
@@ -131,7 +131,7 @@ def _label(names: Sequence[str], index: int) -> str:
     return names[index] if 0 <= index < len(names) else str(index)
 
 
-def _save_example(classifier: Any, x: torch.Tensor, path: Path) -> None:
+def _save_example(classifier: Classifier, x: torch.Tensor, path: Path) -> None:
     """One preprocessed image as a PNG (back in pixel units)."""
     from PIL import Image
 
@@ -348,7 +348,7 @@ def _reaudit(before: dict[str, Any], after: dict[str, Any], entry: dict[str, Any
                                        else None)}
 
 
-def _flip(classifier: Any, base: Path, entry: dict[str, Any], seed: int, batch_size: int,
+def _flip(classifier: Classifier, base: Path, entry: dict[str, Any], seed: int, batch_size: int,
           source: str) -> dict[str, Any]:
     """A strategy's causal flip rate: the audit's, else measured here with the same check
     (hot region of its mean map, blur infill) on its members."""

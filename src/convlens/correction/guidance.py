@@ -23,6 +23,7 @@ import torch
 from convlens.correction.direction import layer_activations
 from convlens.files import write_text_atomic
 from convlens.io.datasets import read_dataset
+from convlens.models.classifier import Classifier
 
 FIELDS = ("path", "source", "label", "predicted", "action", "score")
 
@@ -45,7 +46,7 @@ def audit_rows(data: dict[str, Any], strategy: dict[str, Any]) -> list[dict[str,
     return rows
 
 
-def training_rows(classifier: Any, direction: Any, train: str | os.PathLike[str], *,
+def training_rows(classifier: Classifier, direction: Any, train: str | os.PathLike[str], *,
                   top: int = 50, batch_size: int = 64, shape: str = "map"
                   ) -> list[dict[str, Any]]:
     """The ``top`` training images furthest along the direction (see the module doc)."""

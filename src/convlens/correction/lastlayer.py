@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +39,7 @@ from convlens.correction.direction import Direction
 from convlens.correction.rrclarc import Trained
 from convlens.correction.training import TrainingSet, modules_above
 from convlens.errors import CorrectionError
+from convlens.models.classifier import Classifier
 from convlens.progress import ProgressCallback, emit
 
 ALPHAS = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)
@@ -65,7 +65,7 @@ def head_of(model: nn.Module, layer: str, sample: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def head_inputs(classifier: Any, model: nn.Module, head: str, data: TrainingSet,
+def head_inputs(classifier: Classifier, model: nn.Module, head: str, data: TrainingSet,
                 batch_size: int) -> torch.Tensor:
     """``(N, D)``: what the head receives for every training image."""
     parts = []
@@ -155,7 +155,7 @@ def _augmented(features: torch.Tensor, targets: torch.Tensor, flagged: torch.Ten
     return torch.cat([f, twins]), torch.cat([y, y]), torch.cat([g, ~g])
 
 
-def retrain_head(classifier: Any, direction: Direction, data: TrainingSet, *, seed: int = 0,
+def retrain_head(classifier: Classifier, direction: Direction, data: TrainingSet, *, seed: int = 0,
                  batch_size: int = 64, alphas: Sequence[float] = ALPHAS,
                  shift_from: TrainingSet | None = None, also: Sequence[int] = (),
                  progress: ProgressCallback | None = None) -> Trained:

@@ -8,15 +8,14 @@ layer's output so that every image sits where clean images of its class sit alon
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from convlens.correction.direction import Direction
+from convlens.models.classifier import Classifier
 from convlens.models.projection import insert_projection
 
 
-def project(classifier: Any, direction: Direction, *, shape: str = "map") -> nn.Module:
+def project(classifier: Classifier, direction: Direction, *, shape: str = "map") -> nn.Module:
     """A copy of ``classifier``'s network with ``direction`` projected out of its layer."""
     return insert_projection(classifier.module, direction.layer, direction.vector,
                              direction.reference, pooled=shape == "channel")

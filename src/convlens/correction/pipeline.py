@@ -28,6 +28,7 @@ from convlens.correction.rrclarc import SCOPES
 from convlens.correction.run import METHODS, Correction, correct
 from convlens.correction.training import Checkpoint
 from convlens.files import claim_output
+from convlens.models.classifier import Classifier
 from convlens.progress import ProgressCallback
 
 __all__ = ["METHODS", "SCOPES", "SHAPES", "CorrectedFolder", "correct_to_folder"]
@@ -53,7 +54,7 @@ class CorrectedFolder:
     page: Path
 
 
-def correct_to_folder(classifier: Any, audit: str | os.PathLike[str], strategy: int,
+def correct_to_folder(classifier: Classifier, audit: str | os.PathLike[str], strategy: int,
                       out: str | os.PathLike[str], *, source: dict[str, Any],
                       method: str = "pclarc", layer: str | None = None, shape: str = "map",
                       data: str | os.PathLike[str] | None = None, epochs: int = 10,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +35,7 @@ from convlens.correction.training import (
     trainable_parameters,
 )
 from convlens.errors import CorrectionError
+from convlens.models.classifier import Classifier
 from convlens.progress import ProgressCallback, emit
 
 SCOPES = ("linear", "above")
@@ -79,7 +79,7 @@ def _alignment(logits: torch.Tensor, activation: torch.Tensor, unit: torch.Tenso
     return grad.flatten(1) @ unit.flatten().to(grad)
 
 
-def fine_tune(classifier: Any, direction: Direction, data: TrainingSet, *, epochs: int = 10,
+def fine_tune(classifier: Classifier, direction: Direction, data: TrainingSet, *, epochs: int = 10,
               strength: float = 10.0, learning_rate: float = 1e-3, scope: str = "linear",
               batch_size: int = 32, seed: int = 0, checkpoint: Checkpoint | None = None,
               progress: ProgressCallback | None = None) -> Trained:

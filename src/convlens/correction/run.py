@@ -33,7 +33,7 @@ from convlens.correction.pclarc import project
 from convlens.correction.rrclarc import fine_tune
 from convlens.correction.training import Checkpoint, TrainingSet, settings_key, training_set
 from convlens.errors import CorrectionError, MethodError, unknown_choice
-from convlens.models.classifier import as_classifier
+from convlens.models.classifier import Classifier, ModelLike, as_classifier
 from convlens.models.layers import resolve_layer
 from convlens.progress import ProgressLike, resolve_progress
 
@@ -62,7 +62,7 @@ class Correction:
         notes: What the user should know about this run.
     """
 
-    classifier: Any
+    classifier: Classifier
     method: str
     strategy: int
     direction: Direction
@@ -76,7 +76,7 @@ class Correction:
     notes: list[str] = field(default_factory=list)
 
 
-def estimate_direction(classifier: Any, rows: list[dict[str, Any]], members: set[str],
+def estimate_direction(classifier: Classifier, rows: list[dict[str, Any]], members: set[str],
                        layer: str, shape: str, batch_size: int) -> Direction:
     """The strategy's class-matched direction at ``layer`` from the audit's labelled rows."""
     activations = torch.cat([
@@ -88,8 +88,8 @@ def estimate_direction(classifier: Any, rows: list[dict[str, Any]], members: set
                                    [r["path"] in members for r in rows], layer)
 
 
-def flag_along_direction(classifier: Any, direction: Direction, data: TrainingSet, shape: str,
-                         batch_size: int) -> torch.Tensor:
+def flag_along_direction(classifier: Classifier, direction: Direction, data: TrainingSet,
+                         shape: str, batch_size: int) -> torch.Tensor:
     """Which images of ``data`` lie along the strategy's direction (see
     :data:`FLAG_THRESHOLD`)."""
     scores = []
@@ -100,7 +100,7 @@ def flag_along_direction(classifier: Any, direction: Direction, data: TrainingSe
     return torch.cat(scores) > FLAG_THRESHOLD
 
 
-def correct(classifier: Any, audit: Any, strategy: int = 1, *, method: str = "pclarc",
+def correct(classifier: ModelLike, audit: Any, strategy: int = 1, *, method: str = "pclarc",
             layer: str | None = None, shape: str = "map",
             data: str | os.PathLike[str] | None = None, epochs: int = 10,
             strength: float = 10.0, learning_rate: float = 1e-3, scope: str = "linear",

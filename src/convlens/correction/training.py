@@ -31,6 +31,7 @@ from convlens._hooks import HookSession
 from convlens.errors import CorrectionError
 from convlens.files import atomic_output
 from convlens.io.datasets import read_dataset
+from convlens.models.classifier import Classifier
 
 AUDIT_IMAGES = "the audit's labelled images"
 """The training data's source (card and page) when no ``--data`` is given."""
@@ -59,7 +60,7 @@ class TrainingSet:
     def __len__(self) -> int:
         return len(self.files)
 
-    def images(self, classifier: Any, indices: Sequence[int]) -> torch.Tensor:
+    def images(self, classifier: Classifier, indices: Sequence[int]) -> torch.Tensor:
         """Preprocessed images ``indices`` (CPU), decoded once when the set is small."""
         if self._cache is None and len(self.files):
             probe = classifier.preprocess([self.files[0]]).cpu()
@@ -70,7 +71,7 @@ class TrainingSet:
             return self._cache[torch.as_tensor(list(indices), dtype=torch.long)]
         return classifier.preprocess([self.files[i] for i in indices]).cpu()
 
-    def batches(self, classifier: Any, order: Sequence[int], batch_size: int
+    def batches(self, classifier: Classifier, order: Sequence[int], batch_size: int
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``(x, targets, flagged)`` in ``order``, ``batch_size`` at a time."""
         for start in range(0, len(order), batch_size):
@@ -79,7 +80,7 @@ class TrainingSet:
             yield self.images(classifier, part), self.targets[index], self.flagged[index]
 
 
-def training_set(classifier: Any, data: str | os.PathLike[str] | None,
+def training_set(classifier: Classifier, data: str | os.PathLike[str] | None,
                  audit_images: Sequence[dict[str, Any]], members: set[str]) -> TrainingSet:
     """The images a training correction learns from (see the module doc).
 

@@ -24,9 +24,9 @@ Each engine module registers its class (``@register_engine``, :mod:`convlens.eng
 this package imports every module of its folder once (:func:`convlens.discovery.import_modules`),
 so a new engine is one new file. See docs/architecture.md, "Engines": engines sit below the
 jobs (``convlens explain``, the audit's pass, causal check and report, reference sets,
-``evaluate``) and import io only; every job passes them one :class:`WorkerFactory` over its
-own per-batch function, and :func:`in_unit_order` puts units back in order for a job whose
-output depends on it.
+``evaluate``) and import io (and the Classifier type) only; every job passes them one
+:class:`WorkerFactory` over its own per-batch function, and :func:`in_unit_order` puts units
+back in order for a job whose output depends on it.
 """
 
 from convlens.discovery import import_modules

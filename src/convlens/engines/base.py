@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from convlens.io.datasets import Batch, Entry
+from convlens.models.classifier import Classifier
 from convlens.preprocessing import Preprocessing
 
 
@@ -45,7 +46,7 @@ class WorkerFactory:
         >>> worker = factory.build()            # count_items(classifier, batch, scale=2)
     """
 
-    def __init__(self, function: Callable[..., Any], classifier: Any, /,
+    def __init__(self, function: Callable[..., Any], classifier: Classifier, /,
                  **settings: Any) -> None:
         self.function = function
         self.classifier = classifier

@@ -26,6 +26,7 @@ from convlens.explanations import explain
 from convlens.files import check_output, claim_output, save_image_atomic, write_text_atomic
 from convlens.io.samples import SAMPLE_NAMES, sample_images
 from convlens.models import loading
+from convlens.models.classifier import Classifier
 from convlens.preprocessing import coverage_mask
 from convlens.present.html import data_uri
 from convlens.present.pages import describe_options, group_by_family, method_info, panel, render
@@ -115,7 +116,7 @@ def build_demo(out: Path, *, methods: Sequence[str] | None = None, device: str =
                            started, cpu_started, callback)
 
 
-def _write_demo(out: Path, classifier: Any, chosen: list[str], names: list[str],
+def _write_demo(out: Path, classifier: Classifier, chosen: list[str], names: list[str],
                 options: Mapping[str, Mapping[str, Any]], full: bool, features: bool,
                 started: float, cpu_started: float,
                 progress: ProgressCallback | None = None) -> Path:
@@ -149,7 +150,7 @@ def _write_demo(out: Path, classifier: Any, chosen: list[str], names: list[str],
     return page
 
 
-def _explain_each(classifier: Any, paths: list[Path], names: list[str],
+def _explain_each(classifier: Classifier, paths: list[Path], names: list[str],
                   options: Mapping[str, Mapping[str, Any]],
                   progress: ProgressCallback | None = None
                   ) -> tuple[dict[str, list[Any]], dict[str, tuple[float, float]]]:
@@ -204,7 +205,7 @@ def _sample_section(out: Path, path: Path, index: int, names: list[str],
     }
 
 
-def _feature_groups(classifier: Any, out: Path, full: bool,
+def _feature_groups(classifier: Classifier, out: Path, full: bool,
                     progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
     """The feature section: the committed set, or (``full``) the live gallery."""
     if full:

@@ -33,6 +33,7 @@ from convlens.files import claim_output, finite_json, write_text_atomic
 from convlens.io.datasets import scan_inputs
 from convlens.metrics.core import Metric, MetricError, Scores, get_metric, resolve, unwrap
 from convlens.metrics.display import evaluation_page, notebook_html, save_evaluation
+from convlens.models.classifier import Classifier, ModelLike
 from convlens.progress import ProgressCallback, ProgressLike, emit, resolve_progress
 
 DEFAULT_METRICS = ("deletion", "insertion")
@@ -255,7 +256,7 @@ def score_images(module: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor
     return out
 
 
-def evaluate_batch(classifier: Any, batch: Any, *, request: Request) -> dict[str, Any]:
+def evaluate_batch(classifier: Classifier, batch: Any, *, request: Request) -> dict[str, Any]:
     """:func:`evaluate`'s per-batch work on an engine (:class:`convlens.engines.WorkerFactory`):
     the batch's classes, its per-method, per-metric :class:`Scores` and the device used."""
     module, labels = unwrap(classifier)
@@ -265,7 +266,7 @@ def evaluate_batch(classifier: Any, batch: Any, *, request: Request) -> dict[str
             "device": str(x.device)}
 
 
-def evaluate(classifier: Any, images: Any, methods: Sequence[str] = ("gradcam", "saliency"),
+def evaluate(classifier: ModelLike, images: Any, methods: Sequence[str] = ("gradcam", "saliency"),
              metrics: Sequence[str] = DEFAULT_METRICS, target: TargetLike = None, *,
              layer: Any = None, method_options: Mapping[str, Mapping[str, Any]] | None = None,
              metric_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -400,7 +401,7 @@ def _request(methods: Sequence[str] | str, metrics: Sequence[str] | str, target:
     return Request(methods, metrics, parsed, bound, options, layer, target)
 
 
-def _run_on_engine(classifier: Any, images: Any, request: Request, image_batch: int,
+def _run_on_engine(classifier: ModelLike, images: Any, request: Request, image_batch: int,
                    engine: Any, engine_options: Mapping[str, Any] | None,
                    callback: ProgressCallback | None
                    ) -> tuple[dict[tuple[str, str], Scores], list[int], list[str],
@@ -458,7 +459,7 @@ def _fmt(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.4f}"
 
 
-def _inputs(classifier: Any, images: Any, names: Sequence[str] | None
+def _inputs(classifier: ModelLike, images: Any, names: Sequence[str] | None
             ) -> tuple[torch.Tensor, list[str]]:
     if isinstance(images, torch.Tensor):
         x = images
@@ -480,7 +481,7 @@ def _inputs(classifier: Any, images: Any, names: Sequence[str] | None
     return x, default
 
 
-def _card(classifier: Any, module: torch.nn.Module, input_shape: list[int], count: int,
+def _card(classifier: ModelLike, module: torch.nn.Module, input_shape: list[int], count: int,
           device: str, key: str,
           parsed: tuple[Metric, str | None], options: dict[str, Any], methods: list[str],
           method_options: dict[str, dict[str, Any]], layer: Any, target: TargetLike,

@@ -11,7 +11,7 @@ import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, TypeAlias, Union
 
 import numpy as np
 import torch
@@ -225,6 +225,11 @@ class Classifier:
             [(self.label(int(i)), float(v)) for v, i in zip(row_v, row_i)]
             for row_v, row_i in zip(values.cpu(), indices.cpu())
         ]
+
+
+ModelLike: TypeAlias = Classifier | nn.Module
+"""What the public entry points accept: a :class:`Classifier`, or a bare ``nn.Module`` that
+:func:`as_classifier` wraps (ImageNet preprocessing, the module's own device)."""
 
 
 def as_classifier(model: object) -> Classifier:

@@ -31,6 +31,7 @@ import torch
 
 from convlens.errors import ConvlensError
 from convlens.files import ensure_folder, save_image_atomic
+from convlens.models.classifier import Classifier
 from convlens.progress import ProgressLike, emit, resolve_progress
 from convlens.visualization import objectives as obj
 from convlens.visualization.inspection import file_stem, image_grid
@@ -65,7 +66,7 @@ def _groups() -> list[tuple[str, str, list[obj.Objective]]]:
     return groups
 
 
-def render_feature(classifier: Any, objective: str, *, size: int = 128, steps: int = 256,
+def render_feature(classifier: Classifier, objective: str, *, size: int = 128, steps: int = 256,
                    seed: int = 0, param: str = "fft", transforms: str = "standard",
                    lr: float | None = None) -> tuple[Any, dict[str, Any]]:
     """Render one objective alone and say how: the unit of the committed set.
@@ -139,7 +140,8 @@ def precomputed_gallery(folder: Path | None = None) -> list[dict[str, Any]]:
     return records
 
 
-def demo_gallery(classifier: Any, out_dir: str | Path, *, budget_seconds: float | None = None,
+def demo_gallery(classifier: Classifier, out_dir: str | Path, *,
+                 budget_seconds: float | None = None,
                  size: int = 128, steps: int = 256, seed: int = 0,
                  progress: ProgressLike = None) -> list[dict[str, Any]]:
     """Render the full gallery live and write it as PNG files.
@@ -200,7 +202,7 @@ def demo_gallery(classifier: Any, out_dir: str | Path, *, budget_seconds: float 
     return records
 
 
-def _captions(classifier: Any, key: str, images: torch.Tensor, goals: list[obj.Objective]
+def _captions(classifier: Classifier, key: str, images: torch.Tensor, goals: list[obj.Objective]
               ) -> list[str]:
     """Channel numbers, or class names with the model's probability for its own picture."""
     if key != "classes":
@@ -208,7 +210,7 @@ def _captions(classifier: Any, key: str, images: torch.Tensor, goals: list[obj.O
     return class_captions(classifier, images, CLASSES)
 
 
-def class_captions(classifier: Any, images: torch.Tensor, classes: list[int]) -> list[str]:
+def class_captions(classifier: Classifier, images: torch.Tensor, classes: list[int]) -> list[str]:
     """``"label (p=0.97)"``: the model's probability for the class it was rendered for."""
     pre = classifier.preprocessing
     mean = torch.tensor(pre.mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)

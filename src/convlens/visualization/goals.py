@@ -10,12 +10,11 @@ optimisation will use it. The command line only parses its options and calls the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from PIL import Image
 
 from convlens.errors import ObjectiveError
-from convlens.models.classifier import layers
+from convlens.models.classifier import Classifier, layers
 from convlens.models.layers import resolve_layer
 from convlens.visualization import objectives as obj
 from convlens.visualization.objectives import Objective
@@ -50,7 +49,7 @@ def parse_channels(text: str) -> list[int]:
     return channels
 
 
-def layer_channels(classifier: Any, layer: str) -> int:
+def layer_channels(classifier: Classifier, layer: str) -> int:
     """The number of channels of ``layer``'s output (a clear error for a bad name)."""
     name, _ = resolve_layer(classifier.module, layer)
     for info in layers(classifier):
@@ -60,7 +59,7 @@ def layer_channels(classifier: Any, layer: str) -> int:
                          "(see `convlens layers`)")
 
 
-def objectives_for(classifier: Any, *, layer: str | None = None, channels: str | None = None,
+def objectives_for(classifier: Classifier, *, layer: str | None = None, channels: str | None = None,
                    classes: Sequence[str] = (), neuron: bool = False,
                    whole_layer: bool = False) -> list[Objective]:
     """The objectives of one ``convlens visualize`` run.
@@ -99,7 +98,7 @@ def objectives_for(classifier: Any, *, layer: str | None = None, channels: str |
     return [make(layer, k) for k in indices]
 
 
-def start_photo(classifier: Any, photo: Image.Image, *, size: int | None = None,
+def start_photo(classifier: Classifier, photo: Image.Image, *, size: int | None = None,
                 resize: bool = False) -> Image.Image:
     """The DeepDream start photo at the size the optimisation will use.
 

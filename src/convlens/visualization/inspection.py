@@ -22,7 +22,7 @@ from torch import nn
 
 from convlens._hooks import HookSession, evaluation_mode
 from convlens.errors import InputShapeError, LayerError, UnsupportedModelError
-from convlens.models.classifier import Classifier, as_classifier
+from convlens.models.classifier import Classifier, ModelLike, as_classifier
 from convlens.models.layers import resolve_layer
 from convlens.present.figures import colorize
 
@@ -101,7 +101,7 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
 
 
 # --- activations -----------------------------------------------------------------------
-def _prepare(model: Any, image: Any) -> tuple[nn.Module, torch.Tensor]:
+def _prepare(model: ModelLike, image: Any) -> tuple[nn.Module, torch.Tensor]:
     """The module and a preprocessed ``(1, C, H, W)`` batch for ``image``."""
     if not isinstance(model, (Classifier, nn.Module)):
         raise UnsupportedModelError(f"expected a Classifier or an nn.Module, got "
@@ -121,7 +121,7 @@ def _prepare(model: Any, image: Any) -> tuple[nn.Module, torch.Tensor]:
     return module, x
 
 
-def activation_maps(model: Any, image: Any, layer: str | nn.Module
+def activation_maps(model: ModelLike, image: Any, layer: str | nn.Module
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """A layer's activation maps for one image, and its channels ranked by mean activation.
 
@@ -154,7 +154,7 @@ def activation_maps(model: Any, image: Any, layer: str | nn.Module
     return maps, order
 
 
-def activation_grid(model: Any, image: Any, layer: str | nn.Module, *, top: int | None = 64,
+def activation_grid(model: ModelLike, image: Any, layer: str | nn.Module, *, top: int | None = 64,
                     columns: int | None = None, normalize: str = "layer",
                     cmap: str = "viridis", tile: int = 64, captions: bool = True
                     ) -> Image.Image:
@@ -204,7 +204,7 @@ def _first_conv(module: nn.Module) -> tuple[str, nn.Conv2d]:
     raise LayerError(f"{type(module).__name__} has no nn.Conv2d layer to show filters of")
 
 
-def first_layer_filters(model: Any, layer: str | nn.Module | None = None) -> torch.Tensor:
+def first_layer_filters(model: ModelLike, layer: str | nn.Module | None = None) -> torch.Tensor:
     """The filters of the first convolution (or ``layer``) as images ``(K, 3, kh, kw)``.
 
     Each weight is mapped to ``0.5 + 0.5 * w / max|w|`` with one scale for all filters
@@ -231,7 +231,7 @@ def first_layer_filters(model: Any, layer: str | nn.Module | None = None) -> tor
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
-def filter_grid(model: Any, layer: str | nn.Module | None = None, *, tile: int = 48,
+def filter_grid(model: ModelLike, layer: str | nn.Module | None = None, *, tile: int = 48,
                 columns: int | None = None) -> Image.Image:
     """The first convolution's filters as a grid of enlarged RGB tiles."""
     filters = first_layer_filters(model, layer)

@@ -35,7 +35,7 @@ from convlens.errors import (
 )
 from convlens.files import ensure_folder, save_image_atomic
 from convlens.io.images import load_image
-from convlens.models.classifier import Classifier, as_classifier
+from convlens.models.classifier import Classifier, ModelLike, as_classifier
 from convlens.models.layers import resolve_layer
 from convlens.progress import ProgressCallback, ProgressLike, emit, resolve_progress
 from convlens.visualization import transforms as transforms_module
@@ -181,7 +181,7 @@ class _ModelParts:
     input_size: tuple[int, int]
 
 
-def _model_parts(model: Any, mean: Sequence[float] | None, std: Sequence[float] | None
+def _model_parts(model: ModelLike, mean: Sequence[float] | None, std: Sequence[float] | None
                  ) -> _ModelParts:
     if not isinstance(model, (Classifier, nn.Module)):
         raise UnsupportedModelError(f"visualize needs a convlens Classifier or a torch.nn.Module, "
@@ -312,7 +312,7 @@ def check_arguments(*, steps: Any = 256, size: Any = None, lr: Any = None, seed:
 
 
 def visualize(
-    model: Any,
+    model: ModelLike,
     objective: Objective | str | Sequence[Objective | str],
     *,
     size: int | Sequence[int] | None = None,
