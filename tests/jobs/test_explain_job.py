@@ -311,6 +311,35 @@ def test_photo_gone_before_pass_two_is_a_problem(tmp_path: Path, monkeypatch) ->
     assert (tmp_path / "out" / "p01.gradcam.png").is_file()
 
 
+
+def test_photo_gone_before_its_drawing_is_a_problem_and_explained_on_a_rerun(
+        tmp_path: Path, monkeypatch) -> None:
+    """normalize="image": the engine decodes and explains, this process decodes the photo
+    again to draw on it; a photo deleted in between is one problem, not a crash, and gets no
+    record, so the rerun (photo restored) explains it like the others."""
+    paths = photos(tmp_path / "in", 3)
+    kept = paths[1].read_bytes()
+    job = ExplainJob(classifier(), ["gradcam"], tmp_path / "out", batch_size=2)
+    original = job._store_batch
+
+    def delete_then_store(unit, names):
+        if paths[1].exists():
+            paths[1].unlink()
+        return original(unit, names)
+
+    monkeypatch.setattr(job, "_store_batch", delete_then_store)
+    outcome = job.run(paths)
+    assert [Path(p["path"]).name for p in outcome.problems] == ["p01.png"]
+    assert "cannot draw its maps" in outcome.problems[0]["error"]
+    assert outcome.records == 2 and (tmp_path / "out" / "p02.gradcam.png").is_file()
+    assert not (tmp_path / "out" / "p01.gradcam.png").exists()
+
+    paths[1].write_bytes(kept)
+    again = ExplainJob(classifier(), ["gradcam"], tmp_path / "out", batch_size=2,
+                       overwrite=False).run(paths)
+    assert again.problems == [] and again.new == 1 and again.skipped == 2
+    assert (tmp_path / "out" / "p01.gradcam.png").is_file()
+
 def folder_files(out: Path) -> dict[str, bytes]:
     """Every file the job wrote (records, PNGs, results.json, the page), by relative path."""
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))

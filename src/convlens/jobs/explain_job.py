@@ -350,10 +350,11 @@ class ExplainJob:
                 batch = unit.batch
                 problems.extend(_problem(p) for p in batch.problems)
                 if batch.items:
-                    records, arrays = self._store_batch(unit, names)
+                    records, arrays, undrawn = self._store_batch(unit, names)
+                    problems.extend(undrawn)
                     store.append(records, arrays)
                     new += len(records)
-                    stored += len(batch.items)
+                    stored += len(batch.items) - len(undrawn)
                 seen += batch.size
                 skipped += len(batch.skipped)
                 store.write_summary({"images_seen": seen, "images_total": total,
@@ -379,14 +380,17 @@ class ExplainJob:
     # ------------------------------------------------------------------ one batch
 
     def _store_batch(self, unit: UnitResult, names: Mapping[str, str]
-                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, str]]]:
         """One explained unit (:func:`explain_batch`'s views) -> its records (+ stored maps
-        for batch scaling); with ``normalize="image"`` its PNGs are drawn here, on the photos
-        decoded again in this process (the engine ships no photos)."""
+        for batch scaling) and the images that could not be drawn; with ``normalize="image"``
+        its PNGs are drawn here, on the photos decoded again in this process (the engine ships
+        no photos). A photo that cannot be decoded again (deleted or replaced since the engine
+        read it) is a problem and gets no record, so a rerun explains it again."""
         batch = unit.batch
         stems = [names[item.relpath] for item in batch.items]
         records: list[dict[str, Any]] = []
         maps_to_store: dict[str, np.ndarray] = {}
+        undrawn: list[dict[str, str]] = []
         for position, item in enumerate(batch.items):
             stem, per_image = stems[position], len(unit.result[position])
             views = []
@@ -431,10 +435,17 @@ class ExplainJob:
                 records.append(record)
                 views.append((record, maps))
             if self.normalize == "image":
-                image = load_image(item.path, **self._pixel_cap())
+                try:
+                    image = load_image(item.path, **self._pixel_cap())
+                except ConvlensError as error:
+                    del records[len(records) - len(views):]
+                    reason = getattr(error, "reason", None) or str(error)
+                    undrawn.append({"path": str(item.path),
+                                    "error": f"cannot draw its maps: {reason}"})
+                    continue
                 self._render_image(image, item.geometry, views, scales=None)
         arrays = {"maps": maps_to_store} if maps_to_store else {}
-        return records, arrays
+        return records, arrays, undrawn
 
     # ------------------------------------------------------------------ rendering
 
