@@ -32,7 +32,10 @@ def fast(*metrics: str) -> dict:
 
 
 def test_summaries_rankings_cards(classifier, snapshot) -> None:
-    x = torch.randn(5, 3, 16, 16)
+    # seeded: the direct comparison below attributes all five images at once and evaluate two
+    # at a time, so a near-tie in a map may order two pixels differently (float sums); an
+    # unseeded input made the test depend on the tests before it
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     before = snapshot(classifier.module)
     ev = convlens.evaluate(classifier, x, ["gradcam", "saliency"],
                            ["deletion", "insertion", "faithfulness_correlation", "randomisation"],
