@@ -40,11 +40,11 @@ from convlens.attribution.core import Method, attribute, get_method, observed_ca
 from convlens.attribution.crp import GRADIENT_X_ACTIVATION, layer_relevance
 from convlens.auditing.scoring import score_batch
 from convlens.engines import Engine, WorkerFactory, get_engine
+from convlens.engines.stored import StoredPass, stream_to_store
 from convlens.io.datasets import Batch, Dataset
-from convlens.io.images import InputProblem
 from convlens.models.classifier import Classifier
 from convlens.models.fingerprint import model_fingerprint  # noqa: F401  (kept importable here)
-from convlens.progress import ProgressCallback, emit
+from convlens.progress import ProgressCallback
 from convlens.store import ResultStore
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -118,13 +118,7 @@ class PassSettings:
     concept_rule: str = "auto"  # crp's rule: "gradient" (a CAM's own capture) or "auto"
 
 
-@dataclass
-class PassOutcome:
-    """What one run of the pass saw: the keys of the dataset's images, and the bad files."""
-
-    keys: list[str]
-    problems: list[InputProblem]
-    computed: int
+PassOutcome = StoredPass  # what one run of the pass saw (engines/stored.py)
 
 
 def run_pass(classifier: Classifier, dataset: Dataset, store: ResultStore,
@@ -144,25 +138,9 @@ def run_pass(classifier: Classifier, dataset: Dataset, store: ResultStore,
             this process writes every result to ``store`` as it arrives.
     """
     engine = engine or get_engine("local", workers=settings.workers)
-    keys: list[str] = []
-    problems: list[InputProblem] = list(dataset.problems)
-    total, seen, computed = len(dataset.entries), 0, 0
-    emit(progress, "audit", 0, total)
-    for done in engine.map_units(dataset.entries, classifier.preprocessing,
-                                 WorkerFactory(audit_batch, classifier, settings=settings),
-                                 batch_size=settings.batch_size, salt=store.fingerprint or "",
-                                 skip=store.done_keys()):
-        batch = done.batch
-        keys.extend(item.key for item in batch.items)
-        keys.extend(item.key for item in batch.skipped)
-        problems.extend(batch.problems)
-        if done.result is not None:
-            records, arrays = done.result
-            store.append(records, arrays)
-            computed += len(records)
-        seen += batch.size
-        emit(progress, "audit", seen, total, f"{computed} computed, {len(problems)} unreadable")
-    return PassOutcome(keys, problems, computed)
+    return stream_to_store(engine, dataset, classifier.preprocessing,
+                           WorkerFactory(audit_batch, classifier, settings=settings), store,
+                           batch_size=settings.batch_size, stage="audit", progress=progress)
 
 
 def audit_batch(classifier: Classifier, batch: Batch, *, settings: PassSettings

@@ -45,6 +45,7 @@ from convlens.attribution.core import Problem, _prepare_x
 from convlens.attribution.crp import RULES, _lrp_parameters, layer_graph
 from convlens.concepts.patches import patch_box
 from convlens.engines import WorkerFactory, get_engine
+from convlens.engines.stored import StoredPass, stream_to_store
 from convlens.errors import ReferenceSetError
 from convlens.files import (
     check_not_input,
@@ -57,7 +58,7 @@ from convlens.io.datasets import dataset_relative_path, no_images_message, read_
 from convlens.models.classifier import Classifier, ModelLike
 from convlens.models.fingerprint import model_fingerprint
 from convlens.models.layers import resolve_layer
-from convlens.progress import ProgressCallback, ProgressLike, emit, resolve_progress
+from convlens.progress import ProgressCallback, ProgressLike, resolve_progress
 from convlens.store import ResultStore
 
 MODES = ("relevance", "activation")
@@ -216,13 +217,7 @@ class ReferenceWorker:
 # ------------------------------------------------------------------ the pass
 
 
-@dataclass
-class PassResult:
-    """What :func:`run_references_pass` saw: the keys of the dataset and its bad files."""
-
-    keys: list[str]
-    problems: list[Any]
-    computed: int
+PassResult = StoredPass  # what one run of the pass saw (engines/stored.py)
 
 
 def run_references_pass(classifier: Classifier, dataset: Any, store: ResultStore,
@@ -230,26 +225,9 @@ def run_references_pass(classifier: Classifier, dataset: Any, store: ResultStore
                         progress: ProgressCallback | None = None) -> PassResult:
     """Compute the per-batch top-ks of every image of ``dataset`` not yet in ``store``."""
     engine = engine or get_engine("local")
-    keys: list[str] = []
-    problems = list(dataset.problems)
-    total, seen, computed = len(dataset.entries), 0, 0
-    emit(progress, "references", 0, total)
-    for done in engine.map_units(dataset.entries, classifier.preprocessing,
-                                 WorkerFactory(reference_batch, classifier, settings=settings),
-                                 batch_size=settings.batch_size, salt=store.fingerprint or "",
-                                 skip=store.done_keys()):
-        batch = done.batch
-        keys.extend(item.key for item in batch.items)
-        keys.extend(item.key for item in batch.skipped)
-        problems.extend(batch.problems)
-        if done.result is not None:
-            records, arrays = done.result
-            store.append(records, arrays)
-            computed += len(records)
-        seen += batch.size
-        emit(progress, "references", seen, total,
-             f"{computed} computed, {len(problems)} unreadable")
-    return PassResult(keys, problems, computed)
+    return stream_to_store(engine, dataset, classifier.preprocessing,
+                           WorkerFactory(reference_batch, classifier, settings=settings), store,
+                           batch_size=settings.batch_size, stage="references", progress=progress)
 
 
 def merge_store(store: ResultStore, order: dict[str, int], k: int
