@@ -13,8 +13,8 @@ from support import assert_close_to_reference
 from tiny_models import LinearNet, TinyResNet, TinyVGG, seeded
 
 import convlens as cl
+from convlens.attribution.registry import reduce_channels
 from convlens.errors import MethodError
-from convlens.present.heatmap import reduce_channels
 
 
 def _x(n: int = 2, size: int = 16, seed: int = 0) -> torch.Tensor:

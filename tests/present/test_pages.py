@@ -13,6 +13,7 @@ from PIL import Image
 from tiny_models import TinyVGG, seeded
 
 import convlens as cl
+from convlens.attribution.registry import reduce_channels
 from convlens.errors import ConvlensError, InputShapeError
 from convlens.present import figures, heatmap
 from convlens.present.pages import CSP, relative_src, write_explain_page
@@ -220,7 +221,7 @@ def test_presentation_errors_are_convlens_errors() -> None:
     with pytest.raises(ConvlensError, match="sign"):
         heatmap.apply_sign(torch.zeros(1, 2, 2), "up")
     with pytest.raises(ConvlensError, match="reduction"):
-        heatmap.reduce_channels(torch.zeros(1, 3, 2, 2), "mean")
+        reduce_channels(torch.zeros(1, 3, 2, 2), "mean")
     with pytest.raises(ConvlensError, match="normalisation"):
         heatmap.scale_of(torch.zeros(1, 2, 2), "dataset")
     with pytest.raises(ValueError):  # still catchable as before

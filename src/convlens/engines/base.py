@@ -36,9 +36,8 @@ class WorkerFactory:
     Args:
         function: A module-level function ``function(classifier, batch, **settings)``
             returning the unit's result (anything picklable; None is "nothing").
-        classifier: The model (a :class:`~convlens.models.classifier.Classifier`, or an
-            ``nn.Module`` for jobs that take one); moved to the worker's device in
-            :meth:`build`.
+        classifier: The model; the engine decodes with its preprocessing, and it is moved
+            to the worker's device in :meth:`build`.
         settings: Keyword arguments of ``function``, the same for every batch.
 
     Example:

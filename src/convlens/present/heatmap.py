@@ -8,8 +8,7 @@ peer libraries).
 
 How a method's raw output becomes a per-pixel map (channels reduced, offset removed) is not
 a presentation choice but the method's own :meth:`convlens.attribution.registry.Method.to_map`,
-shared with the audit and the metrics; :func:`reduce_channels` and :func:`remove_offset`, its
-steps, are re-exported here.
+shared with the audit and the metrics.
 """
 
 from __future__ import annotations
@@ -18,11 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from convlens.attribution.registry import (  # noqa: F401  (the two steps re-exported)
-    reduce_channels,
-    remove_offset,
-    upsample_maps,
-)
+from convlens.attribution.registry import upsample_maps
 from convlens.errors import MethodError
 
 SIGNS = ("positive", "negative", "absolute", "all")
@@ -64,7 +59,8 @@ def image_peaks(maps: torch.Tensor, percentile: float = 100.0) -> torch.Tensor:
 
     Args:
         maps: ``(N, H, W)`` maps after channel reduction and sign (see
-            :func:`reduce_channels`, :func:`apply_sign`), or ``(H, W)`` for one map.
+            :meth:`~convlens.attribution.registry.Method.to_map`, :func:`apply_sign`), or
+            ``(H, W)`` for one map.
         percentile: In (0, 100]; :func:`display_percentile` gives the one presentation uses.
 
     Returns:
